@@ -1,0 +1,123 @@
+//! Layered configuration: built-in defaults < TOML file < `SHOPFAST_*` env < flags.
+//!
+//! One file serves the whole stack; each service reads its own table
+//! (`[users]`, `[products]`, …). Env vars use `__` for nesting:
+//! `SHOPFAST_PRODUCTS__RESERVATION_TTL_SECS=60`.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+}
+
+/// Settings every service process has.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceCommon {
+    /// gRPC listen address; port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP (`/health/live`, `/health/ready`, `/metrics`); port 0 picks a free port.
+    pub admin_addr: SocketAddr,
+    /// `sqlite://…` or `postgres://…`. Unset: a SQLite file `<data_dir>/<service>.db`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+impl ServiceCommon {
+    pub fn with_ports(grpc_port: u16, admin_port: u16) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            shutdown_grace_ms: 10_000,
+        }
+    }
+
+    /// The database URL in force: the configured one, or the service's SQLite file.
+    pub fn database_url_for(&self, service: &str) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => crate::db::sqlite_file_url(&self.data_dir.join(format!("{service}.db"))),
+        }
+    }
+}
+
+/// Loads `T` for `section`: defaults from `T::default()`, then the file's
+/// `[section]` table, then `SHOPFAST_<SECTION>__*` env vars, then `overrides`
+/// (flags; `None` fields must be skipped when serialising).
+pub fn load<T, O>(section: &str, file: Option<&Path>, overrides: &O) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + for<'de> Deserialize<'de>,
+    O: Serialize,
+{
+    let mut sources = Figment::new();
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
+        }
+        sources = sources.merge(Toml::file(path));
+    }
+    // SHOPFAST_PRODUCTS__RESERVATION_TTL_SECS -> products.reservation_ttl_secs
+    sources = sources.merge(Env::prefixed("SHOPFAST_").split("__"));
+    Figment::from(Serialized::defaults(T::default()))
+        .merge(sources.focus(section))
+        .merge(Serialized::defaults(overrides))
+        .extract()
+        .map_err(|e| ConfigError::Invalid(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    struct Sample {
+        port: u16,
+        name: String,
+        ttl_secs: u64,
+    }
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shopfast.toml");
+        std::fs::write(&file, "[sample]\nport = 7\nname = \"file\"\nttl_secs = 5\n[other]\nport = 9\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOPFAST_SAMPLE__TTL_SECS", "60");
+            let got: Sample = load("sample", Some(&file), &Flags { name: Some("flag".into()) }).unwrap();
+            assert_eq!(got, Sample { port: 7, name: "flag".into(), ttl_secs: 60 });
+            let defaults: Sample = load("sample", None, &Flags { name: None }).unwrap();
+            assert_eq!(defaults.ttl_secs, 60, "env applies without a file");
+            assert_eq!(defaults.port, 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_and_bad_types_are_errors() {
+        let none = Flags { name: None };
+        let err = load::<Sample, _>("sample", Some(Path::new("/nonexistent/x.toml")), &none);
+        assert!(matches!(err, Err(ConfigError::MissingFile(_))));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[sample]\nport = \"not a number\"\n").unwrap();
+        let err = load::<Sample, _>("sample", Some(&file), &none).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+}

@@ -1,0 +1,94 @@
+//! A tower layer on every gRPC server: one span per request (method, trace and
+//! span ids continued from `traceparent`) and RED metrics per method and code.
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::trace_context::TraceIds;
+
+#[derive(Clone, Debug)]
+pub struct GrpcTelemetryLayer {
+    service: &'static str,
+}
+
+impl GrpcTelemetryLayer {
+    pub fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl<S> Layer<S> for GrpcTelemetryLayer {
+    type Service = GrpcTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcTelemetry { inner, service: self.service }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcTelemetry<S> {
+    inner: S,
+    service: &'static str,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for GrpcTelemetry<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+        let ids = TraceIds::continue_or_start(traceparent);
+        let span = tracing::info_span!(
+            "grpc",
+            method = %method,
+            trace_id = %ids.trace_id,
+            span_id = %ids.span_id,
+        );
+        // The service that was polled ready is the one that must be called.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let service = self.service;
+        let started = Instant::now();
+        let future = inner.call(request);
+        Box::pin(
+            async move {
+                let result = future.await;
+                let code = match &result {
+                    // Unary errors are trailers-only responses: the status is a header.
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .unwrap_or(0),
+                    Err(_) => tonic::Code::Unknown as i32,
+                };
+                let code = tonic::Code::from(code);
+                // Unknown paths from clients must not mint label values.
+                let method_label = if code == tonic::Code::Unimplemented { "unknown".to_string() } else { method };
+                let code_label = format!("{code:?}");
+                let elapsed = started.elapsed().as_secs_f64();
+                metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method_label.clone(), "code" => code_label.clone()).increment(1);
+                metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method_label, "code" => code_label).record(elapsed);
+                tracing::debug!(code = ?code, elapsed_ms = elapsed * 1000.0, "request finished");
+                result
+            }
+            .instrument(span),
+        )
+    }
+}

@@ -1,0 +1,18 @@
+//! The platform kit every shopfast service links: layered config, JSON logs,
+//! server bootstrap (gRPC + health + reflection + admin HTTP + graceful
+//! shutdown), the database layer, user tokens, and test helpers.
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc_telemetry;
+pub mod metrics;
+pub mod pagination;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+pub mod token;
+pub mod trace_context;
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,301 @@
+//! Service bootstrap: binds the gRPC and admin listeners (port 0 allowed), serves
+//! gRPC with tonic-health and reflection next to the service's own routes, the
+//! admin HTTP endpoints, readiness gating, and graceful shutdown.
+//!
+//! Lifecycle: `Host::bind` starts the admin server at once (live = 200, ready =
+//! 503); `Host::start` starts gRPC and only then reports ready. On shutdown the
+//! host first reports not-ready and NOT_SERVING, then stops accepting and lets
+//! in-flight requests finish, up to the configured grace.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::config::ServiceCommon;
+use crate::grpc_telemetry::GrpcTelemetryLayer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What a service tells the host about itself.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Short name used in logs, metrics and file names: "users".
+    pub name: &'static str,
+    /// Fully qualified gRPC service names, reported by the health service.
+    pub grpc_services: &'static [&'static str],
+    /// Encoded FileDescriptorSet served by reflection.
+    pub descriptor_set: &'static [u8],
+}
+
+type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Readiness: a flag the host flips, plus dependency checks run on every probe.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    checks: Arc<std::sync::RwLock<Vec<(&'static str, Check)>>>,
+}
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Adds a dependency check (e.g. a database ping) that must pass for ready.
+    pub fn add_check<F>(&self, name: &'static str, check: F)
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        if let Ok(mut checks) = self.checks.write() {
+            checks.push((name, Arc::new(check)));
+        }
+    }
+
+    /// Runs every check; returns the failures by name.
+    pub async fn evaluate(&self) -> Vec<(&'static str, String)> {
+        let mut failures = Vec::new();
+        if !self.is_set() {
+            failures.push(("started", "not serving yet or draining".to_string()));
+        }
+        let checks: Vec<_> = self.checks.read().map(|c| c.clone()).unwrap_or_default();
+        for (name, check) in checks {
+            match tokio::time::timeout(Duration::from_secs(2), check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failures.push((name, err)),
+                Err(_) => failures.push((name, "timed out".to_string())),
+            }
+        }
+        failures
+    }
+}
+
+/// A service process's listeners and lifecycle, before gRPC starts.
+pub struct Host {
+    spec: ServiceSpec,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin_task: JoinHandle<()>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Host {
+    /// Binds both listeners and starts the admin server (not ready yet).
+    pub async fn bind(spec: ServiceSpec, common: &ServiceCommon, shutdown: CancellationToken) -> Result<Self, ServerError> {
+        let grpc_listener = TcpListener::bind(common.grpc_addr)
+            .await
+            .map_err(|source| ServerError::Bind { what: "gRPC", addr: common.grpc_addr, source })?;
+        let admin_listener = TcpListener::bind(common.admin_addr)
+            .await
+            .map_err(|source| ServerError::Bind { what: "admin HTTP", addr: common.admin_addr, source })?;
+        let bound = |l: &TcpListener, what, addr| {
+            l.local_addr().map_err(|source| ServerError::Bind { what, addr, source })
+        };
+        let grpc_addr = bound(&grpc_listener, "gRPC", common.grpc_addr)?;
+        let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
+
+        let readiness = Readiness::default();
+        let admin_task = tokio::spawn(serve_admin(admin_listener, readiness.clone(), shutdown.clone()));
+        tracing::info!(service = spec.name, %grpc_addr, %admin_addr, "listeners bound");
+        Ok(Self {
+            spec,
+            grpc_listener,
+            grpc_addr,
+            admin_addr,
+            admin_task,
+            readiness,
+            shutdown,
+            grace: Duration::from_millis(common.shutdown_grace_ms),
+        })
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves `routes` plus health and reflection, then reports ready.
+    pub async fn start(self, routes: Routes) -> Result<RunningService, ServerError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(self.spec.descriptor_set)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(self.spec.descriptor_set)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let routes = routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        let shutdown = self.shutdown.clone();
+        let readiness = self.readiness.clone();
+        let services = self.spec.grpc_services;
+        let drain_health = health.clone();
+        let stop_signal = async move {
+            shutdown.cancelled().await;
+            readiness.set(false);
+            set_status(&drain_health, services, ServingStatus::NotServing).await;
+        };
+        let server = tonic::transport::Server::builder()
+            .layer(GrpcTelemetryLayer::new(self.spec.name))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop_signal);
+
+        let name = self.spec.name;
+        let grace = self.grace;
+        let shutdown = self.shutdown.clone();
+        let admin_task = self.admin_task;
+        let task = tokio::spawn(async move {
+            tokio::pin!(server);
+            let result = tokio::select! {
+                result = &mut server => result.map_err(ServerError::from),
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!(service = name, grace_ms = grace.as_millis() as u64, "in-flight requests outlived the shutdown grace; closing");
+                    Ok(())
+                }
+            };
+            shutdown.cancel();
+            let _ = admin_task.await;
+            tracing::info!(service = name, "stopped");
+            result
+        });
+
+        set_status(&health, services, ServingStatus::Serving).await;
+        self.readiness.set(true);
+        tracing::info!(service = name, grpc_addr = %self.grpc_addr, admin_addr = %self.admin_addr, "ready");
+        Ok(RunningService {
+            name,
+            grpc_addr: self.grpc_addr,
+            admin_addr: self.admin_addr,
+            shutdown: self.shutdown,
+            task,
+            background: Vec::new(),
+        })
+    }
+}
+
+async fn set_status(health: &tonic_health::server::HealthReporter, services: &[&str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in services {
+        health.set_service_status(*service, status).await;
+    }
+}
+
+/// A started service: its real addresses and a handle to stop it.
+pub struct RunningService {
+    pub name: &'static str,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// Ties a background task (a reaper, a worker) to the service: it is awaited
+    /// on stop; it must itself watch the shutdown token.
+    pub fn attach(&mut self, task: JoinHandle<()>) {
+        self.background.push(task);
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Waits until the service stops (after its shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let result = self.task.await?;
+        for task in self.background {
+            let _ = task.await;
+        }
+        result
+    }
+
+    /// Drains and stops the service.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
+    let metrics = crate::metrics::prometheus();
+    let app = Router::new()
+        .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"}))) }))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(move || {
+            let metrics = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
+        }))
+        .with_state(readiness);
+    let stopped = async move { shutdown.cancelled().await };
+    if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        tracing::error!(error = %err, "admin server failed");
+    }
+}
+
+async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let failures = readiness.evaluate().await;
+    if failures.is_empty() {
+        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"})))
+    } else {
+        let failing: serde_json::Map<String, serde_json::Value> =
+            failures.into_iter().map(|(name, why)| (name.to_string(), why.into())).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "not_ready", "failing": failing})))
+    }
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,168 @@
+//! Structured logs: one JSON object per line with timestamp, level, service,
+//! message, target, the event's fields, and the fields of every enclosing span
+//! flattened in (so a request span's `trace_id`/`span_id`/`method` appear on
+//! every line logged while handling it).
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+static INSTALLED: OnceLock<()> = OnceLock::new();
+
+/// Installs the process-wide subscriber once; later calls (several services in
+/// one test process) keep the first. `RUST_LOG` overrides `default_filter`.
+pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
+    INSTALLED.get_or_init(|| {
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(default_filter));
+        let registry = tracing_subscriber::registry().with(filter);
+        let result = match format {
+            LogFormat::Json => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .fmt_fields(JsonFields::new())
+                        .event_format(JsonLines::new(service))
+                        .with_writer(std::io::stdout),
+                )
+                .try_init(),
+            LogFormat::Pretty => registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init(),
+        };
+        // Another subscriber was installed first (e.g. by a test harness): keep it.
+        let _ = result;
+    });
+}
+
+/// The JSON line format described in the module docs.
+pub struct JsonLines {
+    service: String,
+}
+
+impl JsonLines {
+    pub fn new(service: &str) -> Self {
+        Self { service: service.to_string() }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut line = Map::new();
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        line.insert("timestamp".into(), Value::String(timestamp));
+        line.insert("level".into(), Value::String(event.metadata().level().to_string()));
+        line.insert("service".into(), Value::String(self.service.clone()));
+        line.insert("target".into(), Value::String(event.metadata().target().to_string()));
+
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else { continue };
+                if let Ok(Value::Object(span_fields)) = serde_json::from_str::<Value>(fields) {
+                    line.extend(span_fields);
+                }
+            }
+        }
+
+        let mut visitor = FieldsToJson(&mut line);
+        event.record(&mut visitor);
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+struct FieldsToJson<'a>(&'a mut Map<String, Value>);
+
+impl Visit for FieldsToJson<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::String(value.into()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.insert(field.name().into(), Value::String(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_carry_service_span_and_event_fields() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLines::new("products"))
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("grpc", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", method = "GetProduct");
+            let _guard = span.enter();
+            tracing::warn!(order_id = "o-1", attempt = 2, "stock low");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["service"], "products");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["message"], "stock low");
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["method"], "GetProduct");
+        assert_eq!(line["order_id"], "o-1");
+        assert_eq!(line["attempt"], 2);
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,120 @@
+//! The Products service: catalog, search, and inventory reservations that never
+//! oversell and expire on their own.
+//!
+//! `domain` holds the rules, `store` persists, `api` translates gRPC.
+pub mod api;
+pub mod domain;
+pub mod seed;
+pub mod store;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use kit::shutdown::CancellationToken;
+
+use kit::config::ServiceCommon;
+use kit::db::{Db, DbOptions};
+use kit::server::{Host, RunningService, ServiceSpec, StartError};
+
+pub const SERVICE: &str = "products";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProductsConfig {
+    #[serde(flatten)]
+    pub common: ServiceCommon,
+    /// How long a reservation holds stock when the caller sets no TTL.
+    pub reservation_ttl_secs: u64,
+    /// The longest TTL a caller may ask for.
+    pub max_reservation_ttl_secs: u64,
+    /// How often expired reservations are released.
+    pub reaper_interval_ms: u64,
+    /// Load the sample catalog when the database is empty.
+    pub seed: bool,
+}
+
+impl Default for ProductsConfig {
+    fn default() -> Self {
+        Self {
+            common: ServiceCommon::with_ports(9002, 9102),
+            reservation_ttl_secs: 900,
+            max_reservation_ttl_secs: 3_600,
+            reaper_interval_ms: 1_000,
+            seed: true,
+        }
+    }
+}
+
+/// Opens the database (migrating it), seeds it if asked, and serves until
+/// `shutdown` is cancelled.
+pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
+    if config.reservation_ttl_secs == 0 || config.reservation_ttl_secs > config.max_reservation_ttl_secs {
+        return Err(StartError::Config("reservation_ttl_secs must be between 1 and max_reservation_ttl_secs".into()));
+    }
+    if config.reaper_interval_ms == 0 {
+        return Err(StartError::Config("reaper_interval_ms must be positive".into()));
+    }
+    let spec = ServiceSpec {
+        name: SERVICE,
+        grpc_services: &[contracts::service_names::PRODUCTS],
+        descriptor_set: contracts::FILE_DESCRIPTOR_SET,
+    };
+    let host = Host::bind(spec, &config.common, shutdown.clone()).await?;
+    let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
+    let store = store::ProductStore::new(db.clone());
+    if config.seed {
+        let added = store
+            .seed_if_empty(seed::products(), kit::time::now_millis())
+            .await
+            .map_err(|e| StartError::Config(format!("seeding the catalog failed: {e}")))?;
+        if added > 0 {
+            tracing::info!(added, "seeded the catalog");
+        }
+    }
+    let ping_db = db.clone();
+    host.readiness().add_check("database", move || {
+        let db = ping_db.clone();
+        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+    });
+
+    let policy = api::ReservationPolicy {
+        default_ttl_ms: (config.reservation_ttl_secs * 1000) as i64,
+        max_ttl_ms: (config.max_reservation_ttl_secs * 1000) as i64,
+    };
+    let service = contracts::products::v1::product_service_server::ProductServiceServer::new(api::ProductsApi::new(
+        store.clone(),
+        policy,
+    ));
+    let mut running = host.start(tonic::service::Routes::new(service)).await?;
+    running.attach(tokio::spawn(reap_expired(store, Duration::from_millis(config.reaper_interval_ms), shutdown)));
+    Ok(running)
+}
+
+/// Releases reservations whose time ran out, until shutdown.
+async fn reap_expired(store: store::ProductStore, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match store.expire_due(kit::time::now_millis(), 100).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(expired = n, "released expired reservations");
+                    if n < 100 {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reservation reaper failed; retrying next tick");
+                    break;
+                }
+            }
+        }
+    }
+    store.db().close().await;
+}
