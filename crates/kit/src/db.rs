@@ -117,6 +117,16 @@ impl Db {
         }
     }
 
+    /// The row-lock suffix for a `SELECT` that precedes an update of the same
+    /// rows in a write transaction: `FOR UPDATE` on PostgreSQL; nothing on
+    /// SQLite, where `begin_write` already holds the database write lock.
+    pub fn lock_rows(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         self.pool.execute("SELECT 1").await.map(|_| ())

@@ -210,6 +210,7 @@ impl Host {
             shutdown: self.shutdown,
             task,
             background: Vec::new(),
+            databases: Vec::new(),
         })
     }
 }
@@ -229,6 +230,7 @@ pub struct RunningService {
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
     background: Vec<JoinHandle<()>>,
+    databases: Vec<crate::db::Db>,
 }
 
 impl RunningService {
@@ -236,6 +238,12 @@ impl RunningService {
     /// on stop; it must itself watch the shutdown token.
     pub fn attach(&mut self, task: JoinHandle<()>) {
         self.background.push(task);
+    }
+
+    /// Closes `db` once the server has drained, not before: in-flight
+    /// requests still need their connections.
+    pub fn close_on_stop(&mut self, db: crate::db::Db) {
+        self.databases.push(db);
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -251,6 +259,9 @@ impl RunningService {
         let result = self.task.await?;
         for task in self.background {
             let _ = task.await;
+        }
+        for db in self.databases {
+            db.close().await;
         }
         result
     }

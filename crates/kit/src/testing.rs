@@ -109,3 +109,21 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// Settings for a service under test: ephemeral ports on loopback, the given
+/// database, a short shutdown grace.
+pub fn service_common(database_url: &str) -> crate::config::ServiceCommon {
+    let mut common = crate::config::ServiceCommon::with_ports(0, 0);
+    common.database_url = Some(database_url.to_string());
+    common.shutdown_grace_ms = 2_000;
+    common
+}
+
+/// Asserts a gRPC result failed with `code`, returning the message.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code) -> String {
+    match result {
+        Err(status) if status.code() == code => status.message().to_string(),
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}

@@ -1,1 +1,72 @@
+//! The Users service: registration with argon2id, login returning a signed
+//! expiring token, profiles with an address, and ValidateUser for the saga.
+//!
+//! `domain` holds the rules, `store` persists, `api` translates gRPC.
+pub mod api;
+pub mod domain;
+pub mod password;
+pub mod store;
 
+use serde::{Deserialize, Serialize};
+
+use kit::config::ServiceCommon;
+use kit::db::{Db, DbOptions};
+use kit::server::{Host, RunningService, ServiceSpec, StartError};
+use kit::shutdown::CancellationToken;
+use kit::token::TokenSigner;
+
+pub const SERVICE: &str = "users";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Used when no secret is configured, so a local stack works out of the box.
+/// Logged loudly; never use it beyond a laptop.
+pub const DEV_TOKEN_SECRET: &str = "shopfast-dev-token-secret-change-me-0123456789";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UsersConfig {
+    #[serde(flatten)]
+    pub common: ServiceCommon,
+    /// HMAC secret for access tokens (at least 32 bytes), shared with the gateway.
+    pub token_secret: Option<String>,
+    pub token_ttl_secs: u64,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self { common: ServiceCommon::with_ports(9001, 9101), token_secret: None, token_ttl_secs: 3_600 }
+    }
+}
+
+/// The signer for a configured secret, or the development default (with a warning).
+pub fn token_signer(secret: Option<&str>) -> Result<TokenSigner, StartError> {
+    let secret = secret.unwrap_or_else(|| {
+        tracing::warn!("no token_secret configured: using the built-in development secret");
+        DEV_TOKEN_SECRET
+    });
+    TokenSigner::new(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))
+}
+
+pub async fn start(config: UsersConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
+    if config.token_ttl_secs == 0 {
+        return Err(StartError::Config("token_ttl_secs must be positive".into()));
+    }
+    let signer = token_signer(config.token_secret.as_deref())?;
+    let spec = ServiceSpec {
+        name: SERVICE,
+        grpc_services: &[contracts::service_names::USERS],
+        descriptor_set: contracts::FILE_DESCRIPTOR_SET,
+    };
+    let host = Host::bind(spec, &config.common, shutdown.clone()).await?;
+    let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
+    let ping_db = db.clone();
+    host.readiness().add_check("database", move || {
+        let db = ping_db.clone();
+        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+    });
+    let api = api::UsersApi::new(store::UserStore::new(db.clone()), signer, config.token_ttl_secs as i64);
+    let service = contracts::users::v1::user_service_server::UserServiceServer::new(api);
+    let mut running = host.start(tonic::service::Routes::new(service)).await?;
+    running.close_on_stop(db);
+    Ok(running)
+}
