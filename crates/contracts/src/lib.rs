@@ -3,8 +3,7 @@
 //! used by server reflection and by the gateway's transcoder.
 
 /// The encoded `FileDescriptorSet` of every shopfast proto and its imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/shopfast_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shopfast_descriptor.bin"));
 
 pub mod google {
     pub mod api {

@@ -110,16 +110,23 @@ pub struct Host {
 
 impl Host {
     /// Binds both listeners and starts the admin server (not ready yet).
-    pub async fn bind(spec: ServiceSpec, common: &ServiceCommon, shutdown: CancellationToken) -> Result<Self, ServerError> {
-        let grpc_listener = TcpListener::bind(common.grpc_addr)
-            .await
-            .map_err(|source| ServerError::Bind { what: "gRPC", addr: common.grpc_addr, source })?;
-        let admin_listener = TcpListener::bind(common.admin_addr)
-            .await
-            .map_err(|source| ServerError::Bind { what: "admin HTTP", addr: common.admin_addr, source })?;
-        let bound = |l: &TcpListener, what, addr| {
-            l.local_addr().map_err(|source| ServerError::Bind { what, addr, source })
-        };
+    pub async fn bind(
+        spec: ServiceSpec,
+        common: &ServiceCommon,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ServerError> {
+        let grpc_listener = TcpListener::bind(common.grpc_addr).await.map_err(|source| ServerError::Bind {
+            what: "gRPC",
+            addr: common.grpc_addr,
+            source,
+        })?;
+        let admin_listener = TcpListener::bind(common.admin_addr).await.map_err(|source| ServerError::Bind {
+            what: "admin HTTP",
+            addr: common.admin_addr,
+            source,
+        })?;
+        let bound =
+            |l: &TcpListener, what, addr| l.local_addr().map_err(|source| ServerError::Bind { what, addr, source });
         let grpc_addr = bound(&grpc_listener, "gRPC", common.grpc_addr)?;
         let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
 
@@ -153,18 +160,19 @@ impl Host {
     /// Serves `routes` plus health and reflection, then reports ready.
     pub async fn start(self, routes: Routes) -> Result<RunningService, ServerError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(self.spec.descriptor_set)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(self.spec.descriptor_set)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-        let routes = routes
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        // Advertise only what this process serves: the descriptor set holds
+        // every shopfast service.
+        let reflection = |reflection_service: &str| {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(self.spec.descriptor_set)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name(reflection_service);
+            self.spec.grpc_services.iter().fold(builder, |b, name| b.with_service_name(*name))
+        };
+        let reflection_v1 = reflection("grpc.reflection.v1.ServerReflection").build_v1()?;
+        let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
+        let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
         let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
         let shutdown = self.shutdown.clone();
@@ -278,10 +286,13 @@ async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: Canc
     let app = Router::new()
         .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"}))) }))
         .route("/health/ready", get(ready))
-        .route("/metrics", get(move || {
-            let metrics = metrics.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
-        }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
+            }),
+        )
         .with_state(readiness);
     let stopped = async move { shutdown.cancelled().await };
     if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {

@@ -8,13 +8,13 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -31,8 +31,7 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 /// one test process) keep the first. `RUST_LOG` overrides `default_filter`.
 pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
     INSTALLED.get_or_init(|| {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(default_filter));
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         let registry = tracing_subscriber::registry().with(filter);
         let result = match format {
             LogFormat::Json => registry
@@ -43,9 +42,9 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
                         .with_writer(std::io::stdout),
                 )
                 .try_init(),
-            LogFormat::Pretty => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-                .try_init(),
+            LogFormat::Pretty => {
+                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+            }
         };
         // Another subscriber was installed first (e.g. by a test harness): keep it.
         let _ = result;
@@ -150,7 +149,8 @@ mod tests {
                 .with_writer(move || writer.clone()),
         );
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("grpc", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", method = "GetProduct");
+            let span =
+                tracing::info_span!("grpc", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", method = "GetProduct");
             let _guard = span.enter();
             tracing::warn!(order_id = "o-1", attempt = 2, "stock low");
         });

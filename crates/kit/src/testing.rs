@@ -37,7 +37,11 @@ impl TestDb {
     pub async fn postgres() -> Option<Self> {
         sqlx::any::install_default_drivers();
         let admin = postgres_admin_url();
-        let reachable = tokio::time::timeout(std::time::Duration::from_secs(5), <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)).await;
+        let reachable = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            <sqlx::AnyConnection as sqlx::Connection>::connect(&admin),
+        )
+        .await;
         match reachable {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return skip_or_fail(&format!("{err}")),
@@ -59,10 +63,10 @@ impl TestDb {
 
     /// Drops a PostgreSQL database (a SQLite temp dir goes with the value).
     pub async fn cleanup(self) {
-        if self.backend == Backend::Postgres {
-            if let Err(err) = sqlx::Any::force_drop_database(&self.url).await {
-                eprintln!("warning: could not drop test database {}: {err}", self.url);
-            }
+        if self.backend == Backend::Postgres
+            && let Err(err) = sqlx::Any::force_drop_database(&self.url).await
+        {
+            eprintln!("warning: could not drop test database {}: {err}", self.url);
         }
     }
 }
@@ -71,7 +75,10 @@ fn skip_or_fail(why: &str) -> Option<TestDb> {
     if running_in_ci() {
         panic!("PostgreSQL is required when CI=true but is unreachable at {}: {why}", postgres_admin_url());
     }
-    eprintln!("SKIPPED: PostgreSQL unreachable at {} ({why}); set CI=true to make this a failure", postgres_admin_url());
+    eprintln!(
+        "SKIPPED: PostgreSQL unreachable at {} ({why}); set CI=true to make this a failure",
+        postgres_admin_url()
+    );
     None
 }
 

@@ -102,9 +102,8 @@ impl TokenSigner {
         mac.update(payload.as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&signature).map_err(|_| TokenError::Signature)?;
-        let claims: Claims =
-            serde_json::from_slice(&B64.decode(payload).map_err(|_| TokenError::Malformed)?)
-                .map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&B64.decode(payload).map_err(|_| TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
         if claims.iss != ISSUER {
             return Err(TokenError::Issuer);
         }
@@ -137,7 +136,8 @@ mod tests {
         assert_eq!(other.verify(&token, 1_001), Err(TokenError::Signature));
 
         let parts: Vec<&str> = token.split('.').collect();
-        let forged_payload = B64.encode(br#"{"sub":"admin","email":"x","iss":"shopfast-users","iat":0,"exp":9999999999}"#);
+        let forged_payload =
+            B64.encode(br#"{"sub":"admin","email":"x","iss":"shopfast-users","iat":0,"exp":9999999999}"#);
         let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
         assert_eq!(signer().verify(&forged, 1_001), Err(TokenError::Signature));
 

@@ -43,7 +43,8 @@ fn parse_traceparent(value: &str) -> Option<(String, String)> {
     let trace_id = parts.next()?;
     let parent_id = parts.next()?;
     let flags = parts.next()?;
-    let is_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let is_hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !is_hex(version, 2) || version == "ff" || !is_hex(trace_id, 32) || !is_hex(parent_id, 16) || !is_hex(flags, 2) {
         return None;
     }
@@ -88,7 +89,9 @@ mod tests {
 
     #[test]
     fn future_versions_may_carry_more_fields() {
-        let ids = TraceIds::continue_or_start(Some("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future"));
+        let ids = TraceIds::continue_or_start(Some(
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future",
+        ));
         assert_eq!(ids.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

@@ -102,7 +102,10 @@ impl ProductService for ProductsApi {
         }
     }
 
-    async fn get_products(&self, request: Request<pb::GetProductsRequest>) -> Result<Response<pb::GetProductsResponse>, Status> {
+    async fn get_products(
+        &self,
+        request: Request<pb::GetProductsRequest>,
+    ) -> Result<Response<pb::GetProductsResponse>, Status> {
         let ids = request.into_inner().product_ids;
         if ids.len() > MAX_BATCH_IDS {
             return Err(Status::invalid_argument(format!("at most {MAX_BATCH_IDS} product_ids per request")));
@@ -140,7 +143,10 @@ impl ProductService for ProductsApi {
         }))
     }
 
-    async fn create_product(&self, request: Request<pb::CreateProductRequest>) -> Result<Response<pb::Product>, Status> {
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
         let p = request.into_inner().product.ok_or_else(|| Status::invalid_argument("product is required"))?;
         let price = p.price.ok_or_else(|| Status::invalid_argument("product.price is required"))?;
         let dimensions = p.dimensions.unwrap_or_default();
@@ -193,11 +199,8 @@ impl ProductService for ProductsApi {
             s if s < 0 => return Err(DomainError::invalid("ttl_seconds must not be negative").into()),
             s => s.saturating_mul(1000).min(self.policy.max_ttl_ms),
         };
-        let reservation = self
-            .store
-            .reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis())
-            .await
-            .map_err(status)?;
+        let reservation =
+            self.store.reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis()).await.map_err(status)?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 

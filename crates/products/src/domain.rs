@@ -70,7 +70,10 @@ impl NewProduct {
         self.name = self.name.trim().to_string();
         self.category = self.category.trim().to_ascii_lowercase();
         self.currency_code = self.currency_code.trim().to_ascii_uppercase();
-        if self.sku.is_empty() || self.sku.len() > 64 || !self.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if self.sku.is_empty()
+            || self.sku.len() > 64
+            || !self.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(invalid("sku must be 1-64 characters of A-Z, 0-9 and '-'"));
         }
         if self.name.is_empty() || self.name.chars().count() > 200 {
@@ -79,7 +82,10 @@ impl NewProduct {
         if self.description.chars().count() > 5_000 {
             return Err(invalid("description must be at most 5000 characters"));
         }
-        if self.category.is_empty() || self.category.len() > 64 || !self.category.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if self.category.is_empty()
+            || self.category.len() > 64
+            || !self.category.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(invalid("category must be 1-64 characters of a-z, 0-9 and '-'"));
         }
         validate_currency(&self.currency_code)?;
@@ -254,10 +260,10 @@ impl SearchFilter {
         if self.min_price_minor.is_some_and(|p| p < 0) || self.max_price_minor.is_some_and(|p| p < 0) {
             return Err(invalid("prices must not be negative"));
         }
-        if let (Some(min), Some(max)) = (self.min_price_minor, self.max_price_minor) {
-            if min > max {
-                return Err(invalid("min_price_minor must not exceed max_price_minor"));
-            }
+        if let (Some(min), Some(max)) = (self.min_price_minor, self.max_price_minor)
+            && min > max
+        {
+            return Err(invalid("min_price_minor must not exceed max_price_minor"));
         }
         Ok(self)
     }
@@ -313,21 +319,24 @@ mod tests {
     #[test]
     fn new_products_are_normalised() {
         let p = sample().validate().unwrap();
-        assert_eq!((p.sku.as_str(), p.name.as_str(), p.category.as_str(), p.currency_code.as_str()), ("AB-1", "Lamp", "home", "USD"));
+        assert_eq!(
+            (p.sku.as_str(), p.name.as_str(), p.category.as_str(), p.currency_code.as_str()),
+            ("AB-1", "Lamp", "home", "USD")
+        );
     }
 
     #[test]
     fn bad_products_are_refused() {
-        let cases: Vec<Box<dyn Fn(&mut NewProduct)>> = vec![
-            Box::new(|p| p.sku = "".into()),
-            Box::new(|p| p.sku = "has space".into()),
-            Box::new(|p| p.name = "  ".into()),
-            Box::new(|p| p.category = "".into()),
-            Box::new(|p| p.currency_code = "DOLLARS".into()),
-            Box::new(|p| p.price_minor = -1),
-            Box::new(|p| p.stock = -1),
-            Box::new(|p| p.stock = MAX_STOCK + 1),
-            Box::new(|p| p.dimensions.width_mm = -1),
+        let cases: [fn(&mut NewProduct); 9] = [
+            |p| p.sku = "".into(),
+            |p| p.sku = "has space".into(),
+            |p| p.name = "  ".into(),
+            |p| p.category = "".into(),
+            |p| p.currency_code = "DOLLARS".into(),
+            |p| p.price_minor = -1,
+            |p| p.stock = -1,
+            |p| p.stock = MAX_STOCK + 1,
+            |p| p.dimensions.width_mm = -1,
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut p = sample();
@@ -374,7 +383,11 @@ mod tests {
 
     #[test]
     fn search_filters_are_checked() {
-        assert!(SearchFilter { min_price_minor: Some(10), max_price_minor: Some(5), ..Default::default() }.validate().is_err());
+        assert!(
+            SearchFilter { min_price_minor: Some(10), max_price_minor: Some(5), ..Default::default() }
+                .validate()
+                .is_err()
+        );
         assert!(SearchFilter { min_price_minor: Some(-1), ..Default::default() }.validate().is_err());
         assert!(SearchFilter { query: "x".repeat(MAX_QUERY_LEN + 1), ..Default::default() }.validate().is_err());
         let a = SearchFilter { query: "lamp".into(), ..Default::default() };

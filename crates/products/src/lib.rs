@@ -9,8 +9,8 @@ pub mod store;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use kit::shutdown::CancellationToken;
+use serde::{Deserialize, Serialize};
 
 use kit::config::ServiceCommon;
 use kit::db::{Db, DbOptions};

@@ -3,31 +3,102 @@
 use crate::domain::{Dimensions, NewProduct};
 
 const CATALOG: &[(&str, &str, &[&str])] = &[
-    ("electronics", "ELEC", &[
-        "Wireless Earbuds", "Noise-Cancelling Headphones", "Bluetooth Speaker", "USB-C Charger 65W",
-        "Mechanical Keyboard", "Ergonomic Mouse", "27-inch Monitor", "Portable SSD 1TB", "Webcam 1080p", "Smart Watch",
-    ]),
-    ("home", "HOME", &[
-        "Ceramic Mug Set", "Cast Iron Skillet", "Linen Duvet Cover", "Desk Lamp", "French Press",
-        "Bamboo Cutting Board", "Wool Throw Blanket", "Glass Storage Jars", "Chef's Knife", "Aroma Diffuser",
-    ]),
-    ("books", "BOOK", &[
-        "Designing Data-Intensive Applications", "Site Reliability Engineering", "The Rust Programming Language",
-        "Release It!", "Building Microservices", "Database Internals", "Systems Performance",
-        "Distributed Systems Notes", "Category Theory for Programmers", "The Art of Multiprocessor Programming",
-    ]),
-    ("sports", "SPRT", &[
-        "Yoga Mat", "Adjustable Dumbbells", "Running Shoes", "Cycling Helmet", "Jump Rope",
-        "Foam Roller", "Trail Backpack 30L", "Insulated Water Bottle", "Tennis Racket", "Climbing Chalk Bag",
-    ]),
-    ("clothing", "CLTH", &[
-        "Merino T-Shirt", "Rain Jacket", "Denim Jeans", "Wool Socks 3-Pack", "Hooded Sweatshirt",
-        "Leather Belt", "Down Vest", "Canvas Sneakers", "Linen Shirt", "Beanie",
-    ]),
-    ("toys", "TOYS", &[
-        "Wooden Train Set", "Puzzle 1000 Pieces", "Building Blocks", "Plush Fox", "Kite",
-        "Chess Set", "Remote Control Car", "Watercolor Kit", "Marble Run", "Card Game Classics",
-    ]),
+    (
+        "electronics",
+        "ELEC",
+        &[
+            "Wireless Earbuds",
+            "Noise-Cancelling Headphones",
+            "Bluetooth Speaker",
+            "USB-C Charger 65W",
+            "Mechanical Keyboard",
+            "Ergonomic Mouse",
+            "27-inch Monitor",
+            "Portable SSD 1TB",
+            "Webcam 1080p",
+            "Smart Watch",
+        ],
+    ),
+    (
+        "home",
+        "HOME",
+        &[
+            "Ceramic Mug Set",
+            "Cast Iron Skillet",
+            "Linen Duvet Cover",
+            "Desk Lamp",
+            "French Press",
+            "Bamboo Cutting Board",
+            "Wool Throw Blanket",
+            "Glass Storage Jars",
+            "Chef's Knife",
+            "Aroma Diffuser",
+        ],
+    ),
+    (
+        "books",
+        "BOOK",
+        &[
+            "Designing Data-Intensive Applications",
+            "Site Reliability Engineering",
+            "The Rust Programming Language",
+            "Release It!",
+            "Building Microservices",
+            "Database Internals",
+            "Systems Performance",
+            "Distributed Systems Notes",
+            "Category Theory for Programmers",
+            "The Art of Multiprocessor Programming",
+        ],
+    ),
+    (
+        "sports",
+        "SPRT",
+        &[
+            "Yoga Mat",
+            "Adjustable Dumbbells",
+            "Running Shoes",
+            "Cycling Helmet",
+            "Jump Rope",
+            "Foam Roller",
+            "Trail Backpack 30L",
+            "Insulated Water Bottle",
+            "Tennis Racket",
+            "Climbing Chalk Bag",
+        ],
+    ),
+    (
+        "clothing",
+        "CLTH",
+        &[
+            "Merino T-Shirt",
+            "Rain Jacket",
+            "Denim Jeans",
+            "Wool Socks 3-Pack",
+            "Hooded Sweatshirt",
+            "Leather Belt",
+            "Down Vest",
+            "Canvas Sneakers",
+            "Linen Shirt",
+            "Beanie",
+        ],
+    ),
+    (
+        "toys",
+        "TOYS",
+        &[
+            "Wooden Train Set",
+            "Puzzle 1000 Pieces",
+            "Building Blocks",
+            "Plush Fox",
+            "Kite",
+            "Chess Set",
+            "Remote Control Car",
+            "Watercolor Kit",
+            "Marble Run",
+            "Card Game Classics",
+        ],
+    ),
 ];
 
 pub fn products() -> Vec<NewProduct> {

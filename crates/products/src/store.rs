@@ -167,8 +167,9 @@ impl ProductStore {
         let limit = bind(Bind::Int(page.limit));
         let offset = bind(Bind::Int(page.offset));
         let filter_sql = clauses.join(" AND ");
-        let page_sql =
-            format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE {filter_sql} ORDER BY {order} LIMIT {limit} OFFSET {offset}");
+        let page_sql = format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE {filter_sql} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+        );
         let count_sql = format!("SELECT COUNT(*) AS n FROM products WHERE {filter_sql}");
 
         let mut page_query = sqlx::query(AssertSqlSafe(page_sql));
@@ -196,12 +197,13 @@ impl ProductStore {
         let items = domain::normalize_items(items)?;
         let mut report = Vec::with_capacity(items.len());
         for (product_id, requested) in items {
-            let available = sqlx::query("SELECT stock - reserved AS available FROM products WHERE id = $1 AND active = 1")
-                .bind(&product_id)
-                .fetch_optional(self.db.pool())
-                .await?
-                .map(|row| row.try_get::<i64, _>("available"))
-                .transpose()?;
+            let available =
+                sqlx::query("SELECT stock - reserved AS available FROM products WHERE id = $1 AND active = 1")
+                    .bind(&product_id)
+                    .fetch_optional(self.db.pool())
+                    .await?
+                    .map(|row| row.try_get::<i64, _>("available"))
+                    .transpose()?;
             report.push(Availability { product_id, requested, available });
         }
         Ok(report)
@@ -311,7 +313,13 @@ impl ProductStore {
     /// Moves an ACTIVE reservation to `to` and applies its stock effect, in one
     /// transaction. The conditional state update is the lock: of two racing
     /// finishes, exactly one sees a row change.
-    async fn finish(&self, order_id: &str, to: ReservationState, now: i64, tombstone_unknown: bool) -> Result<Reservation> {
+    async fn finish(
+        &self,
+        order_id: &str,
+        to: ReservationState,
+        now: i64,
+        tombstone_unknown: bool,
+    ) -> Result<Reservation> {
         // On PostgreSQL a reservation committed by a concurrent ReserveInventory
         // right after our conditional update looked can show up as ACTIVE in the
         // follow-up read; try again, it will match this time.
@@ -320,17 +328,27 @@ impl ProductStore {
                 return Ok(done);
             }
         }
-        Err(DomainError::FailedPrecondition(format!("reservation for order {order_id} is changing concurrently; retry")).into())
+        Err(DomainError::FailedPrecondition(format!(
+            "reservation for order {order_id} is changing concurrently; retry"
+        ))
+        .into())
     }
 
-    async fn try_finish(&self, order_id: &str, to: ReservationState, now: i64, tombstone_unknown: bool) -> Result<Option<Reservation>> {
+    async fn try_finish(
+        &self,
+        order_id: &str,
+        to: ReservationState,
+        now: i64,
+        tombstone_unknown: bool,
+    ) -> Result<Option<Reservation>> {
         let mut tx = self.db.begin_write().await?;
-        let changed = sqlx::query("UPDATE reservations SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = 'ACTIVE'")
-            .bind(to.as_str())
-            .bind(now)
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
+        let changed =
+            sqlx::query("UPDATE reservations SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = 'ACTIVE'")
+                .bind(to.as_str())
+                .bind(now)
+                .bind(order_id)
+                .execute(&mut *tx)
+                .await?;
         if changed.rows_affected() == 1 {
             let reservation = load_reservation(&mut tx, order_id).await?.ok_or(sqlx::Error::RowNotFound)?;
             let (stock, reserved, sold) = to.stock_effect();
@@ -348,7 +366,8 @@ impl ProductStore {
                 .await?;
             }
             tx.commit().await?;
-            metrics::counter!("inventory_reservations_total", "outcome" => to.as_str().to_ascii_lowercase()).increment(1);
+            metrics::counter!("inventory_reservations_total", "outcome" => to.as_str().to_ascii_lowercase())
+                .increment(1);
             return Ok(Some(reservation));
         }
         let existing = match load_reservation(&mut tx, order_id).await? {
@@ -410,23 +429,25 @@ impl ProductStore {
 }
 
 async fn load_reservation(conn: &mut sqlx::AnyConnection, order_id: &str) -> Result<Option<Reservation>, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT order_id, state, expires_at, created_at, updated_at FROM reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?
+    let Some(row) =
+        sqlx::query("SELECT order_id, state, expires_at, created_at, updated_at FROM reservations WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?
     else {
         return Ok(None);
     };
     let state_text: String = row.try_get("state")?;
     let state = ReservationState::parse(&state_text)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown reservation state {state_text:?}").into()))?;
-    let items = sqlx::query("SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id")
-        .bind(order_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("product_id")?, r.try_get("quantity")?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let items =
+        sqlx::query("SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id")
+            .bind(order_id)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("product_id")?, r.try_get("quantity")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Some(Reservation {
         order_id: row.try_get("order_id")?,
         state,
@@ -438,7 +459,11 @@ async fn load_reservation(conn: &mut sqlx::AnyConnection, order_id: &str) -> Res
 }
 
 /// Why a conditional reserve touched no row: unknown, inactive, or short.
-async fn shortage_reason(tx: &mut Transaction<'static, Any>, product_id: &str, quantity: i64) -> Result<DomainError, sqlx::Error> {
+async fn shortage_reason(
+    tx: &mut Transaction<'static, Any>,
+    product_id: &str,
+    quantity: i64,
+) -> Result<DomainError, sqlx::Error> {
     let row = sqlx::query("SELECT stock - reserved AS available, active FROM products WHERE id = $1")
         .bind(product_id)
         .fetch_optional(&mut **tx)

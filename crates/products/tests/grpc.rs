@@ -1,4 +1,6 @@
 //! Every ProductService method over a real socket, happy paths and garbage.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::time::Duration;
 
 use contracts::common::v1::Money;
@@ -53,7 +55,12 @@ fn items(list: &[(&str, i64)]) -> Vec<pb::LineItem> {
 #[tokio::test]
 async fn seeded_catalog_search_and_pagination() {
     let mut h = start().await;
-    let first = h.client.search_products(pb::SearchProductsRequest { page_size: 7, ..Default::default() }).await.unwrap().into_inner();
+    let first = h
+        .client
+        .search_products(pb::SearchProductsRequest { page_size: 7, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(first.total_size >= 50, "seeded: {}", first.total_size);
     assert_eq!(first.products.len(), 7);
 
@@ -63,7 +70,11 @@ async fn seeded_catalog_search_and_pagination() {
     loop {
         let page = h
             .client
-            .search_products(pb::SearchProductsRequest { page_size: 7, page_token: token.clone(), ..Default::default() })
+            .search_products(pb::SearchProductsRequest {
+                page_size: 7,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -78,7 +89,12 @@ async fn seeded_catalog_search_and_pagination() {
     seen.dedup();
     assert_eq!((seen.len() as i64, total as i64), (first.total_size, first.total_size));
 
-    let huge = h.client.search_products(pb::SearchProductsRequest { page_size: i32::MAX, ..Default::default() }).await.unwrap().into_inner();
+    let huge = h
+        .client
+        .search_products(pb::SearchProductsRequest { page_size: i32::MAX, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(huge.products.len() <= 100, "huge pages are clamped");
 
     let books = h
@@ -92,7 +108,12 @@ async fn seeded_catalog_search_and_pagination() {
 
     let cheap_first = h
         .client
-        .search_products(pb::SearchProductsRequest { sort: pb::SortOrder::PriceAsc as i32, in_stock_only: true, page_size: 100, ..Default::default() })
+        .search_products(pb::SearchProductsRequest {
+            sort: pb::SortOrder::PriceAsc as i32,
+            in_stock_only: true,
+            page_size: 100,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -125,10 +146,19 @@ async fn search_garbage_is_refused() {
         expect_code(h.client.search_products(request.clone()).await, Code::InvalidArgument);
     }
     // A token from one query is refused for another.
-    let page = h.client.search_products(pb::SearchProductsRequest { page_size: 5, ..Default::default() }).await.unwrap().into_inner();
+    let page = h
+        .client
+        .search_products(pb::SearchProductsRequest { page_size: 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     expect_code(
         h.client
-            .search_products(pb::SearchProductsRequest { category: "books".into(), page_token: page.next_page_token, ..Default::default() })
+            .search_products(pb::SearchProductsRequest {
+                category: "books".into(),
+                page_token: page.next_page_token,
+                ..Default::default()
+            })
             .await,
         Code::InvalidArgument,
     );
@@ -140,7 +170,8 @@ async fn get_create_and_batch_get() {
     let mut h = start_with(|c| c.seed = false).await;
     let created = create(&mut h.client, "t-1", 5).await;
     assert_eq!((created.sku.as_str(), created.available, created.active), ("T-1", 5, true));
-    let fetched = h.client.get_product(pb::GetProductRequest { product_id: created.id.clone() }).await.unwrap().into_inner();
+    let fetched =
+        h.client.get_product(pb::GetProductRequest { product_id: created.id.clone() }).await.unwrap().into_inner();
     assert_eq!(fetched, created);
     expect_code(h.client.get_product(pb::GetProductRequest { product_id: "nope".into() }).await, Code::NotFound);
     expect_code(h.client.get_product(pb::GetProductRequest { product_id: String::new() }).await, Code::InvalidArgument);
@@ -154,7 +185,10 @@ async fn get_create_and_batch_get() {
     assert_eq!((batch.products.len(), batch.missing_ids), (1, vec!["missing".to_string()]));
     let too_many: Vec<String> = (0..101).map(|i| format!("id-{i}")).collect();
     expect_code(h.client.get_products(pb::GetProductsRequest { product_ids: too_many }).await, Code::InvalidArgument);
-    expect_code(h.client.get_products(pb::GetProductsRequest { product_ids: vec![String::new()] }).await, Code::InvalidArgument);
+    expect_code(
+        h.client.get_products(pb::GetProductsRequest { product_ids: vec![String::new()] }).await,
+        Code::InvalidArgument,
+    );
 
     expect_code(
         h.client.create_product(pb::CreateProductRequest { product: Some(new_product("T-1", 1)) }).await,
@@ -166,8 +200,14 @@ async fn get_create_and_batch_get() {
         Some(new_product("T-3", -1)),
         Some(new_product("", 1)),
         Some(new_product("bad sku!", 1)),
-        Some(pb::Product { price: Some(Money { currency_code: "usd1".into(), minor_units: 5 }), ..new_product("T-4", 1) }),
-        Some(pb::Product { price: Some(Money { currency_code: "USD".into(), minor_units: -5 }), ..new_product("T-5", 1) }),
+        Some(pb::Product {
+            price: Some(Money { currency_code: "usd1".into(), minor_units: 5 }),
+            ..new_product("T-4", 1)
+        }),
+        Some(pb::Product {
+            price: Some(Money { currency_code: "USD".into(), minor_units: -5 }),
+            ..new_product("T-5", 1)
+        }),
         Some(pb::Product { name: String::new(), ..new_product("T-6", 1) }),
     ];
     for product in garbage {
@@ -198,34 +238,54 @@ async fn availability_reserve_release_commit() {
 
     let reservation = h
         .client
-        .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-1".into(), items: items(&[(&a.id, 2), (&b.id, 1)]), ttl_seconds: 0 })
+        .reserve_inventory(pb::ReserveInventoryRequest {
+            order_id: "o-1".into(),
+            items: items(&[(&a.id, 2), (&b.id, 1)]),
+            ttl_seconds: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(reservation.state, pb::ReservationState::Active as i32);
     let replay = h
         .client
-        .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-1".into(), items: items(&[(&b.id, 1), (&a.id, 2)]), ttl_seconds: 0 })
+        .reserve_inventory(pb::ReserveInventoryRequest {
+            order_id: "o-1".into(),
+            items: items(&[(&b.id, 1), (&a.id, 2)]),
+            ttl_seconds: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(replay, reservation, "same items in another order are the same request");
     expect_code(
         h.client
-            .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-1".into(), items: items(&[(&a.id, 3)]), ttl_seconds: 0 })
+            .reserve_inventory(pb::ReserveInventoryRequest {
+                order_id: "o-1".into(),
+                items: items(&[(&a.id, 3)]),
+                ttl_seconds: 0,
+            })
             .await,
         Code::AlreadyExists,
     );
     let short = expect_code(
         h.client
-            .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-2".into(), items: items(&[(&a.id, 1), (&b.id, 1)]), ttl_seconds: 0 })
+            .reserve_inventory(pb::ReserveInventoryRequest {
+                order_id: "o-2".into(),
+                items: items(&[(&a.id, 1), (&b.id, 1)]),
+                ttl_seconds: 0,
+            })
             .await,
         Code::FailedPrecondition,
     );
     assert!(short.contains("insufficient"), "{short}");
     expect_code(
         h.client
-            .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-3".into(), items: items(&[("ghost", 1)]), ttl_seconds: 0 })
+            .reserve_inventory(pb::ReserveInventoryRequest {
+                order_id: "o-3".into(),
+                items: items(&[("ghost", 1)]),
+                ttl_seconds: 0,
+            })
             .await,
         Code::NotFound,
     );
@@ -244,36 +304,68 @@ async fn availability_reserve_release_commit() {
     let a_now = h.client.get_product(pb::GetProductRequest { product_id: a.id.clone() }).await.unwrap().into_inner();
     assert_eq!((a_now.reserved, a_now.available), (2, 3), "failed calls changed nothing");
 
-    let got = h.client.get_reservation(pb::GetReservationRequest { order_id: "o-1".into() }).await.unwrap().into_inner();
+    let got =
+        h.client.get_reservation(pb::GetReservationRequest { order_id: "o-1".into() }).await.unwrap().into_inner();
     assert_eq!(got.items.len(), 2);
     expect_code(h.client.get_reservation(pb::GetReservationRequest { order_id: "o-404".into() }).await, Code::NotFound);
-    expect_code(h.client.get_reservation(pb::GetReservationRequest { order_id: String::new() }).await, Code::InvalidArgument);
+    expect_code(
+        h.client.get_reservation(pb::GetReservationRequest { order_id: String::new() }).await,
+        Code::InvalidArgument,
+    );
 
-    let committed = h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-1".into() }).await.unwrap().into_inner();
+    let committed =
+        h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-1".into() }).await.unwrap().into_inner();
     assert_eq!(committed.state, pb::ReservationState::Committed as i32);
     h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-1".into() }).await.unwrap();
     let a_sold = h.client.get_product(pb::GetProductRequest { product_id: a.id.clone() }).await.unwrap().into_inner();
     assert_eq!((a_sold.stock, a_sold.reserved, a_sold.sold), (3, 0, 2));
-    expect_code(h.client.release_inventory(pb::ReleaseInventoryRequest { order_id: "o-1".into() }).await, Code::FailedPrecondition);
-    expect_code(h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-404".into() }).await, Code::NotFound);
-    expect_code(h.client.commit_inventory(pb::CommitInventoryRequest { order_id: String::new() }).await, Code::InvalidArgument);
+    expect_code(
+        h.client.release_inventory(pb::ReleaseInventoryRequest { order_id: "o-1".into() }).await,
+        Code::FailedPrecondition,
+    );
+    expect_code(
+        h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-404".into() }).await,
+        Code::NotFound,
+    );
+    expect_code(
+        h.client.commit_inventory(pb::CommitInventoryRequest { order_id: String::new() }).await,
+        Code::InvalidArgument,
+    );
 
     h.client
-        .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-5".into(), items: items(&[(&a.id, 3)]), ttl_seconds: 0 })
+        .reserve_inventory(pb::ReserveInventoryRequest {
+            order_id: "o-5".into(),
+            items: items(&[(&a.id, 3)]),
+            ttl_seconds: 0,
+        })
         .await
         .unwrap();
     for _ in 0..2 {
-        let released = h.client.release_inventory(pb::ReleaseInventoryRequest { order_id: "o-5".into() }).await.unwrap().into_inner();
+        let released = h
+            .client
+            .release_inventory(pb::ReleaseInventoryRequest { order_id: "o-5".into() })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(released.state, pb::ReservationState::Released as i32);
     }
     let a_back = h.client.get_product(pb::GetProductRequest { product_id: a.id.clone() }).await.unwrap().into_inner();
     assert_eq!((a_back.stock, a_back.reserved), (3, 0));
-    expect_code(h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-5".into() }).await, Code::FailedPrecondition);
-    expect_code(h.client.release_inventory(pb::ReleaseInventoryRequest { order_id: String::new() }).await, Code::InvalidArgument);
+    expect_code(
+        h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "o-5".into() }).await,
+        Code::FailedPrecondition,
+    );
+    expect_code(
+        h.client.release_inventory(pb::ReleaseInventoryRequest { order_id: String::new() }).await,
+        Code::InvalidArgument,
+    );
 
     let garbage_checks = [vec![], items(&[(&a.id, -2)]), items(&[("", 1)])];
     for list in garbage_checks {
-        expect_code(h.client.check_availability(pb::CheckAvailabilityRequest { items: list }).await, Code::InvalidArgument);
+        expect_code(
+            h.client.check_availability(pb::CheckAvailabilityRequest { items: list }).await,
+            Code::InvalidArgument,
+        );
     }
     h.service.stop().await.unwrap();
 }
@@ -287,12 +379,21 @@ async fn reservations_expire_through_the_reaper() {
     .await;
     let a = create(&mut h.client, "A", 4).await;
     h.client
-        .reserve_inventory(pb::ReserveInventoryRequest { order_id: "o-exp".into(), items: items(&[(&a.id, 3)]), ttl_seconds: 1 })
+        .reserve_inventory(pb::ReserveInventoryRequest {
+            order_id: "o-exp".into(),
+            items: items(&[(&a.id, 3)]),
+            ttl_seconds: 1,
+        })
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = h.client.get_reservation(pb::GetReservationRequest { order_id: "o-exp".into() }).await.unwrap().into_inner();
+        let r = h
+            .client
+            .get_reservation(pb::GetReservationRequest { order_id: "o-exp".into() })
+            .await
+            .unwrap()
+            .into_inner();
         if r.state == pb::ReservationState::Expired as i32 {
             break;
         }
@@ -307,7 +408,8 @@ async fn reservations_expire_through_the_reaper() {
 #[tokio::test]
 async fn bad_config_is_refused() {
     let db = TestDb::sqlite();
-    let config = products::ProductsConfig { common: service_common(&db.url), reservation_ttl_secs: 0, ..Default::default() };
+    let config =
+        products::ProductsConfig { common: service_common(&db.url), reservation_ttl_secs: 0, ..Default::default() };
     let err = products::start(config, kit::shutdown::CancellationToken::new()).await.err().expect("refused");
     assert!(err.to_string().contains("reservation_ttl_secs"), "{err}");
 }

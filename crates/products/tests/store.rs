@@ -1,4 +1,6 @@
 //! The store contract, run against SQLite and PostgreSQL alike.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::sync::Arc;
 
 use kit::db::{Db, DbOptions};
@@ -66,7 +68,12 @@ async fn search_filters_sorts_and_pages(url: String) {
     let even = SearchFilter { category: "even".into(), ..Default::default() };
     assert_eq!(store.search(&even, Page { offset: 0, limit: 100 }).await.unwrap().1, 13);
 
-    let priced = SearchFilter { min_price_minor: Some(500), max_price_minor: Some(900), sort: Sort::PriceDesc, ..Default::default() };
+    let priced = SearchFilter {
+        min_price_minor: Some(500),
+        max_price_minor: Some(900),
+        sort: Sort::PriceDesc,
+        ..Default::default()
+    };
     let (hits, n) = store.search(&priced, Page { offset: 0, limit: 100 }).await.unwrap();
     assert_eq!(n, 5);
     assert_eq!(hits.iter().map(|p| p.price_minor).collect::<Vec<_>>(), vec![900, 800, 700, 600, 500]);

@@ -42,7 +42,7 @@ fn address_from_pb(a: Option<common::Address>) -> Address {
 }
 
 fn address_to_pb(a: Address) -> Option<common::Address> {
-    (!a.is_empty()).then(|| common::Address {
+    (!a.is_empty()).then_some(common::Address {
         line1: a.line1,
         line2: a.line2,
         city: a.city,
@@ -124,12 +124,9 @@ impl UserService for UsersApi {
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
         domain::validate_user_id(&r.user_id)?;
-        let changes = ProfileChanges {
-            name: r.name,
-            address: r.address.map(|a| address_from_pb(Some(a))),
-            active: r.active,
-        }
-        .validate()?;
+        let changes =
+            ProfileChanges { name: r.name, address: r.address.map(|a| address_from_pb(Some(a))), active: r.active }
+                .validate()?;
         let user = self.store.update(&r.user_id, changes, now_millis()).await.map_err(status)?;
         Ok(Response::new(user_to_pb(user)))
     }

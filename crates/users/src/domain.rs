@@ -36,11 +36,9 @@ impl Address {
         if address.is_empty() {
             return Ok(address);
         }
-        for (field, value) in [
-            ("line1", &address.line1),
-            ("city", &address.city),
-            ("postal_code", &address.postal_code),
-        ] {
+        for (field, value) in
+            [("line1", &address.line1), ("city", &address.city), ("postal_code", &address.postal_code)]
+        {
             if value.is_empty() {
                 return Err(DomainError::invalid(format!("address.{field} is required")));
             }
@@ -180,7 +178,17 @@ mod tests {
     #[test]
     fn emails_are_normalised_or_refused() {
         assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "ada@@example.com", "ada@-x.com", "ada@x..com"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+            "ada@-x.com",
+            "ada@x..com",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad:?} accepted");
         }
         assert!(normalize_email(&format!("{}@example.com", "a".repeat(65))).is_err());

@@ -1,4 +1,6 @@
 //! Every UserService method over a real socket, happy paths and garbage.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use contracts::common::v1::Address;
 use contracts::users::v1 as pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
@@ -45,7 +47,10 @@ async fn register_login_profile_and_validate() {
 
     let login = h
         .client
-        .authenticate_user(pb::AuthenticateUserRequest { email: " ADA@example.com".into(), password: "hunter2hunter2".into() })
+        .authenticate_user(pb::AuthenticateUserRequest {
+            email: " ADA@example.com".into(),
+            password: "hunter2hunter2".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -60,14 +65,20 @@ async fn register_login_profile_and_validate() {
 
     let updated = h
         .client
-        .update_user(pb::UpdateUserRequest { user_id: user.id.clone(), name: Some("Ada L.".into()), address: Some(address()), active: None })
+        .update_user(pb::UpdateUserRequest {
+            user_id: user.id.clone(),
+            name: Some("Ada L.".into()),
+            address: Some(address()),
+            active: None,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(updated.name, "Ada L.");
     assert_eq!(updated.address.as_ref().unwrap().country_code, "US");
 
-    let valid = h.client.validate_user(pb::ValidateUserRequest { user_id: user.id.clone() }).await.unwrap().into_inner();
+    let valid =
+        h.client.validate_user(pb::ValidateUserRequest { user_id: user.id.clone() }).await.unwrap().into_inner();
     assert_eq!((valid.user_id.as_str(), valid.address.unwrap().city.as_str()), (user.id.as_str(), "Springfield"));
 
     // Closing the account: validation and login are refused, the profile remains.
@@ -75,10 +86,16 @@ async fn register_login_profile_and_validate() {
         .update_user(pb::UpdateUserRequest { user_id: user.id.clone(), active: Some(false), ..Default::default() })
         .await
         .unwrap();
-    expect_code(h.client.validate_user(pb::ValidateUserRequest { user_id: user.id.clone() }).await, Code::FailedPrecondition);
+    expect_code(
+        h.client.validate_user(pb::ValidateUserRequest { user_id: user.id.clone() }).await,
+        Code::FailedPrecondition,
+    );
     expect_code(
         h.client
-            .authenticate_user(pb::AuthenticateUserRequest { email: "ada@example.com".into(), password: "hunter2hunter2".into() })
+            .authenticate_user(pb::AuthenticateUserRequest {
+                email: "ada@example.com".into(),
+                password: "hunter2hunter2".into(),
+            })
             .await,
         Code::Unauthenticated,
     );
@@ -97,7 +114,10 @@ async fn garbage_input_gets_clear_errors() {
         pb::CreateUserRequest { password: huge.clone(), ..create_request("a@example.com") },
         pb::CreateUserRequest { name: "  ".into(), ..create_request("a@example.com") },
         pb::CreateUserRequest { email: huge.clone(), ..create_request("") },
-        pb::CreateUserRequest { address: Some(Address { city: "Nowhere".into(), ..Default::default() }), ..create_request("a@example.com") },
+        pb::CreateUserRequest {
+            address: Some(Address { city: "Nowhere".into(), ..Default::default() }),
+            ..create_request("a@example.com")
+        },
     ] {
         let message = expect_code(h.client.create_user(bad.clone()).await, Code::InvalidArgument);
         assert!(!message.is_empty(), "{bad:?}");
@@ -108,20 +128,32 @@ async fn garbage_input_gets_clear_errors() {
 
     for id in [String::new(), "   ".into(), huge.clone()] {
         expect_code(h.client.get_user(pb::GetUserRequest { user_id: id.clone() }).await, Code::InvalidArgument);
-        expect_code(h.client.validate_user(pb::ValidateUserRequest { user_id: id.clone() }).await, Code::InvalidArgument);
+        expect_code(
+            h.client.validate_user(pb::ValidateUserRequest { user_id: id.clone() }).await,
+            Code::InvalidArgument,
+        );
         expect_code(
             h.client.update_user(pb::UpdateUserRequest { user_id: id, ..Default::default() }).await,
             Code::InvalidArgument,
         );
     }
     expect_code(h.client.get_user(pb::GetUserRequest { user_id: "no-such-user".into() }).await, Code::NotFound);
-    expect_code(h.client.validate_user(pb::ValidateUserRequest { user_id: "no-such-user".into() }).await, Code::NotFound);
+    expect_code(
+        h.client.validate_user(pb::ValidateUserRequest { user_id: "no-such-user".into() }).await,
+        Code::NotFound,
+    );
     expect_code(
         h.client.update_user(pb::UpdateUserRequest { user_id: "no-such-user".into(), ..Default::default() }).await,
         Code::NotFound,
     );
     expect_code(
-        h.client.update_user(pb::UpdateUserRequest { user_id: user.id.clone(), name: Some(String::new()), ..Default::default() }).await,
+        h.client
+            .update_user(pb::UpdateUserRequest {
+                user_id: user.id.clone(),
+                name: Some(String::new()),
+                ..Default::default()
+            })
+            .await,
         Code::InvalidArgument,
     );
     expect_code(

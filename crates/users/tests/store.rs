@@ -1,4 +1,6 @@
 //! The store contract, run against SQLite and PostgreSQL alike.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::sync::Arc;
 
 use kit::db::{Db, DbOptions};
@@ -45,7 +47,8 @@ async fn updates_apply_only_given_fields(url: String) {
         .await
         .unwrap();
     assert_eq!((changed.name.as_str(), &changed.address, changed.updated_at), ("Ada Lovelace", &address, 20));
-    let closed = store.update(&user.id, ProfileChanges { active: Some(false), ..Default::default() }, 30).await.unwrap();
+    let closed =
+        store.update(&user.id, ProfileChanges { active: Some(false), ..Default::default() }, 30).await.unwrap();
     assert!(!closed.active);
     assert_eq!(store.get(&user.id).await.unwrap().unwrap(), closed, "persisted");
     let missing = store.update("nobody", ProfileChanges::default(), 40).await;
