@@ -1,0 +1,210 @@
+//! The registry's HTTP/JSON API.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::core::{Registry, RegistryError};
+use crate::model::{HeartbeatRequest, Instance, RegisterRequest};
+use kit::error::DomainError;
+use kit::time::now_millis;
+
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const INDEX_HEADER: &str = "x-registry-index";
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match self.0 {
+            StatusCode::BAD_REQUEST => "INVALID_ARGUMENT",
+            StatusCode::NOT_FOUND => "NOT_FOUND",
+            StatusCode::CONFLICT => "ALREADY_EXISTS",
+            StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+            _ => "INTERNAL",
+        };
+        (self.0, Json(json!({ "code": code, "message": self.1 }))).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> Self {
+        match err {
+            RegistryError::Domain(DomainError::Invalid(m)) => ApiError(StatusCode::BAD_REQUEST, m),
+            RegistryError::Domain(DomainError::NotFound(m)) => ApiError(StatusCode::NOT_FOUND, m),
+            RegistryError::Domain(DomainError::AlreadyExists(m)) => ApiError(StatusCode::CONFLICT, m),
+            RegistryError::Domain(other) => ApiError(StatusCode::BAD_REQUEST, other.to_string()),
+            RegistryError::Store(e) => {
+                tracing::error!(error = %e, "registry storage failed");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, "registry storage unavailable".into())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {}", rejection.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(registry: Registry) -> Router {
+    let metrics = kit::metrics::prometheus();
+    Router::new()
+        .route("/v1/register", post(register))
+        .route("/v1/heartbeat/{id}", put(heartbeat))
+        .route("/v1/instances", get(instances))
+        .route("/v1/instances/{id}", delete(deregister))
+        .route("/v1/instances/{id}/drain", post(drain))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{name}", get(service))
+        .route("/v1/audit", get(audit))
+        .route("/v1/prometheus/targets", get(prometheus_targets))
+        .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
+        .route("/health/ready", get(ready))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
+            }),
+        )
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(registry)
+}
+
+async fn register(
+    State(registry): State<Registry>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Json(request) = body?;
+    let response = registry.register(request, now_millis()).await?;
+    Ok((StatusCode::OK, Json(response)))
+}
+
+async fn heartbeat(
+    State(registry): State<Registry>,
+    Path(id): Path<String>,
+    body: Option<Json<HeartbeatRequest>>,
+) -> ApiResult<Json<Instance>> {
+    let health = body.and_then(|Json(b)| b.health);
+    Ok(Json(registry.heartbeat(&id, health, now_millis()).await?))
+}
+
+async fn deregister(State(registry): State<Registry>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    registry.deregister(&id, now_millis()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn drain(State(registry): State<Registry>, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
+    Ok(Json(registry.drain(&id, "requested", now_millis()).await?))
+}
+
+/// `index` + `wait` make a blocking query (as in Consul): the answer comes when
+/// the registry changes after `index`, or when `wait` runs out.
+fn parse_wait(text: Option<&String>) -> ApiResult<Duration> {
+    let Some(text) = text else { return Ok(DEFAULT_WAIT) };
+    let parsed = if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse::<u64>().map(Duration::from_millis)
+    } else if let Some(s) = text.strip_suffix('s') {
+        s.parse::<u64>().map(Duration::from_secs)
+    } else {
+        text.parse::<u64>().map(Duration::from_millis)
+    };
+    parsed.map(|d| d.min(MAX_WAIT)).map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("wait {text:?} is not like 30s or 500ms")))
+}
+
+async fn block_until_changed(registry: &Registry, params: &BTreeMap<String, String>) -> ApiResult<u64> {
+    let current = registry.store().revision().await.map_err(RegistryError::from)?;
+    let Some(index) = params.get("index") else { return Ok(current) };
+    let index: u64 = index.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, "index must be a number".into()))?;
+    let wait = parse_wait(params.get("wait"))?;
+    if index < current {
+        return Ok(current);
+    }
+    Ok(registry.store().wait_for_change(index, wait).await.map_err(RegistryError::from)?)
+}
+
+fn with_index<T: serde::Serialize>(index: u64, body: T) -> impl IntoResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(INDEX_HEADER, HeaderValue::from(index));
+    (headers, Json(body))
+}
+
+async fn service(
+    State(registry): State<Registry>,
+    Path(name): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    let index = block_until_changed(&registry, &params).await?;
+    let all = params.get("all").is_some_and(|v| v == "true");
+    let filter: BTreeMap<String, String> =
+        params.into_iter().filter(|(k, _)| !matches!(k.as_str(), "index" | "wait" | "all")).collect();
+    let instances = registry.lookup(&name, &filter, all).await?;
+    Ok(with_index(index, json!({ "index": index, "instances": instances })))
+}
+
+async fn instances(
+    State(registry): State<Registry>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    let index = block_until_changed(&registry, &params).await?;
+    let instances = registry.store().list().await.map_err(RegistryError::from)?;
+    Ok(with_index(index, json!({ "index": index, "instances": instances })))
+}
+
+async fn services(State(registry): State<Registry>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({ "services": registry.services().await? })))
+}
+
+async fn audit(
+    State(registry): State<Registry>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> ApiResult<impl IntoResponse> {
+    let number = |key: &str, default: u64| -> ApiResult<u64> {
+        params.get(key).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative number")))
+        })
+    };
+    let after = number("after", 0)?;
+    let limit = number("limit", 100)?.clamp(1, 1_000) as usize;
+    let entries = registry.store().audit(after, limit).await.map_err(RegistryError::from)?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+/// Prometheus HTTP service discovery: every instance's admin endpoint.
+async fn prometheus_targets(State(registry): State<Registry>) -> ApiResult<impl IntoResponse> {
+    let instances = registry.store().list().await.map_err(RegistryError::from)?;
+    let groups: Vec<_> = instances
+        .into_iter()
+        .filter(|i| !i.admin_address.is_empty() && i.health.routable())
+        .map(|i| {
+            let mut labels = serde_json::Map::new();
+            labels.insert("service".into(), i.name.clone().into());
+            labels.insert("instance_id".into(), i.id.clone().into());
+            for (key, value) in &i.metadata {
+                let label: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+                labels.insert(format!("meta_{label}"), value.clone().into());
+            }
+            json!({ "targets": [i.admin_address], "labels": labels })
+        })
+        .collect();
+    Ok(Json(groups))
+}
+
+async fn ready(State(registry): State<Registry>) -> impl IntoResponse {
+    match registry.store().revision().await {
+        Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "failing": { "storage": e.to_string() } }))),
+    }
+}

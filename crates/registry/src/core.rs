@@ -1,0 +1,246 @@
+//! The registry's rules over any `Store`: registration, heartbeats, draining,
+//! expiry with a last-chance readiness probe, and the audit trail. Time comes
+//! in as an argument so tests drive it.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kit::error::DomainError;
+
+use crate::model::{Health, Instance, RegisterRequest, RegisterResponse, ServiceSummary};
+use crate::store::{AuditEvent, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timing {
+    /// How often instances are told to heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which an instance is probed and, failing that, drained.
+    pub ttl_ms: u64,
+    /// How long a draining instance stays listed (not routable) before removal.
+    pub drain_grace_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self { heartbeat_interval_ms: 15_000, ttl_ms: 45_000, drain_grace_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Asks an instance's `/health/ready` once before it is expired.
+#[async_trait::async_trait]
+pub trait Prober: Send + Sync + 'static {
+    async fn ready(&self, admin_address: &str) -> bool;
+}
+
+/// The HTTP prober used in production.
+pub struct HttpProber {
+    http: reqwest::Client,
+}
+
+impl HttpProber {
+    pub fn new(timeout: Duration) -> Self {
+        let http = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
+        Self { http }
+    }
+}
+
+#[async_trait::async_trait]
+impl Prober for HttpProber {
+    async fn ready(&self, admin_address: &str) -> bool {
+        if admin_address.is_empty() {
+            return false;
+        }
+        let url = format!("http://{admin_address}/health/ready");
+        matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn Store>,
+    prober: Arc<dyn Prober>,
+    timing: Timing,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, prober: Arc<dyn Prober>, timing: Timing) -> Self {
+        Self { store, prober, timing }
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The longest an instance may go without a write before storage may drop it.
+    fn lease(&self) -> Duration {
+        Duration::from_millis(2 * (self.timing.ttl_ms + self.timing.drain_grace_ms))
+    }
+
+    async fn audit(&self, now: i64, event: &'static str, instance: &Instance, detail: impl Into<String>) -> Result<(), StoreError> {
+        let detail = detail.into();
+        tracing::info!(event, instance_id = %instance.id, service = %instance.name, address = %instance.address, detail = %detail, "registry change");
+        metrics::counter!("registry_changes_total", "event" => event).increment(1);
+        self.store
+            .record(AuditEvent { at_ms: now, event, instance_id: instance.id.clone(), name: instance.name.clone(), detail })
+            .await
+    }
+
+    pub async fn register(&self, request: RegisterRequest, now: i64) -> Result<RegisterResponse, RegistryError> {
+        request.validate()?;
+        let id = request.id.clone().unwrap_or_else(|| format!("{}-{}", request.name, uuid::Uuid::now_v7().simple()));
+        let previous = self.store.get(&id).await?;
+        if let Some(previous) = &previous
+            && previous.name != request.name
+        {
+            return Err(DomainError::AlreadyExists(format!("instance id {id} belongs to service {}", previous.name)).into());
+        }
+        let instance = Instance {
+            id: id.clone(),
+            name: request.name,
+            address: request.address,
+            admin_address: request.admin_address,
+            health: request.health.unwrap_or(Health::Healthy),
+            metadata: request.metadata,
+            registered_at_ms: now,
+            last_seen_ms: now,
+            draining_since_ms: None,
+            drain_reason: None,
+        };
+        self.store.put(&instance, self.lease()).await?;
+        let event = if previous.is_some() { "reregistered" } else { "registered" };
+        self.audit(now, event, &instance, format!("address {}", instance.address)).await?;
+        Ok(RegisterResponse {
+            id,
+            heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
+            ttl_ms: self.timing.ttl_ms,
+        })
+    }
+
+    /// NOT_FOUND tells the instance to register again (e.g. after a registry restart).
+    pub async fn heartbeat(&self, id: &str, health: Option<Health>, now: i64) -> Result<Instance, RegistryError> {
+        let Some(mut instance) = self.store.get(id).await? else {
+            return Err(DomainError::NotFound(format!("instance {id} is not registered")).into());
+        };
+        if health == Some(Health::Draining) {
+            return Err(DomainError::invalid("drain with POST /v1/instances/{id}/drain").into());
+        }
+        instance.last_seen_ms = now;
+        let revived = instance.drain_reason.as_deref() == Some("heartbeat timeout");
+        if revived {
+            instance.health = Health::Healthy;
+            instance.draining_since_ms = None;
+            instance.drain_reason = None;
+        }
+        let changed_health = match health {
+            Some(h) if instance.health != Health::Draining && h != instance.health => {
+                let from = instance.health;
+                instance.health = h;
+                Some(from)
+            }
+            _ => None,
+        };
+        self.store.put(&instance, self.lease()).await?;
+        if revived {
+            self.audit(now, "revived", &instance, "heartbeats resumed while draining").await?;
+        }
+        if let Some(from) = changed_health {
+            self.audit(now, "health", &instance, format!("{from:?} -> {:?}", instance.health).to_lowercase()).await?;
+        }
+        Ok(instance)
+    }
+
+    pub async fn deregister(&self, id: &str, now: i64) -> Result<Instance, RegistryError> {
+        match self.store.remove(id).await? {
+            Some(instance) => {
+                self.audit(now, "deregistered", &instance, "explicit deregistration").await?;
+                Ok(instance)
+            }
+            None => Err(DomainError::NotFound(format!("instance {id} is not registered")).into()),
+        }
+    }
+
+    /// Stops routing to an instance; it is removed after the drain grace.
+    pub async fn drain(&self, id: &str, reason: &str, now: i64) -> Result<Instance, RegistryError> {
+        let Some(mut instance) = self.store.get(id).await? else {
+            return Err(DomainError::NotFound(format!("instance {id} is not registered")).into());
+        };
+        if instance.health != Health::Draining {
+            instance.health = Health::Draining;
+            instance.draining_since_ms = Some(now);
+            instance.drain_reason = Some(reason.to_string());
+            self.store.put(&instance, self.lease()).await?;
+            self.audit(now, "draining", &instance, reason).await?;
+        }
+        Ok(instance)
+    }
+
+    /// Routable instances of `name` whose metadata has every `filter` pair.
+    pub async fn lookup(&self, name: &str, filter: &BTreeMap<String, String>, all: bool) -> Result<Vec<Instance>, RegistryError> {
+        Ok(self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|i| i.name == name && (all || i.health.routable()) && i.matches(filter))
+            .collect())
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
+        let mut summary: BTreeMap<String, ServiceSummary> = BTreeMap::new();
+        for instance in self.store.list().await? {
+            let entry = summary.entry(instance.name.clone()).or_insert_with(|| ServiceSummary {
+                name: instance.name.clone(),
+                instances: 0,
+                routable: 0,
+            });
+            entry.instances += 1;
+            entry.routable += usize::from(instance.health.routable());
+        }
+        Ok(summary.into_values().collect())
+    }
+
+    /// One pass of expiry: silent instances are probed once and drained if
+    /// not ready; draining instances past the grace are removed.
+    pub async fn sweep(&self, now: i64) -> Result<(), RegistryError> {
+        let ttl = self.timing.ttl_ms as i64;
+        let grace = self.timing.drain_grace_ms as i64;
+        for instance in self.store.list().await? {
+            match instance.draining_since_ms {
+                Some(since) if now - since >= grace => {
+                    if let Some(removed) = self.store.remove(&instance.id).await? {
+                        self.audit(now, "removed", &removed, format!("drained for {} ms", now - since)).await?;
+                    }
+                }
+                Some(_) => {}
+                None if now - instance.last_seen_ms >= ttl => {
+                    if self.prober.ready(&instance.admin_address).await {
+                        let mut kept = instance;
+                        kept.last_seen_ms = now;
+                        self.store.put(&kept, self.lease()).await?;
+                        self.audit(now, "probe_kept", &kept, "missed heartbeats but /health/ready answered").await?;
+                    } else {
+                        self.drain(&instance.id, "heartbeat timeout", now).await?;
+                    }
+                }
+                None => {}
+            }
+        }
+        let instances = self.store.list().await?;
+        let routable = instances.iter().filter(|i| i.health.routable()).count();
+        metrics::gauge!("registry_instances", "state" => "routable").set(routable as f64);
+        metrics::gauge!("registry_instances", "state" => "other").set((instances.len() - routable) as f64);
+        Ok(())
+    }
+}

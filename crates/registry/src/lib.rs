@@ -1,0 +1,131 @@
+//! The service registry: instances register when ready, heartbeat, drain and
+//! deregister; silent instances are probed, drained and removed; every change
+//! is audited; clients long-poll for changes. Storage is in memory or in etcd.
+pub mod api;
+pub mod core;
+pub mod etcd;
+pub mod model;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use kit::shutdown::CancellationToken;
+
+pub const SERVICE: &str = "registry";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Memory,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RegistryConfig {
+    pub addr: SocketAddr,
+    pub backend: Backend,
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    #[serde(flatten)]
+    pub timing: core::Timing,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backend: Backend::Memory,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd_prefix: "shopfast/registry".into(),
+            timing: core::Timing::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+pub struct RunningRegistry {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+impl RunningRegistry {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn wait(self) {
+        let _ = self.server.await;
+        let _ = self.sweeper.await;
+        tracing::info!(service = SERVICE, "stopped");
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+pub fn build_store(config: &RegistryConfig) -> Result<Arc<dyn store::Store>, StartError> {
+    Ok(match config.backend {
+        Backend::Memory => Arc::new(store::MemoryStore::default()),
+        Backend::Etcd => Arc::new(etcd::EtcdStore::new(config.etcd_endpoints.clone(), &config.etcd_prefix)?),
+    })
+}
+
+pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Result<RunningRegistry, StartError> {
+    let t = &config.timing;
+    if t.heartbeat_interval_ms == 0 || t.ttl_ms < t.heartbeat_interval_ms || t.drain_grace_ms == 0 {
+        return Err(StartError::Config("need 0 < heartbeat_interval_ms <= ttl_ms and drain_grace_ms > 0".into()));
+    }
+    let store = build_store(&config)?;
+    let prober = Arc::new(core::HttpProber::new(Duration::from_millis(t.heartbeat_interval_ms.clamp(100, 2_000))));
+    let registry = core::Registry::new(store, prober, config.timing.clone());
+
+    let listener = TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    let app = api::router(registry.clone());
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+            tracing::error!(error = %err, "registry HTTP server failed");
+        }
+    });
+    let sweeper = tokio::spawn(sweep_forever(registry, shutdown.clone()));
+    tracing::info!(service = SERVICE, %addr, backend = ?config.backend, "ready");
+    Ok(RunningRegistry { addr, shutdown, server, sweeper })
+}
+
+async fn sweep_forever(registry: core::Registry, shutdown: CancellationToken) {
+    let t = registry.timing();
+    let every = Duration::from_millis((t.ttl_ms.min(t.drain_grace_ms) / 4).max(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = registry.sweep(kit::time::now_millis()).await {
+            tracing::warn!(error = %err, "registry sweep failed; retrying");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! What the registry stores and says, and the rules for valid registrations.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use kit::error::DomainError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    /// Serving, but worse than usual; still returned by lookups.
+    Degraded,
+    /// Reported by the instance itself; not returned by lookups.
+    Unhealthy,
+    /// Leaving: not returned by lookups, removed after the drain grace.
+    Draining,
+}
+
+impl Health {
+    pub fn routable(self) -> bool {
+        matches!(self, Health::Healthy | Health::Degraded)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    /// Where its gRPC server listens, `host:port`.
+    pub address: String,
+    /// Where its admin HTTP listens (`/health/ready`, `/metrics`), `host:port`.
+    pub admin_address: String,
+    pub health: Health,
+    /// Free-form labels: version, color, zone, replica, …
+    pub metadata: BTreeMap<String, String>,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+    /// Set while draining: when it started and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_reason: Option<String>,
+}
+
+impl Instance {
+    pub fn matches(&self, filter: &BTreeMap<String, String>) -> bool {
+        filter.iter().all(|(k, v)| self.metadata.get(k) == Some(v))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Keep the same id across re-registrations; generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub admin_address: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub id: String,
+    pub heartbeat_interval_ms: u64,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at_ms: i64,
+    /// registered, reregistered, deregistered, draining, removed, health, revived, probe_kept
+    pub event: String,
+    pub instance_id: String,
+    pub name: String,
+    pub detail: String,
+}
+
+/// One service in the overview.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub instances: usize,
+    pub routable: usize,
+}
+
+fn valid_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && host.len() <= 253
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+impl RegisterRequest {
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(DomainError::invalid("name must be 1-64 characters of a-z, 0-9 and '-'"));
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) || id.contains('/'))
+        {
+            return Err(DomainError::invalid("id must be 1-128 printable characters without '/'"));
+        }
+        if !valid_host_port(&self.address) {
+            return Err(DomainError::invalid("address must be host:port"));
+        }
+        if !self.admin_address.is_empty() && !valid_host_port(&self.admin_address) {
+            return Err(DomainError::invalid("admin_address must be host:port"));
+        }
+        if self.metadata.len() > 32 {
+            return Err(DomainError::invalid("at most 32 metadata entries"));
+        }
+        for (key, value) in &self.metadata {
+            let key_ok = !key.is_empty()
+                && key.len() <= 63
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !key_ok || value.len() > 256 {
+                return Err(DomainError::invalid(format!(
+                    "metadata key {key:?} must be 1-63 of [A-Za-z0-9_.-] and values at most 256 bytes"
+                )));
+            }
+        }
+        if self.health == Some(Health::Draining) {
+            return Err(DomainError::invalid("register as healthy, degraded or unhealthy; drain with /drain"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> RegisterRequest {
+        RegisterRequest { name: "products".into(), address: "127.0.0.1:9002".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn registrations_are_validated() {
+        assert!(ok().validate().is_ok());
+        let bad = [
+            RegisterRequest { name: String::new(), ..ok() },
+            RegisterRequest { name: "Products".into(), ..ok() },
+            RegisterRequest { address: "nowhere".into(), ..ok() },
+            RegisterRequest { address: "host:0".into(), ..ok() },
+            RegisterRequest { address: "host:99999".into(), ..ok() },
+            RegisterRequest { admin_address: ":80".into(), ..ok() },
+            RegisterRequest { id: Some("a/b".into()), ..ok() },
+            RegisterRequest { id: Some(String::new()), ..ok() },
+            RegisterRequest { metadata: [("bad key".to_string(), "v".to_string())].into(), ..ok() },
+            RegisterRequest { health: Some(Health::Draining), ..ok() },
+        ];
+        for request in bad {
+            assert!(request.validate().is_err(), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_filters_match_all_pairs() {
+        let instance = Instance {
+            id: "i".into(),
+            name: "p".into(),
+            address: "a:1".into(),
+            admin_address: String::new(),
+            health: Health::Healthy,
+            metadata: [("version".to_string(), "v2".to_string()), ("zone".to_string(), "a".to_string())].into(),
+            registered_at_ms: 0,
+            last_seen_ms: 0,
+            draining_since_ms: None,
+            drain_reason: None,
+        };
+        assert!(instance.matches(&BTreeMap::new()));
+        assert!(instance.matches(&[("version".to_string(), "v2".to_string())].into()));
+        assert!(!instance.matches(&[("version".to_string(), "v1".to_string())].into()));
+    }
+}
