@@ -30,6 +30,13 @@ pub struct ServiceCommon {
     pub data_dir: PathBuf,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// The registry to register with once ready (e.g. `http://127.0.0.1:8080`).
+    pub registry_url: Option<String>,
+    /// Host to advertise in the registry; default: the bound address
+    /// (127.0.0.1 when bound to 0.0.0.0).
+    pub advertise_host: Option<String>,
+    /// Labels registered with the instance: version, color, zone, …
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl ServiceCommon {
@@ -40,6 +47,9 @@ impl ServiceCommon {
             database_url: None,
             data_dir: PathBuf::from("data"),
             shutdown_grace_ms: 10_000,
+            registry_url: None,
+            advertise_host: None,
+            metadata: Default::default(),
         }
     }
 

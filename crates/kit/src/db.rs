@@ -94,7 +94,7 @@ impl Db {
             })
             .connect_with(connect)
             .await?;
-        migrator.run(&pool).await?;
+        run_migrations(&pool, backend, migrator).await?;
         Ok(Self { pool, backend })
     }
 
@@ -134,6 +134,25 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Runs the migrations. Replicas sharing one SQLite file may race to apply the
+/// same migration (SQLite has no migration lock, PostgreSQL takes an advisory
+/// one); the loser sees "already exists", so it retries and then finds the
+/// migration applied.
+async fn run_migrations(pool: &AnyPool, backend: Backend, migrator: &Migrator) -> Result<(), DbError> {
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(err) if backend == Backend::Sqlite && attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %err, attempt, "migration raced with another process; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
 }
 

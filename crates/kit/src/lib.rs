@@ -1,8 +1,10 @@
 //! The platform kit every shopfast service links: layered config, JSON logs,
 //! server bootstrap (gRPC + health + reflection + admin HTTP + graceful
 //! shutdown), the database layer, user tokens, and test helpers.
+pub mod balance;
 pub mod config;
 pub mod db;
+pub mod discovery;
 pub mod error;
 pub mod grpc_telemetry;
 pub mod metrics;

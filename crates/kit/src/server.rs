@@ -106,6 +106,16 @@ pub struct Host {
     readiness: Readiness,
     shutdown: CancellationToken,
     grace: Duration,
+    registration: Option<(crate::discovery::RegistryClient, crate::discovery::wire::RegisterRequest)>,
+}
+
+/// The address others should dial for a listener bound to `bound`.
+fn advertised(bound: SocketAddr, host: Option<&str>) -> String {
+    match host {
+        Some(host) => format!("{host}:{}", bound.port()),
+        None if bound.ip().is_unspecified() => format!("127.0.0.1:{}", bound.port()),
+        None => bound.to_string(),
+    }
 }
 
 impl Host {
@@ -132,6 +142,17 @@ impl Host {
 
         let readiness = Readiness::default();
         let admin_task = tokio::spawn(serve_admin(admin_listener, readiness.clone(), shutdown.clone()));
+        let registration = common.registry_url.as_deref().map(|url| {
+            let request = crate::discovery::wire::RegisterRequest {
+                id: None,
+                name: spec.name.to_string(),
+                address: advertised(grpc_addr, common.advertise_host.as_deref()),
+                admin_address: advertised(admin_addr, common.advertise_host.as_deref()),
+                metadata: common.metadata.clone(),
+                health: None,
+            };
+            (crate::discovery::RegistryClient::new(url), request)
+        });
         tracing::info!(service = spec.name, %grpc_addr, %admin_addr, "listeners bound");
         Ok(Self {
             spec,
@@ -142,6 +163,7 @@ impl Host {
             readiness,
             shutdown,
             grace: Duration::from_millis(common.shutdown_grace_ms),
+            registration,
         })
     }
 
@@ -179,8 +201,15 @@ impl Host {
         let readiness = self.readiness.clone();
         let services = self.spec.grpc_services;
         let drain_health = health.clone();
+        // Registered only once serving; the registration is handed to the stop
+        // signal, which deregisters first so clients stop routing here before
+        // the server stops accepting.
+        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel::<crate::discovery::Registration>();
         let stop_signal = async move {
             shutdown.cancelled().await;
+            if let Ok(registration) = registered_rx.await {
+                registration.deregister(Duration::from_secs(1)).await;
+            }
             readiness.set(false);
             set_status(&drain_health, services, ServingStatus::NotServing).await;
         };
@@ -210,6 +239,9 @@ impl Host {
 
         set_status(&health, services, ServingStatus::Serving).await;
         self.readiness.set(true);
+        if let Some((client, request)) = self.registration {
+            let _ = registered_tx.send(crate::discovery::Registration::start(client, request));
+        }
         tracing::info!(service = name, grpc_addr = %self.grpc_addr, admin_addr = %self.admin_addr, "ready");
         Ok(RunningService {
             name,

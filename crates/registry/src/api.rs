@@ -121,7 +121,9 @@ fn parse_wait(text: Option<&String>) -> ApiResult<Duration> {
     } else {
         text.parse::<u64>().map(Duration::from_millis)
     };
-    parsed.map(|d| d.min(MAX_WAIT)).map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("wait {text:?} is not like 30s or 500ms")))
+    parsed
+        .map(|d| d.min(MAX_WAIT))
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("wait {text:?} is not like 30s or 500ms")))
 }
 
 async fn block_until_changed(registry: &Registry, params: &BTreeMap<String, String>) -> ApiResult<u64> {
@@ -129,7 +131,9 @@ async fn block_until_changed(registry: &Registry, params: &BTreeMap<String, Stri
     let Some(index) = params.get("index") else { return Ok(current) };
     let index: u64 = index.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, "index must be a number".into()))?;
     let wait = parse_wait(params.get("wait"))?;
-    if index < current {
+    // Behind: answer now. Ahead: the registry restarted and its revision
+    // started over; answer now too, or the watcher would miss changes.
+    if index != current {
         return Ok(current);
     }
     Ok(registry.store().wait_for_change(index, wait).await.map_err(RegistryError::from)?)
@@ -205,6 +209,9 @@ async fn prometheus_targets(State(registry): State<Registry>) -> ApiResult<impl 
 async fn ready(State(registry): State<Registry>) -> impl IntoResponse {
     match registry.store().revision().await {
         Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "failing": { "storage": e.to_string() } }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "failing": { "storage": e.to_string() } })),
+        ),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kit::error::DomainError;
 
-use crate::model::{Health, Instance, RegisterRequest, RegisterResponse, ServiceSummary};
+use crate::model::{Health, Instance, RegisterRequest, RegisterResponse, ServiceSummary, validate_registration};
 use crate::store::{AuditEvent, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -88,23 +88,37 @@ impl Registry {
         Duration::from_millis(2 * (self.timing.ttl_ms + self.timing.drain_grace_ms))
     }
 
-    async fn audit(&self, now: i64, event: &'static str, instance: &Instance, detail: impl Into<String>) -> Result<(), StoreError> {
+    async fn audit(
+        &self,
+        now: i64,
+        event: &'static str,
+        instance: &Instance,
+        detail: impl Into<String>,
+    ) -> Result<(), StoreError> {
         let detail = detail.into();
         tracing::info!(event, instance_id = %instance.id, service = %instance.name, address = %instance.address, detail = %detail, "registry change");
         metrics::counter!("registry_changes_total", "event" => event).increment(1);
         self.store
-            .record(AuditEvent { at_ms: now, event, instance_id: instance.id.clone(), name: instance.name.clone(), detail })
+            .record(AuditEvent {
+                at_ms: now,
+                event,
+                instance_id: instance.id.clone(),
+                name: instance.name.clone(),
+                detail,
+            })
             .await
     }
 
     pub async fn register(&self, request: RegisterRequest, now: i64) -> Result<RegisterResponse, RegistryError> {
-        request.validate()?;
+        validate_registration(&request)?;
         let id = request.id.clone().unwrap_or_else(|| format!("{}-{}", request.name, uuid::Uuid::now_v7().simple()));
         let previous = self.store.get(&id).await?;
         if let Some(previous) = &previous
             && previous.name != request.name
         {
-            return Err(DomainError::AlreadyExists(format!("instance id {id} belongs to service {}", previous.name)).into());
+            return Err(
+                DomainError::AlreadyExists(format!("instance id {id} belongs to service {}", previous.name)).into()
+            );
         }
         let instance = Instance {
             id: id.clone(),
@@ -187,7 +201,12 @@ impl Registry {
     }
 
     /// Routable instances of `name` whose metadata has every `filter` pair.
-    pub async fn lookup(&self, name: &str, filter: &BTreeMap<String, String>, all: bool) -> Result<Vec<Instance>, RegistryError> {
+    pub async fn lookup(
+        &self,
+        name: &str,
+        filter: &BTreeMap<String, String>,
+        all: bool,
+    ) -> Result<Vec<Instance>, RegistryError> {
         Ok(self
             .store
             .list()

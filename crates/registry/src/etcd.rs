@@ -164,8 +164,12 @@ impl Store for EtcdStore {
 
     async fn list(&self) -> Result<Vec<Instance>, StoreError> {
         let prefix = format!("{}instances/", self.prefix);
-        let found = self.kv("/v3/kv/range", json!({ "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)) })).await?;
-        found["kvs"].as_array().map(|kvs| kvs.iter().map(|kv| Self::decode_instance(&kv["value"])).collect()).unwrap_or(Ok(Vec::new()))
+        let found =
+            self.kv("/v3/kv/range", json!({ "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)) })).await?;
+        found["kvs"]
+            .as_array()
+            .map(|kvs| kvs.iter().map(|kv| Self::decode_instance(&kv["value"])).collect())
+            .unwrap_or(Ok(Vec::new()))
     }
 
     async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
@@ -191,11 +195,13 @@ impl Store for EtcdStore {
     async fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let from = format!("{}audit/{:020}", self.prefix, after.saturating_add(1));
         let end = prefix_end(&format!("{}audit/", self.prefix));
-        let found = self.kv("/v3/kv/range", json!({ "key": b64(&from), "range_end": b64(&end), "limit": limit })).await?;
+        let found =
+            self.kv("/v3/kv/range", json!({ "key": b64(&from), "range_end": b64(&end), "limit": limit })).await?;
         let Some(kvs) = found["kvs"].as_array() else { return Ok(Vec::new()) };
         kvs.iter()
             .map(|kv| {
-                serde_json::from_slice(&unb64(&kv["value"])?).map_err(|e| StoreError::Corrupt(format!("bad audit JSON: {e}")))
+                serde_json::from_slice(&unb64(&kv["value"])?)
+                    .map_err(|e| StoreError::Corrupt(format!("bad audit JSON: {e}")))
             })
             .collect()
     }
@@ -203,7 +209,10 @@ impl Store for EtcdStore {
     async fn revision(&self) -> Result<u64, StoreError> {
         let prefix = format!("{}instances/", self.prefix);
         let found = self
-            .kv("/v3/kv/range", json!({ "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)), "count_only": true }))
+            .kv(
+                "/v3/kv/range",
+                json!({ "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)), "count_only": true }),
+            )
             .await?;
         Ok(as_u64(&found["header"]["revision"]))
     }

@@ -100,12 +100,14 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Resul
     let prober = Arc::new(core::HttpProber::new(Duration::from_millis(t.heartbeat_interval_ms.clamp(100, 2_000))));
     let registry = core::Registry::new(store, prober, config.timing.clone());
 
-    let listener = TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    let listener =
+        TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let app = api::router(registry.clone());
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        {
             tracing::error!(error = %err, "registry HTTP server failed");
         }
     });
@@ -126,6 +128,18 @@ async fn sweep_forever(registry: core::Registry, shutdown: CancellationToken) {
         }
         if let Err(err) = registry.sweep(kit::time::now_millis()).await {
             tracing::warn!(error = %err, "registry sweep failed; retrying");
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "memory" => Ok(Self::Memory),
+            "etcd" => Ok(Self::Etcd),
+            other => Err(format!("unknown backend {other:?}: memory or etcd")),
         }
     }
 }

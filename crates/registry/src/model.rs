@@ -5,23 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use kit::error::DomainError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Healthy,
-    /// Serving, but worse than usual; still returned by lookups.
-    Degraded,
-    /// Reported by the instance itself; not returned by lookups.
-    Unhealthy,
-    /// Leaving: not returned by lookups, removed after the drain grace.
-    Draining,
-}
-
-impl Health {
-    pub fn routable(self) -> bool {
-        matches!(self, Health::Healthy | Health::Degraded)
-    }
-}
+pub use kit::discovery::wire::{Health, HeartbeatRequest, RegisterRequest, RegisterResponse};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -47,34 +31,6 @@ impl Instance {
     pub fn matches(&self, filter: &BTreeMap<String, String>) -> bool {
         filter.iter().all(|(k, v)| self.metadata.get(k) == Some(v))
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegisterRequest {
-    /// Keep the same id across re-registrations; generated when absent.
-    #[serde(default)]
-    pub id: Option<String>,
-    pub name: String,
-    pub address: String,
-    #[serde(default)]
-    pub admin_address: String,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    pub health: Option<Health>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegisterResponse {
-    pub id: String,
-    pub heartbeat_interval_ms: u64,
-    pub ttl_ms: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatRequest {
-    #[serde(default)]
-    pub health: Option<Health>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,43 +64,42 @@ fn valid_host_port(text: &str) -> bool {
     }
 }
 
-impl RegisterRequest {
-    pub fn validate(&self) -> Result<(), DomainError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !name_ok {
-            return Err(DomainError::invalid("name must be 1-64 characters of a-z, 0-9 and '-'"));
-        }
-        if let Some(id) = &self.id
-            && (id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) || id.contains('/'))
-        {
-            return Err(DomainError::invalid("id must be 1-128 printable characters without '/'"));
-        }
-        if !valid_host_port(&self.address) {
-            return Err(DomainError::invalid("address must be host:port"));
-        }
-        if !self.admin_address.is_empty() && !valid_host_port(&self.admin_address) {
-            return Err(DomainError::invalid("admin_address must be host:port"));
-        }
-        if self.metadata.len() > 32 {
-            return Err(DomainError::invalid("at most 32 metadata entries"));
-        }
-        for (key, value) in &self.metadata {
-            let key_ok = !key.is_empty()
-                && key.len() <= 63
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-            if !key_ok || value.len() > 256 {
-                return Err(DomainError::invalid(format!(
-                    "metadata key {key:?} must be 1-63 of [A-Za-z0-9_.-] and values at most 256 bytes"
-                )));
-            }
-        }
-        if self.health == Some(Health::Draining) {
-            return Err(DomainError::invalid("register as healthy, degraded or unhealthy; drain with /drain"));
-        }
-        Ok(())
+/// Checks a registration: name, id, addresses, metadata and initial health.
+pub fn validate_registration(request: &RegisterRequest) -> Result<(), DomainError> {
+    let name_ok = !request.name.is_empty()
+        && request.name.len() <= 64
+        && request.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err(DomainError::invalid("name must be 1-64 characters of a-z, 0-9 and '-'"));
     }
+    if let Some(id) = &request.id
+        && (id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) || id.contains('/'))
+    {
+        return Err(DomainError::invalid("id must be 1-128 printable characters without '/'"));
+    }
+    if !valid_host_port(&request.address) {
+        return Err(DomainError::invalid("address must be host:port"));
+    }
+    if !request.admin_address.is_empty() && !valid_host_port(&request.admin_address) {
+        return Err(DomainError::invalid("admin_address must be host:port"));
+    }
+    if request.metadata.len() > 32 {
+        return Err(DomainError::invalid("at most 32 metadata entries"));
+    }
+    for (key, value) in &request.metadata {
+        let key_ok = !key.is_empty()
+            && key.len() <= 63
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !key_ok || value.len() > 256 {
+            return Err(DomainError::invalid(format!(
+                "metadata key {key:?} must be 1-63 of [A-Za-z0-9_.-] and values at most 256 bytes"
+            )));
+        }
+    }
+    if request.health == Some(Health::Draining) {
+        return Err(DomainError::invalid("register as healthy, degraded or unhealthy; drain with /drain"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,7 +112,7 @@ mod tests {
 
     #[test]
     fn registrations_are_validated() {
-        assert!(ok().validate().is_ok());
+        assert!(validate_registration(&ok()).is_ok());
         let bad = [
             RegisterRequest { name: String::new(), ..ok() },
             RegisterRequest { name: "Products".into(), ..ok() },
@@ -171,7 +126,7 @@ mod tests {
             RegisterRequest { health: Some(Health::Draining), ..ok() },
         ];
         for request in bad {
-            assert!(request.validate().is_err(), "{request:?}");
+            assert!(validate_registration(&request).is_err(), "{request:?}");
         }
     }
 

@@ -56,12 +56,17 @@ async fn register_lookup_and_filters(store: Arc<dyn Store>) {
     assert_eq!(v2.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["p-2"]);
     assert!(registry.lookup("orders", &none(), false).await.unwrap().is_empty());
     let summary = registry.services().await.unwrap();
-    assert_eq!(summary.iter().map(|s| (s.name.as_str(), s.instances)).collect::<Vec<_>>(), vec![("products", 2), ("users", 2)]);
+    assert_eq!(
+        summary.iter().map(|s| (s.name.as_str(), s.instances)).collect::<Vec<_>>(),
+        vec![("products", 2), ("users", 2)]
+    );
 
     // An id cannot move to another service; bad input is refused.
     let stolen = registry.register(request("users", "p-1", "v1"), 1_000).await;
     assert!(matches!(stolen, Err(RegistryError::Domain(kit::error::DomainError::AlreadyExists(_)))), "{stolen:?}");
-    let bad = registry.register(RegisterRequest { address: "nowhere".into(), ..request("products", "p-9", "v1") }, 1_000).await;
+    let bad = registry
+        .register(RegisterRequest { address: "nowhere".into(), ..request("products", "p-9", "v1") }, 1_000)
+        .await;
     assert!(matches!(bad, Err(RegistryError::Domain(kit::error::DomainError::Invalid(_)))), "{bad:?}");
 }
 

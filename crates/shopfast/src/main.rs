@@ -1,5 +1,9 @@
-//! `shopfast <service>`: every service of the platform from one binary, each run
-//! as its own process.
+//! `shopfast <command>`: every service of the platform from one binary, each run
+//! as its own process; `shopfast up` runs them all.
+mod status;
+mod up;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -19,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole stack: registry and every service, each its own process.
+    Up(up::UpArgs),
+    /// Print the registry's view of the running services.
+    Status(status::StatusArgs),
+    /// Run the service registry.
+    Registry(RegistryArgs),
     /// Run the Users service (accounts, login, profiles).
     Users(ServiceArgs),
     /// Run the Products service (catalog, search, inventory reservations).
@@ -29,6 +39,26 @@ enum Command {
 enum LogFormatArg {
     Json,
     Pretty,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Json => LogFormat::Json,
+            LogFormatArg::Pretty => LogFormat::Pretty,
+        }
+    }
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))
+}
+
+fn is_empty_map(map: &BTreeMap<String, String>) -> bool {
+    map.is_empty()
 }
 
 /// Flags every service takes; they override the config file and `SHOPFAST_*` env.
@@ -54,38 +84,95 @@ struct ServiceArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Register with this registry once ready (e.g. http://127.0.0.1:8080).
+    #[arg(long, env = "SHOPFAST_REGISTRY_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_url: Option<String>,
+    /// Host to advertise in the registry (default: the bound address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_host: Option<String>,
+    /// Instance metadata for the registry, e.g. --meta version=v2 --meta zone=a.
+    #[arg(long = "meta", value_parser = parse_key_value)]
+    #[serde(skip)]
+    meta: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    #[arg(skip)]
+    metadata: BTreeMap<String, String>,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
 }
 
 impl ServiceArgs {
-    fn log_format(&self) -> LogFormat {
-        match self.log_format {
-            LogFormatArg::Json => LogFormat::Json,
-            LogFormatArg::Pretty => LogFormat::Pretty,
-        }
+    /// Loads the service's configuration with these flags on top.
+    fn load<T>(mut self, service: &str) -> anyhow::Result<T>
+    where
+        T: Default + Serialize + for<'de> serde::Deserialize<'de>,
+    {
+        kit::telemetry::init_logging(service, "info", self.log_format.into());
+        self.metadata = self.meta.iter().cloned().collect();
+        Ok(kit::config::load(service, self.config.as_deref(), &self)?)
     }
+}
+
+#[derive(Args, Serialize)]
+struct RegistryArgs {
+    #[arg(long, env = "SHOPFAST_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (port 0 = pick a free port).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<SocketAddr>,
+    /// Where instances live: memory (default) or etcd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<registry::Backend>,
+    /// etcd endpoints, comma-separated (with --backend etcd).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd_endpoints: Option<Vec<String>>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_grace_ms: Option<u64>,
+    #[arg(long, value_enum, default_value = "json")]
+    #[serde(skip)]
+    log_format: LogFormatArg,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Registry(args) => {
+            kit::telemetry::init_logging(registry::SERVICE, "info", args.log_format.into());
+            let config: registry::RegistryConfig = kit::config::load(registry::SERVICE, args.config.as_deref(), &args)?;
+            let running =
+                registry::start(config, kit::shutdown::on_signals()).await.context("registry failed to start")?;
+            running.wait().await;
+            Ok(())
+        }
         Command::Users(args) => {
-            kit::telemetry::init_logging(users::SERVICE, "info", args.log_format());
-            let config: users::UsersConfig = kit::config::load(users::SERVICE, args.config.as_deref(), &args)?;
-            run(users::start(config, kit::shutdown::on_signals()).await.context("users failed to start")?).await
+            let config: users::UsersConfig = args.load(users::SERVICE)?;
+            serve(users::start(config, kit::shutdown::on_signals()).await.context("users failed to start")?).await
         }
         Command::Products(args) => {
-            kit::telemetry::init_logging(products::SERVICE, "info", args.log_format());
-            let config: products::ProductsConfig = kit::config::load(products::SERVICE, args.config.as_deref(), &args)?;
-            run(products::start(config, kit::shutdown::on_signals()).await.context("products failed to start")?).await
+            let config: products::ProductsConfig = args.load(products::SERVICE)?;
+            serve(products::start(config, kit::shutdown::on_signals()).await.context("products failed to start")?).await
         }
     }
 }
 
-async fn run(service: RunningService) -> anyhow::Result<()> {
+async fn serve(service: RunningService) -> anyhow::Result<()> {
     let name = service.name;
     service.wait().await.with_context(|| format!("{name} stopped with an error"))
 }

@@ -3,73 +3,19 @@
 //! the API through server reflection), and stopped with SIGTERM.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod support;
+
+use std::process::Command;
 
 use serde_json::Value;
+use support::Proc;
 
-const SHOPFAST: &str = env!("CARGO_BIN_EXE_shopfast");
 const REFLECT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/grpc_reflect.py");
 
-/// A service process; killed if the test ends without stopping it.
-struct ServiceProcess {
-    child: Child,
-    grpc_addr: String,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl ServiceProcess {
-    fn start(service: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(SHOPFAST)
-            .arg(service)
-            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn shopfast");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(value);
-                }
-            }
-        });
-        let mut process = Self { child, grpc_addr: String::new(), lines };
-        let ready = process.wait_for_message("ready", Duration::from_secs(30));
-        process.grpc_addr = ready["grpc_addr"].as_str().expect("grpc_addr").to_string();
-        process
-    }
-
-    fn wait_for_message(&mut self, message: &str, within: Duration) -> Value {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line["message"] == message => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no {message:?} log line within {within:?}"),
-            }
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        self.wait_for_message("stopped", Duration::from_secs(15));
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn service(name: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![name, "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Proc::start(&args)
 }
 
 /// Runs the reflection client; `Ok(stdout)` on success, `Err(stdout)` on a gRPC error.
@@ -108,39 +54,41 @@ fn python_grpcio_calls_users_and_products_through_reflection() {
     }
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap();
-    let users = ServiceProcess::start("users", &["--data-dir", data_dir]);
-    let products = ServiceProcess::start("products", &["--data-dir", data_dir]);
+    let users = service("users", &["--data-dir", data_dir]);
+    let products = service("products", &["--data-dir", data_dir]);
 
-    let listed = reflect(&users.grpc_addr, &["list"]).unwrap();
+    let listed = reflect(&users.addr("grpc_addr"), &["list"]).unwrap();
     assert!(listed.contains("shopfast.users.v1.UserService"), "{listed}");
     assert!(!listed.contains("ProductService"), "only what this process serves: {listed}");
 
     const USERS: &str = "shopfast.users.v1.UserService";
     let created = reflect(
-        &users.grpc_addr,
+        &users.addr("grpc_addr"),
         &["call", USERS, "CreateUser", r#"{"email":"py@example.com","password":"from python 1","name":"Py"}"#],
     )
     .unwrap();
     let created: Value = serde_json::from_str(&created).unwrap();
     assert_eq!(created["email"], "py@example.com");
     let login = reflect(
-        &users.grpc_addr,
+        &users.addr("grpc_addr"),
         &["call", USERS, "AuthenticateUser", r#"{"email":"py@example.com","password":"from python 1"}"#],
     )
     .unwrap();
     assert!(login.contains("accessToken"), "{login}");
-    let refused = reflect(&users.grpc_addr, &["call", USERS, "CreateUser", r#"{"email":"nope"}"#]).unwrap_err();
+    let refused = reflect(&users.addr("grpc_addr"), &["call", USERS, "CreateUser", r#"{"email":"nope"}"#]).unwrap_err();
     assert!(refused.starts_with("ERROR INVALID_ARGUMENT"), "{refused}");
 
     const PRODUCTS: &str = "shopfast.products.v1.ProductService";
-    let page =
-        reflect(&products.grpc_addr, &["call", PRODUCTS, "SearchProducts", r#"{"pageSize":3,"category":"books"}"#])
-            .unwrap();
+    let page = reflect(
+        &products.addr("grpc_addr"),
+        &["call", PRODUCTS, "SearchProducts", r#"{"pageSize":3,"category":"books"}"#],
+    )
+    .unwrap();
     let page: Value = serde_json::from_str(&page).unwrap();
     assert_eq!(page["products"].as_array().unwrap().len(), 3);
     assert_eq!(page["totalSize"], "10", "int64 is a string in proto3 JSON");
     let missing =
-        reflect(&products.grpc_addr, &["call", PRODUCTS, "GetProduct", r#"{"productId":"nope"}"#]).unwrap_err();
+        reflect(&products.addr("grpc_addr"), &["call", PRODUCTS, "GetProduct", r#"{"productId":"nope"}"#]).unwrap_err();
     assert!(missing.starts_with("ERROR NOT_FOUND"), "{missing}");
 
     assert!(users.terminate().success(), "SIGTERM is a clean exit");
@@ -150,14 +98,17 @@ fn python_grpcio_calls_users_and_products_through_reflection() {
 #[tokio::test]
 async fn a_service_runs_on_postgresql_with_the_same_code() {
     let Some(db) = kit::testing::TestDb::postgres().await else { return };
-    let products = ServiceProcess::start("products", &["--database-url", &db.url]);
-    let mut client = contracts_client(&products.grpc_addr).await;
+    let products = service("products", &["--database-url", &db.url]);
+    let mut client = contracts_client(&products.addr("grpc_addr")).await;
     let page = client
         .search_products(contracts::products::v1::SearchProductsRequest { page_size: 100, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
     assert!(page.total_size >= 50, "seeded into PostgreSQL");
+    // Close the connection first: this thread blocks in terminate() and could
+    // not answer the server's GOAWAY, so the drain would wait out its grace.
+    drop(client);
     assert!(products.terminate().success());
     db.cleanup().await;
 }

@@ -1,0 +1,258 @@
+//! Client-side load balancing over the instances discovery knows, with passive
+//! outlier ejection.
+//!
+//! Picks by power of two choices on in-flight requests (as tower's p2c does).
+//! Ours rather than tonic's balance channel because that one connects lazily:
+//! a dead instance never fails `poll_ready`, so p2c keeps routing to it until
+//! the registry drops it, and it has no ejection. Here an instance that
+//! refuses a connection is ejected at once (1 s, doubling per repeat, up to
+//! 30 s), and the call — which never reached any server — is sent to another
+//! instance, so the caller does not see the failure.
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use rand::Rng;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower::{Service, ServiceExt};
+
+use crate::discovery::wire::InstanceInfo;
+use crate::time::now_millis;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How many instances one call may try when connections are refused.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+const BASE_EJECTION: Duration = Duration::from_secs(1);
+const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+/// One instance and its connection.
+pub struct Backend {
+    pub id: String,
+    pub address: String,
+    registered_at_ms: i64,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    ejected_until_ms: AtomicI64,
+    ejections: AtomicU32,
+}
+
+impl Backend {
+    fn new(instance: &InstanceInfo) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(format!("http://{}", instance.address))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            id: instance.id.clone(),
+            address: instance.address.clone(),
+            registered_at_ms: instance.registered_at_ms,
+            channel,
+            in_flight: AtomicUsize::new(0),
+            ejected_until_ms: AtomicI64::new(0),
+            ejections: AtomicU32::new(0),
+        })
+    }
+
+    pub fn is_ejected(&self, now_ms: i64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    fn eject(&self, service: &str, now_ms: i64, why: &str) {
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(5);
+        let period = (BASE_EJECTION * 2u32.pow(n)).min(MAX_EJECTION);
+        self.ejected_until_ms.store(now_ms + period.as_millis() as i64, Ordering::Relaxed);
+        metrics::counter!("client_ejections_total", "service" => service.to_string()).increment(1);
+        tracing::warn!(service, instance_id = %self.id, address = %self.address, ejected_ms = period.as_millis() as u64, why, "instance ejected");
+    }
+
+    fn succeeded(&self) {
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An instance as the balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolMember {
+    pub id: String,
+    pub address: String,
+    /// Ejected right now.
+    pub ejected: bool,
+    /// Ejections since its last success.
+    pub consecutive_ejections: u32,
+}
+
+/// A `tower::Service` for tonic clients: `UserServiceClient::new(balancer)`.
+#[derive(Clone)]
+pub struct Balancer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: String,
+    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+}
+
+impl Balancer {
+    pub fn new(service: &str) -> Self {
+        Self { inner: Arc::new(Inner { service: service.to_string(), backends: RwLock::new(Arc::new(Vec::new())) }) }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.inner.backends.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the instance set. Instances that stay keep their connection and
+    /// ejection state; a re-registered one (new registration time) starts fresh.
+    pub fn update(&self, instances: &[InstanceInfo]) {
+        let current = self.snapshot();
+        let mut next = Vec::with_capacity(instances.len());
+        for instance in instances.iter().filter(|i| i.health.routable()) {
+            let kept = current.iter().find(|b| {
+                b.id == instance.id && b.address == instance.address && b.registered_at_ms == instance.registered_at_ms
+            });
+            match kept {
+                Some(backend) => next.push(backend.clone()),
+                None => match Backend::new(instance) {
+                    Ok(backend) => next.push(Arc::new(backend)),
+                    Err(err) => {
+                        tracing::warn!(instance_id = %instance.id, address = %instance.address, error = %err, "bad instance address")
+                    }
+                },
+            }
+        }
+        let changed = next.len() != current.len() || next.iter().zip(current.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+        if changed {
+            tracing::info!(service = %self.inner.service, instances = next.len(), "instance set changed");
+        }
+        metrics::gauge!("client_instances", "service" => self.inner.service.clone()).set(next.len() as f64);
+        if let Ok(mut backends) = self.inner.backends.write() {
+            *backends = Arc::new(next);
+        }
+    }
+
+    /// The instances in the pool and their ejection state.
+    pub fn instances(&self) -> Vec<PoolMember> {
+        let now = now_millis();
+        self.snapshot()
+            .iter()
+            .map(|b| PoolMember {
+                id: b.id.clone(),
+                address: b.address.clone(),
+                ejected: b.is_ejected(now),
+                consecutive_ejections: b.ejections.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Power of two choices among instances not ejected and not yet tried;
+    /// when every instance is ejected, the one whose ejection ends first
+    /// (better a probe than certain failure).
+    fn pick(&self, tried: &[String]) -> Option<Arc<Backend>> {
+        let now = now_millis();
+        let backends = self.snapshot();
+        let untried: Vec<&Arc<Backend>> = backends.iter().filter(|b| !tried.contains(&b.id)).collect();
+        let healthy: Vec<&Arc<Backend>> = untried.iter().copied().filter(|b| !b.is_ejected(now)).collect();
+        match healthy.len() {
+            0 => untried.into_iter().min_by_key(|b| b.ejected_until_ms.load(Ordering::Relaxed)).cloned(),
+            1 => Some(healthy[0].clone()),
+            n => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                let (a, b) = (healthy[a], healthy[b]);
+                let load = |x: &Backend| x.in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b.clone() } else { a.clone() })
+            }
+        }
+    }
+
+    async fn dispatch(self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+        let (parts, body) = request.into_parts();
+        // Unary gRPC bodies are small; buffering makes a refused call resendable.
+        let body: Bytes = body.collect().await?.to_bytes();
+        let mut tried = Vec::new();
+        loop {
+            let Some(backend) = self.pick(&tried) else {
+                metrics::counter!("client_no_instance_total", "service" => self.inner.service.clone()).increment(1);
+                return Err(Box::new(tonic::Status::unavailable(format!(
+                    "no healthy instance of {}",
+                    self.inner.service
+                ))));
+            };
+            let mut attempt = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = parts.uri.clone();
+            *attempt.version_mut() = parts.version;
+            *attempt.headers_mut() = parts.headers.clone();
+
+            backend.in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut channel = backend.channel.clone();
+            let result = match channel.ready().await {
+                Ok(ready) => ready.call(attempt).await,
+                Err(err) => Err(err),
+            };
+            backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(response) => {
+                    backend.succeeded();
+                    return Ok(response);
+                }
+                Err(err) if is_connect_refused(&err) => {
+                    backend.eject(&self.inner.service, now_millis(), "connection refused");
+                    tried.push(backend.id.clone());
+                    if tried.len() >= MAX_CONNECT_ATTEMPTS {
+                        return Err(Box::new(err));
+                    }
+                }
+                Err(err) => {
+                    // The request may have reached the server: not retried here.
+                    backend.eject(&self.inner.service, now_millis(), "transport error");
+                    return Err(Box::new(err));
+                }
+            }
+        }
+    }
+}
+
+/// Whether an error means the connection was never made (so nothing was sent).
+fn is_connect_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+impl Service<http::Request<Body>> for Balancer {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        Box::pin(self.clone().dispatch(request))
+    }
+}

@@ -1,0 +1,123 @@
+//! Service discovery: register this instance, and resolve others into
+//! load-balanced gRPC clients that follow the registry as it changes.
+//!
+//! Each resolved service has a background watcher that long-polls the
+//! registry (blocking queries) and updates its `Balancer` at once on change.
+//! When the registry is unreachable the last known instances keep serving
+//! (stale cache), which the logs and `discovery_registry_reachable` say.
+pub mod client;
+pub mod registration;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use client::{DiscoveryError, RegistryClient};
+pub use registration::Registration;
+
+use crate::balance::Balancer;
+
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct Discovery {
+    client: RegistryClient,
+    balancers: Arc<Mutex<HashMap<String, Balancer>>>,
+    shutdown: CancellationToken,
+}
+
+impl Discovery {
+    /// Watchers stop when `shutdown` is cancelled.
+    pub fn new(registry_url: &str, shutdown: CancellationToken) -> Self {
+        Self { client: RegistryClient::new(registry_url), balancers: Arc::default(), shutdown }
+    }
+
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
+    /// A balancer over the routable instances of `name` (whose metadata has
+    /// every `filter` pair), kept current in the background. The first call
+    /// per service waits for one lookup (up to 2 s) so it starts populated.
+    pub async fn balancer(&self, name: &str, filter: BTreeMap<String, String>) -> Balancer {
+        let key = format!("{name}?{filter:?}");
+        if let Some(existing) = self.balancers.lock().ok().and_then(|b| b.get(&key).cloned()) {
+            return existing;
+        }
+        let balancer = Balancer::new(name);
+        let index =
+            match tokio::time::timeout(Duration::from_secs(2), self.client.lookup(name, &filter, None, WATCH_WAIT))
+                .await
+            {
+                Ok(Ok(list)) => {
+                    balancer.update(&list.instances);
+                    Some(list.index)
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(service = name, error = %err, "first lookup failed; will keep trying");
+                    None
+                }
+                Err(_) => None,
+            };
+        if let Ok(mut balancers) = self.balancers.lock() {
+            if let Some(raced) = balancers.get(&key) {
+                return raced.clone();
+            }
+            balancers.insert(key, balancer.clone());
+        }
+        tokio::spawn(watch(
+            self.client.clone(),
+            name.to_string(),
+            filter,
+            balancer.clone(),
+            index,
+            self.shutdown.clone(),
+        ));
+        balancer
+    }
+}
+
+async fn watch(
+    client: RegistryClient,
+    name: String,
+    filter: BTreeMap<String, String>,
+    balancer: Balancer,
+    mut index: Option<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let lookup = client.lookup(&name, &filter, Some(index.unwrap_or(0)), WATCH_WAIT);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = lookup => result,
+        };
+        match result {
+            Ok(list) => {
+                if failures > 0 {
+                    tracing::info!(service = %name, "registry reachable again; cache refreshed");
+                }
+                failures = 0;
+                metrics::gauge!("discovery_registry_reachable", "service" => name.clone()).set(1.0);
+                balancer.update(&list.instances);
+                index = Some(list.index);
+            }
+            Err(err) => {
+                if failures == 0 {
+                    tracing::warn!(service = %name, error = %err, instances = balancer.instances().len(), "registry unreachable; serving the cached instances");
+                }
+                failures += 1;
+                metrics::gauge!("discovery_registry_reachable", "service" => name.clone()).set(0.0);
+                metrics::counter!("discovery_lookup_failures_total", "service" => name.clone()).increment(1);
+                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(4)));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}

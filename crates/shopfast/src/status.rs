@@ -1,0 +1,54 @@
+//! `shopfast status`: the registry's view, as a table.
+use clap::Args;
+
+use kit::discovery::RegistryClient;
+use kit::discovery::wire::InstanceInfo;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The registry to ask.
+    #[arg(long, env = "SHOPFAST_REGISTRY_URL", default_value = "http://127.0.0.1:8080")]
+    registry_url: String,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let client = RegistryClient::new(&args.registry_url);
+    let list = client.all_instances().await.map_err(|e| anyhow::anyhow!("cannot read the registry: {e}"))?;
+    print!("{}", table(&list.instances, |_| String::new()));
+    Ok(())
+}
+
+/// Instances as an aligned table, sorted by service then id; `extra` adds a
+/// last column (e.g. the log file).
+pub fn table(instances: &[InstanceInfo], extra: impl Fn(&InstanceInfo) -> String) -> String {
+    let mut rows: Vec<[String; 6]> = instances
+        .iter()
+        .map(|i| {
+            let meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            [
+                i.name.clone(),
+                i.address.clone(),
+                i.admin_address.clone(),
+                format!("{:?}", i.health).to_lowercase(),
+                meta.join(","),
+                extra(i),
+            ]
+        })
+        .collect();
+    rows.sort();
+    let header = ["SERVICE", "ADDRESS", "ADMIN", "HEALTH", "METADATA", ""];
+    let widths: Vec<usize> =
+        (0..6).map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&header);
+    for row in &rows {
+        out += &line(&row.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    if rows.is_empty() {
+        out += "(no instances registered)\n";
+    }
+    out
+}

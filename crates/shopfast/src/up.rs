@@ -1,0 +1,308 @@
+//! `shopfast up`: the registry and every service as child processes of this
+//! executable. Waits until each instance is registered and ready, prints a
+//! table, writes each child's JSON log to `<data-dir>/logs/<name>.log` and a
+//! merged, coloured view to the terminal, and on Ctrl-C stops the services and
+//! then the registry, each with SIGTERM (SIGKILL after a grace).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use kit::discovery::RegistryClient;
+
+/// Services in start order, with their default gRPC and admin ports.
+const SERVICES: &[(&str, u16, u16)] = &[("users", 9001, 9101), ("products", 9002, 9102)];
+const REGISTRY_PORT: u16 = 8080;
+const STOP_GRACE: Duration = Duration::from_secs(15);
+const COLOURS: &[&str] = &["\x1b[36m", "\x1b[33m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[31m"];
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where SQLite files and logs go.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Pick free ports for everything instead of the defaults (8080, 9001…).
+    #[arg(long)]
+    ephemeral: bool,
+    /// Instances per service, e.g. --replicas products=3 (default 1 each).
+    #[arg(long, value_delimiter = ',', value_parser = crate::parse_key_value)]
+    replicas: Vec<(String, String)>,
+    /// Only write logs to files, not to the terminal.
+    #[arg(long)]
+    quiet: bool,
+    /// How long to wait for everything to be ready.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout_secs: u64,
+}
+
+/// A child process, owned by a supervising task that reports when it exits on
+/// its own and stops it (SIGTERM, then SIGKILL after a grace) when asked.
+struct Proc {
+    log: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Proc {
+    fn supervise(label: &str, log: PathBuf, mut child: Child, exited: mpsc::UnboundedSender<String>) -> Self {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let name = label.to_string();
+        let done = tokio::spawn(async move {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    let _ = exited.send(format!("{name} ({status})"));
+                }
+                _ = stop_rx => {
+                    if let Some(pid) = child.id() {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                    }
+                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                        Ok(Ok(status)) => eprintln!("shopfast up: {name} stopped ({status})"),
+                        _ => {
+                            eprintln!("shopfast up: {name} did not stop within {STOP_GRACE:?}; killing it");
+                            let _ = child.kill().await;
+                        }
+                    }
+                }
+            }
+        });
+        Self { log, stop: Some(stop_tx), done }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.done.await;
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let replicas = replica_counts(&args.replicas)?;
+    let logs_dir = args.data_dir.join("logs");
+    std::fs::create_dir_all(&logs_dir).with_context(|| format!("cannot create {}", logs_dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the shopfast executable")?;
+    let shutdown = kit::shutdown::on_signals();
+    let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<String>();
+
+    let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
+    let registry = spawn(
+        &exe,
+        "registry",
+        "registry",
+        &["--addr".into(), format!("127.0.0.1:{registry_port}")],
+        &logs_dir,
+        0,
+        args.quiet,
+        Some(ready_tx),
+        exited_tx.clone(),
+    )?;
+    let registry_url = tokio::select! {
+        line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
+            Some(addr) => format!("http://{addr}"),
+            None => bail!("the registry exited before it was ready; see {}", registry.log.display()),
+        },
+        _ = tokio::time::sleep(Duration::from_secs(args.ready_timeout_secs)) => bail!("the registry did not start"),
+    };
+
+    let mut services = Vec::new();
+    for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
+        let count = replicas.get(*name).copied().unwrap_or(1);
+        for replica in 1..=count {
+            // Only the first replica can have the fixed ports.
+            let (grpc, admin) = if args.ephemeral || replica > 1 { (0, 0) } else { (*grpc_port, *admin_port) };
+            let flags = vec![
+                "--grpc-addr".into(),
+                format!("127.0.0.1:{grpc}"),
+                "--admin-addr".into(),
+                format!("127.0.0.1:{admin}"),
+                "--data-dir".into(),
+                args.data_dir.display().to_string(),
+                "--registry-url".into(),
+                registry_url.clone(),
+                "--meta".into(),
+                format!("replica={replica}"),
+            ];
+            let label = format!("{name}-{replica}");
+            services.push(spawn(
+                &exe,
+                name,
+                &label,
+                &flags,
+                &logs_dir,
+                index + 1,
+                args.quiet,
+                None,
+                exited_tx.clone(),
+            )?);
+        }
+    }
+
+    let client = RegistryClient::new(&registry_url);
+    let expected: BTreeMap<&str, usize> =
+        SERVICES.iter().map(|(name, ..)| (*name, replicas.get(*name).copied().unwrap_or(1))).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout_secs);
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Err(anyhow::anyhow!("interrupted while starting")),
+            Some(which) = exited_rx.recv() => break Err(anyhow::anyhow!("{which} exited while starting; see the logs in {}", logs_dir.display())),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if let Ok(list) = client.all_instances().await {
+            let all_up = expected.iter().all(|(name, want)| {
+                list.instances.iter().filter(|i| i.name == *name && i.health.routable()).count() >= *want
+            });
+            if all_up {
+                break Ok(list);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            break Err(anyhow::anyhow!("not every service was ready within {} s", args.ready_timeout_secs));
+        }
+    };
+    let list = match outcome {
+        Ok(list) => list,
+        Err(err) => {
+            stop_all(services, registry).await;
+            return Err(err);
+        }
+    };
+
+    let log_of = |i: &kit::discovery::wire::InstanceInfo| {
+        let replica = i.metadata.get("replica").cloned().unwrap_or_else(|| "1".into());
+        logs_dir.join(format!("{}-{replica}.log", i.name)).display().to_string()
+    };
+    println!("\nshopfast is up. Registry: {registry_url}\n");
+    print!("{}", crate::status::table(&list.instances, log_of));
+    println!("\nLogs: {}   Status: shopfast status --registry-url {registry_url}   Stop: Ctrl-C\n", logs_dir.display());
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(which) = exited_rx.recv() => {
+                eprintln!("shopfast up: {which} exited; the others keep running (Ctrl-C stops all)");
+            }
+        }
+    }
+    eprintln!("shopfast up: stopping services, then the registry");
+    stop_all(services, registry).await;
+    Ok(())
+}
+
+fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for (name, count) in pairs {
+        if !SERVICES.iter().any(|(s, ..)| s == name) {
+            bail!("unknown service {name:?} in --replicas");
+        }
+        let n: usize = count
+            .parse()
+            .ok()
+            .filter(|n| (1..=16).contains(n))
+            .with_context(|| format!("--replicas {name}={count}: the count must be 1 to 16"))?;
+        counts.insert(name.clone(), n);
+    }
+    Ok(counts)
+}
+
+/// Starts `exe <command> <flags>`; its stdout and stderr go to the log file
+/// and (unless quiet) to the terminal. The first `ready` log line, if asked
+/// for, is sent on `ready`.
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    exe: &Path,
+    command: &str,
+    label: &str,
+    flags: &[String],
+    logs_dir: &Path,
+    colour: usize,
+    quiet: bool,
+    ready: Option<mpsc::UnboundedSender<Value>>,
+    exited: mpsc::UnboundedSender<String>,
+) -> anyhow::Result<Proc> {
+    let log = logs_dir.join(format!("{label}.log"));
+    let mut child = Command::new(exe)
+        .arg(command)
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        // Its own process group: a terminal's Ctrl-C reaches only `up`, which
+        // then stops the children in order.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {label}"))?;
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let file = tokio::fs::File::from_std(file);
+    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = lines_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(lines_tx);
+    let colour = COLOURS[colour % COLOURS.len()];
+    let prefix = format!("{colour}{label:<11}\x1b[0m |");
+    tokio::spawn(async move {
+        let mut file = file;
+        let mut ready = ready;
+        while let Some(line) = lines_rx.recv().await {
+            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+            let parsed = serde_json::from_str::<Value>(&line).ok();
+            if let Some(json) = &parsed
+                && json["message"] == "ready"
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(json.clone());
+            }
+            if !quiet {
+                println!("{prefix} {}", render(parsed.as_ref(), &line));
+            }
+        }
+    });
+    Ok(Proc::supervise(label, log, child, exited))
+}
+
+/// A JSON log line as `LEVEL message key=value …`.
+fn render(json: Option<&Value>, raw: &str) -> String {
+    let Some(Value::Object(fields)) = json else { return raw.to_string() };
+    let level = fields.get("level").and_then(Value::as_str).unwrap_or("");
+    let message = fields.get("message").and_then(Value::as_str).unwrap_or("");
+    let rest: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "level" | "message" | "timestamp" | "service" | "target"))
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("{level:<5} {message} {}", rest.join(" "))
+}
+
+async fn stop_all(services: Vec<Proc>, registry: Proc) {
+    futures::future::join_all(services.into_iter().map(Proc::stop)).await;
+    registry.stop().await;
+}
