@@ -1,0 +1,193 @@
+//! The registry's HTTP API over a real socket: the happy path, blocking
+//! queries, Prometheus SD, and garbage on every endpoint.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use kit::shutdown::CancellationToken;
+use registry::core::Timing;
+use registry::{RegistryConfig, RunningRegistry};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn start() -> (RunningRegistry, reqwest::Client) {
+    let config = RegistryConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        timing: Timing { heartbeat_interval_ms: 1_000, ttl_ms: 3_000, drain_grace_ms: 1_000 },
+        ..Default::default()
+    };
+    (registry::start(config, CancellationToken::new()).await.unwrap(), reqwest::Client::new())
+}
+
+fn instance(id: &str) -> Value {
+    json!({ "id": id, "name": "products", "address": "127.0.0.1:9002", "admin_address": "127.0.0.1:9102",
+            "metadata": { "version": "v1", "zone": "eu-1" } })
+}
+
+#[tokio::test]
+async fn register_heartbeat_lookup_drain_deregister() {
+    let (registry, http) = start().await;
+    let url = registry.url();
+    let reply: Value =
+        http.post(format!("{url}/v1/register")).json(&instance("p-1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reply, json!({ "id": "p-1", "heartbeat_interval_ms": 1000, "ttl_ms": 3000 }));
+
+    let beat = http.put(format!("{url}/v1/heartbeat/p-1")).json(&json!({ "health": "degraded" })).send().await.unwrap();
+    assert_eq!(beat.status(), StatusCode::OK);
+    let bare = http.put(format!("{url}/v1/heartbeat/p-1")).send().await.unwrap();
+    assert_eq!(bare.status(), StatusCode::OK, "a heartbeat body is optional");
+
+    let found = http.get(format!("{url}/v1/services/products?zone=eu-1")).send().await.unwrap();
+    assert!(found.headers().contains_key("x-registry-index"));
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found["instances"][0]["health"], "degraded");
+    let none: Value =
+        http.get(format!("{url}/v1/services/products?zone=us-1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(none["instances"], json!([]));
+
+    let services: Value = http.get(format!("{url}/v1/services")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(services["services"], json!([{ "name": "products", "instances": 1, "routable": 1 }]));
+
+    let targets: Value = http.get(format!("{url}/v1/prometheus/targets")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(targets[0]["targets"], json!(["127.0.0.1:9102"]));
+    assert_eq!(targets[0]["labels"]["service"], "products");
+    assert_eq!(targets[0]["labels"]["meta_version"], "v1");
+
+    let drained = http.post(format!("{url}/v1/instances/p-1/drain")).send().await.unwrap();
+    assert_eq!(drained.status(), StatusCode::OK);
+    let routable: Value = http.get(format!("{url}/v1/services/products")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(routable["instances"], json!([]), "draining is not routable");
+    let all: Value =
+        http.get(format!("{url}/v1/services/products?all=true")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["instances"][0]["health"], "draining");
+
+    assert_eq!(http.delete(format!("{url}/v1/instances/p-1")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(http.delete(format!("{url}/v1/instances/p-1")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let audit: Value = http.get(format!("{url}/v1/audit")).send().await.unwrap().json().await.unwrap();
+    let events: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["registered", "health", "draining", "deregistered"]);
+    assert_eq!(http.get(format!("{url}/health/ready")).send().await.unwrap().status(), StatusCode::OK);
+    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("registry_changes_total"), "{metrics}");
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn blocking_queries_wait_for_a_change() {
+    let (registry, http) = start().await;
+    let url = registry.url();
+    let first: Value = http.get(format!("{url}/v1/services/products")).send().await.unwrap().json().await.unwrap();
+    let index = first["index"].as_u64().unwrap();
+
+    let started = Instant::now();
+    let quiet: Value = http
+        .get(format!("{url}/v1/services/products?index={index}&wait=300ms"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(290), "waited for a change");
+    assert_eq!(quiet["index"].as_u64(), Some(index));
+
+    let waiter = {
+        let http = http.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body: Value = http
+                .get(format!("{url}/v1/services/products?index={index}&wait=20s"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (started.elapsed(), body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    http.post(format!("{url}/v1/register")).json(&instance("p-1")).send().await.unwrap();
+    let (took, body) = waiter.await.unwrap();
+    assert!(took < Duration::from_secs(5), "woke on the change, took {took:?}");
+    assert_eq!(body["instances"].as_array().unwrap().len(), 1);
+
+    // An index from before a registry restart (ahead of ours) answers at once.
+    let ahead = Instant::now();
+    http.get(format!("{url}/v1/services/products?index=999999&wait=20s")).send().await.unwrap();
+    assert!(ahead.elapsed() < Duration::from_secs(2));
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_gets_clear_errors_and_changes_nothing() {
+    let (registry, http) = start().await;
+    let url = registry.url();
+    let bodies = [
+        ("not json", "application/json"),
+        ("{}", "application/json"),
+        (r#"{"name":"products"}"#, "application/json"),
+        (r#"{"name":"Bad Name","address":"127.0.0.1:1"}"#, "application/json"),
+        (r#"{"name":"products","address":"no-port"}"#, "application/json"),
+        (r#"{"name":"products","address":"h:1","health":"draining"}"#, "application/json"),
+        (r#"{"name":"products","address":"h:1","health":"sleepy"}"#, "application/json"),
+        (r#"{"name":"products","address":"h:1","metadata":{"bad key":"v"}}"#, "application/json"),
+        (r#"{"name":"products","address":"h:1"}"#, "text/plain"),
+    ];
+    for (body, content_type) in bodies {
+        let response = http
+            .post(format!("{url}/v1/register"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], "INVALID_ARGUMENT", "{body}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    let huge = json!({ "name": "products", "address": "h:1", "metadata": { "k": "x".repeat(100_000) } });
+    let too_big = http.post(format!("{url}/v1/register")).json(&huge).send().await.unwrap();
+    assert!(too_big.status().is_client_error(), "{}", too_big.status());
+
+    assert_eq!(http.put(format!("{url}/v1/heartbeat/ghost")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let bad_beat = http
+        .put(format!("{url}/v1/heartbeat/ghost"))
+        .header("content-type", "application/json")
+        .body("[")
+        .send()
+        .await
+        .unwrap();
+    assert!(bad_beat.status().is_client_error());
+    assert_eq!(
+        http.post(format!("{url}/v1/instances/ghost/drain")).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    for query in ["index=abc", "index=1&wait=soon", "index=-1"] {
+        let response = http.get(format!("{url}/v1/services/products?{query}")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+    }
+    for query in ["after=x", "limit=-5"] {
+        assert_eq!(http.get(format!("{url}/v1/audit?{query}")).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(http.get(format!("{url}/v1/nothing")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(http.get(format!("{url}/v1/register")).send().await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let all: Value = http.get(format!("{url}/v1/instances")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["instances"], json!([]), "nothing was registered by garbage");
+    let audit: Value = http.get(format!("{url}/v1/audit")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(audit["entries"], json!([]));
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn bad_timing_is_refused() {
+    let config = RegistryConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        timing: Timing { heartbeat_interval_ms: 5_000, ttl_ms: 1_000, drain_grace_ms: 1_000 },
+        ..Default::default()
+    };
+    assert!(registry::start(config, CancellationToken::new()).await.is_err());
+}

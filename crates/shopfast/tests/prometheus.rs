@@ -1,0 +1,78 @@
+//! A real Prometheus server (apt `prometheus`) configured with
+//! `deploy/prometheus/prometheus.yml` finds every instance through the
+//! registry's HTTP service discovery and scrapes it.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Proc, eventually};
+
+const CONFIG: &str = include_str!("../../../deploy/prometheus/prometheus.yml");
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_discovers_and_scrapes_every_instance() {
+    let Some(binary) =
+        ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].into_iter().find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(!kit::testing::running_in_ci(), "prometheus is required in CI (apt-get install prometheus)");
+        eprintln!("SKIPPED: no prometheus binary (apt-get install prometheus)");
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let registry = Proc::registry("127.0.0.1:0", 500, 5_000, 1_000);
+    let url = registry.url();
+    let _users = Proc::service("users", data.path(), &url, &[]);
+    let _products = Proc::service("products", data.path(), &url, &["--meta", "version=v1"]);
+
+    let config = CONFIG
+        .replace("http://127.0.0.1:8080", &url)
+        .replace("127.0.0.1:8080", &registry.addr("addr"))
+        .replace("5s", "1s");
+    let config_path = data.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let prometheus = KillOnDrop(
+        Command::new(binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", data.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let api = format!("http://127.0.0.1:{port}/api/v1/targets");
+    let last = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    eventually(Duration::from_secs(60), "prometheus scrapes users, products and the registry", || {
+        let (api, last) = (api.clone(), last.clone());
+        async move {
+            let Ok(response) = reqwest::get(&api).await else { return false };
+            let Ok(body) = response.json::<Value>().await else { return false };
+            let targets = body["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            *last.lock().unwrap() = body;
+            let up = |job: &str| targets.iter().any(|t| t["labels"]["job"] == job && t["health"] == "up");
+            up("users") && up("products") && up("shopfast-registry")
+        }
+    })
+    .await;
+    let last = last.lock().unwrap().clone();
+    let targets = last["data"]["activeTargets"].as_array().unwrap();
+    let products = targets.iter().find(|t| t["labels"]["job"] == "products").unwrap();
+    assert_eq!(products["labels"]["meta_version"], "v1", "registry metadata becomes labels");
+    drop(prometheus);
+}
