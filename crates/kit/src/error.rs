@@ -56,3 +56,21 @@ pub fn from_sqlx(err: &sqlx::Error) -> tonic::Status {
         other => internal(other),
     }
 }
+
+/// What a store returns: a rule it enforced, or a database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Domain(e) => e.into(),
+            StoreError::Db(e) => from_sqlx(&e),
+        }
+    }
+}

@@ -78,6 +78,15 @@ impl Readiness {
         }
     }
 
+    /// Ready only while `db` answers a ping.
+    pub fn require_database(&self, db: &crate::db::Db) {
+        let db = db.clone();
+        self.add_check("database", move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        });
+    }
+
     /// Runs every check; returns the failures by name.
     pub async fn evaluate(&self) -> Vec<(&'static str, String)> {
         let mut failures = Vec::new();

@@ -5,7 +5,7 @@ use pb::product_service_server::ProductService;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, DomainError, NewProduct, Product, Reservation, ReservationState, SearchFilter, Sort};
-use crate::store::{ProductStore, StoreError};
+use crate::store::ProductStore;
 use kit::time::{now_millis, timestamp_from_millis};
 
 pub const MAX_BATCH_IDS: usize = 100;
@@ -24,13 +24,6 @@ pub struct ProductsApi {
 impl ProductsApi {
     pub fn new(store: ProductStore, policy: ReservationPolicy) -> Self {
         Self { store, policy }
-    }
-}
-
-fn status(err: StoreError) -> Status {
-    match err {
-        StoreError::Domain(e) => e.into(),
-        StoreError::Db(e) => kit::error::from_sqlx(&e),
     }
 }
 
@@ -96,7 +89,7 @@ impl ProductService for ProductsApi {
     async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Result<Response<pb::Product>, Status> {
         let id = request.into_inner().product_id;
         domain::validate_id("product_id", &id)?;
-        match self.store.get(&id).await.map_err(status)? {
+        match self.store.get(&id).await? {
             Some(product) => Ok(Response::new(to_pb(product))),
             None => Err(Status::not_found(format!("product {id} not found"))),
         }
@@ -113,7 +106,7 @@ impl ProductService for ProductsApi {
         for id in &ids {
             domain::validate_id("product_ids", id)?;
         }
-        let products = self.store.get_many(&ids).await.map_err(status)?;
+        let products = self.store.get_many(&ids).await?;
         let missing_ids = ids.iter().filter(|id| !products.iter().any(|p| &p.id == *id)).cloned().collect();
         Ok(Response::new(pb::GetProductsResponse { products: products.into_iter().map(to_pb).collect(), missing_ids }))
     }
@@ -135,7 +128,7 @@ impl ProductService for ProductsApi {
         let fingerprint = filter.fingerprint();
         let page = kit::pagination::resolve(r.page_size, &r.page_token, fingerprint)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (products, total) = self.store.search(&filter, page).await.map_err(status)?;
+        let (products, total) = self.store.search(&filter, page).await?;
         Ok(Response::new(pb::SearchProductsResponse {
             products: products.into_iter().map(to_pb).collect(),
             next_page_token: kit::pagination::next_token(page, total, fingerprint),
@@ -166,7 +159,7 @@ impl ProductService for ProductsApi {
             },
             stock: p.stock,
         };
-        let created = self.store.create(new, now_millis()).await.map_err(status)?;
+        let created = self.store.create(new, now_millis()).await?;
         Ok(Response::new(to_pb(created)))
     }
 
@@ -175,7 +168,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::CheckAvailabilityRequest>,
     ) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
         let items = items_from_pb(request.into_inner().items);
-        let report = self.store.check_availability(&items).await.map_err(status)?;
+        let report = self.store.check_availability(&items).await?;
         let items: Vec<pb::ItemAvailability> = report
             .into_iter()
             .map(|a| pb::ItemAvailability {
@@ -199,8 +192,7 @@ impl ProductService for ProductsApi {
             s if s < 0 => return Err(DomainError::invalid("ttl_seconds must not be negative").into()),
             s => s.saturating_mul(1000).min(self.policy.max_ttl_ms),
         };
-        let reservation =
-            self.store.reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis()).await.map_err(status)?;
+        let reservation = self.store.reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -209,7 +201,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::ReleaseInventoryRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        let reservation = self.store.release(&order_id, now_millis()).await.map_err(status)?;
+        let reservation = self.store.release(&order_id, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -218,7 +210,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::CommitInventoryRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        let reservation = self.store.commit(&order_id, now_millis()).await.map_err(status)?;
+        let reservation = self.store.commit(&order_id, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -227,7 +219,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        match self.store.get_reservation(&order_id).await.map_err(status)? {
+        match self.store.get_reservation(&order_id).await? {
             Some(reservation) => Ok(Response::new(reservation_to_pb(reservation))),
             None => Err(Status::not_found(format!("no reservation for order {order_id}"))),
         }

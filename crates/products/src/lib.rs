@@ -72,11 +72,7 @@ pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Resul
             tracing::info!(added, "seeded the catalog");
         }
     }
-    let ping_db = db.clone();
-    host.readiness().add_check("database", move || {
-        let db = ping_db.clone();
-        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-    });
+    host.readiness().require_database(&db);
 
     let policy = api::ReservationPolicy {
         default_ttl_ms: (config.reservation_ttl_secs * 1000) as i64,

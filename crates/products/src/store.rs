@@ -13,13 +13,7 @@ use crate::domain::{
 use kit::db::Db;
 use kit::pagination::Page;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-}
+pub use kit::error::StoreError;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

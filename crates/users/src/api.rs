@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Address, DomainError, ProfileChanges, User};
 use crate::password;
-use crate::store::{StoreError, UserStore};
+use crate::store::UserStore;
 use kit::time::{now_millis, timestamp_from_millis};
 use kit::token::TokenSigner;
 
@@ -19,13 +19,6 @@ pub struct UsersApi {
 impl UsersApi {
     pub fn new(store: UserStore, signer: TokenSigner, token_ttl_secs: i64) -> Self {
         Self { store, signer, token_ttl_secs }
-    }
-}
-
-fn status(err: StoreError) -> Status {
-    match err {
-        StoreError::Domain(e) => e.into(),
-        StoreError::Db(e) => kit::error::from_sqlx(&e),
     }
 }
 
@@ -75,7 +68,7 @@ impl UserService for UsersApi {
         let r = request.into_inner();
         let registration = domain::register(&r.email, &r.password, &r.name, address_from_pb(r.address))?;
         let hash = password::hash(r.password).await.map_err(kit::error::internal)?;
-        let user = self.store.create(&registration, &hash, now_millis()).await.map_err(status)?;
+        let user = self.store.create(&registration, &hash, now_millis()).await?;
         tracing::info!(user_id = %user.id, "user registered");
         Ok(Response::new(user_to_pb(user)))
     }
@@ -89,7 +82,7 @@ impl UserService for UsersApi {
             return Err(login_refused());
         }
         let found = match domain::normalize_email(&r.email) {
-            Ok(email) => self.store.credentials(&email).await.map_err(status)?,
+            Ok(email) => self.store.credentials(&email).await?,
             Err(_) => None,
         };
         let (user, hash) = match found {
@@ -115,7 +108,7 @@ impl UserService for UsersApi {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let id = request.into_inner().user_id;
         domain::validate_user_id(&id)?;
-        match self.store.get(&id).await.map_err(status)? {
+        match self.store.get(&id).await? {
             Some(user) => Ok(Response::new(user_to_pb(user))),
             None => Err(Status::not_found(format!("user {id} not found"))),
         }
@@ -127,7 +120,7 @@ impl UserService for UsersApi {
         let changes =
             ProfileChanges { name: r.name, address: r.address.map(|a| address_from_pb(Some(a))), active: r.active }
                 .validate()?;
-        let user = self.store.update(&r.user_id, changes, now_millis()).await.map_err(status)?;
+        let user = self.store.update(&r.user_id, changes, now_millis()).await?;
         Ok(Response::new(user_to_pb(user)))
     }
 
@@ -137,7 +130,7 @@ impl UserService for UsersApi {
     ) -> Result<Response<pb::ValidateUserResponse>, Status> {
         let id = request.into_inner().user_id;
         domain::validate_user_id(&id)?;
-        let user = domain::check_active(self.store.get(&id).await.map_err(status)?, &id)?;
+        let user = domain::check_active(self.store.get(&id).await?, &id)?;
         Ok(Response::new(pb::ValidateUserResponse {
             user_id: user.id,
             email: user.email,

@@ -59,11 +59,7 @@ pub async fn start(config: UsersConfig, shutdown: CancellationToken) -> Result<R
     };
     let host = Host::bind(spec, &config.common, shutdown.clone()).await?;
     let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
-    let ping_db = db.clone();
-    host.readiness().add_check("database", move || {
-        let db = ping_db.clone();
-        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-    });
+    host.readiness().require_database(&db);
     let api = api::UsersApi::new(store::UserStore::new(db.clone()), signer, config.token_ttl_secs as i64);
     let service = contracts::users::v1::user_service_server::UserServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;

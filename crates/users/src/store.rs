@@ -5,13 +5,7 @@ use sqlx::any::AnyRow;
 use crate::domain::{Address, DomainError, ProfileChanges, Registration, User};
 use kit::db::Db;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-}
+pub use kit::error::StoreError;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
