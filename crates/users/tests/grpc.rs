@@ -219,3 +219,25 @@ async fn health_readiness_and_metrics() {
     h.service.stop().await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the gRPC port is closed after stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let h = start().await;
+    // Registrations hash with argon2 (tens of ms each, two cores): twenty of
+    // them are still in flight when the stop begins.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut client = h.client.clone();
+            tokio::spawn(async move { client.create_user(create_request(&format!("drain{i}@example.com"))).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let stopping = tokio::spawn(h.service.stop());
+    let mut completed = 0;
+    for call in calls {
+        call.await.unwrap().expect("an in-flight request was cut off by the shutdown");
+        completed += 1;
+    }
+    stopping.await.unwrap().unwrap();
+    assert_eq!(completed, 20);
+}
