@@ -40,6 +40,19 @@ pub enum TokenError {
     WeakSecret,
 }
 
+/// Used when no secret is configured, so a local stack works out of the box.
+/// Logged loudly; never use it beyond a laptop.
+pub const DEV_TOKEN_SECRET: &str = "shopfast-dev-token-secret-change-me-0123456789";
+
+/// The signer for a configured secret, or the development default (with a warning).
+pub fn signer_from_config(secret: Option<&str>) -> Result<TokenSigner, TokenError> {
+    let secret = secret.unwrap_or_else(|| {
+        tracing::warn!("no token_secret configured: using the built-in development secret");
+        DEV_TOKEN_SECRET
+    });
+    TokenSigner::new(secret.as_bytes())
+}
+
 /// Signs and verifies tokens with one secret.
 #[derive(Clone)]
 pub struct TokenSigner {

@@ -29,6 +29,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Run the service registry.
     Registry(RegistryArgs),
+    /// Run the API gateway (REST/JSON in front of the gRPC services).
+    Gateway(GatewayArgs),
     /// Run the Users service (accounts, login, profiles).
     Users(ServiceArgs),
     /// Run the Products service (catalog, search, inventory reservations).
@@ -147,6 +149,35 @@ struct RegistryArgs {
     log_format: LogFormatArg,
 }
 
+#[derive(Args, Serialize)]
+struct GatewayArgs {
+    #[arg(long, env = "SHOPFAST_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (port 0 = pick a free port).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<SocketAddr>,
+    /// The registry that finds the backends.
+    #[arg(long, env = "SHOPFAST_REGISTRY_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_url: Option<String>,
+    /// Share rate limits with other gateways through Redis, e.g. redis://127.0.0.1:6379.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+    /// Where quota counts persist (default: a SQLite file in --data-dir).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "json")]
+    #[serde(skip)]
+    log_format: LogFormatArg,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -158,6 +189,14 @@ async fn main() -> anyhow::Result<()> {
             let config: registry::RegistryConfig = kit::config::load(registry::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 registry::start(config, kit::shutdown::on_signals()).await.context("registry failed to start")?;
+            running.wait().await;
+            Ok(())
+        }
+        Command::Gateway(args) => {
+            kit::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
+            let config: gateway::GatewayConfig = kit::config::load(gateway::SERVICE, args.config.as_deref(), &args)?;
+            let running =
+                gateway::start(config, kit::shutdown::on_signals()).await.context("gateway failed to start")?;
             running.wait().await;
             Ok(())
         }

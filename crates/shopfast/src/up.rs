@@ -22,6 +22,7 @@ use kit::discovery::RegistryClient;
 /// Services in start order, with their default gRPC and admin ports.
 const SERVICES: &[(&str, u16, u16)] = &[("users", 9001, 9101), ("products", 9002, 9102)];
 const REGISTRY_PORT: u16 = 8080;
+const GATEWAY_PORT: u16 = 8000;
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const COLOURS: &[&str] = &["\x1b[36m", "\x1b[33m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[31m"];
 
@@ -95,18 +96,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = kit::shutdown::on_signals();
     let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<String>();
 
+    let secrets = Secrets::generate();
     let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
+    let supervisor = Supervisor { exe: &exe, logs_dir: &logs_dir, quiet: args.quiet, exited: exited_tx.clone() };
     let registry = spawn(
-        &exe,
-        "registry",
-        "registry",
-        &["--addr".into(), format!("127.0.0.1:{registry_port}")],
-        &logs_dir,
-        0,
-        args.quiet,
-        Some(ready_tx),
-        exited_tx.clone(),
+        &supervisor,
+        ChildSpec {
+            command: "registry",
+            label: "registry",
+            flags: vec!["--addr".into(), format!("127.0.0.1:{registry_port}")],
+            colour: 0,
+            env: &[],
+            ready: Some(ready_tx),
+        },
     )?;
     let registry_url = tokio::select! {
         line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
@@ -116,6 +119,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         _ = tokio::time::sleep(Duration::from_secs(args.ready_timeout_secs)) => bail!("the registry did not start"),
     };
 
+    let data_dir = args.data_dir.display().to_string();
     let mut services = Vec::new();
     for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
         let count = replicas.get(*name).copied().unwrap_or(1);
@@ -128,30 +132,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 "--admin-addr".into(),
                 format!("127.0.0.1:{admin}"),
                 "--data-dir".into(),
-                args.data_dir.display().to_string(),
+                data_dir.clone(),
                 "--registry-url".into(),
                 registry_url.clone(),
                 "--meta".into(),
                 format!("replica={replica}"),
             ];
             let label = format!("{name}-{replica}");
-            services.push(spawn(
-                &exe,
-                name,
-                &label,
-                &flags,
-                &logs_dir,
-                index + 1,
-                args.quiet,
-                None,
-                exited_tx.clone(),
-            )?);
+            let spec =
+                ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &secrets.env, ready: None };
+            services.push(spawn(&supervisor, spec)?);
         }
     }
+    let gateway_port = if args.ephemeral { 0 } else { GATEWAY_PORT };
+    let gateway_flags = vec![
+        "--addr".into(),
+        format!("127.0.0.1:{gateway_port}"),
+        "--registry-url".into(),
+        registry_url.clone(),
+        "--data-dir".into(),
+        data_dir.clone(),
+    ];
+    let spec = ChildSpec {
+        command: "gateway",
+        label: "gateway-1",
+        flags: gateway_flags,
+        colour: SERVICES.len() + 1,
+        env: &secrets.env,
+        ready: None,
+    };
+    services.push(spawn(&supervisor, spec)?);
 
     let client = RegistryClient::new(&registry_url);
-    let expected: BTreeMap<&str, usize> =
+    let mut expected: BTreeMap<&str, usize> =
         SERVICES.iter().map(|(name, ..)| (*name, replicas.get(*name).copied().unwrap_or(1))).collect();
+    expected.insert("gateway", 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout_secs);
     let outcome = loop {
         tokio::select! {
@@ -183,7 +198,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let replica = i.metadata.get("replica").cloned().unwrap_or_else(|| "1".into());
         logs_dir.join(format!("{}-{replica}.log", i.name)).display().to_string()
     };
-    println!("\nshopfast is up. Registry: {registry_url}\n");
+    let gateway_url = list
+        .instances
+        .iter()
+        .find(|i| i.name == "gateway")
+        .map(|i| format!("http://{}", i.address))
+        .unwrap_or_default();
+    println!("\nshopfast is up. Registry: {registry_url}");
+    println!("Gateway: {gateway_url}   API key (professional tier, admin): {}", secrets.api_key);
+    println!("Try: curl -H 'X-API-Key: {}' '{gateway_url}/v1/products?category=books&pageSize=3'\n", secrets.api_key);
     print!("{}", crate::status::table(&list.instances, log_of));
     println!("\nLogs: {}   Status: shopfast status --registry-url {registry_url}   Stop: Ctrl-C\n", logs_dir.display());
 
@@ -198,6 +221,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("shopfast up: stopping services, then the registry");
     stop_all(services, registry).await;
     Ok(())
+}
+
+/// Per-run secrets shared by the children: the token secret Users signs with
+/// and the gateway checks, and an API key to try the API with.
+struct Secrets {
+    api_key: String,
+    env: Vec<(String, String)>,
+}
+
+impl Secrets {
+    fn generate() -> Self {
+        use rand::Rng;
+        let hex = |n: usize| -> String { (0..n).map(|_| format!("{:02x}", rand::rng().random::<u8>())).collect() };
+        let token_secret = hex(32);
+        // Lower case: config keys from the environment are lower-cased.
+        let api_key = format!("sf{}", hex(16));
+        let key_var = |field: &str| format!("SHOPFAST_GATEWAY__API_KEYS__{}__{field}", api_key.to_ascii_uppercase());
+        let env = vec![
+            ("SHOPFAST_USERS__TOKEN_SECRET".to_string(), token_secret.clone()),
+            ("SHOPFAST_GATEWAY__TOKEN_SECRET".to_string(), token_secret),
+            (key_var("CLIENT"), "shopfast-up".to_string()),
+            (key_var("TIER"), "professional".to_string()),
+            (key_var("ADMIN"), "true".to_string()),
+        ];
+        Self { api_key, env }
+    }
 }
 
 fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, usize>> {
@@ -216,25 +265,37 @@ fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String,
     Ok(counts)
 }
 
-/// Starts `exe <command> <flags>`; its stdout and stderr go to the log file
-/// and (unless quiet) to the terminal. The first `ready` log line, if asked
-/// for, is sent on `ready`.
-#[allow(clippy::too_many_arguments)]
-fn spawn(
-    exe: &Path,
-    command: &str,
-    label: &str,
-    flags: &[String],
-    logs_dir: &Path,
+/// One child to start.
+struct ChildSpec<'a> {
+    /// The subcommand: `users`, `registry`, …
+    command: &'a str,
+    /// Its name in logs and the table: `products-2`.
+    label: &'a str,
+    flags: Vec<String>,
     colour: usize,
-    quiet: bool,
+    env: &'a [(String, String)],
+    /// Where to send its first `ready` log line, if wanted.
     ready: Option<mpsc::UnboundedSender<Value>>,
+}
+
+/// Where children's output goes and who hears of their exits.
+struct Supervisor<'a> {
+    exe: &'a Path,
+    logs_dir: &'a Path,
+    quiet: bool,
     exited: mpsc::UnboundedSender<String>,
-) -> anyhow::Result<Proc> {
+}
+
+/// Starts `exe <command> <flags>`; its stdout and stderr go to the log file
+/// and (unless quiet) to the terminal.
+fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Proc> {
+    let Supervisor { exe, logs_dir, quiet, .. } = *supervisor;
+    let ChildSpec { command, label, flags, colour, env, ready } = spec;
     let log = logs_dir.join(format!("{label}.log"));
     let mut child = Command::new(exe)
         .arg(command)
-        .args(flags)
+        .args(&flags)
+        .envs(env.iter().cloned())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -283,7 +344,7 @@ fn spawn(
             }
         }
     });
-    Ok(Proc::supervise(label, log, child, exited))
+    Ok(Proc::supervise(label, log, child, supervisor.exited.clone()))
 }
 
 /// A JSON log line as `LEVEL message key=value …`.

@@ -13,14 +13,11 @@ use kit::config::ServiceCommon;
 use kit::db::{Db, DbOptions};
 use kit::server::{Host, RunningService, ServiceSpec, StartError};
 use kit::shutdown::CancellationToken;
-use kit::token::TokenSigner;
 
 pub const SERVICE: &str = "users";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Used when no secret is configured, so a local stack works out of the box.
-/// Logged loudly; never use it beyond a laptop.
-pub const DEV_TOKEN_SECRET: &str = "shopfast-dev-token-secret-change-me-0123456789";
+pub use kit::token::DEV_TOKEN_SECRET;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -38,20 +35,12 @@ impl Default for UsersConfig {
     }
 }
 
-/// The signer for a configured secret, or the development default (with a warning).
-pub fn token_signer(secret: Option<&str>) -> Result<TokenSigner, StartError> {
-    let secret = secret.unwrap_or_else(|| {
-        tracing::warn!("no token_secret configured: using the built-in development secret");
-        DEV_TOKEN_SECRET
-    });
-    TokenSigner::new(secret.as_bytes()).map_err(|e| StartError::Config(e.to_string()))
-}
-
 pub async fn start(config: UsersConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
     if config.token_ttl_secs == 0 {
         return Err(StartError::Config("token_ttl_secs must be positive".into()));
     }
-    let signer = token_signer(config.token_secret.as_deref())?;
+    let signer = kit::token::signer_from_config(config.token_secret.as_deref())
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let spec = ServiceSpec {
         name: SERVICE,
         grpc_services: &[contracts::service_names::USERS],

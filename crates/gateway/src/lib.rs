@@ -1,0 +1,255 @@
+//! The API gateway: REST/JSON in front of the gRPC services, with routes,
+//! request mapping and OpenAPI all derived from the protos' `google.api.http`
+//! annotations; API keys and user tokens; tiered rate limits and quotas;
+//! backends found through the registry and load balanced client-side.
+pub mod auth;
+pub mod codec;
+pub mod errors;
+pub mod openapi;
+pub mod policy;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod template;
+pub mod transcode;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use kit::db::{Db, DbOptions};
+use kit::discovery::{Discovery, Registration, RegistryClient};
+use kit::shutdown::CancellationToken;
+
+pub const SERVICE: &str = "gateway";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GatewayConfig {
+    pub addr: SocketAddr,
+    pub registry_url: String,
+    /// Where quota counts persist: `sqlite://…`/`postgres://…`; default a
+    /// SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// HMAC secret for user tokens; must match the Users service's.
+    pub token_secret: Option<String>,
+    /// Enables shared limits across gateways, e.g. `redis://127.0.0.1:6379`.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub tiers: BTreeMap<String, ratelimit::Tier>,
+    /// API key → client, tier, admin.
+    pub api_keys: BTreeMap<String, auth::ApiKey>,
+    /// Method full name → policy override.
+    pub routes: BTreeMap<String, policy::PolicyOverride>,
+    pub max_body_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+    /// Labels registered with this instance.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            registry_url: "http://127.0.0.1:8080".into(),
+            database_url: None,
+            data_dir: PathBuf::from("data"),
+            token_secret: None,
+            redis_url: None,
+            redis_prefix: "shopfast:ratelimit:".into(),
+            tiers: ratelimit::default_tiers(),
+            api_keys: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            max_body_bytes: 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Routes(#[from] routes::RouteError),
+    #[error("database: {0}")]
+    Db(#[from] kit::db::DbError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningGateway {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result<RunningGateway, StartError> {
+    for (key, api_key) in &config.api_keys {
+        if !config.tiers.contains_key(&api_key.tier) {
+            return Err(StartError::Config(format!("API key {key:?} names unknown tier {:?}", api_key.tier)));
+        }
+    }
+    if !config.tiers.contains_key(auth::ANONYMOUS_TIER) {
+        return Err(StartError::Config("the anonymous tier must be configured".into()));
+    }
+    let signer = kit::token::signer_from_config(config.token_secret.as_deref())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let pool = prost_reflect::DescriptorPool::decode(contracts::FILE_DESCRIPTOR_SET)
+        .map_err(|e| StartError::Config(format!("descriptor set: {e}")))?;
+    let routes = routes::build(&pool, |method| policy::resolve(method, &config.routes))?;
+    let openapi = Bytes::from(openapi::document(&routes).to_string());
+
+    let discovery = Discovery::new(&config.registry_url, shutdown.clone());
+    let mut balancers = HashMap::new();
+    for route in &routes {
+        if !balancers.contains_key(&route.backend) {
+            balancers.insert(route.backend.clone(), discovery.balancer(&route.backend, BTreeMap::new()).await);
+        }
+    }
+
+    let url =
+        config.database_url.clone().unwrap_or_else(|| kit::db::sqlite_file_url(&config.data_dir.join("gateway.db")));
+    let db = Db::open(&url, &DbOptions { max_connections: 4, ..DbOptions::default() }, &MIGRATOR).await?;
+    let redis = match &config.redis_url {
+        Some(url) => Some(
+            ratelimit::redis::RedisLimiter::new(url, &config.redis_prefix)
+                .map_err(|e| StartError::Config(format!("redis_url: {e}")))?,
+        ),
+        None => None,
+    };
+    let limiter = ratelimit::Limiter::new(config.tiers.clone(), ratelimit::quota::QuotaCounter::new(db.clone()), redis);
+
+    let gateway = Arc::new(server::Gateway {
+        routes,
+        balancers,
+        limiter,
+        keys: config.api_keys.clone(),
+        signer,
+        openapi,
+        limits: server::Limits {
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+        },
+        metrics: kit::metrics::prometheus(),
+    });
+
+    let listener =
+        TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    let registration = Registration::start(
+        RegistryClient::new(&config.registry_url),
+        kit::discovery::wire::RegisterRequest {
+            id: None,
+            name: SERVICE.into(),
+            address: addr.to_string(),
+            admin_address: addr.to_string(),
+            metadata: config.metadata.clone(),
+            health: None,
+        },
+    );
+    tracing::info!(service = SERVICE, %addr, routes = gateway.routes.len(), "ready");
+    let task = tokio::spawn(serve(listener, gateway, db, registration, config, shutdown.clone()));
+    Ok(RunningGateway { addr, shutdown, task })
+}
+
+async fn serve(
+    listener: TcpListener,
+    gateway: Arc<server::Gateway>,
+    db: Db,
+    registration: Registration,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+
+    let maintenance = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => gateway.limiter.maintain().await,
+                }
+            }
+        })
+    };
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+
+    // Leave the registry first, then drain connections, then persist counts.
+    registration.deregister(Duration::from_secs(1)).await;
+    drop(listener);
+    if tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections outlived the shutdown grace");
+    }
+    let _ = maintenance.await;
+    gateway.limiter.maintain().await;
+    db.close().await;
+    tracing::info!(service = SERVICE, "stopped");
+}

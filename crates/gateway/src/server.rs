@@ -1,0 +1,375 @@
+//! The request pipeline: identify → rate limit → route → authorise → read and
+//! transcode → call the backend → transcode back. Every response is JSON and
+//! carries the trace id.
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tonic::Code;
+
+use crate::auth::{self, ApiKey, Caller};
+use crate::codec::DynamicCodec;
+use crate::errors;
+use crate::ratelimit::{Decision, Limiter};
+use crate::routes::{Access, Matched, Route};
+use crate::transcode::{self, BadRequest};
+use kit::balance::Balancer;
+use kit::token::TokenSigner;
+use kit::trace_context::TraceIds;
+
+pub type Reply = Response<Full<Bytes>>;
+
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+}
+
+pub struct Gateway {
+    pub routes: Vec<Arc<Route>>,
+    pub balancers: HashMap<String, Balancer>,
+    pub limiter: Limiter,
+    pub keys: BTreeMap<String, ApiKey>,
+    pub signer: TokenSigner,
+    pub openapi: Bytes,
+    pub limits: Limits,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// A failure on its way to becoming the JSON error body.
+struct Failure {
+    code: Code,
+    message: String,
+    field: Option<String>,
+    status: Option<StatusCode>,
+}
+
+impl Failure {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), field: None, status: None }
+    }
+
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+}
+
+impl From<BadRequest> for Failure {
+    fn from(bad: BadRequest) -> Self {
+        Self { code: Code::InvalidArgument, message: bad.message, field: bad.pointer, status: None }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        let code = status.code();
+        if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
+            tracing::error!(code = ?code, detail = %status.message(), "backend failure");
+        }
+        Self::new(code, errors::public_message(code, status.message()))
+    }
+}
+
+fn json_reply(status: StatusCode, body: Bytes) -> Reply {
+    let mut reply = Response::new(Full::new(body));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    reply
+}
+
+fn failure_reply(failure: Failure, trace_id: &str) -> Reply {
+    let status = failure.status.unwrap_or_else(|| errors::http_status(failure.code));
+    let mut body = serde_json::json!({
+        "code": errors::code_name(failure.code),
+        "message": failure.message,
+        "trace_id": trace_id,
+    });
+    if let (Some(field), Some(object)) = (failure.field, body.as_object_mut()) {
+        object.insert("field".into(), field.into());
+    }
+    json_reply(status, Bytes::from(body.to_string()))
+}
+
+fn header(name: &'static str, value: impl ToString) -> (HeaderName, HeaderValue) {
+    (HeaderName::from_static(name), HeaderValue::from_str(&value.to_string()).unwrap_or(HeaderValue::from_static("0")))
+}
+
+/// X-RateLimit-* (classic) and RateLimit-* (IETF draft) headers.
+fn rate_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+    let rate = decision.rate;
+    let reset_secs = rate.reset_ms.div_ceil(1000);
+    let mut headers = vec![
+        header("x-ratelimit-limit", rate.limit),
+        header("x-ratelimit-remaining", rate.remaining),
+        header("x-ratelimit-reset", reset_secs),
+        header("ratelimit-limit", rate.limit),
+        header("ratelimit-remaining", rate.remaining),
+        header("ratelimit-reset", reset_secs),
+    ];
+    if let Some(quota) = decision.quota {
+        headers.push(header("x-quota-limit", quota.limit));
+        headers.push(header("x-quota-remaining", quota.limit.saturating_sub(quota.used)));
+        headers.push(header("x-quota-reset", quota.reset_secs));
+    }
+    headers
+}
+
+impl Gateway {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+        let started = Instant::now();
+        let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+        let ids = TraceIds::continue_or_start(traceparent);
+        let method = request.method().clone();
+        let span = tracing::info_span!("http", method = %method, path = %request.uri().path(), trace_id = %ids.trace_id, span_id = %ids.span_id);
+        let _entered = span.enter();
+        let (mut reply, route_label) = match self.dispatch(request, peer, &ids).await {
+            Ok(done) => done,
+            Err((failure, route)) => (failure_reply(failure, &ids.trace_id), route),
+        };
+        let headers = reply.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&ids.trace_id) {
+            headers.insert(HeaderName::from_static("x-trace-id"), value);
+        }
+        let status = reply.status().as_u16().to_string();
+        metrics::counter!("gateway_requests_total", "route" => route_label.clone(), "status" => status.clone())
+            .increment(1);
+        metrics::histogram!("gateway_request_duration_seconds", "route" => route_label, "status" => status)
+            .record(started.elapsed().as_secs_f64());
+        reply
+    }
+
+    /// The reply and the route label for metrics (bounded: a template, never a raw path).
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        ids: &TraceIds,
+    ) -> Result<(Reply, String), (Failure, String)> {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        if method == Method::GET {
+            match path.as_str() {
+                "/openapi.json" => return Ok((json_reply(StatusCode::OK, self.openapi.clone()), "openapi".into())),
+                "/health/live" | "/health/ready" => {
+                    return Ok((
+                        json_reply(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
+                        "health".into(),
+                    ));
+                }
+                "/metrics" => {
+                    let mut reply = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                    return Ok((reply, "metrics".into()));
+                }
+                _ => {}
+            }
+        }
+        let unmatched = || "unmatched".to_string();
+
+        // Identify and limit before anything else costs us.
+        let caller = auth::identify(request.headers(), peer.ip(), &self.keys)
+            .map_err(|e| (Failure::new(Code::Unauthenticated, e.to_string()), unmatched()))?;
+        let decision = self.limit(&caller).await.map_err(|f| (f, unmatched()))?;
+        let limit_headers = rate_headers(&decision);
+        if !decision.allowed() {
+            let by_quota = decision.quota.is_some_and(|q| !q.allowed);
+            let retry_secs = if by_quota {
+                decision.quota.map(|q| q.reset_secs).unwrap_or(60)
+            } else {
+                decision.rate.retry_after_ms.div_ceil(1000).max(1)
+            };
+            let message = if by_quota { "monthly quota exhausted" } else { "rate limit exceeded; slow down" };
+            metrics::counter!("ratelimit_rejections_total", "tier" => caller.tier.clone(), "reason" => if by_quota { "quota" } else { "rate" }).increment(1);
+            let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
+            reply.headers_mut().extend(limit_headers);
+            reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
+            return Ok((reply, "rate_limited".into()));
+        }
+
+        let (route, bindings) = match crate::routes::find(&self.routes, &method, &path) {
+            Matched::Route(route, bindings) => (route.clone(), bindings),
+            Matched::NotFound => {
+                return Err((Failure::new(Code::NotFound, format!("no route for {method} {path}")), unmatched()));
+            }
+            Matched::WrongMethod(allowed) => {
+                let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                let failure = Failure::new(Code::Unimplemented, format!("{method} is not allowed here; use {allow}"))
+                    .with_status(StatusCode::METHOD_NOT_ALLOWED);
+                let mut reply = failure_reply(failure, &ids.trace_id);
+                if let Ok(value) = HeaderValue::from_str(&allow) {
+                    reply.headers_mut().insert(ALLOW, value);
+                }
+                return Ok((reply, "wrong_method".into()));
+            }
+        };
+        let label = format!("{} {}", route.http_method, route.template.as_str());
+        let fail = |failure: Failure| (failure, label.clone());
+
+        let user = self.authorise(&route, &caller, request.headers()).map_err(fail)?;
+        let idempotency_key = idempotency_key(request.headers()).map_err(fail)?;
+        let query = request.uri().query().map(str::to_string);
+        let body = self.read_body(request).await.map_err(fail)?;
+        let mut message =
+            transcode::request_message(&route, &bindings, query.as_deref(), &body).map_err(|e| fail(e.into()))?;
+        if let (Some(field), Some(user)) = (&route.policy.owner_field, &user) {
+            match transcode::string_field(&message, field) {
+                None => transcode::set_string_field(&mut message, field, user).map_err(|e| fail(e.into()))?,
+                Some(owner) if owner != *user => {
+                    return Err(fail(Failure::new(Code::PermissionDenied, "you can only access your own resources")));
+                }
+                Some(_) => {}
+            }
+        }
+
+        let output = self
+            .call(&route, message, &caller, user.as_deref(), idempotency_key.as_deref(), ids)
+            .await
+            .map_err(fail)?;
+        let json = transcode::response_json(&output).map_err(|e| fail(Failure::new(Code::Internal, e.to_string())))?;
+        let mut reply = json_reply(StatusCode::OK, Bytes::from(json));
+        reply.headers_mut().extend(limit_headers);
+        Ok((reply, label))
+    }
+
+    async fn limit(&self, caller: &Caller) -> Result<Decision, Failure> {
+        self.limiter
+            .check(&caller.tier, &caller.client)
+            .await
+            .ok_or_else(|| Failure::new(Code::Internal, format!("API key tier {} is not configured", caller.tier)))
+    }
+
+    /// Checks the route's access rule; returns the signed-in user, if any.
+    fn authorise(&self, route: &Route, caller: &Caller, headers: &http::HeaderMap) -> Result<Option<String>, Failure> {
+        let user = auth::user_id(headers, &self.signer, kit::time::now_millis() / 1000)
+            .map_err(|e| Failure::new(Code::Unauthenticated, e.to_string()))?;
+        match route.policy.access {
+            Access::User if user.is_none() => Err(Failure::new(
+                Code::Unauthenticated,
+                "sign in first: send Authorization: Bearer <token> from POST /v1/auth/login",
+            )),
+            Access::Admin if !caller.admin => {
+                Err(Failure::new(Code::PermissionDenied, "this endpoint needs an admin API key"))
+            }
+            Access::Internal => Err(Failure::new(Code::NotFound, "no such route")),
+            _ => Ok(user),
+        }
+    }
+
+    async fn read_body(&self, request: Request<Incoming>) -> Result<Bytes, Failure> {
+        let too_large = || {
+            Failure::new(
+                Code::InvalidArgument,
+                format!("request body larger than {} bytes", self.limits.max_body_bytes),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        };
+        let declared =
+            request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
+            return Err(too_large());
+        }
+        let content_type =
+            request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+        let limited = Limited::new(request.into_body(), self.limits.max_body_bytes);
+        let body = match tokio::time::timeout(self.limits.body_read_timeout, limited.collect()).await {
+            Err(_) => {
+                return Err(Failure::new(Code::DeadlineExceeded, "request body was not received in time")
+                    .with_status(StatusCode::REQUEST_TIMEOUT));
+            }
+            Ok(Err(err)) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
+            Ok(Err(err)) => {
+                return Err(Failure::new(Code::InvalidArgument, format!("could not read the request body: {err}")));
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        if !body.is_empty() && !content_type.as_deref().is_some_and(|t| t.starts_with("application/json")) {
+            return Err(Failure::new(Code::InvalidArgument, "send the body as Content-Type: application/json")
+                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
+        Ok(body)
+    }
+
+    /// Calls the backend, retrying UNAVAILABLE for idempotent calls (GET, or
+    /// with an idempotency key) up to the route's attempts.
+    async fn call(
+        &self,
+        route: &Route,
+        message: prost_reflect::DynamicMessage,
+        caller: &Caller,
+        user: Option<&str>,
+        idempotency_key: Option<&str>,
+        ids: &TraceIds,
+    ) -> Result<prost_reflect::DynamicMessage, Failure> {
+        let balancer = self
+            .balancers
+            .get(&route.backend)
+            .ok_or_else(|| Failure::new(Code::Unavailable, format!("no backend for {}", route.backend)))?;
+        let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
+            .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+        let idempotent = route.http_method == Method::GET || idempotency_key.is_some();
+        let attempts = if idempotent { route.policy.attempts.max(1) } else { 1 };
+        let deadline = Instant::now() + route.timeout();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = tonic::Request::new(message.clone());
+            let metadata = request.metadata_mut();
+            let traceparent = format!("00-{}-{}-01", ids.trace_id, ids.span_id);
+            let mut insert = |key: &'static str, value: &str| {
+                if let Ok(v) = value.parse() {
+                    metadata.insert(key, v);
+                }
+            };
+            insert("traceparent", &traceparent);
+            insert("x-client-id", &caller.client);
+            if let Some(user) = user {
+                insert("x-user-id", user);
+            }
+            if let Some(key) = idempotency_key {
+                insert("idempotency-key", key);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            request.set_timeout(left);
+            let mut grpc = tonic::client::Grpc::new(balancer.clone());
+            let result = match tokio::time::timeout(left, async {
+                grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                grpc.unary(request, path.clone(), DynamicCodec::new(route.output.clone())).await
+            })
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(tonic::Status::deadline_exceeded("timed out")),
+            };
+            match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status)
+                    if status.code() == Code::Unavailable && attempt < attempts && Instant::now() < deadline =>
+                {
+                    metrics::counter!("gateway_retries_total", "backend" => route.backend.clone()).increment(1);
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, checked: 1-255 visible ASCII characters.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key =
+        value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(key) => Ok(Some(key.to_string())),
+        None => Err(Failure {
+            field: Some("Idempotency-Key".into()),
+            ..Failure::new(Code::InvalidArgument, "Idempotency-Key must be 1-255 visible ASCII characters")
+        }),
+    }
+}
