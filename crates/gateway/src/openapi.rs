@@ -30,9 +30,11 @@ fn scalar_schema(field: &FieldDescriptor, needed: &mut BTreeMap<String, MessageD
         Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]+$" }),
         Kind::Float | Kind::Double => json!({ "type": "number" }),
         Kind::Bytes => json!({ "type": "string", "format": "byte" }),
-        Kind::Enum(e) => {
-            json!({ "type": "string", "enum": e.values().map(|v| v.name().to_string()).collect::<Vec<_>>() })
-        }
+        // Written as names; read as names or numbers (proto3 JSON).
+        Kind::Enum(e) => json!({ "anyOf": [
+            { "type": "string", "enum": e.values().map(|v| v.name().to_string()).collect::<Vec<_>>() },
+            { "type": "integer", "enum": e.values().map(|v| v.number()).collect::<Vec<_>>() }
+        ] }),
         Kind::Message(m) if m.full_name() == TIMESTAMP => json!({ "type": "string", "format": "date-time" }),
         Kind::Message(m) => {
             let name = schema_name(&m);
@@ -52,12 +54,21 @@ fn field_schema(field: &FieldDescriptor, needed: &mut BTreeMap<String, MessageDe
     if field.is_list() { json!({ "type": "array", "items": item }) } else { item }
 }
 
+/// proto3 JSON reads `null` as "unset" for any field, and the gateway refuses
+/// unknown fields: the schema says both.
 fn message_schema(desc: &MessageDescriptor, needed: &mut BTreeMap<String, MessageDescriptor>) -> Value {
     let mut properties = Map::new();
     for field in desc.fields() {
-        properties.insert(field.json_name().to_string(), field_schema(&field, needed));
+        let mut schema = field_schema(&field, needed);
+        if schema.get("$ref").is_some() {
+            schema = json!({ "allOf": [schema] });
+        }
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("nullable".into(), true.into());
+        }
+        properties.insert(field.json_name().to_string(), schema);
     }
-    json!({ "type": "object", "properties": properties })
+    json!({ "type": "object", "properties": properties, "additionalProperties": false })
 }
 
 fn security(access: Access) -> Value {

@@ -187,9 +187,18 @@ pub enum Matched<'a> {
 }
 
 pub fn find<'a>(routes: &'a [Arc<Route>], method: &http::Method, path: &str) -> Matched<'a> {
+    // Only the most specific templates that match the path count: for
+    // `/v1/orders/42:cancel` that is the `:cancel` route, not `/v1/orders/{id}`
+    // with id "42:cancel" — so the answer and the Allow header agree.
+    let mut best = None;
     let mut allowed = Vec::new();
     for route in routes {
+        let specificity = route.template.specificity();
+        if best.is_some_and(|b| b != specificity) {
+            break;
+        }
         if let Some(bindings) = route.template.matches(path) {
+            best = Some(specificity);
             if route.http_method == *method {
                 return Matched::Route(route, bindings);
             }
