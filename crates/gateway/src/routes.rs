@@ -49,6 +49,8 @@ pub enum BodyTarget {
 
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// `GET /v1/users/{user_id}`: the metrics label, made once per route.
+    pub label: &'static str,
     pub http_method: http::Method,
     pub template: PathTemplate,
     /// `/shopfast.users.v1.UserService/GetUser`
@@ -164,7 +166,11 @@ fn route_from_rule(
         }
     };
     let service = method.parent_service();
+    // Routes are built once at start-up, so leaking their labels is bounded;
+    // it keeps the per-request metrics free of allocation.
+    let label: &'static str = Box::leak(format!("{http_method} {path}").into_boxed_str());
     Ok(Route {
+        label,
         http_method,
         template,
         grpc_path: format!("/{}/{}", service.full_name(), method.name()),

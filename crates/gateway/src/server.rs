@@ -136,9 +136,8 @@ impl Gateway {
         if let Ok(value) = HeaderValue::from_str(&ids.trace_id) {
             headers.insert(HeaderName::from_static("x-trace-id"), value);
         }
-        let status = reply.status().as_u16().to_string();
-        metrics::counter!("gateway_requests_total", "route" => route_label.clone(), "status" => status.clone())
-            .increment(1);
+        let status = status_label(reply.status());
+        metrics::counter!("gateway_requests_total", "route" => route_label, "status" => status).increment(1);
         metrics::histogram!("gateway_request_duration_seconds", "route" => route_label, "status" => status)
             .record(started.elapsed().as_secs_f64());
         reply
@@ -150,27 +149,24 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
         ids: &TraceIds,
-    ) -> Result<(Reply, String), (Failure, String)> {
+    ) -> Result<(Reply, &'static str), (Failure, &'static str)> {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
         if method == Method::GET {
             match path.as_str() {
-                "/openapi.json" => return Ok((json_reply(StatusCode::OK, self.openapi.clone()), "openapi".into())),
+                "/openapi.json" => return Ok((json_reply(StatusCode::OK, self.openapi.clone()), "openapi")),
                 "/health/live" | "/health/ready" => {
-                    return Ok((
-                        json_reply(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
-                        "health".into(),
-                    ));
+                    return Ok((json_reply(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)), "health"));
                 }
                 "/metrics" => {
                     let mut reply = Response::new(Full::new(Bytes::from(self.metrics.render())));
                     reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-                    return Ok((reply, "metrics".into()));
+                    return Ok((reply, "metrics"));
                 }
                 _ => {}
             }
         }
-        let unmatched = || "unmatched".to_string();
+        let unmatched = || "unmatched";
 
         // Identify and limit before anything else costs us.
         let caller = auth::identify(request.headers(), peer.ip(), &self.keys)
@@ -189,7 +185,7 @@ impl Gateway {
             let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
             reply.headers_mut().extend(limit_headers);
             reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
-            return Ok((reply, "rate_limited".into()));
+            return Ok((reply, "rate_limited"));
         }
 
         let (route, bindings) = match crate::routes::find(&self.routes, &method, &path) {
@@ -205,11 +201,11 @@ impl Gateway {
                 if let Ok(value) = HeaderValue::from_str(&allow) {
                     reply.headers_mut().insert(ALLOW, value);
                 }
-                return Ok((reply, "wrong_method".into()));
+                return Ok((reply, "wrong_method"));
             }
         };
-        let label = format!("{} {}", route.http_method, route.template.as_str());
-        let fail = |failure: Failure| (failure, label.clone());
+        let label = route.label;
+        let fail = |failure: Failure| (failure, label);
 
         let user = self.authorise(&route, &caller, request.headers()).map_err(fail)?;
         let idempotency_key = idempotency_key(request.headers()).map_err(fail)?;
@@ -357,6 +353,29 @@ impl Gateway {
                 Err(status) => return Err(status.into()),
             }
         }
+    }
+}
+
+/// The status as a label without allocating.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        501 => "501",
+        503 => "503",
+        504 => "504",
+        _ => "other",
     }
 }
 

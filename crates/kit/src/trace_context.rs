@@ -26,10 +26,10 @@ impl TraceIds {
 
 fn random_hex(rng: &mut impl Rng, bytes: usize) -> String {
     loop {
-        let hex: String = (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect();
         // All-zero ids are invalid in W3C trace context.
-        if hex.bytes().any(|b| b != b'0') {
-            return hex;
+        let value = rng.random::<u128>() >> (128 - 8 * bytes);
+        if value != 0 {
+            return format!("{value:0width$x}", width = 2 * bytes);
         }
     }
 }

@@ -67,6 +67,8 @@ impl Decision {
 }
 
 pub struct Limiter {
+    /// The current month and when it ends (epoch seconds), computed once a month.
+    month: std::sync::RwLock<(std::sync::Arc<str>, i64)>,
     tiers: BTreeMap<String, Tier>,
     local: local::LocalLimiter,
     quota: quota::QuotaCounter,
@@ -75,7 +77,29 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(tiers: BTreeMap<String, Tier>, quota: quota::QuotaCounter, redis: Option<redis::RedisLimiter>) -> Self {
-        Self { local: local::LocalLimiter::new(&tiers), tiers, quota, redis }
+        Self {
+            local: local::LocalLimiter::new(&tiers),
+            tiers,
+            quota,
+            redis,
+            month: std::sync::RwLock::new((std::sync::Arc::from(""), 0)),
+        }
+    }
+
+    /// The current month and the seconds left in it.
+    fn month(&self) -> (std::sync::Arc<str>, i64) {
+        let now = kit::time::now_millis() / 1000;
+        if let Ok(cached) = self.month.read()
+            && now < cached.1
+        {
+            return (cached.0.clone(), cached.1 - now);
+        }
+        let (name, left) = calendar::month(now);
+        let name: std::sync::Arc<str> = name.into();
+        if let Ok(mut cached) = self.month.write() {
+            *cached = (name.clone(), now + left);
+        }
+        (name, left)
     }
 
     pub fn has_tier(&self, tier: &str) -> bool {
@@ -85,7 +109,7 @@ impl Limiter {
     /// Decides one request of `client` in `tier` (which must exist).
     pub async fn check(&self, tier_name: &str, client: &str) -> Option<Decision> {
         let tier = self.tiers.get(tier_name)?;
-        let (month, month_left) = calendar::month(kit::time::now_millis() / 1000);
+        let (month, month_left) = self.month();
         if let Some(redis) = &self.redis
             && let Some(shared) = redis.check(tier_name, tier, client, &month, month_left).await
         {
@@ -111,8 +135,7 @@ impl Limiter {
     pub async fn maintain(&self) {
         let clients = self.local.evict_idle();
         metrics::gauge!("ratelimit_local_clients").set(clients as f64);
-        let (month, _) = calendar::month(kit::time::now_millis() / 1000);
-        if let Err(err) = self.quota.flush(&month).await {
+        if let Err(err) = self.quota.flush().await {
             tracing::warn!(error = %err, "persisting quota counts failed; will retry");
         }
     }

@@ -2,7 +2,7 @@
 //! database, so a restart does not reset them. Counts are flushed every
 //! second and on shutdown: a crash loses at most a second of counting.
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sqlx::Row;
 
@@ -10,27 +10,35 @@ use kit::db::Db;
 
 use super::QuotaDecision;
 
-#[derive(Default)]
 struct Usage {
-    /// Requests counted this month, persisted or not.
+    month: Arc<str>,
+    /// Requests counted in `month`, persisted or not.
     used: u64,
     /// Of those, not yet written to the database.
     unflushed: u64,
 }
 
+/// Counts per client (the hot path looks up by `&str`, without allocating)
+/// and counts of months that ended before they were flushed.
+#[derive(Default)]
+struct Counts {
+    current: HashMap<String, Usage>,
+    ended: Vec<(String, Arc<str>, u64)>,
+}
+
 pub struct QuotaCounter {
     db: Db,
-    usage: Mutex<HashMap<(String, String), Usage>>,
+    counts: Mutex<Counts>,
 }
 
 impl QuotaCounter {
     pub fn new(db: Db) -> Self {
-        Self { db, usage: Mutex::new(HashMap::new()) }
+        Self { db, counts: Mutex::new(Counts::default()) }
     }
 
-    fn with_usage<T>(&self, f: impl FnOnce(&mut HashMap<(String, String), Usage>) -> T) -> T {
-        match self.usage.lock() {
-            Ok(mut usage) => f(&mut usage),
+    fn with_counts<T>(&self, f: impl FnOnce(&mut Counts) -> T) -> T {
+        match self.counts.lock() {
+            Ok(mut counts) => f(&mut counts),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
     }
@@ -39,59 +47,70 @@ impl QuotaCounter {
     pub async fn take(
         &self,
         client: &str,
-        month: &str,
+        month: &Arc<str>,
         limit: u64,
         reset_secs: i64,
     ) -> Result<QuotaDecision, sqlx::Error> {
-        let key = (client.to_string(), month.to_string());
-        if !self.with_usage(|u| u.contains_key(&key)) {
+        let known = self.with_counts(|c| c.current.get(client).is_some_and(|u| u.month == *month));
+        if !known {
             let stored: i64 = sqlx::query("SELECT used FROM quota_usage WHERE client = $1 AND month = $2")
                 .bind(client)
-                .bind(month)
+                .bind(month.as_ref())
                 .fetch_optional(self.db.pool())
                 .await?
                 .map(|row| row.try_get("used"))
                 .transpose()?
                 .unwrap_or(0);
-            self.with_usage(|u| {
-                u.entry(key.clone()).or_insert(Usage { used: stored.max(0) as u64, unflushed: 0 });
+            self.with_counts(|c| {
+                let fresh = Usage { month: month.clone(), used: stored.max(0) as u64, unflushed: 0 };
+                match c.current.insert(client.to_string(), fresh) {
+                    // A month ended: keep its unflushed count for the next flush.
+                    Some(old) if old.month != *month && old.unflushed > 0 => {
+                        c.ended.push((client.to_string(), old.month, old.unflushed))
+                    }
+                    // Raced with another request that loaded it first: keep its counts.
+                    Some(old) if old.month == *month => {
+                        c.current.insert(client.to_string(), old);
+                    }
+                    _ => {}
+                }
             });
         }
-        Ok(self.with_usage(|u| {
-            let usage = u.entry(key).or_default();
-            let allowed = usage.used < limit;
-            if allowed {
-                usage.used += 1;
-                usage.unflushed += 1;
-            }
-            QuotaDecision { allowed, limit, used: usage.used, reset_secs: reset_secs.max(0) as u64 }
+        Ok(self.with_counts(|c| {
+            let decision = c.current.get_mut(client).map(|usage| {
+                let allowed = usage.used < limit;
+                if allowed {
+                    usage.used += 1;
+                    usage.unflushed += 1;
+                }
+                QuotaDecision { allowed, limit, used: usage.used, reset_secs: reset_secs.max(0) as u64 }
+            });
+            decision.unwrap_or(QuotaDecision { allowed: true, limit, used: 0, reset_secs: reset_secs.max(0) as u64 })
         }))
     }
 
-    /// Writes unflushed counts; drops months that are over.
-    pub async fn flush(&self, current_month: &str) -> Result<(), sqlx::Error> {
-        let pending: Vec<((String, String), u64)> = self.with_usage(|u| {
-            let pending = u
-                .iter_mut()
-                .filter(|(_, usage)| usage.unflushed > 0)
-                .map(|(key, usage)| (key.clone(), std::mem::take(&mut usage.unflushed)))
-                .collect();
-            u.retain(|(_, month), usage| month.as_str() >= current_month || usage.unflushed > 0);
+    /// Writes unflushed counts.
+    pub async fn flush(&self) -> Result<(), sqlx::Error> {
+        let pending: Vec<(String, Arc<str>, u64)> = self.with_counts(|c| {
+            let mut pending = std::mem::take(&mut c.ended);
+            for (client, usage) in c.current.iter_mut().filter(|(_, u)| u.unflushed > 0) {
+                pending.push((client.clone(), usage.month.clone(), std::mem::take(&mut usage.unflushed)));
+            }
             pending
         });
-        for ((client, month), delta) in pending {
+        for (i, (client, month, delta)) in pending.iter().enumerate() {
             let written = sqlx::query(
                 "INSERT INTO quota_usage (client, month, used) VALUES ($1, $2, $3) \
                  ON CONFLICT (client, month) DO UPDATE SET used = quota_usage.used + excluded.used",
             )
-            .bind(&client)
-            .bind(&month)
-            .bind(delta as i64)
+            .bind(client)
+            .bind(month.as_ref())
+            .bind(*delta as i64)
             .execute(self.db.pool())
             .await;
             if let Err(err) = written {
-                // Keep the count for the next flush.
-                self.with_usage(|u| u.entry((client, month)).or_default().unflushed += delta);
+                // Keep what was not written for the next flush.
+                self.with_counts(|c| c.ended.extend(pending[i..].iter().cloned()));
                 return Err(err);
             }
         }

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# What the gateway costs per request, measured against nginx in one run.
+#
+# One request, three paths, same load generator (h2load, HTTP/2, keep-alive):
+#   direct   gRPC GetProduct straight to the products service
+#   nginx    the same gRPC call through nginx as a plain reverse proxy (grpc_pass)
+#   gateway  GET /v1/products/{id} through the shopfast gateway, with API-key
+#            auth, rate limiting (GCRA + monthly quota) and JSON transcoding on
+# CPU per request is read from /proc for the proxy in the middle (nginx, the
+# gateway) and for the backend. Each path runs ROUNDS times, interleaved; the
+# table shows medians.
+#
+# Two load shapes by default: light (4 connections x 4 streams = 16 in
+# flight) and heavy (8 x 16 = 128 in flight).
+#
+#   scripts/bench-gateway.sh                       # 40000 requests per run, 5 rounds, both loads
+#   LOADS="8x16" REQUESTS=100000 ROUNDS=3 scripts/bench-gateway.sh
+#   PROFILE=/tmp/gateway.perf scripts/bench-gateway.sh   # also a perf profile of the gateway
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${REQUESTS:-40000}
+ROUNDS=${ROUNDS:-5}
+LOADS=${LOADS:-"4x4 8x16"}
+CLIENTS=4
+STREAMS=4
+
+need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; }; }
+need nginx nginx
+need h2load nghttp2-client
+
+cargo build -q --release -p shopfast
+bin=target/release/shopfast
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+registry_port=$(free_port); products_port=$(free_port); products_admin=$(free_port)
+gateway_port=$(free_port); nginx_port=$(free_port)
+
+cat > "$work/shopfast.toml" <<TOML
+[gateway.tiers.bench]
+per_minute = 100000000
+burst = 100000000
+monthly_quota = 1000000000000
+
+[gateway.api_keys.bench-key]
+client = "bench"
+tier = "bench"
+TOML
+
+RUST_LOG=warn $bin registry --addr "127.0.0.1:$registry_port" > "$work/registry.log" 2>&1 & pids+=($!)
+sleep 0.5
+RUST_LOG=warn $bin products --grpc-addr "127.0.0.1:$products_port" --admin-addr "127.0.0.1:$products_admin" \
+  --data-dir "$work" --registry-url "http://127.0.0.1:$registry_port" > "$work/products.log" 2>&1 & products_pid=$!; pids+=($products_pid)
+RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$gateway_port" --registry-url "http://127.0.0.1:$registry_port" \
+  --data-dir "$work" --config "$work/shopfast.toml" > "$work/gateway.log" 2>&1 & gateway_pid=$!; pids+=($gateway_pid)
+
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-body;
+  # nginx closes a client connection after 1000 requests by default; h2load does not reconnect.
+  keepalive_requests 1000000000;
+  upstream products { server 127.0.0.1:$products_port; keepalive 32; keepalive_requests 1000000000; }
+  server {
+    listen 127.0.0.1:$nginx_port http2;
+    location / { grpc_pass grpc://products; }
+  }
+}
+NGINX
+nginx -p "$work" -c "$work/nginx.conf"
+
+gateway_url="http://127.0.0.1:$gateway_port"
+for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$gateway_url/v1/products?pageSize=1" > "$work/page.json" 2>/dev/null && break; sleep 0.2; done
+product_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["products"][0]["id"])' "$work/page.json")
+# gRPC frame of GetProductRequest{product_id}: 0 (uncompressed), 4-byte length, protobuf.
+python3 - "$product_id" "$work/get.bin" <<'PY'
+import struct, sys
+pid = sys.argv[1].encode()
+msg = b"\x0a" + bytes([len(pid)]) + pid
+open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
+PY
+nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -n 1)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+grpc_path=/shopfast.products.v1.ProductService/GetProduct
+run() { # name url [h2load args...] -> "name rps mean_ms proxy_us backend_us"
+  local name=$1 url=$2; shift 2
+  local proxy_pid=""
+  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; esac
+  local p0=0 b0; b0=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p0=$(cpu_ticks "$proxy_pid")
+  local out; out=$(h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url")
+  local p1=0 b1; b1=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p1=$(cpu_ticks "$proxy_pid")
+  local ok; ok=$(echo "$out" | sed -n 's/.*status codes: \([0-9]*\) 2xx.*/\1/p')
+  [ "$ok" = "$REQUESTS" ] || { echo "$out" >&2; echo "$name: only $ok of $REQUESTS succeeded" >&2; exit 1; }
+  local rps mean; rps=$(echo "$out" | sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p')
+  mean=$(echo "$out" | awk '/time for request:/ {print $6}')
+  local hz; hz=$(getconf CLK_TCK)
+  echo "$name $rps $mean $(( (p1 - p0) * 1000000 / hz )) $(( (b1 - b0) * 1000000 / hz ))"
+}
+
+grpc_args=(-d "$work/get.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+# Warm up every path once.
+REQUESTS=2000 run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" > /dev/null
+REQUESTS=2000 run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" > /dev/null
+REQUESTS=2000 run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
+
+for load in $LOADS; do
+CLIENTS=${load%x*}
+STREAMS=${load#*x}
+: > "$work/results"
+# PROFILE=path: also record a CPU profile of the gateway (perf, cpu-clock) during round 1.
+for round in $(seq 1 "$ROUNDS"); do
+  if [ -n "${PROFILE:-}" ] && [ "$round" = 1 ]; then
+    perf record -q -e cpu-clock -F 2999 -p "$gateway_pid" -o "$PROFILE.$load" > /dev/null 2>&1 & perf_pid=$!
+    sleep 0.2
+    run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+  fi
+  run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" >> "$work/results"
+  run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" >> "$work/results"
+  run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
+  echo "load $load: round $round done" >&2
+done
+python3 - "$work/results" "$REQUESTS" "$CLIENTS" "$STREAMS" "$ROUNDS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+requests, clients, streams, rounds = sys.argv[2:6]
+by = {}
+for name, rps, mean, proxy_cpu, backend_cpu in rows:
+    by.setdefault(name, []).append((float(rps), mean, int(proxy_cpu), int(backend_cpu)))
+n = int(requests)
+def med(name, i):
+    return statistics.median(v[i] for v in by[name])
+def mean_ms(text):
+    return float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-2]) if text.endswith("ms") else float(text[:-1]) * 1000
+print(f"\nGetProduct, {n} requests x {rounds} rounds, h2load -c {clients} -m {streams} -t 1 (medians)\n")
+print(f"{'path':<9}{'req/s':>10}{'mean latency':>15}{'proxy CPU/req':>16}{'backend CPU/req':>18}")
+stats = {}
+for name in ("direct", "nginx", "gateway"):
+    rps = med(name, 0)
+    latency = statistics.median(mean_ms(v[1]) for v in by[name])
+    proxy = med(name, 2) / n
+    backend = med(name, 3) / n
+    stats[name] = (rps, latency, proxy, backend)
+    proxy_text = "-" if name == "direct" else f"{proxy:.1f} us"
+    print(f"{name:<9}{rps:>10.0f}{latency:>12.3f} ms{proxy_text:>16}{backend:>15.1f} us")
+(d, ng, gw) = (stats["direct"], stats["nginx"], stats["gateway"])
+print()
+print(f"gateway CPU per request / nginx CPU per request: {gw[2] / ng[2]:.2f}  (target <= 1.00)")
+print(f"throughput: nginx/direct {ng[0] / d[0]:.2f}, gateway/direct {gw[0] / d[0]:.2f}, gateway/nginx {gw[0] / ng[0]:.2f}")
+print(f"added latency vs direct: nginx {ng[1] - d[1]:+.3f} ms, gateway {gw[1] - d[1]:+.3f} ms")
+PY
+done
