@@ -21,3 +21,12 @@ pub fn prometheus() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// `GET /metrics` in the Prometheus text format, for any axum router.
+pub fn route<S: Clone + Send + Sync + 'static>() -> axum::routing::MethodRouter<S> {
+    let handle = prometheus();
+    axum::routing::get(move || {
+        let handle = handle.clone();
+        async move { ([("content-type", "text/plain; version=0.0.4")], handle.render()) }
+    })
+}

@@ -323,17 +323,10 @@ impl RunningService {
 }
 
 async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
-    let metrics = crate::metrics::prometheus();
     let app = Router::new()
         .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"}))) }))
         .route("/health/ready", get(ready))
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
-            }),
-        )
+        .route("/metrics", crate::metrics::route())
         .with_state(readiness);
     let stopped = async move { shutdown.cancelled().await };
     if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {

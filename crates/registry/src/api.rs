@@ -58,7 +58,6 @@ impl From<JsonRejection> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(registry: Registry) -> Router {
-    let metrics = kit::metrics::prometheus();
     Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat/{id}", put(heartbeat))
@@ -71,13 +70,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
         .route("/health/ready", get(ready))
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], metrics.render()) }
-            }),
-        )
+        .route("/metrics", kit::metrics::route())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(registry)
