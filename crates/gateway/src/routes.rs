@@ -63,7 +63,6 @@ pub struct Route {
     pub output: MessageDescriptor,
     pub body: BodyTarget,
     pub policy: RoutePolicy,
-    pub method: MethodDescriptor,
 }
 
 impl Route {
@@ -88,7 +87,7 @@ pub fn backend_name(service_full_name: &str) -> String {
 }
 
 /// Every annotated method of every shopfast service, most specific first.
-/// `policies` maps a method's full name to its policy (`policy::resolve`).
+/// `policy_for` gives each method its policy (`policy::resolve`).
 pub fn build(
     pool: &DescriptorPool,
     policy_for: impl Fn(&MethodDescriptor) -> RoutePolicy,
@@ -180,7 +179,6 @@ fn route_from_rule(
         output: method.output(),
         body,
         policy,
-        method: method.clone(),
     })
 }
 

@@ -19,7 +19,6 @@ enum Segment {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
-    source: String,
     segments: Vec<Segment>,
     verb: Option<String>,
 }
@@ -81,11 +80,7 @@ impl PathTemplate {
         if segments.iter().rev().skip(1).any(|s| matches!(s, Segment::Rest(_))) {
             return Err(fail("'**' must be last"));
         }
-        Ok(Self { source: template.to_string(), segments, verb })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.source
+        Ok(Self { segments, verb })
     }
 
     /// Field paths of the variables, in order.

@@ -108,10 +108,6 @@ impl Balancer {
         Self { inner: Arc::new(Inner { service: service.to_string(), backends: RwLock::new(Arc::new(Vec::new())) }) }
     }
 
-    pub fn service(&self) -> &str {
-        &self.inner.service
-    }
-
     fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
         self.inner.backends.read().map(|b| b.clone()).unwrap_or_default()
     }

@@ -180,14 +180,6 @@ impl Host {
         &self.readiness
     }
 
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
-    }
-
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Serves `routes` plus health and reflection, then reports ready.
     pub async fn start(self, routes: Routes) -> Result<RunningService, ServerError> {
         let (health, health_service) = tonic_health::server::health_reporter();

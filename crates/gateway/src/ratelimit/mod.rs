@@ -102,10 +102,6 @@ impl Limiter {
         (name, left)
     }
 
-    pub fn has_tier(&self, tier: &str) -> bool {
-        self.tiers.contains_key(tier)
-    }
-
     /// Decides one request of `client` in `tier` (which must exist).
     pub async fn check(&self, tier_name: &str, client: &str) -> Option<Decision> {
         let tier = self.tiers.get(tier_name)?;
