@@ -205,11 +205,19 @@ async fn serve(
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // Quota counts every second; idle rate-limit buckets every minute.
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => gateway.limiter.maintain().await,
+                    _ = tick.tick() => {
+                        gateway.limiter.flush_quotas().await;
+                        ticks += 1;
+                        if ticks.is_multiple_of(60) {
+                            gateway.limiter.evict_idle();
+                        }
+                    }
                 }
             }
         })
@@ -249,7 +257,7 @@ async fn serve(
         tracing::warn!("connections outlived the shutdown grace");
     }
     let _ = maintenance.await;
-    gateway.limiter.maintain().await;
+    gateway.limiter.flush_quotas().await;
     db.close().await;
     tracing::info!(service = SERVICE, "stopped");
 }

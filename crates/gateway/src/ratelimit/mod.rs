@@ -127,10 +127,15 @@ impl Limiter {
         Some(Decision { rate, quota, shared: false })
     }
 
-    /// Periodic upkeep: evict idle local buckets, persist quota counts.
-    pub async fn maintain(&self) {
+    /// Forgets idle clients' local buckets (a walk over every client, so
+    /// it runs far less often than the quota flush).
+    pub fn evict_idle(&self) {
         let clients = self.local.evict_idle();
         metrics::gauge!("ratelimit_local_clients").set(clients as f64);
+    }
+
+    /// Persists quota counts.
+    pub async fn flush_quotas(&self) {
         if let Err(err) = self.quota.flush().await {
             tracing::warn!(error = %err, "persisting quota counts failed; will retry");
         }
