@@ -208,30 +208,47 @@ impl Balancer {
                     backend.succeeded();
                     return Ok(response);
                 }
-                Err(err) if is_connect_refused(&err) => {
-                    backend.eject(&self.inner.service, now_millis(), "connection refused");
+                Err(err) if never_sent(&err) => {
+                    backend.eject(&self.inner.service, now_millis(), "connection refused or closed");
                     tried.push(backend.id.clone());
                     if tried.len() >= MAX_CONNECT_ATTEMPTS {
-                        return Err(Box::new(err));
+                        return Err(self.unavailable(&backend, &err));
                     }
                 }
                 Err(err) => {
                     // The request may have reached the server: not retried here.
                     backend.eject(&self.inner.service, now_millis(), "transport error");
-                    return Err(Box::new(err));
+                    return Err(self.unavailable(&backend, &err));
                 }
             }
         }
     }
 }
 
-/// Whether an error means the connection was never made (so nothing was sent).
-fn is_connect_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+impl Balancer {
+    /// A transport failure as the status callers see: UNAVAILABLE, whatever
+    /// the transport's own wording (a dropped HTTP/2 connection would
+    /// otherwise read as CANCELLED).
+    fn unavailable(&self, backend: &Backend, err: &tonic::transport::Error) -> BoxError {
+        Box::new(tonic::Status::unavailable(format!(
+            "{} instance {} at {} failed: {err}",
+            self.inner.service, backend.id, backend.address
+        )))
+    }
+}
+
+/// Whether the request certainly never left: the connection was refused, or
+/// hyper cancelled it because its connection closed before it was sent (the
+/// case hyper's own client retries).
+fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused)
         {
+            return true;
+        }
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
             return true;
         }
         current = e.source();
