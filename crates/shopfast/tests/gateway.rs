@@ -242,13 +242,11 @@ async fn a_shopper_journey_and_the_errors_around_it() {
     let (status, _) = body(http.get(format!("{url}/v1/products?sort=SIDEWAYS")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let huge = "x".repeat(2 * 1024 * 1024);
+    // Over HTTP/2: the gateway answers 413 before reading the body; HTTP/1.1
+    // would have to close the connection under a client still writing.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let (status, _) = body(
-        http.post(format!("{url}/v1/users"))
-            .header("content-type", "application/json")
-            .body(huge)
-            .send()
-            .await
-            .unwrap(),
+        h2.post(format!("{url}/v1/users")).header("content-type", "application/json").body(huge).send().await.unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
