@@ -150,7 +150,10 @@ impl Host {
         let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
 
         let readiness = Readiness::default();
-        let admin_task = tokio::spawn(serve_admin(admin_listener, readiness.clone(), shutdown.clone()));
+        // Built here, not in the task: building it installs the metrics
+        // recorder, which must exist before the first request is counted.
+        let admin = admin_router(readiness.clone());
+        let admin_task = tokio::spawn(serve_admin(admin_listener, admin, shutdown.clone()));
         let registration = common.registry_url.as_deref().map(|url| {
             let request = crate::discovery::wire::RegisterRequest {
                 id: None,
@@ -314,12 +317,15 @@ impl RunningService {
     }
 }
 
-async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
-    let app = Router::new()
+fn admin_router(readiness: Readiness) -> Router {
+    Router::new()
         .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"}))) }))
         .route("/health/ready", get(ready))
         .route("/metrics", crate::metrics::route())
-        .with_state(readiness);
+        .with_state(readiness)
+}
+
+async fn serve_admin(listener: TcpListener, app: Router, shutdown: CancellationToken) {
     let stopped = async move { shutdown.cancelled().await };
     if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         tracing::error!(error = %err, "admin server failed");
