@@ -16,6 +16,8 @@
 #   scripts/bench-gateway.sh                       # 40000 requests per run, 5 rounds, both loads
 #   LOADS="8x16" REQUESTS=100000 ROUNDS=3 scripts/bench-gateway.sh
 #   PROFILE=/tmp/gateway.perf scripts/bench-gateway.sh   # also a perf profile of the gateway
+#   CALL_GRAPH=dwarf PROFILE=/tmp/gateway.perf scripts/bench-gateway.sh   # ... with call stacks
+#   BIN=/tmp/other/shopfast scripts/bench-gateway.sh   # measure another build (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}
@@ -28,8 +30,8 @@ need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=n
 need nginx nginx
 need h2load nghttp2-client
 
-cargo build -q --release -p shopfast
-bin=target/release/shopfast
+if [ -z "${BIN:-}" ]; then cargo build -q --release -p shopfast; fi
+bin=${BIN:-target/release/shopfast}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -123,7 +125,7 @@ STREAMS=${load#*x}
 # PROFILE=path: also record a CPU profile of the gateway (perf, cpu-clock) during round 1.
 for round in $(seq 1 "$ROUNDS"); do
   if [ -n "${PROFILE:-}" ] && [ "$round" = 1 ]; then
-    perf record -q -e cpu-clock -F 2999 -p "$gateway_pid" -o "$PROFILE.$load" > /dev/null 2>&1 & perf_pid=$!
+    perf record -q -e cpu-clock ${CALL_GRAPH:+--call-graph "$CALL_GRAPH"} -F 2999 -p "$gateway_pid" -o "$PROFILE.$load" > /dev/null 2>&1 & perf_pid=$!
     sleep 0.2
     run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
     kill -INT "$perf_pid"; wait "$perf_pid" || true
