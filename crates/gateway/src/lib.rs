@@ -3,7 +3,9 @@
 //! annotations; API keys and user tokens; tiered rate limits and quotas;
 //! backends found through the registry and load balanced client-side.
 pub mod auth;
+pub mod backend;
 pub mod codec;
+pub mod deferred;
 pub mod errors;
 pub mod openapi;
 pub mod policy;
@@ -51,6 +53,8 @@ pub struct GatewayConfig {
     pub api_keys: BTreeMap<String, auth::ApiKey>,
     /// Method full name → policy override.
     pub routes: BTreeMap<String, policy::PolicyOverride>,
+    /// Backend name (`products`) → breaker, bulkhead, retries, fallback.
+    pub dependencies: BTreeMap<String, kit::resilience::DependencyConfig>,
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
@@ -72,6 +76,7 @@ impl Default for GatewayConfig {
             tiers: ratelimit::default_tiers(),
             api_keys: BTreeMap::new(),
             routes: BTreeMap::new(),
+            dependencies: BTreeMap::new(),
             max_body_bytes: 1024 * 1024,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
@@ -130,12 +135,20 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let routes = routes::build(&pool, |method| policy::resolve(method, &config.routes))?;
     let openapi = Bytes::from(openapi::document(&routes).to_string());
 
+    // The recorder first: backends set their breaker gauges as they are made.
+    let metrics = kit::metrics::prometheus();
     let discovery = Discovery::new(&config.registry_url, shutdown.clone());
-    let mut balancers = HashMap::new();
+    let mut backends = HashMap::new();
     for route in &routes {
-        if !balancers.contains_key(&route.backend) {
-            balancers.insert(route.backend.clone(), discovery.balancer(&route.backend, BTreeMap::new()).await);
+        if !backends.contains_key(&route.backend) {
+            let balancer = discovery.balancer(&route.backend, BTreeMap::new()).await;
+            let dependency = config.dependencies.get(&route.backend).cloned().unwrap_or_default();
+            backends.insert(route.backend.clone(), backend::Backend::new(&route.backend, balancer, &dependency));
         }
+    }
+    if let Some(unknown) = config.dependencies.keys().find(|name| !backends.contains_key(*name)) {
+        let known: Vec<&String> = backends.keys().collect();
+        return Err(StartError::Config(format!("dependencies.{unknown} is not a backend; known: {known:?}")));
     }
 
     let url =
@@ -152,7 +165,8 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
 
     let gateway = Arc::new(server::Gateway {
         routes,
-        balancers,
+        backends,
+        deferred: deferred::DeferredQueue::new(db.clone()),
         limiter,
         keys: config.api_keys.clone(),
         signer,
@@ -161,7 +175,7 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
         },
-        metrics: kit::metrics::prometheus(),
+        metrics,
     });
 
     let listener =
@@ -205,7 +219,8 @@ async fn serve(
         let gateway = gateway.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            // Quota counts every second; idle rate-limit buckets every minute.
+            // Quota counts and deferred calls every second; idle rate-limit
+            // buckets every minute.
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut ticks: u64 = 0;
             loop {
@@ -213,6 +228,7 @@ async fn serve(
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {
                         gateway.limiter.flush_quotas().await;
+                        gateway.deliver_deferred().await;
                         ticks += 1;
                         if ticks.is_multiple_of(60) {
                             gateway.limiter.evict_idle();

@@ -14,12 +14,15 @@ use hyper::body::Incoming;
 use tonic::Code;
 
 use crate::auth::{self, ApiKey, Caller};
+use crate::backend::Backend;
 use crate::codec::DynamicCodec;
+use crate::deferred::{DeferredCall, DeferredQueue, Delivery};
 use crate::errors;
 use crate::ratelimit::{Decision, Limiter};
 use crate::routes::{Access, Matched, Route};
 use crate::transcode::{self, BadRequest};
-use kit::balance::Balancer;
+use kit::resilience::Fallback;
+use kit::resilience::guard::{refused_by, server_failure};
 use kit::token::TokenSigner;
 use kit::trace_context::TraceIds;
 
@@ -32,7 +35,8 @@ pub struct Limits {
 
 pub struct Gateway {
     pub routes: Vec<Arc<Route>>,
-    pub balancers: HashMap<String, Balancer>,
+    pub backends: HashMap<String, Backend>,
+    pub deferred: DeferredQueue,
     pub limiter: Limiter,
     pub keys: BTreeMap<String, ApiKey>,
     pub signer: TokenSigner,
@@ -69,12 +73,26 @@ impl From<BadRequest> for Failure {
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
         let code = status.code();
+        let ours = refused_by(&status).is_some();
         if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
             tracing::error!(code = ?code, detail = %status.message(), "backend failure");
+        } else if code == Code::Unavailable && !ours {
+            tracing::warn!(detail = %status.message(), "backend unavailable");
         }
-        Self::new(code, errors::public_message(code, status.message()))
+        let message = match code {
+            // Our own refusals say what happened; a transport error's text names hosts.
+            Code::Unavailable if !ours => "service unavailable".to_string(),
+            _ => errors::public_message(code, status.message()),
+        };
+        let failure = Self::new(code, message);
+        // A backend shedding load or a full bulkhead is the server side's
+        // trouble, not the client's rate: 503, not 429 (kept for our own limits).
+        if code == Code::ResourceExhausted { failure.with_status(StatusCode::SERVICE_UNAVAILABLE) } else { failure }
     }
 }
+
+/// gRPC metadata sent with a backend call.
+type CallMetadata = Vec<(&'static str, String)>;
 
 fn json_reply(status: StatusCode, body: Bytes) -> Reply {
     let mut reply = Response::new(Full::new(body));
@@ -223,12 +241,40 @@ impl Gateway {
             }
         }
 
-        let output = self
-            .call(&route, message, &caller, user.as_deref(), idempotency_key.as_deref(), ids)
-            .await
-            .map_err(fail)?;
+        let backend = self
+            .backends
+            .get(&route.backend)
+            .ok_or_else(|| fail(Failure::new(Code::Unavailable, format!("no backend for {}", route.backend))))?;
+        let mut metadata: CallMetadata = vec![
+            ("traceparent", format!("00-{}-{}-01", ids.trace_id, ids.span_id)),
+            ("x-client-id", caller.client.clone()),
+        ];
+        metadata.extend(user.clone().map(|user| ("x-user-id", user)));
+        metadata.extend(idempotency_key.clone().map(|key| ("idempotency-key", key)));
+        // The cached fallback answers a read with the last good answer to the
+        // same read by the same user.
+        let cache_key = backend
+            .cache
+            .as_ref()
+            .filter(|_| method == Method::GET)
+            .map(|_| format!("{path}?{}#{}", query.as_deref().unwrap_or(""), user.as_deref().unwrap_or("")));
+        let idempotent = method == Method::GET || idempotency_key.is_some();
+        let output = match self.call(backend, &route, &message, &metadata, idempotent).await {
+            Ok(output) => output,
+            Err(status) => {
+                let reply = self
+                    .fallback(backend, &route, status, cache_key.as_deref(), &message, &metadata, ids)
+                    .await
+                    .map_err(fail)?;
+                return Ok((reply, label));
+            }
+        };
         let json = transcode::response_json(&output).map_err(|e| fail(Failure::new(Code::Internal, e.to_string())))?;
-        let mut reply = json_reply(StatusCode::OK, Bytes::from(json));
+        let json = Bytes::from(json);
+        if let (Some(cache), Some(key)) = (&backend.cache, cache_key) {
+            cache.put(key, json.clone());
+        }
+        let mut reply = json_reply(StatusCode::OK, json);
         reply.headers_mut().extend(limit_headers);
         Ok((reply, label))
     }
@@ -291,67 +337,175 @@ impl Gateway {
         Ok(body)
     }
 
-    /// Calls the backend, retrying UNAVAILABLE for idempotent calls (GET, or
-    /// with an idempotency key) up to the route's attempts.
+    /// Calls the backend through its guard. Idempotent calls (GET, or with an
+    /// idempotency key) that fail with UNAVAILABLE are retried, up to the
+    /// route's attempts, with jittered backoff, while the retry budget allows.
     async fn call(
         &self,
+        backend: &Backend,
         route: &Route,
-        message: prost_reflect::DynamicMessage,
-        caller: &Caller,
-        user: Option<&str>,
-        idempotency_key: Option<&str>,
-        ids: &TraceIds,
-    ) -> Result<prost_reflect::DynamicMessage, Failure> {
-        let balancer = self
-            .balancers
-            .get(&route.backend)
-            .ok_or_else(|| Failure::new(Code::Unavailable, format!("no backend for {}", route.backend)))?;
+        message: &prost_reflect::DynamicMessage,
+        metadata: &[(&'static str, String)],
+        idempotent: bool,
+    ) -> Result<prost_reflect::DynamicMessage, tonic::Status> {
         let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
-            .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
-        let idempotent = route.http_method == Method::GET || idempotency_key.is_some();
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let attempts = if idempotent { route.policy.attempts.max(1) } else { 1 };
         let deadline = Instant::now() + route.timeout();
+        backend.retries.started();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut request = tonic::Request::new(message.clone());
-            let metadata = request.metadata_mut();
-            let traceparent = format!("00-{}-{}-01", ids.trace_id, ids.span_id);
-            let mut insert = |key: &'static str, value: &str| {
-                if let Ok(v) = value.parse() {
-                    metadata.insert(key, v);
+            for (key, value) in metadata {
+                if let Ok(value) = value.parse() {
+                    request.metadata_mut().insert(*key, value);
                 }
-            };
-            insert("traceparent", &traceparent);
-            insert("x-client-id", &caller.client);
-            if let Some(user) = user {
-                insert("x-user-id", user);
             }
-            if let Some(key) = idempotency_key {
-                insert("idempotency-key", key);
-            }
+            // The backend learns our deadline (grpc-timeout) and the guard enforces it.
             let left = deadline.saturating_duration_since(Instant::now());
             request.set_timeout(left);
-            let mut grpc = tonic::client::Grpc::new(balancer.clone());
-            let result = match tokio::time::timeout(left, async {
+            let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
+            let call = async {
                 grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 grpc.unary(request, path.clone(), DynamicCodec::new(route.output.clone())).await
-            })
-            .await
-            {
+            };
+            // A safety net only: the guard times the call out first.
+            let result = match tokio::time::timeout(left + Duration::from_millis(200), call).await {
                 Ok(result) => result,
                 Err(_) => Err(tonic::Status::deadline_exceeded("timed out")),
             };
             match result {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status)
-                    if status.code() == Code::Unavailable && attempt < attempts && Instant::now() < deadline =>
-                {
-                    metrics::counter!("gateway_retries_total", "backend" => route.backend.clone()).increment(1);
-                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                Err(status) if attempt < attempts && backend.retries.allow(attempt, &status) => {
+                    let pause = backend.retries.backoff(attempt, rand::random());
+                    if Instant::now() + pause >= deadline {
+                        return Err(status);
+                    }
+                    tokio::time::sleep(pause).await;
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => return Err(status),
             }
+        }
+    }
+
+    /// The dependency's fallback for a failed call, or the failure itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn fallback(
+        &self,
+        backend: &Backend,
+        route: &Route,
+        status: tonic::Status,
+        cache_key: Option<&str>,
+        message: &prost_reflect::DynamicMessage,
+        metadata: &[(&'static str, String)],
+        ids: &TraceIds,
+    ) -> Result<Reply, Failure> {
+        if !server_failure(status.code()) {
+            return Err(status.into());
+        }
+        let started = Instant::now();
+        let read = route.http_method == Method::GET;
+        let reply = match backend.fallback {
+            Fallback::Cached if read => {
+                let Some((body, age)) = cache_key.and_then(|key| backend.cache.as_ref()?.get(key)) else {
+                    return Err(status.into());
+                };
+                let mut reply = json_reply(StatusCode::OK, body);
+                let headers = reply.headers_mut();
+                headers.insert(http::header::AGE, HeaderValue::from(age.as_secs()));
+                headers.insert(http::header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+                ("cached", reply)
+            }
+            Fallback::Default if read => {
+                let empty = prost_reflect::DynamicMessage::new(route.output.clone());
+                let json = transcode::response_json(&empty).map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+                ("default", json_reply(StatusCode::OK, Bytes::from(json)))
+            }
+            // A write is queued only if it certainly did not reach the
+            // backend, or carries an idempotency key the backend will honour.
+            Fallback::Queue
+                if !read
+                    && (refused_by(&status).is_some() || metadata.iter().any(|(k, _)| *k == "idempotency-key")) =>
+            {
+                let stored: BTreeMap<String, String> =
+                    metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                let encoded = prost::Message::encode_to_vec(message);
+                let id = match self.deferred.push(&route.backend, &route.grpc_path, &encoded, &stored).await {
+                    Ok(id) => id,
+                    Err(err) => {
+                        tracing::error!(error = %err, "could not queue a deferred call");
+                        return Err(status.into());
+                    }
+                };
+                let body = serde_json::json!({
+                    "status": "accepted",
+                    "deferred_id": id,
+                    "message": format!("{} is unavailable; the request is queued and will be delivered when it recovers", route.backend),
+                    "trace_id": ids.trace_id,
+                });
+                ("queue", json_reply(StatusCode::ACCEPTED, Bytes::from(body.to_string())))
+            }
+            _ => return Err(status.into()),
+        };
+        let (kind, mut reply) = reply;
+        reply.headers_mut().insert(HeaderName::from_static("x-fallback"), HeaderValue::from_static(kind));
+        let service = backend.dependency.name().to_string();
+        metrics::counter!("fallback_requests_total", "service" => service.clone(), "kind" => kind).increment(1);
+        metrics::histogram!("fallback_latency_seconds", "service" => service, "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(backend = %route.backend, kind, code = ?status.code(), "answered by fallback");
+        Ok(reply)
+    }
+
+    /// Delivers queued calls of every `queue` backend whose breaker lets
+    /// calls through, oldest first, stopping at a backend's first failure.
+    pub async fn deliver_deferred(&self) {
+        for (name, backend) in &self.backends {
+            if backend.fallback != Fallback::Queue || backend.dependency.refusing() {
+                continue;
+            }
+            let calls = match self.deferred.pending(name, 20).await {
+                Ok(calls) => calls,
+                Err(err) => {
+                    tracing::warn!(backend = %name, error = %err, "cannot read deferred calls");
+                    continue;
+                }
+            };
+            for call in calls {
+                let delivery = self.deliver(backend, &call).await;
+                let stop = matches!(delivery, Delivery::Retry(_));
+                if let Err(err) = self.deferred.settle(&call, delivery).await {
+                    tracing::warn!(deferred_id = %call.id, error = %err, "cannot record a delivery");
+                }
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, backend: &Backend, call: &DeferredCall) -> Delivery {
+        let Some(route) = self.routes.iter().find(|r| r.grpc_path == call.grpc_path) else {
+            return Delivery::Rejected(format!("no route for {}", call.grpc_path));
+        };
+        let message = match prost_reflect::DynamicMessage::decode(route.input.clone(), call.message.as_slice()) {
+            Ok(message) => message,
+            Err(err) => return Delivery::Rejected(format!("stored message unreadable: {err}")),
+        };
+        let mut metadata: CallMetadata = Vec::new();
+        for key in ["traceparent", "x-client-id", "x-user-id", "idempotency-key"] {
+            if let Some(value) = call.metadata.get(key) {
+                metadata.push((key, value.clone()));
+            }
+        }
+        if !call.metadata.contains_key("idempotency-key") {
+            metadata.push(("idempotency-key", format!("deferred:{}", call.id)));
+        }
+        match self.call(backend, route, &message, &metadata, true).await {
+            Ok(_) => Delivery::Delivered,
+            Err(status) if server_failure(status.code()) => Delivery::Retry(status.message().to_string()),
+            Err(status) => Delivery::Rejected(format!("{:?}: {}", status.code(), status.message())),
         }
     }
 }

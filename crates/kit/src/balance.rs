@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::{Service, ServiceExt};
 
 use crate::discovery::wire::InstanceInfo;
+use crate::resilience::guard::refusal;
 use crate::time::now_millis;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -185,10 +186,8 @@ impl Balancer {
         loop {
             let Some(backend) = self.pick(&tried) else {
                 metrics::counter!("client_no_instance_total", "service" => self.inner.service.clone()).increment(1);
-                return Err(Box::new(tonic::Status::unavailable(format!(
-                    "no healthy instance of {}",
-                    self.inner.service
-                ))));
+                let message = format!("no healthy instance of {}", self.inner.service);
+                return Err(refusal(tonic::Code::Unavailable, "no_instance", message));
             };
             let mut attempt = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
             *attempt.method_mut() = parts.method.clone();
@@ -212,7 +211,8 @@ impl Balancer {
                     backend.eject(&self.inner.service, now_millis(), "connection refused or closed");
                     tried.push(backend.id.clone());
                     if tried.len() >= MAX_CONNECT_ATTEMPTS {
-                        return Err(self.unavailable(&backend, &err));
+                        let message = format!("{} unreachable: {err}", self.inner.service);
+                        return Err(refusal(tonic::Code::Unavailable, "no_instance", message));
                     }
                 }
                 Err(err) => {

@@ -37,6 +37,12 @@ pub struct ServiceCommon {
     pub advertise_host: Option<String>,
     /// Labels registered with the instance: version, color, zone, …
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Adaptive load shedding (on by default).
+    #[serde(default)]
+    pub shedding: crate::resilience::shed::ShedConfig,
+    /// Fault injection (off unless enabled).
+    #[serde(default)]
+    pub faults: crate::resilience::faults::FaultConfig,
 }
 
 impl ServiceCommon {
@@ -50,6 +56,8 @@ impl ServiceCommon {
             registry_url: None,
             advertise_host: None,
             metadata: Default::default(),
+            shedding: Default::default(),
+            faults: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc_telemetry;
 pub mod metrics;
 pub mod pagination;
+pub mod resilience;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -17,6 +17,7 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only when another recorder is installed; ours still renders.
             let _ = metrics::set_global_recorder(recorder);
+            describe_all();
             handle
         })
         .clone()
@@ -29,4 +30,66 @@ pub fn route<S: Clone + Send + Sync + 'static>() -> axum::routing::MethodRouter<
         let handle = handle.clone();
         async move { ([("content-type", "text/plain; version=0.0.4")], handle.render()) }
     })
+}
+
+/// HELP text for every metric the platform exports, in one catalogue (and
+/// `promtool check metrics` wants HELP on each). A metric not listed here has
+/// no HELP line; add it when you add the metric.
+fn describe_all() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    // Servers
+    describe_counter!("grpc_server_requests_total", "gRPC requests handled, by service, method and status code.");
+    describe_histogram!(
+        "grpc_server_request_duration_seconds",
+        Unit::Seconds,
+        "gRPC request duration, by service, method and status code."
+    );
+    describe_counter!("server_deadline_spent_total", "Requests not started because they arrived with no time left.");
+    describe_counter!("server_shed_total", "Requests refused by adaptive load shedding (RESOURCE_EXHAUSTED).");
+    describe_counter!("fault_injected_total", "Faults injected on purpose, by kind (error, abort).");
+    describe_counter!("inventory_reservations_total", "Inventory reservation attempts, by result.");
+    // Gateway
+    describe_counter!("gateway_requests_total", "HTTP requests handled by the gateway, by route and status.");
+    describe_histogram!(
+        "gateway_request_duration_seconds",
+        Unit::Seconds,
+        "Gateway request duration, by route and status."
+    );
+    describe_counter!("ratelimit_rejections_total", "Requests refused by rate limits or quotas, by tier and reason.");
+    describe_counter!(
+        "ratelimit_redis_fallbacks_total",
+        "Rate-limit checks decided locally because Redis was unreachable."
+    );
+    describe_gauge!("ratelimit_redis_up", "1 while the shared (Redis) rate limiter is reachable.");
+    describe_gauge!("ratelimit_local_clients", "Clients with a local rate-limit bucket.");
+    describe_counter!("fallback_requests_total", "Requests answered by a dependency's fallback, by service and kind.");
+    describe_histogram!("fallback_latency_seconds", Unit::Seconds, "Time to answer by fallback, by service and kind.");
+    describe_gauge!("deferred_calls_pending", "Queued (deferred) calls not yet delivered, by service.");
+    describe_counter!("deferred_calls_settled_total", "Deferred calls delivered or given up, by service and state.");
+    // Clients: breakers, retries, bulkheads, balancing
+    describe_gauge!(
+        "circuit_breaker_state",
+        "Breaker state per dependency: 0 closed, 1 half-open, 2 open, 3 throttling (adaptive)."
+    );
+    describe_counter!("circuit_breaker_state_transitions_total", "Breaker state changes, by service, from and to.");
+    describe_counter!("circuit_breaker_failures_total", "Calls the breaker counted as server-side failures.");
+    describe_counter!("circuit_breaker_probe_attempts_total", "Probe calls let through while half-open or throttling.");
+    describe_counter!("circuit_breaker_rejected_total", "Calls refused by an open or throttling breaker.");
+    describe_counter!("bulkhead_rejected_total", "Calls refused because a dependency's concurrency limit was reached.");
+    describe_counter!(
+        "client_deadline_spent_total",
+        "Calls not started because the caller's deadline was already spent."
+    );
+    describe_counter!("retries_total", "Retries made, by service.");
+    describe_counter!("retry_budget_exhausted_total", "Retries not made because the retry budget was spent.");
+    describe_counter!("client_ejections_total", "Instances ejected from client-side load balancing.");
+    describe_counter!("client_no_instance_total", "Calls with no healthy instance to go to.");
+    describe_gauge!("client_instances", "Instances in a client's load-balancing pool.");
+    // Discovery and registry
+    describe_counter!("discovery_registrations_total", "Registrations with the registry, by outcome.");
+    describe_counter!("discovery_heartbeat_failures_total", "Heartbeats the registry did not accept.");
+    describe_counter!("discovery_lookup_failures_total", "Registry lookups that failed (the stale cache answered).");
+    describe_gauge!("discovery_registry_reachable", "1 while the registry answers this process.");
+    describe_gauge!("registry_instances", "Registered instances, by service and health.");
+    describe_counter!("registry_changes_total", "Registry changes, by kind.");
 }

@@ -26,6 +26,9 @@ use tonic_health::ServingStatus;
 
 use crate::config::ServiceCommon;
 use crate::grpc_telemetry::GrpcTelemetryLayer;
+use crate::resilience::deadline::SpentDeadlineLayer;
+use crate::resilience::faults::{FaultLayer, Faults};
+use crate::resilience::shed::{ShedConfig, ShedLayer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -37,6 +40,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("fault injection: {0}")]
+    Faults(#[from] crate::resilience::faults::FaultError),
 }
 
 /// What a service tells the host about itself.
@@ -116,6 +121,8 @@ pub struct Host {
     shutdown: CancellationToken,
     grace: Duration,
     registration: Option<(crate::discovery::RegistryClient, crate::discovery::wire::RegisterRequest)>,
+    shedding: ShedConfig,
+    faults: Faults,
 }
 
 /// The address others should dial for a listener bound to `bound`.
@@ -150,9 +157,10 @@ impl Host {
         let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
 
         let readiness = Readiness::default();
+        let faults = Faults::new(&common.faults)?;
         // Built here, not in the task: building it installs the metrics
         // recorder, which must exist before the first request is counted.
-        let admin = admin_router(readiness.clone());
+        let admin = admin_router(readiness.clone(), faults.clone());
         let admin_task = tokio::spawn(serve_admin(admin_listener, admin, shutdown.clone()));
         let registration = common.registry_url.as_deref().map(|url| {
             let request = crate::discovery::wire::RegisterRequest {
@@ -176,6 +184,8 @@ impl Host {
             shutdown,
             grace: Duration::from_millis(common.shutdown_grace_ms),
             registration,
+            shedding: common.shedding.clone(),
+            faults,
         })
     }
 
@@ -218,7 +228,13 @@ impl Host {
             set_status(&drain_health, services, ServingStatus::NotServing).await;
         };
         let server = tonic::transport::Server::builder()
+            // Outermost first: every call is counted, spent or shed calls
+            // cost nothing more, injected latency holds an in-flight slot like
+            // real slowness. tonic itself enforces the caller's grpc-timeout.
             .layer(GrpcTelemetryLayer::new(self.spec.name))
+            .layer(SpentDeadlineLayer)
+            .layer(ShedLayer::new(self.spec.name, &self.shedding))
+            .layer(FaultLayer::new(self.spec.name, self.faults.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop_signal);
 
@@ -317,12 +333,13 @@ impl RunningService {
     }
 }
 
-fn admin_router(readiness: Readiness) -> Router {
+fn admin_router(readiness: Readiness, faults: Faults) -> Router {
     Router::new()
         .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"}))) }))
         .route("/health/ready", get(ready))
         .route("/metrics", crate::metrics::route())
         .with_state(readiness)
+        .merge(crate::resilience::faults::admin_routes(faults))
 }
 
 async fn serve_admin(listener: TcpListener, app: Router, shutdown: CancellationToken) {

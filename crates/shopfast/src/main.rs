@@ -107,9 +107,21 @@ struct ServiceArgs {
     #[serde(skip_serializing_if = "is_empty_map")]
     #[arg(skip)]
     metadata: BTreeMap<String, String>,
+    /// Allow fault injection (rules from config and the admin endpoint /admin/faults).
+    #[arg(long)]
+    #[serde(skip)]
+    enable_fault_injection: bool,
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faults: Option<EnableFaults>,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
+}
+
+#[derive(Clone, Serialize)]
+struct EnableFaults {
+    enabled: bool,
 }
 
 impl ServiceArgs {
@@ -120,6 +132,9 @@ impl ServiceArgs {
     {
         kit::telemetry::init_logging(service, "info", self.log_format.into());
         self.metadata = self.meta.iter().cloned().collect();
+        if self.enable_fault_injection {
+            self.faults = Some(EnableFaults { enabled: true });
+        }
         Ok(kit::config::load(service, self.config.as_deref(), &self)?)
     }
 }

@@ -43,6 +43,9 @@ pub struct UpArgs {
     /// How long to wait for everything to be ready.
     #[arg(long, default_value_t = 60)]
     ready_timeout_secs: u64,
+    /// Let every service take fault-injection rules (PUT /admin/faults on its admin port).
+    #[arg(long)]
+    enable_fault_injection: bool,
 }
 
 /// A child process, owned by a supervising task that reports when it exits on
@@ -126,7 +129,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         for replica in 1..=count {
             // Only the first replica can have the fixed ports.
             let (grpc, admin) = if args.ephemeral || replica > 1 { (0, 0) } else { (*grpc_port, *admin_port) };
-            let flags = vec![
+            let mut flags: Vec<String> = vec![
                 "--grpc-addr".into(),
                 format!("127.0.0.1:{grpc}"),
                 "--admin-addr".into(),
@@ -138,6 +141,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 "--meta".into(),
                 format!("replica={replica}"),
             ];
+            if args.enable_fault_injection {
+                flags.push("--enable-fault-injection".into());
+            }
             let label = format!("{name}-{replica}");
             let spec =
                 ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &secrets.env, ready: None };

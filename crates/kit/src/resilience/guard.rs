@@ -1,0 +1,361 @@
+//! The tower layer every cross-process call goes through: deadline check,
+//! bulkhead, circuit breaker, then the call with the caller's deadline, its
+//! outcome read from the gRPC status (a header for errors, a trailer for
+//! successes) and fed back to the breaker.
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use super::breaker::{Breaker, Outcome, Permit, Rejected, State, Transition};
+use super::{BoxError, DependencyConfig};
+
+/// Metadata key on a status this layer made itself, without calling.
+pub const REFUSED_BY: &str = "x-shopfast-refused-by";
+
+/// Whether `code` says the backend (not the request) is in trouble.
+pub fn server_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::ResourceExhausted | Code::Unknown
+    )
+}
+
+/// What refused a call locally, if anything did: "circuit_breaker",
+/// "bulkhead", "deadline", or "no_instance" (the balancer had nowhere to send it,
+/// or every instance it tried refused the connection). Such a call never
+/// reached a server.
+pub fn refused_by(status: &Status) -> Option<&str> {
+    status.metadata().get(REFUSED_BY).and_then(|v| v.to_str().ok())
+}
+
+/// A status for a call refused before it was sent, marked with what refused it.
+pub fn refusal(code: Code, by: &'static str, message: String) -> BoxError {
+    let mut status = Status::new(code, message);
+    status.metadata_mut().insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static(by));
+    Box::new(status)
+}
+
+/// One downstream service's breaker and bulkhead, shared by every client of it
+/// in the process.
+pub struct Dependency {
+    name: String,
+    breaker: Mutex<Breaker>,
+    bulkhead: Option<(usize, Arc<Semaphore>)>,
+}
+
+impl std::fmt::Debug for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dependency").field("name", &self.name).field("state", &self.state()).finish()
+    }
+}
+
+impl Dependency {
+    pub fn new(name: &str, config: &DependencyConfig) -> Arc<Self> {
+        let dependency = Self {
+            name: name.to_string(),
+            breaker: Mutex::new(Breaker::new(&config.breaker, Instant::now())),
+            bulkhead: config.max_concurrency.map(|n| (n, Arc::new(Semaphore::new(n)))),
+        };
+        metrics::gauge!("circuit_breaker_state", "service" => dependency.name.clone()).set(State::Closed.gauge());
+        Arc::new(dependency)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn state(&self) -> State {
+        self.breaker.lock().map(|b| b.state()).unwrap_or(State::Closed)
+    }
+
+    fn admit(&self) -> Result<Permit, Rejected> {
+        let (result, transition) = match self.breaker.lock() {
+            Ok(mut breaker) => breaker.admit(Instant::now(), rand::random()),
+            // A poisoned lock means a panic mid-update; fail open rather than refuse everything.
+            Err(_) => return Err(Rejected { state: State::Open, retry_after: Duration::from_secs(1) }),
+        };
+        self.log(transition);
+        match &result {
+            Ok(permit) if permit.is_probe() => {
+                metrics::counter!("circuit_breaker_probe_attempts_total", "service" => self.name.clone()).increment(1)
+            }
+            Ok(_) => {}
+            Err(rejected) => metrics::counter!("circuit_breaker_rejected_total", "service" => self.name.clone(), "state" => rejected.state.name()).increment(1),
+        }
+        result
+    }
+
+    fn record(&self, permit: Permit, outcome: Outcome) {
+        if outcome == Outcome::Failure {
+            metrics::counter!("circuit_breaker_failures_total", "service" => self.name.clone()).increment(1);
+        }
+        let transition = self.breaker.lock().ok().and_then(|mut b| b.record(permit, outcome, Instant::now()));
+        self.log(transition);
+    }
+
+    fn release(&self, permit: Permit) {
+        if let Ok(mut breaker) = self.breaker.lock() {
+            breaker.release(permit);
+        }
+    }
+
+    /// Whether calls are being refused right now (open, or throttling).
+    pub fn refusing(&self) -> bool {
+        matches!(self.state(), State::Open | State::Throttling)
+    }
+
+    fn log(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        metrics::gauge!("circuit_breaker_state", "service" => self.name.clone()).set(t.to.gauge());
+        metrics::counter!("circuit_breaker_state_transitions_total", "service" => self.name.clone(), "from" => t.from.name(), "to" => t.to.name()).increment(1);
+        let (service, from, to, reason) = (&self.name, t.from.name(), t.to.name(), &t.reason);
+        match t.to {
+            State::Open | State::Throttling => {
+                tracing::warn!(service, from, to, reason, "circuit breaker state changed")
+            }
+            _ => tracing::info!(service, from, to, reason, "circuit breaker state changed"),
+        }
+    }
+}
+
+/// Puts a `Dependency` in front of a gRPC channel.
+#[derive(Clone)]
+pub struct GuardLayer {
+    dependency: Arc<Dependency>,
+}
+
+impl GuardLayer {
+    pub fn new(dependency: Arc<Dependency>) -> Self {
+        Self { dependency }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded { inner, dependency: self.dependency.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    dependency: Arc<Dependency>,
+}
+
+/// The `grpc-timeout` header.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// gRPC's timeout format: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn header_code(headers: &http::HeaderMap) -> Option<Code> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(Code::from(code))
+}
+
+fn outcome_of(code: Code) -> Outcome {
+    if server_failure(code) { Outcome::Failure } else { Outcome::Success }
+}
+
+impl<S> Service<http::Request<Body>> for Guarded<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let dependency = self.dependency.clone();
+        Box::pin(async move {
+            let name = dependency.name.clone();
+            let deadline = grpc_timeout(request.headers());
+            if deadline.is_some_and(|d| d.is_zero()) {
+                metrics::counter!("client_deadline_spent_total", "service" => name.clone()).increment(1);
+                return Err(refusal(
+                    Code::DeadlineExceeded,
+                    "deadline",
+                    format!("deadline spent before calling {name}"),
+                ));
+            }
+            let seat = match &dependency.bulkhead {
+                None => None,
+                Some((limit, seats)) => match seats.clone().try_acquire_owned() {
+                    Ok(seat) => Some(seat),
+                    Err(_) => {
+                        metrics::counter!("bulkhead_rejected_total", "service" => name.clone()).increment(1);
+                        let message = format!("{name} has {limit} calls in flight already; try again shortly");
+                        return Err(refusal(Code::ResourceExhausted, "bulkhead", message));
+                    }
+                },
+            };
+            let permit = match dependency.admit() {
+                Ok(permit) => Admitted { dependency: dependency.clone(), permit: Some(permit), _seat: seat },
+                Err(rejected) => {
+                    let message = format!(
+                        "{name} is failing; circuit breaker {} (retry in {} ms)",
+                        rejected.state.name(),
+                        rejected.retry_after.as_millis().max(1)
+                    );
+                    return Err(refusal(Code::Unavailable, "circuit_breaker", message));
+                }
+            };
+            let mut permit = permit;
+            let call = inner.call(request);
+            let result = match deadline {
+                Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        permit.finish(Outcome::Failure);
+                        return Err(Box::new(Status::deadline_exceeded(format!("{name} did not answer in time"))));
+                    }
+                },
+                None => call.await,
+            };
+            match result {
+                Err(err) => {
+                    permit.finish(Outcome::Failure);
+                    Err(err)
+                }
+                Ok(response) => {
+                    if response.status().is_server_error() {
+                        permit.finish(Outcome::Failure);
+                        return Ok(response);
+                    }
+                    if let Some(code) = header_code(response.headers()) {
+                        // Trailers-only: the status is already here.
+                        permit.finish(outcome_of(code));
+                        return Ok(response);
+                    }
+                    Ok(response.map(|body| Body::new(Observed { inner: body, permit })))
+                }
+            }
+        })
+    }
+}
+
+/// A call let through, until its outcome is known. Dropped without one (the
+/// caller gave up), it frees its half-open slot and counts nothing.
+struct Admitted {
+    dependency: Arc<Dependency>,
+    permit: Option<Permit>,
+    /// The bulkhead seat is held until the response ends.
+    _seat: Option<OwnedSemaphorePermit>,
+}
+
+impl Admitted {
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            self.dependency.record(permit, outcome);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.dependency.release(permit);
+        }
+    }
+}
+
+/// A response body that reports `grpc-status` from its trailers to the breaker.
+struct Observed {
+    inner: Body,
+    permit: Admitted,
+}
+
+impl HttpBody for Observed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = header_code(trailers).unwrap_or(Code::Unknown);
+                    this.permit.finish(outcome_of(code));
+                }
+            }
+            Some(Err(_)) => this.permit.finish(Outcome::Failure),
+            // A gRPC response without trailers was cut short.
+            None => this.permit.finish(Outcome::Failure),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let parse = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("0n"), Some(Duration::ZERO));
+        assert_eq!(parse("5x"), None);
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn only_server_side_codes_count_as_failures() {
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal, Code::ResourceExhausted] {
+            assert_eq!(outcome_of(code), Outcome::Failure, "{code:?}");
+        }
+        for code in [Code::Ok, Code::NotFound, Code::InvalidArgument, Code::PermissionDenied, Code::FailedPrecondition]
+        {
+            assert_eq!(outcome_of(code), Outcome::Success, "{code:?}");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The resilience kit: what every call across a process boundary goes through
+//! (gateway → services, service → service). Per dependency: a circuit breaker
+//! (classic or adaptive), a bulkhead, deadline propagation, retries under a
+//! budget, and the fallback the gateway answers with when all of that fails.
+//! Servers get load shedding and fault injection (`shed`, `faults`).
+pub mod breaker;
+pub mod deadline;
+pub mod faults;
+pub mod guard;
+pub mod retry;
+pub mod shed;
+pub mod window;
+
+use serde::{Deserialize, Serialize};
+
+pub use breaker::{BreakerPolicy, State};
+pub use guard::{Dependency, GuardLayer};
+pub use retry::{Retries, RetryPolicy};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to answer when a dependency cannot be reached (breaker open, no
+/// instance, failures after retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Fail fast: 503 with a clear message.
+    #[default]
+    None,
+    /// The last good response to the same request, with its age (reads only).
+    Cached,
+    /// An empty response of the right type.
+    Default,
+    /// Writes: accept now (202), deliver when the dependency is back.
+    Queue,
+}
+
+/// Everything configurable about one downstream dependency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DependencyConfig {
+    pub breaker: BreakerPolicy,
+    /// At most this many calls in flight at once (bulkhead); more are refused.
+    pub max_concurrency: Option<usize>,
+    pub retry: RetryPolicy,
+    pub fallback: Fallback,
+    /// Cached fallbacks older than this are not served.
+    pub fallback_max_age_ms: u64,
+}
+
+impl Default for DependencyConfig {
+    fn default() -> Self {
+        Self {
+            breaker: BreakerPolicy::default(),
+            max_concurrency: None,
+            retry: RetryPolicy::default(),
+            fallback: Fallback::None,
+            fallback_max_age_ms: 300_000,
+        }
+    }
+}
