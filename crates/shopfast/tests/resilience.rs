@@ -140,10 +140,33 @@ impl Stack {
         assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
     }
 
+    /// `n` GETs of `path` at once while GetProduct takes `latency_ms`:
+    /// (served, refused as RESOURCE_EXHAUSTED → 503 with `refusal` in the
+    /// message). Nothing else allowed.
+    async fn slow_gets_at_once(&self, path: &str, n: usize, latency_ms: u64, refusal: &str) -> (usize, usize) {
+        self.set_faults(json!([{ "method": GET_PRODUCT, "latency_ms": latency_ms }])).await;
+        let results = futures::future::join_all((0..n).map(|_| self.get(path))).await;
+        let mut counts = (0, 0);
+        for (status, body, _) in &results {
+            match *status {
+                StatusCode::OK => counts.0 += 1,
+                StatusCode::SERVICE_UNAVAILABLE if body["code"] == "RESOURCE_EXHAUSTED" => {
+                    assert!(body["message"].as_str().unwrap().contains(refusal), "{body}");
+                    counts.1 += 1
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        counts
+    }
+
+    async fn metrics(&self, base: &str) -> String {
+        self.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
     /// The products service's count of GetProduct calls it received.
     async fn products_calls(&self) -> f64 {
-        let text =
-            self.http.get(format!("{}/metrics", self.products_admin())).send().await.unwrap().text().await.unwrap();
+        let text = self.metrics(&self.products_admin()).await;
         text.lines()
             .filter(|l| l.starts_with("grpc_server_requests_total{") && l.contains(GET_PRODUCT))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -248,7 +271,7 @@ open_ms = 1500
     // The first good answer was a half-open probe; with success_threshold 2
     // the next closes the circuit.
     assert_eq!(stack.get(&format!("/v1/products/{id}")).await.0, StatusCode::OK);
-    let metrics = stack.http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = stack.metrics(&url).await;
     for expected in [
         r#"circuit_breaker_state{service="products"} 0"#,
         r#"circuit_breaker_state{service="users"} 0"#,
@@ -265,8 +288,7 @@ open_ms = 1500
         );
     }
     promtool_accepts(&metrics);
-    let products_metrics =
-        stack.http.get(format!("{}/metrics", stack.products_admin())).send().await.unwrap().text().await.unwrap();
+    let products_metrics = stack.metrics(&stack.products_admin()).await;
     promtool_accepts(&products_metrics);
 }
 
@@ -366,7 +388,7 @@ volume_threshold = 1000000
     assert!(attempts > f64::from(requests), "some retries happen: {attempts}");
     // The budget: 20 % of requests (+1 for the budget's rounding).
     assert!(attempts <= f64::from(requests) * 1.2 + 1.0, "{attempts} attempts for {requests} requests");
-    let metrics = stack.http.get(format!("{}/metrics", stack.url())).send().await.unwrap().text().await.unwrap();
+    let metrics = stack.metrics(&stack.url()).await;
     assert!(metrics.contains(r#"retry_budget_exhausted_total{service="products"}"#));
     assert!(metrics.contains(r#"retries_total{service="products"}"#));
 }
@@ -396,7 +418,7 @@ fallback = "cached"
         assert!(headers.contains_key("age"));
     }
     eprintln!("cached fallback: p50 {:?}", median(latencies));
-    let metrics = stack.http.get(format!("{}/metrics", stack.url())).send().await.unwrap().text().await.unwrap();
+    let metrics = stack.metrics(&stack.url()).await;
     assert!(metrics.contains(r#"fallback_requests_total{service="products",kind="cached"} 40"#));
     assert!(metrics.contains(r#"fallback_latency_seconds_count{service="products",kind="cached"} 40"#));
     // Never fetched: nothing to fall back on.
@@ -524,24 +546,15 @@ retry = { max_attempts = 1 }
 "#,
     );
     let id = stack.product_id().await;
-    stack.set_faults(json!([{ "method": GET_PRODUCT, "latency_ms": 500 }])).await;
     let path = format!("/v1/products/{id}");
-    let results = futures::future::join_all((0..8).map(|_| stack.get(&path))).await;
-    let ok = results.iter().filter(|(s, _, _)| *s == StatusCode::OK).count();
-    let full: Vec<&Value> =
-        results.iter().filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE).map(|r| &r.1).collect();
-    assert_eq!(ok, 2, "two seats");
-    assert_eq!(full.len(), 6);
-    for body in full {
-        assert_eq!(body["code"], "RESOURCE_EXHAUSTED");
-        assert!(body["message"].as_str().unwrap().contains("2 calls in flight"), "{body}");
-    }
+    let (served, refused) = stack.slow_gets_at_once(&path, 8, 500, "2 calls in flight").await;
+    assert_eq!((served, refused), (2, 6), "two seats");
 
     stack.set_faults(json!([{ "method": GET_PRODUCT, "abort_rate": 1.0 }])).await;
     let (status, body, _) = stack.get(&path).await;
     assert!(status.is_server_error(), "{status}: {body}");
     assert_eq!(body["message"], "service unavailable", "no transport detail leaks");
-    let metrics = stack.http.get(format!("{}/metrics", stack.url())).send().await.unwrap().text().await.unwrap();
+    let metrics = stack.metrics(&stack.url()).await;
     assert!(metrics.contains(r#"bulkhead_rejected_total{service="products"} 6"#));
     assert!(metrics.contains(r#"circuit_breaker_failures_total{service="products"} 1"#), "the abort counted");
 }
@@ -631,20 +644,9 @@ max_in_flight = 1
 "#,
     );
     let id = stack.product_id().await;
-    stack.set_faults(json!([{ "method": GET_PRODUCT, "latency_ms": 300 }])).await;
-    let path = format!("/v1/products/{id}");
-    let results = futures::future::join_all((0..4).map(|_| stack.get(&path))).await;
-    let served = results.iter().filter(|(s, _, _)| *s == StatusCode::OK).count();
-    let shed: Vec<&Value> =
-        results.iter().filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE).map(|r| &r.1).collect();
-    assert_eq!(served, 1, "{results:?}");
-    assert_eq!(shed.len(), 3);
-    for body in shed {
-        assert_eq!(body["code"], "RESOURCE_EXHAUSTED");
-        assert!(body["message"].as_str().unwrap().contains("overloaded"), "{body}");
-    }
-    let metrics =
-        stack.http.get(format!("{}/metrics", stack.products_admin())).send().await.unwrap().text().await.unwrap();
+    let (served, shed) = stack.slow_gets_at_once(&format!("/v1/products/{id}"), 4, 300, "overloaded").await;
+    assert_eq!((served, shed), (1, 3));
+    let metrics = stack.metrics(&stack.products_admin()).await;
     assert!(metrics.contains(r#"server_shed_total{service="products"} 3"#), "{metrics}");
     promtool_accepts(&metrics);
 }
