@@ -249,7 +249,7 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let left = self.state.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let left = self.state.in_flight.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         if let Ok(mut shedder) = self.state.shedder.lock() {
             shedder.finished(self.started.elapsed(), left, Instant::now());
         }
@@ -276,16 +276,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(state) = self.state.clone() else { return Box::pin(inner.call(request)) };
-        let in_flight = state.in_flight.load(Ordering::Relaxed);
+        // Take the slot first, so concurrent arrivals cannot all see room for one.
+        let in_flight = state.in_flight.fetch_add(1, Ordering::AcqRel);
         let shed =
             state.shedder.lock().map(|mut s| s.should_drop(in_flight, cpu_usage(), Instant::now())).unwrap_or(false);
         if shed {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("server_shed_total", "service" => self.service).increment(1);
             let response = tonic::Status::resource_exhausted("server overloaded; request shed, retry with backoff")
                 .into_http::<ResBody>();
             return Box::pin(async move { Ok(response) });
         }
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight { state, started: Instant::now() };
         Box::pin(async move {
             let result = inner.call(request).await;
