@@ -650,3 +650,31 @@ max_in_flight = 1
     assert!(metrics.contains(r#"server_shed_total{service="products"} 3"#), "{metrics}");
     promtool_accepts(&metrics);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_fallback_answers_reads_with_an_empty_response_and_never_writes() {
+    let stack = Stack::start(
+        r#"
+[gateway.dependencies.products]
+fallback = "default"
+"#,
+    );
+    stack.product_id().await;
+    let mut stack = stack;
+    stack.products.take().unwrap().kill9();
+    let (status, page, headers) = stack.get("/v1/products?pageSize=5").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(headers["x-fallback"], "default");
+    assert_eq!(page["products"], json!([]), "{page}");
+    // A write must not pretend to have happened.
+    let response = stack
+        .http
+        .post(format!("{}/v1/products", stack.url()))
+        .header("x-api-key", "admin-key")
+        .json(&json!({ "name": "Nope", "sku": "NOPE-1", "price": { "minorUnits": "1", "currencyCode": "USD" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!response.headers().contains_key("x-fallback"));
+}
