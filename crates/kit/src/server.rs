@@ -26,6 +26,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::ServiceCommon;
 use crate::grpc_telemetry::GrpcTelemetryLayer;
+use crate::idempotency::{IdempotencyLayer, IdempotencyStore};
 use crate::resilience::deadline::SpentDeadlineLayer;
 use crate::resilience::faults::{FaultLayer, Faults};
 use crate::resilience::shed::{ShedConfig, ShedLayer};
@@ -123,6 +124,7 @@ pub struct Host {
     registration: Option<(crate::discovery::RegistryClient, crate::discovery::wire::RegisterRequest)>,
     shedding: ShedConfig,
     faults: Faults,
+    idempotency: Option<IdempotencyLayer>,
 }
 
 /// The address others should dial for a listener bound to `bound`.
@@ -186,11 +188,18 @@ impl Host {
             registration,
             shedding: common.shedding.clone(),
             faults,
+            idempotency: None,
         })
     }
 
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    /// Enforces `idempotency-key` metadata on every method, with keys kept in
+    /// `store` (the service's own database).
+    pub fn enforce_idempotency(&mut self, store: std::sync::Arc<IdempotencyStore>) {
+        self.idempotency = Some(IdempotencyLayer::new(store));
     }
 
     /// Serves `routes` plus health and reflection, then reports ready.
@@ -229,11 +238,15 @@ impl Host {
         };
         let server = tonic::transport::Server::builder()
             // Outermost first: every call is counted, spent or shed calls
-            // cost nothing more, injected latency holds an in-flight slot like
-            // real slowness. tonic itself enforces the caller's grpc-timeout.
+            // cost nothing more, a duplicate is answered before it runs,
+            // injected faults look like the method's own (an injected
+            // UNAVAILABLE frees an idempotency key like a real one) and
+            // injected latency holds an in-flight slot like real slowness.
+            // tonic itself enforces the caller's grpc-timeout.
             .layer(GrpcTelemetryLayer::new(self.spec.name))
             .layer(SpentDeadlineLayer)
             .layer(ShedLayer::new(self.spec.name, &self.shedding))
+            .layer(tower::util::option_layer(self.idempotency.clone()))
             .layer(FaultLayer::new(self.spec.name, self.faults.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop_signal);

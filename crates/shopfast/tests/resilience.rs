@@ -678,3 +678,61 @@ fallback = "default"
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!response.headers().contains_key("x-fallback"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_makes_a_write_happen_once() {
+    let stack = Stack::start("");
+    stack.product_id().await;
+    let create = |sku: &str| {
+        json!({ "name": "Once only", "description": "idempotent", "sku": sku, "category": "idem",
+                "price": { "minorUnits": "500", "currencyCode": "USD" }, "stock": "3", "active": true })
+    };
+    let post = |key: &'static str, body: Value| {
+        stack
+            .http
+            .post(format!("{}/v1/products", stack.url()))
+            .header("x-api-key", "admin-key")
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    // 20 at once with one key, the method slowed so they overlap: one
+    // product; the rest hear "in progress" (or, once done, get it replayed).
+    stack
+        .set_faults(json!([{ "method": "/shopfast.products.v1.ProductService/CreateProduct", "latency_ms": 300 }]))
+        .await;
+    let answers = futures::future::join_all((0..20).map(|_| post("create-once-1", create("ONCE-1")))).await;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut in_progress = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap();
+        match status {
+            StatusCode::OK => {
+                ids.insert(body["id"].as_str().unwrap().to_string());
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(body["code"], "ABORTED", "{body}");
+                in_progress += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one product, whoever answered");
+    assert!(in_progress > 0, "the duplicates overlapped the first call");
+    eprintln!(
+        "20 concurrent duplicates: {} answered with the product, {in_progress} told in progress",
+        20 - in_progress
+    );
+    // Later retries get the same answer.
+    let again: Value = post("create-once-1", create("ONCE-1")).await.unwrap().json().await.unwrap();
+    assert_eq!(ids.iter().next().unwrap(), again["id"].as_str().unwrap());
+    let (_, page, _) = stack.get("/v1/products?query=ONCE-1").await;
+    assert_eq!(page["products"].as_array().unwrap().len(), 1);
+    // The same key for a different request is refused, and nothing is created.
+    let reused = post("create-once-1", create("ONCE-2")).await.unwrap();
+    assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
+    let (_, page, _) = stack.get("/v1/products?query=ONCE-2").await;
+    assert_eq!(page["products"], json!([]));
+}

@@ -1,0 +1,439 @@
+//! Server-side idempotency keys for gRPC methods, as a tower layer any
+//! service puts in front of its routes (with its own database).
+//!
+//! A request carrying `idempotency-key` metadata is hashed (method + message
+//! bytes) and claimed in the `idempotency_keys` table before it runs:
+//! - first time: it runs; a final answer (success or a client error) is
+//!   stored with the key, a server-side failure frees the key so a retry runs
+//!   again;
+//! - same key, same request, finished: the stored answer is replayed, the
+//!   method does not run again (`idempotent-replayed: true` in the headers);
+//! - same key, same request, still running: ABORTED, "in progress" (a claim
+//!   older than the lease is taken over: its process died);
+//! - same key, different request: INVALID_ARGUMENT.
+//!
+//! Keys live at least `retention` (24 h by default), then a sweep deletes them.
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use crate::db::Db;
+use crate::resilience::BoxError;
+use crate::time::now_millis;
+
+pub const METADATA_KEY: &str = "idempotency-key";
+const REPLAYED: &str = "idempotent-replayed";
+
+/// Portable DDL (SQLite and PostgreSQL), created on open.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key           TEXT PRIMARY KEY,
+    request_hash  TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    response      TEXT,
+    grpc_status   BIGINT,
+    grpc_message  TEXT,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+)";
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered.
+    pub retention: Duration,
+    /// A claim not finished within this is considered abandoned.
+    pub lease: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(24 * 3600), lease: Duration::from_secs(60) }
+    }
+}
+
+/// A finished call's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub body: Bytes,
+    pub code: Code,
+    pub message: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Claim {
+    /// Ours to run.
+    Fresh,
+    Replay(Stored),
+    InProgress,
+    Mismatch,
+}
+
+pub struct IdempotencyStore {
+    db: Db,
+    config: IdempotencyConfig,
+}
+
+impl IdempotencyStore {
+    pub async fn open(db: Db, config: IdempotencyConfig) -> Result<Self, sqlx::Error> {
+        sqlx::query(SCHEMA).execute(db.pool()).await?;
+        Ok(Self { db, config })
+    }
+
+    /// Claims `key` for a request hashing to `hash`, at `now_ms`.
+    pub async fn claim(&self, key: &str, hash: &str, now_ms: i64) -> Result<Claim, sqlx::Error> {
+        for _ in 0..2 {
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, state, created_at_ms, updated_at_ms, expires_at_ms) \
+                 VALUES ($1, $2, 'in_progress', $3, $3, $4) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(hash)
+            .bind(now_ms)
+            .bind(now_ms + self.config.retention.as_millis() as i64)
+            .execute(self.db.pool())
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(Claim::Fresh);
+            }
+            let Some(row) = sqlx::query(
+                "SELECT request_hash, state, response, grpc_status, grpc_message, updated_at_ms, expires_at_ms \
+                 FROM idempotency_keys WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_optional(self.db.pool())
+            .await?
+            else {
+                continue; // deleted in between: claim again
+            };
+            let expires: i64 = row.try_get("expires_at_ms")?;
+            if expires <= now_ms {
+                sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at_ms <= $2")
+                    .bind(key)
+                    .bind(now_ms)
+                    .execute(self.db.pool())
+                    .await?;
+                continue;
+            }
+            if row.try_get::<String, _>("request_hash")? != hash {
+                return Ok(Claim::Mismatch);
+            }
+            if row.try_get::<String, _>("state")? == "done" {
+                let body = row.try_get::<Option<String>, _>("response")?.unwrap_or_default();
+                let body = STANDARD.decode(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                let code = row.try_get::<Option<i64>, _>("grpc_status")?.unwrap_or(0);
+                return Ok(Claim::Replay(Stored {
+                    body: Bytes::from(body),
+                    code: Code::from(code as i32),
+                    message: row.try_get::<Option<String>, _>("grpc_message")?.unwrap_or_default(),
+                }));
+            }
+            let updated: i64 = row.try_get("updated_at_ms")?;
+            if updated + (self.config.lease.as_millis() as i64) < now_ms {
+                // Abandoned by a process that died mid-call: take it over.
+                let taken = sqlx::query(
+                    "UPDATE idempotency_keys SET updated_at_ms = $1 \
+                     WHERE key = $2 AND state = 'in_progress' AND updated_at_ms = $3",
+                )
+                .bind(now_ms)
+                .bind(key)
+                .bind(updated)
+                .execute(self.db.pool())
+                .await?;
+                if taken.rows_affected() == 1 {
+                    tracing::warn!(idempotency_key = key, "took over an abandoned idempotency claim");
+                    return Ok(Claim::Fresh);
+                }
+            }
+            return Ok(Claim::InProgress);
+        }
+        Ok(Claim::InProgress)
+    }
+
+    pub async fn complete(&self, key: &str, stored: &Stored, now_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'done', response = $1, grpc_status = $2, grpc_message = $3, \
+             updated_at_ms = $4 WHERE key = $5",
+        )
+        .bind(STANDARD.encode(&stored.body))
+        .bind(stored.code as i64)
+        .bind(&stored.message)
+        .bind(now_ms)
+        .bind(key)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Frees a key whose call failed on the server side, so a retry runs.
+    pub async fn release(&self, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND state = 'in_progress'")
+            .bind(key)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Sweeps expired keys every minute until `shutdown`.
+    pub fn spawn_sweeper(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => match self.sweep(now_millis()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(deleted = n, "expired idempotency keys swept"),
+                        Err(err) => tracing::warn!(error = %err, "idempotency sweep failed; retrying next minute"),
+                    },
+                }
+            }
+        })
+    }
+
+    /// Deletes expired keys; returns how many.
+    pub async fn sweep(&self, now_ms: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_ms <= $1")
+            .bind(now_ms)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The request's identity for its key: method and message bytes.
+pub fn request_hash(path: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Codes after which the call may be tried again: the key is freed.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Cancelled
+    )
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<(Code, String)> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).map(percent_decode).unwrap_or_default();
+    Some((Code::from(code), message))
+}
+
+/// grpc-message is percent-encoded on the wire.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn replay(stored: &Stored) -> http::Response<Body> {
+    let mut response = if stored.code == Code::Ok {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames =
+            futures::stream::iter([Ok::<_, Status>(Frame::data(stored.body.clone())), Ok(Frame::trailers(trailers))]);
+        let mut response = http::Response::new(Body::new(StreamBody::new(frames)));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        response
+    } else {
+        Status::new(stored.code, stored.message.clone()).into_http::<Body>()
+    };
+    response.headers_mut().insert(REPLAYED, http::HeaderValue::from_static("true"));
+    response
+}
+
+fn refuse(status: Status) -> http::Response<Body> {
+    status.into_http::<Body>()
+}
+
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    store: Arc<IdempotencyStore>,
+}
+
+impl IdempotencyLayer {
+    pub fn new(store: Arc<IdempotencyStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotent<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotent { inner, store: self.store.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Idempotent<S> {
+    inner: S,
+    store: Arc<IdempotencyStore>,
+}
+
+impl<S> Service<http::Request<Body>> for Idempotent<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(key) = request.headers().get(METADATA_KEY).map(|v| v.to_str().map(str::to_string)) else {
+            return Box::pin(async move { inner.call(request).await.map_err(Into::into) });
+        };
+        let store = self.store.clone();
+        Box::pin(async move {
+            let key = match key {
+                Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) => key,
+                _ => {
+                    return Ok(refuse(Status::invalid_argument(
+                        "idempotency-key must be 1-255 visible ASCII characters",
+                    )));
+                }
+            };
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map_err(|e| Box::new(e) as BoxError)?.to_bytes();
+            let hash = request_hash(parts.uri.path(), &body);
+            let claim = match store.claim(&key, &hash, now_millis()).await {
+                Ok(claim) => claim,
+                Err(err) => {
+                    tracing::error!(error = %err, "idempotency store failed");
+                    return Ok(refuse(Status::unavailable("idempotency store unavailable; retry")));
+                }
+            };
+            let outcome = match claim {
+                Claim::Fresh => "fresh",
+                Claim::Replay(stored) => {
+                    metrics::counter!("idempotency_requests_total", "outcome" => "replayed").increment(1);
+                    return Ok(replay(&stored));
+                }
+                Claim::InProgress => {
+                    metrics::counter!("idempotency_requests_total", "outcome" => "in_progress").increment(1);
+                    return Ok(refuse(Status::aborted(
+                        "a request with this idempotency key is in progress; retry shortly",
+                    )));
+                }
+                Claim::Mismatch => {
+                    metrics::counter!("idempotency_requests_total", "outcome" => "mismatch").increment(1);
+                    return Ok(refuse(Status::invalid_argument(
+                        "this idempotency key was used with a different request",
+                    )));
+                }
+            };
+            metrics::counter!("idempotency_requests_total", "outcome" => outcome).increment(1);
+            let request = http::Request::from_parts(parts, Body::new(Full::new(body)));
+            let response = match inner.call(request).await {
+                Ok(response) => response,
+                Err(err) => {
+                    let _ = store.release(&key).await;
+                    return Err(err.into());
+                }
+            };
+            // Read the whole answer (unary) to store it, then hand it on.
+            let (parts, body) = response.into_parts();
+            let (stored, trailers) = match status_of(&parts.headers) {
+                Some((code, message)) => (Stored { body: Bytes::new(), code, message }, None),
+                None => {
+                    let collected = match body.collect().await {
+                        Ok(collected) => collected,
+                        Err(status) => {
+                            let _ = store.release(&key).await;
+                            return Ok(refuse(status));
+                        }
+                    };
+                    let trailers = collected.trailers().cloned();
+                    let (code, message) =
+                        trailers.as_ref().and_then(status_of).unwrap_or((Code::Unknown, "no status".into()));
+                    (Stored { body: collected.to_bytes(), code, message }, trailers)
+                }
+            };
+            let saved = if retryable(stored.code) {
+                store.release(&key).await
+            } else {
+                store.complete(&key, &stored, now_millis()).await
+            };
+            if let Err(err) = saved {
+                // The call happened; a retry would repeat it. Say so loudly.
+                tracing::error!(error = %err, idempotency_key = %key, "could not record an idempotent result");
+            }
+            let body = match trailers {
+                // Trailers-only: the status was in the headers.
+                None => Body::empty(),
+                Some(trailers) => Body::new(StreamBody::new(futures::stream::iter([
+                    Ok::<_, Status>(Frame::data(stored.body.clone())),
+                    Ok(Frame::trailers(trailers)),
+                ]))),
+            };
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_differ_by_method_and_body() {
+        let a = request_hash("/a.S/M", b"x");
+        assert_eq!(a, request_hash("/a.S/M", b"x"));
+        assert_ne!(a, request_hash("/a.S/N", b"x"));
+        assert_ne!(a, request_hash("/a.S/M", b"y"));
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(percent_decode("out%20of%20stock"), "out of stock");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,167 @@
+//! The idempotency layer against SQLite and PostgreSQL: replays, mismatches,
+//! concurrent duplicates, freed keys after server failures, expiry, takeover.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use kit::db::{Db, DbOptions};
+use kit::idempotency::{Claim, IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
+use tonic::body::Body;
+use tower::{Layer, Service, ServiceExt};
+
+static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn store(url: &str, config: IdempotencyConfig) -> Arc<IdempotencyStore> {
+    let db = Db::open(url, &DbOptions::default(), &NO_MIGRATIONS).await.unwrap();
+    Arc::new(IdempotencyStore::open(db, config).await.unwrap())
+}
+
+/// What the fake method answers, by call number.
+#[derive(Clone, Copy)]
+enum Answer {
+    Ok,
+    NotFound,
+    Unavailable,
+}
+
+/// A gRPC-shaped method that counts its calls and echoes the request body.
+fn method(
+    calls: Arc<AtomicUsize>,
+    answers: Vec<Answer>,
+    delay: Duration,
+) -> impl Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError, Future: Send> + Clone + Send {
+    tower::service_fn(move |request: http::Request<Body>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        let answer = answers.get(n).copied().unwrap_or(Answer::Ok);
+        async move {
+            tokio::time::sleep(delay).await;
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, BoxError>(match answer {
+                Answer::Ok => {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let echo = Bytes::from(format!("answer {n}: {}", String::from_utf8_lossy(&body)));
+                    let frames = futures::stream::iter([
+                        Ok::<_, tonic::Status>(Frame::data(echo)),
+                        Ok(Frame::trailers(trailers)),
+                    ]);
+                    http::Response::new(Body::new(StreamBody::new(frames)))
+                }
+                Answer::NotFound => tonic::Status::not_found("no such thing").into_http(),
+                Answer::Unavailable => tonic::Status::unavailable("busy").into_http(),
+            })
+        }
+    })
+}
+
+fn request(key: Option<&str>, body: &'static str) -> http::Request<Body> {
+    let mut request =
+        http::Request::builder().uri("/test.Service/Do").body(Body::new(Full::new(Bytes::from(body)))).unwrap();
+    if let Some(key) = key {
+        request.headers_mut().insert("idempotency-key", key.parse().unwrap());
+    }
+    request
+}
+
+/// (grpc-status, body, replayed)
+async fn send<S>(service: &mut S, request: http::Request<Body>) -> (String, String, bool)
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
+{
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let header_status = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string());
+    let collected = response.into_body().collect().await.unwrap();
+    let trailer_status =
+        collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap().to_string());
+    let body = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
+    (header_status.or(trailer_status).unwrap(), body, replayed)
+}
+
+async fn a_replay_returns_the_stored_answer_without_running_again(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
+    let mut service = layer.layer(method(calls.clone(), vec![], Duration::ZERO));
+    let first = send(&mut service, request(Some("k1"), "pay 10")).await;
+    assert_eq!(first, ("0".into(), "answer 0: pay 10".into(), false));
+    let again = send(&mut service, request(Some("k1"), "pay 10")).await;
+    assert_eq!(again, ("0".into(), "answer 0: pay 10".into(), true));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "ran once");
+    // Without a key every call runs.
+    send(&mut service, request(None, "pay 10")).await;
+    send(&mut service, request(None, "pay 10")).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+async fn a_key_reused_for_another_request_is_refused(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
+    let mut service = layer.layer(method(calls.clone(), vec![], Duration::ZERO));
+    send(&mut service, request(Some("k2"), "pay 10")).await;
+    let (status, _, _) = send(&mut service, request(Some("k2"), "pay 99")).await;
+    assert_eq!(status, "3", "INVALID_ARGUMENT");
+    let (status, _, _) = send(&mut service, request(Some("bad key with spaces"), "pay 1")).await;
+    assert_eq!(status, "3");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn concurrent_duplicates_run_once_and_the_rest_hear_in_progress(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
+    let service = layer.layer(method(calls.clone(), vec![], Duration::from_millis(300)));
+    let attempts = (0..10).map(|_| {
+        let mut service = service.clone();
+        async move { send(&mut service, request(Some("k3"), "pay 10")).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let ran = results.iter().filter(|(s, _, _)| s == "0").count();
+    let busy = results.iter().filter(|(s, _, _)| s == "10").count();
+    assert_eq!((ran, busy), (1, 9), "{results:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Once done, a duplicate gets the answer.
+    let mut service = service.clone();
+    assert_eq!(send(&mut service, request(Some("k3"), "pay 10")).await.1, "answer 0: pay 10");
+}
+
+async fn server_failures_free_the_key_and_client_errors_are_kept(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
+    let answers = vec![Answer::Unavailable, Answer::Ok, Answer::NotFound];
+    let mut service = layer.layer(method(calls.clone(), answers, Duration::ZERO));
+    assert_eq!(send(&mut service, request(Some("k4"), "x")).await.0, "14", "UNAVAILABLE");
+    assert_eq!(send(&mut service, request(Some("k4"), "x")).await, ("0".into(), "answer 1: x".into(), false));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the retry after UNAVAILABLE ran");
+    assert_eq!(send(&mut service, request(Some("k5"), "y")).await.0, "5", "NOT_FOUND");
+    let replay = send(&mut service, request(Some("k5"), "y")).await;
+    assert_eq!((replay.0.as_str(), replay.2), ("5", true), "a client error is an answer too");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+async fn keys_expire_and_abandoned_claims_are_taken_over(url: String) {
+    let config = IdempotencyConfig { retention: Duration::from_secs(3600), lease: Duration::from_secs(60) };
+    let store = store(&url, config).await;
+    let t0 = 1_000_000_000;
+    assert_eq!(store.claim("k6", "h", t0).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k6", "h", t0 + 1_000).await.unwrap(), Claim::InProgress);
+    // Its owner died: after the lease, someone else may run it.
+    assert_eq!(store.claim("k6", "h", t0 + 61_000).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k6", "other", t0 + 62_000).await.unwrap(), Claim::Mismatch);
+    // After retention the key is forgotten, and the sweep deletes it.
+    assert_eq!(store.claim("k6", "other", t0 + 3_600_001).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.sweep(t0 + 3_600_000).await.unwrap(), 0, "the new claim is not expired");
+    assert_eq!(store.sweep(t0 + 2 * 3_600_001).await.unwrap(), 1);
+}
+
+kit::backend_tests!(
+    a_replay_returns_the_stored_answer_without_running_again,
+    a_key_reused_for_another_request_is_refused,
+    concurrent_duplicates_run_once_and_the_rest_hear_in_progress,
+    server_failures_free_the_key_and_client_errors_are_kept,
+    keys_expire_and_abandoned_claims_are_taken_over,
+);
