@@ -41,6 +41,8 @@ enum Command {
     Users(ServiceArgs),
     /// Run the Products service (catalog, search, inventory reservations).
     Products(ServiceArgs),
+    /// Run the Payments service (a simulated card processor; charges, refunds).
+    Payments(ServiceArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -247,6 +249,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Products(args) => {
             let config: products::ProductsConfig = args.load(products::SERVICE)?;
             serve(products::start(config, kit::shutdown::on_signals()).await.context("products failed to start")?).await
+        }
+        Command::Payments(args) => {
+            let config: payments::PaymentsConfig = args.load(payments::SERVICE)?;
+            serve(payments::start(config, kit::shutdown::on_signals()).await.context("payments failed to start")?).await
         }
     }
 }

@@ -1,0 +1,256 @@
+//! PaymentService over gRPC: validates, records, calls the processor, and
+//! reports outcomes in the codes callers (the order saga) act on:
+//! a decline is FAILED_PRECONDITION (permanent: compensate), a processor
+//! timeout or error is UNAVAILABLE (retryable: the idempotency key is freed
+//! and a retry is a new attempt), a second charge for an order is
+//! ALREADY_EXISTS. Every attempt stays on record.
+use std::sync::Arc;
+
+use contracts::common::v1::Money;
+use contracts::payments::v1 as pb;
+use kit::error::DomainError;
+use kit::time::timestamp_from_millis;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, Status as PaymentStatus};
+use crate::processor::{ChargeCard, Processor, ProcessorError};
+use crate::store::{Change, NewPayment, Payment, PaymentStore};
+
+pub struct PaymentsApi {
+    store: PaymentStore,
+    processor: Arc<dyn Processor>,
+}
+
+impl PaymentsApi {
+    pub fn new(store: PaymentStore, processor: Arc<dyn Processor>) -> Self {
+        Self { store, processor }
+    }
+}
+
+fn status_to_pb(status: PaymentStatus) -> pb::PaymentStatus {
+    match status {
+        PaymentStatus::Pending => pb::PaymentStatus::Pending,
+        PaymentStatus::Authorized => pb::PaymentStatus::Authorized,
+        PaymentStatus::Processing => pb::PaymentStatus::Processing,
+        PaymentStatus::Completed => pb::PaymentStatus::Completed,
+        PaymentStatus::Failed => pb::PaymentStatus::Failed,
+        PaymentStatus::Refunding => pb::PaymentStatus::Refunding,
+        PaymentStatus::Refunded => pb::PaymentStatus::Refunded,
+    }
+}
+
+fn to_pb(p: Payment) -> pb::Payment {
+    let money = |minor_units| Some(Money { currency_code: p.currency_code.clone(), minor_units });
+    pb::Payment {
+        id: p.id.clone(),
+        order_id: p.order_id.clone(),
+        user_id: p.user_id.clone(),
+        status: status_to_pb(p.status) as i32,
+        amount: money(p.amount_minor),
+        refunded: money(p.refunded_minor),
+        card_brand: p.card_brand.clone(),
+        card_last4: p.card_last4.clone(),
+        failure_code: p.failure_code.clone().unwrap_or_default(),
+        failure_message: p.failure_message.clone().unwrap_or_default(),
+        retryable: p.retryable,
+        refunds: p
+            .refunds
+            .iter()
+            .map(|r| pb::Refund {
+                id: r.id.clone(),
+                amount: money(r.amount_minor),
+                reason: r.reason.clone(),
+                create_time: Some(timestamp_from_millis(r.created_at)),
+            })
+            .collect(),
+        create_time: Some(timestamp_from_millis(p.created_at)),
+        update_time: Some(timestamp_from_millis(p.updated_at)),
+    }
+}
+
+/// Today as (year, month), UTC.
+fn this_month() -> (i32, u32) {
+    let days = kit::time::now_millis().div_euclid(86_400_000);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year as i32, month as u32)
+}
+
+fn check_card(card: Option<&pb::Card>) -> Result<domain::CardSummary, Status> {
+    let card = card.ok_or_else(|| Status::invalid_argument("card is required"))?;
+    Ok(domain::check_card(&card.number, card.expiry_month, card.expiry_year, &card.cvc, this_month())?)
+}
+
+fn required(value: &str, name: &str) -> Result<(), Status> {
+    if value.trim().is_empty() || value.len() > 200 {
+        return Err(Status::invalid_argument(format!("{name} is required (at most 200 characters)")));
+    }
+    Ok(())
+}
+
+impl PaymentsApi {
+    /// FAILED with the processor's reason; the status the caller gets.
+    async fn fail(&self, payment: &Payment, from: PaymentStatus, err: &ProcessorError) -> Status {
+        let _ = self.store.attempt(&payment.id, "authorize", "failed", &err.to_string()).await;
+        let change = Change { failure: Some((err.code(), &err.to_string(), err.retryable())), ..Default::default() };
+        if let Err(e) = self.store.transition(&payment.id, from, PaymentStatus::Failed, change).await {
+            return e.into();
+        }
+        metrics::counter!("payments_total", "outcome" => err.code()).increment(1);
+        match err {
+            ProcessorError::Declined(_) => Status::failed_precondition(format!("{err} (payment {})", payment.id)),
+            _ => Status::unavailable(format!("{err}; retry (payment {})", payment.id)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::payment_service_server::PaymentService for PaymentsApi {
+    async fn process_payment(
+        &self,
+        request: Request<pb::ProcessPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let request = request.into_inner();
+        required(&request.order_id, "order_id")?;
+        required(&request.user_id, "user_id")?;
+        let amount = request.amount.ok_or_else(|| Status::invalid_argument("amount is required"))?;
+        domain::check_amount(amount.minor_units, &amount.currency_code)?;
+        let card = check_card(request.card.as_ref())?;
+        let number =
+            request.card.map(|c| c.number.chars().filter(|c| !c.is_whitespace()).collect()).unwrap_or_default();
+
+        let payment = self
+            .store
+            .create(&NewPayment {
+                order_id: &request.order_id,
+                user_id: &request.user_id,
+                amount_minor: amount.minor_units,
+                currency_code: &amount.currency_code,
+                card_brand: card.brand,
+                card_last4: &card.last4,
+            })
+            .await?;
+        let charge = ChargeCard { number, expired: card.expired };
+        let authorization = match self.processor.authorize(&charge, amount.minor_units).await {
+            Ok(authorization) => authorization,
+            Err(err) => return Err(self.fail(&payment, PaymentStatus::Pending, &err).await),
+        };
+        self.store.attempt(&payment.id, "authorize", "ok", &authorization).await?;
+        let authorized = Change { authorization_id: Some(&authorization), ..Default::default() };
+        self.store.transition(&payment.id, PaymentStatus::Pending, PaymentStatus::Authorized, authorized).await?;
+        self.store
+            .transition(&payment.id, PaymentStatus::Authorized, PaymentStatus::Processing, Change::default())
+            .await?;
+        if let Err(err) = self.processor.capture(&authorization).await {
+            return Err(self.fail(&payment, PaymentStatus::Processing, &err).await);
+        }
+        self.store.attempt(&payment.id, "capture", "ok", "").await?;
+        if let Err(err) = self
+            .store
+            .transition(&payment.id, PaymentStatus::Processing, PaymentStatus::Completed, Change::default())
+            .await
+        {
+            // Someone else completed this order's payment first: release ours.
+            let _ = self.processor.refund(&authorization, amount.minor_units).await;
+            let _ = self.store.attempt(&payment.id, "complete", "refused", "order already paid; hold released").await;
+            let change =
+                Change { failure: Some(("duplicate_charge", "order already paid", false)), ..Default::default() };
+            let _ = self.store.transition(&payment.id, PaymentStatus::Processing, PaymentStatus::Failed, change).await;
+            return Err(err.into());
+        }
+        metrics::counter!("payments_total", "outcome" => "completed").increment(1);
+        tracing::info!(payment_id = %payment.id, order_id = %request.order_id, amount = amount.minor_units, "payment completed");
+        Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
+    }
+
+    async fn get_payment(&self, request: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
+        let id = request.into_inner().payment_id;
+        required(&id, "payment_id")?;
+        Ok(Response::new(to_pb(self.store.get(&id).await?)))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let request = request.into_inner();
+        required(&request.payment_id, "payment_id")?;
+        if request.reason.len() > 500 {
+            return Err(Status::invalid_argument("reason is at most 500 characters"));
+        }
+        let payment = self.store.get(&request.payment_id).await?;
+        if let Some(amount) = &request.amount
+            && amount.currency_code != payment.currency_code
+        {
+            return Err(Status::invalid_argument(format!("the payment is in {}", payment.currency_code)));
+        }
+        if payment.status != PaymentStatus::Completed {
+            return Err(DomainError::FailedPrecondition(format!(
+                "only a COMPLETED payment can be refunded; this one is {}",
+                payment.status.as_str()
+            ))
+            .into());
+        }
+        let amount =
+            domain::refund_amount(payment.amount_minor, payment.refunded_minor, request.amount.map(|m| m.minor_units))?;
+        self.store
+            .transition(&payment.id, PaymentStatus::Completed, PaymentStatus::Refunding, Change::default())
+            .await?;
+        let authorization = payment.authorization_id.clone().unwrap_or_default();
+        if let Err(err) = self.processor.refund(&authorization, amount).await {
+            self.store.attempt(&payment.id, "refund", "failed", &err.to_string()).await?;
+            self.store
+                .transition(&payment.id, PaymentStatus::Refunding, PaymentStatus::Completed, Change::default())
+                .await?;
+            return Err(Status::unavailable(format!("{err}; retry the refund")));
+        }
+        self.store.attempt(&payment.id, "refund", "ok", &amount.to_string()).await?;
+        self.store.complete_refund(&payment.id, amount, &request.reason).await?;
+        metrics::counter!("payment_refunds_total").increment(1);
+        Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
+    }
+
+    async fn validate_payment_method(
+        &self,
+        request: Request<pb::ValidatePaymentMethodRequest>,
+    ) -> Result<Response<pb::ValidatePaymentMethodResponse>, Status> {
+        let request = request.into_inner();
+        let card = request.card.as_ref().ok_or_else(|| Status::invalid_argument("card is required"))?;
+        let answer =
+            match domain::check_card(&card.number, card.expiry_month, card.expiry_year, &card.cvc, this_month()) {
+                Ok(summary) if summary.expired => pb::ValidatePaymentMethodResponse {
+                    valid: false,
+                    reason: "the card has expired".into(),
+                    card_brand: summary.brand.into(),
+                    card_last4: summary.last4,
+                },
+                Ok(summary) => pb::ValidatePaymentMethodResponse {
+                    valid: true,
+                    reason: String::new(),
+                    card_brand: summary.brand.into(),
+                    card_last4: summary.last4,
+                },
+                Err(err) => {
+                    pb::ValidatePaymentMethodResponse { valid: false, reason: err.to_string(), ..Default::default() }
+                }
+            };
+        Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_month_is_a_real_month() {
+        let (year, month) = super::this_month();
+        assert!((2025..2100).contains(&year));
+        assert!((1..=12).contains(&month));
+    }
+}

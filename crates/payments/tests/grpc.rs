@@ -1,0 +1,223 @@
+//! PaymentService over a real socket, on SQLite and PostgreSQL: every test
+//! card's behaviour, idempotent replays, one charge per order, refunds, and
+//! garbage input.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use contracts::common::v1::Money;
+use contracts::payments::v1 as pb;
+use contracts::payments::v1::payment_service_client::PaymentServiceClient;
+use kit::db::{Db, DbOptions};
+use kit::testing::{expect_code, service_common};
+use payments::domain::Status;
+use payments::store::PaymentStore;
+use tonic::Code;
+use tonic::transport::Channel;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+struct Harness {
+    client: PaymentServiceClient<Channel>,
+    store: PaymentStore,
+    _service: kit::server::RunningService,
+}
+
+async fn start(url: &str) -> Harness {
+    let mut config = payments::PaymentsConfig { common: service_common(url), ..Default::default() };
+    config.processor.timeout_ms = 50;
+    config.processor.slow_ms = 50;
+    let service = payments::start(config, kit::shutdown::CancellationToken::new()).await.expect("start payments");
+    let client = PaymentServiceClient::connect(service.grpc_url()).await.unwrap();
+    // The service migrated the database; the test reads it directly.
+    let store = PaymentStore::new(Db::open(url, &DbOptions::default(), &MIGRATOR).await.unwrap());
+    Harness { client, store, _service: service }
+}
+
+fn usd(minor_units: i64) -> Option<Money> {
+    Some(Money { currency_code: "USD".into(), minor_units })
+}
+
+fn card(number: &str) -> Option<pb::Card> {
+    Some(pb::Card { number: number.into(), expiry_month: 12, expiry_year: 2040, cvc: "123".into() })
+}
+
+fn pay(order: &str, number: &str, amount: i64) -> pb::ProcessPaymentRequest {
+    pb::ProcessPaymentRequest {
+        order_id: order.into(),
+        user_id: "user-1".into(),
+        amount: usd(amount),
+        card: card(number),
+    }
+}
+
+fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+async fn statuses(store: &PaymentStore, order: &str) -> Vec<Status> {
+    store.for_order(order).await.unwrap().iter().map(|p| p.status).collect()
+}
+
+async fn an_approved_card_is_charged_once_with_every_step_recorded(url: String) {
+    let mut h = start(&url).await;
+    let paid = h.client.process_payment(pay("order-1", "4242424242424242", 1_999)).await.unwrap().into_inner();
+    assert_eq!(paid.status, pb::PaymentStatus::Completed as i32);
+    assert_eq!((paid.card_brand.as_str(), paid.card_last4.as_str()), ("visa", "4242"));
+    assert_eq!(paid.amount, usd(1_999));
+    let steps = h.store.attempts(&paid.id).await.unwrap();
+    let steps: Vec<(&str, &str)> = steps.iter().map(|(s, o)| (s.as_str(), o.as_str())).collect();
+    assert_eq!(steps, [("create", "ok"), ("authorize", "ok"), ("capture", "ok")]);
+    // A second charge for the same order, even with another key, is refused.
+    let again = h.client.process_payment(keyed(pay("order-1", "5555555555554444", 1_999), "other-key")).await;
+    expect_code(again, Code::AlreadyExists);
+    let statuses = statuses(&h.store, "order-1").await;
+    assert_eq!(statuses.iter().filter(|s| **s == Status::Completed).count(), 1, "{statuses:?}");
+    let got = h.client.get_payment(pb::GetPaymentRequest { payment_id: paid.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(got, paid);
+}
+
+async fn declines_are_permanent_and_errors_are_retryable(url: String) {
+    let mut h = start(&url).await;
+    for (order, number, code) in [
+        ("o-funds", "4000000000009995", "insufficient_funds"),
+        ("o-expired", "4000000000000069", "expired_card"),
+        ("o-declined", "4000000000000002", "card_declined"),
+    ] {
+        let message = expect_code(h.client.process_payment(pay(order, number, 500)).await, Code::FailedPrecondition);
+        assert!(message.contains(code), "{message}");
+        let [payment] = h.store.for_order(order).await.unwrap().try_into().unwrap();
+        assert_eq!(payment.status, Status::Failed);
+        assert_eq!((payment.failure_code.as_deref(), payment.retryable), (Some(code), false));
+    }
+    // A card whose expiry date has passed is declined the same way.
+    let mut old = pay("o-old", "4242424242424242", 500);
+    old.card.as_mut().unwrap().expiry_year = 2020;
+    expect_code(h.client.process_payment(old).await, Code::FailedPrecondition);
+
+    for (order, number, code) in [
+        ("o-transient", "4000000000000119", "processing_error"),
+        ("o-timeout", "4000000000000127", "processor_timeout"),
+    ] {
+        expect_code(h.client.process_payment(keyed(pay(order, number, 500), order)).await, Code::Unavailable);
+        // The same key again is a new attempt, not a replay of the failure.
+        expect_code(h.client.process_payment(keyed(pay(order, number, 500), order)).await, Code::Unavailable);
+        let payments = h.store.for_order(order).await.unwrap();
+        assert_eq!(payments.len(), 2, "each attempt is recorded");
+        for payment in payments {
+            assert_eq!(
+                (payment.status, payment.failure_code.as_deref(), payment.retryable),
+                (Status::Failed, Some(code), true)
+            );
+        }
+    }
+    let slow = h.client.process_payment(pay("o-slow", "4000000000000077", 500)).await.unwrap().into_inner();
+    assert_eq!(slow.status, pb::PaymentStatus::Completed as i32);
+}
+
+async fn a_replayed_request_returns_the_original_and_never_charges_again(url: String) {
+    let h = start(&url).await;
+    let attempts = (0..20).map(|_| {
+        let mut client = h.client.clone();
+        async move { client.process_payment(keyed(pay("order-idem", "4242424242424242", 700), "pay-once")).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for result in results {
+        match result {
+            Ok(payment) => {
+                ids.insert(payment.into_inner().id);
+            }
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "in progress: {status:?}"),
+        }
+    }
+    assert!(ids.len() <= 1, "{ids:?}");
+    let mut client = h.client.clone();
+    let replay = client.process_payment(keyed(pay("order-idem", "4242424242424242", 700), "pay-once")).await.unwrap();
+    assert!(ids.is_empty() || ids.contains(&replay.get_ref().id));
+    let payments = h.store.for_order("order-idem").await.unwrap();
+    assert_eq!(payments.len(), 1, "one attempt, one charge");
+    assert_eq!(payments[0].status, Status::Completed);
+    // The same key for another amount is refused.
+    let other = client.process_payment(keyed(pay("order-idem", "4242424242424242", 701), "pay-once")).await;
+    expect_code(other, Code::InvalidArgument);
+}
+
+async fn refunds_partial_then_full_and_no_further(url: String) {
+    let mut h = start(&url).await;
+    let paid = h.client.process_payment(pay("order-r", "4242424242424242", 1_000)).await.unwrap().into_inner();
+    let refund = |amount: Option<i64>| pb::RefundPaymentRequest {
+        payment_id: paid.id.clone(),
+        amount: amount.and_then(usd),
+        reason: "customer asked".into(),
+    };
+    let part = h.client.refund_payment(refund(Some(300))).await.unwrap().into_inner();
+    assert_eq!((part.status, part.refunded.clone()), (pb::PaymentStatus::Completed as i32, usd(300)));
+    expect_code(h.client.refund_payment(refund(Some(701))).await, Code::FailedPrecondition);
+    let rest = h.client.refund_payment(refund(None)).await.unwrap().into_inner();
+    assert_eq!((rest.status, rest.refunded.clone()), (pb::PaymentStatus::Refunded as i32, usd(1_000)));
+    assert_eq!(rest.refunds.len(), 2);
+    assert_eq!(rest.refunds[1].amount, usd(700));
+    expect_code(h.client.refund_payment(refund(None)).await, Code::FailedPrecondition);
+    // Wrong currency, unknown payment, a failed payment.
+    let euros = pb::RefundPaymentRequest {
+        payment_id: paid.id.clone(),
+        amount: Some(Money { currency_code: "EUR".into(), minor_units: 1 }),
+        reason: String::new(),
+    };
+    expect_code(h.client.refund_payment(euros).await, Code::InvalidArgument);
+    let unknown = pb::RefundPaymentRequest { payment_id: "nope".into(), ..Default::default() };
+    expect_code(h.client.refund_payment(unknown).await, Code::NotFound);
+    expect_code(h.client.process_payment(pay("order-f", "4000000000009995", 100)).await, Code::FailedPrecondition);
+    let failed = h.store.for_order("order-f").await.unwrap().remove(0);
+    let refund_failed = pb::RefundPaymentRequest { payment_id: failed.id, ..Default::default() };
+    expect_code(h.client.refund_payment(refund_failed).await, Code::FailedPrecondition);
+}
+
+async fn garbage_is_refused_and_nothing_is_recorded(url: String) {
+    let mut h = start(&url).await;
+    let good = pay("order-g", "4242424242424242", 100);
+    let cases: Vec<pb::ProcessPaymentRequest> = vec![
+        pb::ProcessPaymentRequest::default(),
+        pb::ProcessPaymentRequest { order_id: String::new(), ..good.clone() },
+        pb::ProcessPaymentRequest { user_id: " ".into(), ..good.clone() },
+        pb::ProcessPaymentRequest { amount: None, ..good.clone() },
+        pb::ProcessPaymentRequest { amount: usd(0), ..good.clone() },
+        pb::ProcessPaymentRequest { amount: usd(-100), ..good.clone() },
+        pb::ProcessPaymentRequest {
+            amount: Some(Money { currency_code: "dollars".into(), minor_units: 1 }),
+            ..good.clone()
+        },
+        pb::ProcessPaymentRequest { card: None, ..good.clone() },
+        pb::ProcessPaymentRequest { card: card("4242424242424241"), ..good.clone() },
+        pb::ProcessPaymentRequest { card: card("not a card"), ..good.clone() },
+        pb::ProcessPaymentRequest { order_id: "x".repeat(201), ..good.clone() },
+    ];
+    for case in cases {
+        expect_code(h.client.process_payment(case.clone()).await, Code::InvalidArgument);
+    }
+    assert!(h.store.for_order("order-g").await.unwrap().is_empty(), "nothing half-written");
+    expect_code(h.client.get_payment(pb::GetPaymentRequest { payment_id: String::new() }).await, Code::InvalidArgument);
+    expect_code(h.client.get_payment(pb::GetPaymentRequest { payment_id: "missing".into() }).await, Code::NotFound);
+
+    let validate = |number: &str, year: i32| pb::ValidatePaymentMethodRequest {
+        card: Some(pb::Card { number: number.into(), expiry_month: 6, expiry_year: year, cvc: "123".into() }),
+    };
+    let ok = h.client.validate_payment_method(validate("5555555555554444", 2040)).await.unwrap().into_inner();
+    assert!(ok.valid);
+    assert_eq!((ok.card_brand.as_str(), ok.card_last4.as_str()), ("mastercard", "4444"));
+    let expired = h.client.validate_payment_method(validate("5555555555554444", 2020)).await.unwrap().into_inner();
+    assert!(!expired.valid && expired.reason.contains("expired"));
+    let bad = h.client.validate_payment_method(validate("1234", 2040)).await.unwrap().into_inner();
+    assert!(!bad.valid && bad.reason.contains("12 to 19 digits"), "{bad:?}");
+    let missing = h.client.validate_payment_method(pb::ValidatePaymentMethodRequest { card: None }).await;
+    expect_code(missing, Code::InvalidArgument);
+}
+
+kit::backend_tests!(
+    an_approved_card_is_charged_once_with_every_step_recorded,
+    declines_are_permanent_and_errors_are_retryable,
+    a_replayed_request_returns_the_original_and_never_charges_again,
+    refunds_partial_then_full_and_no_further,
+    garbage_is_refused_and_nothing_is_recorded,
+);
