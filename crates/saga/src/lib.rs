@@ -1,0 +1,265 @@
+//! A durable saga orchestrator. A saga is a list of steps; each runs forward
+//! (retrying transient failures with backoff), and once one fails for good the
+//! steps that may have taken effect are compensated in reverse order — every
+//! one of them, whatever happens to the others. The record is persisted
+//! through `SagaStore` before and after every step, so a process killed at
+//! any point resumes with `Orchestrator::resume_all`: finished steps are not
+//! run again, the step that was running is run again with the same
+//! idempotency key (steps must be idempotent by key, which the services'
+//! idempotency layer guarantees).
+//!
+//! The engine knows nothing of orders or gRPC: steps and the store are traits.
+mod record;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use record::{SagaRecord, SagaState, StepRecord, StepStatus};
+
+/// How a step (or a compensation) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// May succeed if tried again (a timeout, an unavailable service). The
+    /// step may also have taken effect.
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail again (declined card, out of stock); it took no effect.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What a step adds to the saga's context on success.
+pub type Output = BTreeMap<String, String>;
+
+pub trait Step: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Runs the step; `key` is its idempotency key (the same on every retry and after a crash).
+    fn run<'a>(&'a self, saga: &'a SagaRecord, key: &'a str) -> BoxFuture<'a, Result<Output, StepError>>;
+    /// Undoes the step; must be idempotent and succeed when there is nothing to undo.
+    fn compensate<'a>(&'a self, saga: &'a SagaRecord, key: &'a str) -> BoxFuture<'a, Result<(), StepError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("saga store: {0}")]
+pub struct StoreError(pub String);
+
+pub trait SagaStore: Send + Sync {
+    /// Persists the whole record (insert or replace).
+    fn save<'a>(&'a self, saga: &'a SagaRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Every saga not in a terminal state.
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<SagaRecord>, StoreError>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Full jitter: a uniform draw from [0, min(max, base · 2^(attempt-1))].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self.base_backoff.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(self.max_backoff);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+pub struct Orchestrator {
+    steps: Vec<Arc<dyn Step>>,
+    store: Arc<dyn SagaStore>,
+    forward: RetryPolicy,
+    compensation: RetryPolicy,
+}
+
+impl Orchestrator {
+    pub fn new(
+        steps: Vec<Arc<dyn Step>>,
+        store: Arc<dyn SagaStore>,
+        forward: RetryPolicy,
+        compensation: RetryPolicy,
+    ) -> Self {
+        Self { steps, store, forward, compensation }
+    }
+
+    /// A new saga record for this orchestrator's steps (not yet persisted).
+    pub fn new_saga(&self, id: &str, order_id: &str, user_id: &str, context: Output) -> SagaRecord {
+        let names: Vec<&str> = self.steps.iter().map(|s| s.name()).collect();
+        let mut saga = SagaRecord::new(id, order_id, user_id, &names, now_ms());
+        saga.context = context;
+        saga
+    }
+
+    async fn save(&self, saga: &mut SagaRecord) -> Result<(), StoreError> {
+        saga.updated_at_ms = now_ms();
+        self.store.save(saga).await
+    }
+
+    /// Drives a saga to a terminal state, persisting every transition. An
+    /// error means the store failed: the saga is left as last saved, to be
+    /// resumed.
+    pub async fn run(&self, mut saga: SagaRecord) -> Result<SagaRecord, StoreError> {
+        if saga.steps.iter().all(|s| s.status == StepStatus::Pending) && saga.state == SagaState::Running {
+            metrics::counter!("saga_started_total").increment(1);
+        }
+        self.save(&mut saga).await?;
+        if saga.state == SagaState::Running {
+            self.run_forward(&mut saga).await?;
+        }
+        if saga.state == SagaState::Compensating {
+            self.run_compensation(&mut saga).await?;
+        }
+        Ok(saga)
+    }
+
+    /// Resumes every unfinished saga (after a restart), a few at a time.
+    pub async fn resume_all(&self) -> Result<Vec<SagaRecord>, StoreError> {
+        use futures::StreamExt;
+        let unfinished = self.store.unfinished().await?;
+        if !unfinished.is_empty() {
+            tracing::info!(sagas = unfinished.len(), "resuming unfinished sagas");
+        }
+        let results: Vec<_> =
+            futures::stream::iter(unfinished).map(|saga| self.run(saga)).buffer_unordered(16).collect().await;
+        results.into_iter().collect()
+    }
+
+    async fn run_forward(&self, saga: &mut SagaRecord) -> Result<(), StoreError> {
+        for step in &self.steps {
+            let name = step.name();
+            if saga.step(name).is_some_and(|s| s.status == StepStatus::Succeeded) {
+                continue;
+            }
+            let key = saga.step_key(name);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                if let Some(record) = saga.step_mut(name) {
+                    record.status = StepStatus::Running;
+                    record.attempts += 1;
+                    record.started_at_ms.get_or_insert(now_ms());
+                }
+                self.save(saga).await?;
+                let result = step.run(saga, &key).await;
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(StepError::Transient(_)) => "transient",
+                    Err(StepError::Permanent(_)) => "permanent",
+                };
+                metrics::counter!("saga_step_attempts_total", "step" => name, "outcome" => outcome).increment(1);
+                match result {
+                    Ok(output) => {
+                        saga.context.extend(output);
+                        if let Some(record) = saga.step_mut(name) {
+                            record.status = StepStatus::Succeeded;
+                            record.finished_at_ms = Some(now_ms());
+                            record.error = None;
+                        }
+                        saga.completed.push(name.to_string());
+                        self.save(saga).await?;
+                        break;
+                    }
+                    Err(StepError::Transient(error)) if attempt < self.forward.max_attempts => {
+                        tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, attempt, %error, "step failed; retrying");
+                        if let Some(record) = saga.step_mut(name) {
+                            record.error = Some(error);
+                        }
+                        self.save(saga).await?;
+                        tokio::time::sleep(self.forward.backoff(attempt)).await;
+                    }
+                    Err(error) => {
+                        // A transient failure may have taken effect: undo it too.
+                        if matches!(error, StepError::Transient(_)) {
+                            saga.completed.push(name.to_string());
+                        }
+                        if let Some(record) = saga.step_mut(name) {
+                            record.status = StepStatus::Failed;
+                            record.finished_at_ms = Some(now_ms());
+                            record.error = Some(error.to_string());
+                        }
+                        tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, %error, "step failed for good; compensating");
+                        saga.failure = Some(format!("{name}: {error}"));
+                        saga.state = SagaState::Compensating;
+                        self.save(saga).await?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        saga.state = SagaState::Completed;
+        metrics::counter!("saga_finished_total", "state" => "completed").increment(1);
+        self.save(saga).await
+    }
+
+    async fn run_compensation(&self, saga: &mut SagaRecord) -> Result<(), StoreError> {
+        let mut gave_up = Vec::new();
+        let undo: Vec<String> = saga.completed.iter().rev().cloned().collect();
+        for name in undo {
+            let Some(step) = self.steps.iter().find(|s| s.name() == name) else {
+                gave_up.push(name.clone());
+                continue;
+            };
+            if saga.step(&name).is_some_and(|s| s.status == StepStatus::Compensated) {
+                continue;
+            }
+            let key = saga.compensation_key(&name);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                if let Some(record) = saga.step_mut(&name) {
+                    record.status = StepStatus::Compensating;
+                    record.compensation_attempts += 1;
+                }
+                self.save(saga).await?;
+                match step.compensate(saga, &key).await {
+                    Ok(()) => {
+                        metrics::counter!("saga_compensations_total", "step" => step.name(), "outcome" => "ok")
+                            .increment(1);
+                        if let Some(record) = saga.step_mut(&name) {
+                            record.status = StepStatus::Compensated;
+                        }
+                        self.save(saga).await?;
+                        break;
+                    }
+                    Err(StepError::Transient(error)) if attempt < self.compensation.max_attempts => {
+                        tracing::warn!(saga_id = %saga.id, step = %name, attempt, %error, "compensation failed; retrying");
+                        tokio::time::sleep(self.compensation.backoff(attempt)).await;
+                    }
+                    Err(error) => {
+                        metrics::counter!("saga_compensations_total", "step" => step.name(), "outcome" => "failed")
+                            .increment(1);
+                        tracing::error!(saga_id = %saga.id, order_id = %saga.order_id, step = %name, %error, "compensation gave up; manual intervention needed");
+                        if let Some(record) = saga.step_mut(&name) {
+                            record.status = StepStatus::CompensationFailed;
+                            record.error = Some(error.to_string());
+                        }
+                        self.save(saga).await?;
+                        // Never stop at the first failure: undo the rest.
+                        gave_up.push(name.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        if gave_up.is_empty() {
+            saga.state = SagaState::Compensated;
+            metrics::counter!("saga_finished_total", "state" => "compensated").increment(1);
+        } else {
+            saga.state = SagaState::Failed;
+            saga.manual_intervention = true;
+            metrics::counter!("saga_finished_total", "state" => "failed").increment(1);
+            metrics::counter!("saga_manual_intervention_total").increment(1);
+        }
+        self.save(saga).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
