@@ -12,6 +12,8 @@
 //!   older than the lease is taken over: its process died);
 //! - same key, different request: INVALID_ARGUMENT.
 //!
+//! Keys are scoped to the caller (`x-client-id`, `x-user-id` metadata, as the
+//! gateway sends them): one client's key never replays another's answer.
 //! Keys live at least `retention` (24 h by default), then a sweep deletes them.
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -264,6 +266,12 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `client|user|key`, from the caller's metadata.
+fn scoped_key(headers: &http::HeaderMap, key: &str) -> String {
+    let caller = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    format!("{}|{}|{key}", caller("x-client-id"), caller("x-user-id"))
+}
+
 fn replay(stored: &Stored) -> http::Response<Body> {
     let mut response = if stored.code == Code::Ok {
         let mut trailers = http::HeaderMap::new();
@@ -339,6 +347,9 @@ where
                     )));
                 }
             };
+            // Keys are the caller's: two clients (or users) choosing the same
+            // key must not see each other's answers.
+            let key = scoped_key(request.headers(), &key);
             let (parts, body) = request.into_parts();
             let body = body.collect().await.map_err(|e| Box::new(e) as BoxError)?.to_bytes();
             let hash = request_hash(parts.uri.path(), &body);

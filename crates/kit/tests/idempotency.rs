@@ -61,8 +61,13 @@ fn method(
 }
 
 fn request(key: Option<&str>, body: &'static str) -> http::Request<Body> {
+    request_as("client-a", key, body)
+}
+
+fn request_as(client: &str, key: Option<&str>, body: &'static str) -> http::Request<Body> {
     let mut request =
         http::Request::builder().uri("/test.Service/Do").body(Body::new(Full::new(Bytes::from(body)))).unwrap();
+    request.headers_mut().insert("x-client-id", client.parse().unwrap());
     if let Some(key) = key {
         request.headers_mut().insert("idempotency-key", key.parse().unwrap());
     }
@@ -97,6 +102,9 @@ async fn a_replay_returns_the_stored_answer_without_running_again(url: String) {
     send(&mut service, request(None, "pay 10")).await;
     send(&mut service, request(None, "pay 10")).await;
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Another client's same key is another key: its own answer, not ours.
+    let theirs = send(&mut service, request_as("client-b", Some("k1"), "pay 10")).await;
+    assert_eq!(theirs, ("0".into(), "answer 3: pay 10".into(), false));
 }
 
 async fn a_key_reused_for_another_request_is_refused(url: String) {
