@@ -1,0 +1,377 @@
+//! Orders, their line items, the saga records and the outbox in SQL. A status
+//! change is a conditional update from the status the caller saw, and the
+//! event that announces it is written in the same transaction.
+use futures::future::BoxFuture;
+use kit::db::Db;
+use kit::error::DomainError;
+use kit::time::now_millis;
+use saga::{SagaRecord, SagaState, SagaStore, StoreError as SagaStoreError};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::domain::{Line, OrderStatus, Totals, check_transition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Domain(e) => e.into(),
+            StoreError::Sql(e) => kit::error::from_sqlx(&e),
+            StoreError::Corrupt(e) => kit::error::internal(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    pub id: String,
+    pub user_id: String,
+    pub status: OrderStatus,
+    pub currency_code: String,
+    pub lines: Vec<Line>,
+    pub totals: Totals,
+    /// JSON of the address snapshot.
+    pub shipping_address: String,
+    pub saga_id: String,
+    pub payment_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An event from the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub order_id: String,
+    pub kind: String,
+    pub payload: String,
+    pub attempts: i64,
+}
+
+/// What else a status change writes.
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub payment_id: Option<&'a str>,
+    pub failure_reason: Option<&'a str>,
+    /// An outbox event (kind, payload, due in ms from now) in the same transaction.
+    pub event: Option<(&'a str, &'a str, i64)>,
+}
+
+#[derive(Clone)]
+pub struct OrderStore {
+    db: Db,
+}
+
+impl OrderStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Inserts an order and its lines in one transaction.
+    pub async fn create(&self, order: &Order) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO orders (id, user_id, status, currency_code, subtotal_minor, tax_minor, shipping_minor, \
+             total_minor, shipping_address, saga_id, payment_id, failure_reason, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+        )
+        .bind(&order.id)
+        .bind(&order.user_id)
+        .bind(order.status.as_str())
+        .bind(&order.currency_code)
+        .bind(order.totals.subtotal)
+        .bind(order.totals.tax)
+        .bind(order.totals.shipping)
+        .bind(order.totals.total)
+        .bind(&order.shipping_address)
+        .bind(&order.saga_id)
+        .bind(order.payment_id.as_deref())
+        .bind(order.failure_reason.as_deref())
+        .bind(order.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Domain(DomainError::AlreadyExists(format!("order {} exists", order.id)))
+            }
+            _ => StoreError::Sql(e),
+        })?;
+        for line in &order.lines {
+            sqlx::query(
+                "INSERT INTO order_items (order_id, product_id, sku, name, quantity, unit_price_minor) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&order.id)
+            .bind(&line.product_id)
+            .bind(&line.sku)
+            .bind(&line.name)
+            .bind(line.quantity)
+            .bind(line.unit_price_minor)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Order, StoreError> {
+        let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no order {id}")))?;
+        self.with_lines(&row).await
+    }
+
+    async fn with_lines(&self, row: &AnyRow) -> Result<Order, StoreError> {
+        let status: String = row.try_get("status")?;
+        let id: String = row.try_get("id")?;
+        let currency_code: String = row.try_get("currency_code")?;
+        let lines = sqlx::query(
+            "SELECT product_id, sku, name, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY product_id",
+        )
+        .bind(&id)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Line {
+                product_id: r.try_get("product_id")?,
+                sku: r.try_get("sku")?,
+                name: r.try_get("name")?,
+                quantity: r.try_get("quantity")?,
+                unit_price_minor: r.try_get("unit_price_minor")?,
+                currency_code: currency_code.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Order {
+            status: OrderStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("order status {status}")))?,
+            id,
+            user_id: row.try_get("user_id")?,
+            currency_code,
+            lines,
+            totals: Totals {
+                subtotal: row.try_get("subtotal_minor")?,
+                tax: row.try_get("tax_minor")?,
+                shipping: row.try_get("shipping_minor")?,
+                total: row.try_get("total_minor")?,
+            },
+            shipping_address: row.try_get("shipping_address")?,
+            saga_id: row.try_get("saga_id")?,
+            payment_id: row.try_get("payment_id")?,
+            failure_reason: row.try_get("failure_reason")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    /// A user's orders, newest first, `limit` from `offset`, optionally of one status.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        status: Option<OrderStatus>,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<Order>, i64), StoreError> {
+        let status = status.map(OrderStatus::as_str).unwrap_or("");
+        let total: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE user_id = $1 AND ($2 = '' OR status = $2)")
+                .bind(user_id)
+                .bind(status)
+                .fetch_one(self.db.pool())
+                .await?
+                .try_get("n")?;
+        let rows = sqlx::query(
+            "SELECT * FROM orders WHERE user_id = $1 AND ($2 = '' OR status = $2) \
+             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
+        )
+        .bind(user_id)
+        .bind(status)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            orders.push(self.with_lines(row).await?);
+        }
+        Ok((orders, total))
+    }
+
+    /// Moves an order from `from` to `to` (refused unless it is still `from`),
+    /// with the change's extra fields and outbox event, in one transaction.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: OrderStatus,
+        to: OrderStatus,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
+        check_transition(from, to)?;
+        let mut tx = self.db.begin_write().await?;
+        let now = now_millis();
+        let updated = sqlx::query(
+            "UPDATE orders SET status = $1, updated_at = $2, payment_id = COALESCE($3, payment_id), \
+             failure_reason = COALESCE($4, failure_reason) WHERE id = $5 AND status = $6",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(change.payment_id)
+        .bind(change.failure_reason)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            let current = sqlx::query("SELECT status FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<String, _>("status"))
+                .transpose()?;
+            return Err(match current {
+                None => DomainError::NotFound(format!("no order {id}")),
+                Some(status) => {
+                    DomainError::FailedPrecondition(format!("order {id} is {status}, not {}", from.as_str()))
+                }
+            }
+            .into());
+        }
+        if let Some((kind, payload, delay_ms)) = change.event {
+            sqlx::query(
+                "INSERT INTO outbox (id, order_id, kind, payload, available_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(id)
+            .bind(kind)
+            .bind(payload)
+            .bind(now + delay_ms)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Outbox events due by `now`, oldest first.
+    pub async fn due_events(&self, now: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, order_id, kind, payload, attempts FROM outbox WHERE published_at IS NULL AND available_at <= $1 \
+             ORDER BY available_at, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(Event {
+                    id: r.try_get("id")?,
+                    order_id: r.try_get("order_id")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    pub async fn mark_published(&self, event_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = $2 AND published_at IS NULL")
+            .bind(now_millis())
+            .bind(event_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// A failed publish: try again after `delay_ms`.
+    pub async fn retry_later(&self, event_id: &str, delay_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, available_at = $1 WHERE id = $2")
+            .bind(now_millis() + delay_ms)
+            .bind(event_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Sagas a person must look at.
+    pub async fn sagas_needing_intervention(&self) -> Result<Vec<SagaRecord>, StoreError> {
+        let rows = sqlx::query("SELECT record FROM sagas WHERE manual_intervention = 1 ORDER BY updated_at")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(decode_saga).collect()
+    }
+
+    pub async fn saga(&self, id: &str) -> Result<SagaRecord, StoreError> {
+        let row = sqlx::query("SELECT record FROM sagas WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("no saga {id}")))?;
+        decode_saga(&row)
+    }
+}
+
+fn decode_saga(row: &AnyRow) -> Result<SagaRecord, StoreError> {
+    let text: String = row.try_get("record")?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("saga record: {e}")))
+}
+
+fn state_name(state: SagaState) -> &'static str {
+    match state {
+        SagaState::Running => "RUNNING",
+        SagaState::Compensating => "COMPENSATING",
+        SagaState::Completed => "COMPLETED",
+        SagaState::Compensated => "COMPENSATED",
+        SagaState::Failed => "FAILED",
+    }
+}
+
+impl SagaStore for OrderStore {
+    fn save<'a>(&'a self, saga: &'a SagaRecord) -> BoxFuture<'a, Result<(), SagaStoreError>> {
+        Box::pin(async move {
+            let record = serde_json::to_string(saga).map_err(|e| SagaStoreError(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO sagas (id, order_id, state, manual_intervention, record, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET state = $3, \
+                 manual_intervention = $4, record = $5, updated_at = $7",
+            )
+            .bind(&saga.id)
+            .bind(&saga.order_id)
+            .bind(state_name(saga.state))
+            .bind(i64::from(saga.manual_intervention))
+            .bind(record)
+            .bind(saga.created_at_ms)
+            .bind(saga.updated_at_ms)
+            .execute(self.db.pool())
+            .await
+            .map_err(|e| SagaStoreError(e.to_string()))?;
+            Ok(())
+        })
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<SagaRecord>, SagaStoreError>> {
+        Box::pin(async move {
+            let rows =
+                sqlx::query("SELECT record FROM sagas WHERE state IN ('RUNNING', 'COMPENSATING') ORDER BY created_at")
+                    .fetch_all(self.db.pool())
+                    .await
+                    .map_err(|e| SagaStoreError(e.to_string()))?;
+            rows.iter().map(|r| decode_saga(r).map_err(|e| SagaStoreError(e.to_string()))).collect()
+        })
+    }
+}
