@@ -26,7 +26,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::ServiceCommon;
 use crate::grpc_telemetry::GrpcTelemetryLayer;
-use crate::idempotency::{IdempotencyLayer, IdempotencyStore};
+use crate::idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
 use crate::resilience::deadline::SpentDeadlineLayer;
 use crate::resilience::faults::{FaultLayer, Faults};
 use crate::resilience::shed::{ShedConfig, ShedLayer};
@@ -124,7 +124,7 @@ pub struct Host {
     registration: Option<(crate::discovery::RegistryClient, crate::discovery::wire::RegisterRequest)>,
     shedding: ShedConfig,
     faults: Faults,
-    idempotency: Option<IdempotencyLayer>,
+    idempotency: Option<std::sync::Arc<IdempotencyStore>>,
 }
 
 /// The address others should dial for a listener bound to `bound`.
@@ -197,9 +197,13 @@ impl Host {
     }
 
     /// Enforces `idempotency-key` metadata on every method, with keys kept in
-    /// `store` (the service's own database).
-    pub fn enforce_idempotency(&mut self, store: std::sync::Arc<IdempotencyStore>) {
-        self.idempotency = Some(IdempotencyLayer::new(store));
+    /// the service's own database `db` (and swept while the service runs).
+    pub async fn enforce_idempotency(&mut self, db: &crate::db::Db) -> Result<(), StartError> {
+        let store = IdempotencyStore::open(db.clone(), IdempotencyConfig::default())
+            .await
+            .map_err(|e| StartError::Db(crate::db::DbError::from(e)))?;
+        self.idempotency = Some(std::sync::Arc::new(store));
+        Ok(())
     }
 
     /// Serves `routes` plus health and reflection, then reports ready.
@@ -246,7 +250,7 @@ impl Host {
             .layer(GrpcTelemetryLayer::new(self.spec.name))
             .layer(SpentDeadlineLayer)
             .layer(ShedLayer::new(self.spec.name, &self.shedding))
-            .layer(tower::util::option_layer(self.idempotency.clone()))
+            .layer(tower::util::option_layer(self.idempotency.clone().map(IdempotencyLayer::new)))
             .layer(FaultLayer::new(self.spec.name, self.faults.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop_signal);
@@ -276,13 +280,14 @@ impl Host {
             let _ = registered_tx.send(crate::discovery::Registration::start(client, request));
         }
         tracing::info!(service = name, grpc_addr = %self.grpc_addr, admin_addr = %self.admin_addr, "ready");
+        let background = self.idempotency.map(|store| store.spawn_sweeper(self.shutdown.clone())).into_iter().collect();
         Ok(RunningService {
             name,
             grpc_addr: self.grpc_addr,
             admin_addr: self.admin_addr,
             shutdown: self.shutdown,
             task,
-            background: Vec::new(),
+            background,
             databases: Vec::new(),
         })
     }

@@ -70,16 +70,7 @@ fn to_pb(p: Payment) -> pb::Payment {
 
 /// Today as (year, month), UTC.
 fn this_month() -> (i32, u32) {
-    let days = kit::time::now_millis().div_euclid(86_400_000);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month) = kit::time::civil_from_days(kit::time::now_millis().div_euclid(86_400_000));
     (year as i32, month as u32)
 }
 

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use kit::config::ServiceCommon;
 use kit::db::{Db, DbOptions};
-use kit::idempotency::{IdempotencyConfig, IdempotencyStore};
 use kit::server::{Host, RunningService, ServiceSpec, StartError};
 use kit::shutdown::CancellationToken;
 
@@ -48,18 +47,12 @@ pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Resul
     };
     let mut host = Host::bind(spec, &config.common, shutdown.clone()).await?;
     let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
-    let idempotency = Arc::new(
-        IdempotencyStore::open(db.clone(), IdempotencyConfig::default())
-            .await
-            .map_err(|e| StartError::Db(kit::db::DbError::from(e)))?,
-    );
-    host.enforce_idempotency(idempotency.clone());
+    host.enforce_idempotency(&db).await?;
     host.readiness().require_database(&db);
     let processor = Arc::new(processor::SimulatedProcessor::new(config.processor.clone()));
     let api = api::PaymentsApi::new(store::PaymentStore::new(db.clone()), processor);
     let service = contracts::payments::v1::payment_service_server::PaymentServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
-    running.attach(idempotency.spawn_sweeper(shutdown));
     running.close_on_stop(db);
     Ok(running)
 }

@@ -7,7 +7,6 @@ pub mod domain;
 pub mod seed;
 pub mod store;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kit::shutdown::CancellationToken;
@@ -15,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use kit::config::ServiceCommon;
 use kit::db::{Db, DbOptions};
-use kit::idempotency::{IdempotencyConfig, IdempotencyStore};
 use kit::server::{Host, RunningService, ServiceSpec, StartError};
 
 pub const SERVICE: &str = "products";
@@ -64,12 +62,7 @@ pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Resul
     };
     let mut host = Host::bind(spec, &config.common, shutdown.clone()).await?;
     let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
-    let idempotency = Arc::new(
-        IdempotencyStore::open(db.clone(), IdempotencyConfig::default())
-            .await
-            .map_err(|e| StartError::Db(kit::db::DbError::from(e)))?,
-    );
-    host.enforce_idempotency(idempotency.clone());
+    host.enforce_idempotency(&db).await?;
     let store = store::ProductStore::new(db.clone());
     if config.seed {
         let added = store
@@ -91,12 +84,7 @@ pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Resul
         policy,
     ));
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
-    running.attach(tokio::spawn(reap_expired(
-        store,
-        Duration::from_millis(config.reaper_interval_ms),
-        shutdown.clone(),
-    )));
-    running.attach(idempotency.spawn_sweeper(shutdown));
+    running.attach(tokio::spawn(reap_expired(store, Duration::from_millis(config.reaper_interval_ms), shutdown)));
     running.close_on_stop(db);
     Ok(running)
 }

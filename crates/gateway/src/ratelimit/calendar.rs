@@ -11,22 +11,9 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// (year, month) of a day count since the epoch.
-fn civil_from_days(days: i64) -> (i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month)
-}
-
 /// The month containing `epoch_secs` as `YYYY-MM`, and the seconds left in it.
 pub fn month(epoch_secs: i64) -> (String, i64) {
-    let (year, month) = civil_from_days(epoch_secs.div_euclid(86_400));
+    let (year, month) = kit::time::civil_from_days(epoch_secs.div_euclid(86_400));
     let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     let next_start = days_from_civil(next_year, next_month, 1) * 86_400;
     (format!("{year:04}-{month:02}"), next_start - epoch_secs)
