@@ -51,11 +51,13 @@ struct Failure {
     message: String,
     field: Option<String>,
     status: Option<StatusCode>,
+    /// Seconds for a Retry-After header.
+    retry_after: Option<u64>,
 }
 
 impl Failure {
     fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), field: None, status: None }
+        Self { code, message: message.into(), field: None, status: None, retry_after: None }
     }
 
     fn with_status(mut self, status: StatusCode) -> Self {
@@ -66,7 +68,7 @@ impl Failure {
 
 impl From<BadRequest> for Failure {
     fn from(bad: BadRequest) -> Self {
-        Self { code: Code::InvalidArgument, message: bad.message, field: bad.pointer, status: None }
+        Self { code: Code::InvalidArgument, message: bad.message, field: bad.pointer, status: None, retry_after: None }
     }
 }
 
@@ -84,7 +86,18 @@ impl From<tonic::Status> for Failure {
             Code::Unavailable if !ours => "service unavailable".to_string(),
             _ => errors::public_message(code, status.message()),
         };
-        let failure = Self::new(code, message);
+        let mut failure = Self::new(code, message);
+        // When to come back: the breaker says when it probes again; a shed or
+        // a full bulkhead clears in about a second.
+        failure.retry_after = match code {
+            Code::Unavailable => status
+                .metadata()
+                .get(kit::resilience::guard::RETRY_AFTER_MS)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(|ms| ms.div_ceil(1000).max(1)),
+            Code::ResourceExhausted => Some(1),
+            _ => None,
+        };
         // A backend shedding load or a full bulkhead is the server side's
         // trouble, not the client's rate: 503, not 429 (kept for our own limits).
         if code == Code::ResourceExhausted { failure.with_status(StatusCode::SERVICE_UNAVAILABLE) } else { failure }
@@ -111,7 +124,11 @@ fn failure_reply(failure: Failure, trace_id: &str) -> Reply {
     if let (Some(field), Some(object)) = (failure.field, body.as_object_mut()) {
         object.insert("field".into(), field.into());
     }
-    json_reply(status, Bytes::from(body.to_string()))
+    let mut reply = json_reply(status, Bytes::from(body.to_string()));
+    if let Some(seconds) = failure.retry_after {
+        reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    reply
 }
 
 fn header(name: &'static str, value: impl ToString) -> (HeaderName, HeaderValue) {

@@ -147,11 +147,12 @@ impl Stack {
         self.set_faults(json!([{ "method": GET_PRODUCT, "latency_ms": latency_ms }])).await;
         let results = futures::future::join_all((0..n).map(|_| self.get(path))).await;
         let mut counts = (0, 0);
-        for (status, body, _) in &results {
+        for (status, body, headers) in &results {
             match *status {
                 StatusCode::OK => counts.0 += 1,
                 StatusCode::SERVICE_UNAVAILABLE if body["code"] == "RESOURCE_EXHAUSTED" => {
                     assert!(body["message"].as_str().unwrap().contains(refusal), "{body}");
+                    assert_eq!(headers["retry-after"], "1");
                     counts.1 += 1
                 }
                 other => panic!("{other}: {body}"),
@@ -242,9 +243,11 @@ open_ms = 1500
     let mut open_latencies = Vec::new();
     for _ in 0..50 {
         let started = Instant::now();
-        let (status, body, _) = stack.get(&format!("/v1/products/{id}")).await;
+        let (status, body, headers) = stack.get(&format!("/v1/products/{id}")).await;
         open_latencies.push(started.elapsed());
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry_after), "the breaker probes again within open_ms: {retry_after}");
         assert_eq!(body["code"], "UNAVAILABLE");
         assert!(body["message"].as_str().unwrap().contains("products is failing"), "{body}");
         assert!(body["trace_id"].is_string());

@@ -20,6 +20,8 @@ use super::{BoxError, DependencyConfig};
 
 /// Metadata key on a status this layer made itself, without calling.
 pub const REFUSED_BY: &str = "x-shopfast-refused-by";
+/// Metadata key on a breaker refusal: when it lets a probe through again.
+pub const RETRY_AFTER_MS: &str = "x-shopfast-retry-after-ms";
 
 /// Whether `code` says the backend (not the request) is in trouble.
 pub fn server_failure(code: Code) -> bool {
@@ -224,12 +226,18 @@ where
             let permit = match dependency.admit() {
                 Ok(permit) => Admitted { dependency: dependency.clone(), permit: Some(permit), _seat: seat },
                 Err(rejected) => {
+                    let retry_ms = rejected.retry_after.as_millis().max(1);
                     let message = format!(
-                        "{name} is failing; circuit breaker {} (retry in {} ms)",
-                        rejected.state.name(),
-                        rejected.retry_after.as_millis().max(1)
+                        "{name} is failing; circuit breaker {} (retry in {retry_ms} ms)",
+                        rejected.state.name()
                     );
-                    return Err(refusal(Code::Unavailable, "circuit_breaker", message));
+                    let mut refused = Status::new(Code::Unavailable, message);
+                    let metadata = refused.metadata_mut();
+                    metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
+                    if let Ok(value) = retry_ms.to_string().parse() {
+                        metadata.insert(RETRY_AFTER_MS, value);
+                    }
+                    return Err(Box::new(refused));
                 }
             };
             let mut permit = permit;
