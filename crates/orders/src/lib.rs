@@ -2,6 +2,8 @@
 //! pricing in minor units, orders and their line items, the saga store the
 //! order saga persists through, and the transactional outbox.
 //!
-//! (The gRPC API, the saga's steps and the fulfilment worker build on these.)
+//! `fulfilment` ships and delivers paid orders from the outbox. (The gRPC API
+//! and the saga's steps build on these.)
 pub mod domain;
+pub mod fulfilment;
 pub mod store;

@@ -173,7 +173,40 @@ async fn sagas_persist_and_the_stuck_ones_are_listed(url: String) {
     assert!(store.unfinished().await.unwrap().is_empty());
 }
 
+async fn paid_orders_ship_and_deliver_from_the_outbox_at_least_once(url: String) {
+    use orders::fulfilment::{FulfilmentConfig, ORDER_PAID, process_due};
+    let store = open(&url).await;
+    let config = FulfilmentConfig { ship_after_ms: 0, deliver_after_ms: 60_000, ..Default::default() };
+    for id in ["o1", "o2"] {
+        store.create(&order(id, "alice", 1)).await.unwrap();
+        let paid = Change { event: Some((ORDER_PAID, "{}", config.ship_after_ms)), ..Default::default() };
+        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
+    }
+    // o2 is cancelled before it ships: its event is settled without shipping it.
+    store.transition("o2", OrderStatus::Paid, OrderStatus::Cancelled, Change::default()).await.unwrap();
+    let now = kit::time::now_millis() + 1;
+    assert_eq!(process_due(&store, &config, now).await.unwrap(), 2);
+    assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Shipped);
+    assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelled);
+    assert_eq!(process_due(&store, &config, now).await.unwrap(), 0, "delivery is not due yet");
+    let later = now + 60_000;
+    assert_eq!(process_due(&store, &config, later).await.unwrap(), 1);
+    assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Delivered);
+    assert_eq!(process_due(&store, &config, later).await.unwrap(), 0, "each event once");
+
+    // A crash after the change but before the event was marked: the replay
+    // finds the order moved on and only settles the event.
+    store.create(&order("o3", "alice", 2)).await.unwrap();
+    let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
+    store.transition("o3", OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
+    store.transition("o3", OrderStatus::Paid, OrderStatus::Shipped, Change::default()).await.unwrap();
+    assert_eq!(process_due(&store, &config, later).await.unwrap(), 1);
+    assert_eq!(store.get("o3").await.unwrap().status, OrderStatus::Shipped);
+    assert_eq!(process_due(&store, &config, later).await.unwrap(), 0);
+}
+
 kit::backend_tests!(
+    paid_orders_ship_and_deliver_from_the_outbox_at_least_once,
     orders_keep_their_price_snapshot_and_page_newest_first,
     transitions_are_conditional_and_write_their_event_atomically,
     sagas_persist_and_the_stuck_ones_are_listed,
