@@ -1,10 +1,116 @@
-//! The Orders service's rules and persistence: the order state machine,
-//! pricing in minor units, orders and their line items, the saga store the
-//! order saga persists through, and the transactional outbox.
-//!
-//! `fulfilment` ships and delivers paid orders from the outbox; `steps` are
-//! the order saga's five steps over gRPC. (The gRPC API builds on these.)
+//! The Orders service: the order state machine, pricing in minor units,
+//! orders and their line items, the durable order saga (steps over gRPC,
+//! persisted through the `sagas` table, resumed on start), the transactional
+//! outbox and the fulfilment worker that reads it.
+pub mod api;
 pub mod domain;
 pub mod fulfilment;
 pub mod steps;
 pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use kit::config::ServiceCommon;
+use kit::db::{Db, DbOptions};
+use kit::discovery::Discovery;
+use kit::resilience::{Dependency, DependencyConfig, GuardLayer};
+use kit::server::{Host, RunningService, ServiceSpec, StartError};
+use kit::shutdown::CancellationToken;
+use tower::Layer;
+
+pub const SERVICE: &str = "orders";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OrdersConfig {
+    #[serde(flatten)]
+    pub common: ServiceCommon,
+    pub pricing: domain::Pricing,
+    pub fulfilment: fulfilment::FulfilmentConfig,
+    /// Deadline of each call a saga step makes.
+    pub call_timeout_ms: u64,
+    /// Breaker, bulkhead and retry settings per dependency (users, products, payments).
+    pub dependencies: BTreeMap<String, DependencyConfig>,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self {
+            common: ServiceCommon::with_ports(9003, 9103),
+            pricing: Default::default(),
+            fulfilment: Default::default(),
+            call_timeout_ms: 5_000,
+            dependencies: BTreeMap::new(),
+        }
+    }
+}
+
+pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
+    let registry_url = config.common.registry_url.clone().ok_or_else(|| {
+        StartError::Config("orders finds users, products and payments through the registry: set registry_url".into())
+    })?;
+    let spec = ServiceSpec {
+        name: SERVICE,
+        grpc_services: &[contracts::service_names::ORDERS],
+        descriptor_set: contracts::FILE_DESCRIPTOR_SET,
+    };
+    let mut host = Host::bind(spec, &config.common, shutdown.clone()).await?;
+    let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
+    host.enforce_idempotency(&db).await?;
+    host.readiness().require_database(&db);
+    let store = store::OrderStore::new(db.clone());
+
+    let discovery = Discovery::new(&registry_url, shutdown.clone());
+    let mut channels = BTreeMap::new();
+    for name in ["users", "products", "payments"] {
+        let balancer = discovery.balancer(name, BTreeMap::new()).await;
+        let dependency = Dependency::new(name, &config.dependencies.get(name).cloned().unwrap_or_default());
+        channels.insert(name, steps::channel(GuardLayer::new(dependency).layer(balancer)));
+    }
+    let channel =
+        |name: &str| channels.get(name).cloned().ok_or_else(|| StartError::Config(format!("no channel for {name}")));
+    let cards = Arc::new(steps::CardVault::default());
+    let payments = contracts::payments::v1::payment_service_client::PaymentServiceClient::new(channel("payments")?);
+    let deps = Arc::new(steps::Deps {
+        users: contracts::users::v1::user_service_client::UserServiceClient::new(channel("users")?),
+        products: contracts::products::v1::product_service_client::ProductServiceClient::new(channel("products")?),
+        payments: payments.clone(),
+        store: store.clone(),
+        pricing: config.pricing.clone(),
+        cards: cards.clone(),
+        call_timeout: Duration::from_millis(config.call_timeout_ms),
+        ship_after_ms: config.fulfilment.ship_after_ms,
+    });
+    let forward = saga::RetryPolicy {
+        max_attempts: 4,
+        base_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+    };
+    let compensation = saga::RetryPolicy {
+        max_attempts: 8,
+        base_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(5),
+    };
+    let orchestrator =
+        Arc::new(saga::Orchestrator::new(steps::steps(deps), Arc::new(store.clone()), forward, compensation));
+
+    let api = api::OrdersApi { store: store.clone(), orchestrator: orchestrator.clone(), cards, payments };
+    let service = contracts::orders::v1::order_service_server::OrderServiceServer::new(api);
+    let mut running = host.start(tonic::service::Routes::new(service)).await?;
+    // Sagas a crash left unfinished are driven to an end.
+    running.attach(tokio::spawn(async move {
+        match orchestrator.resume_all().await {
+            Ok(resumed) if !resumed.is_empty() => tracing::info!(sagas = resumed.len(), "unfinished sagas resumed"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "resuming sagas failed"),
+        }
+    }));
+    running.attach(tokio::spawn(fulfilment::run(store, config.fulfilment.clone(), shutdown)));
+    running.close_on_stop(db);
+    Ok(running)
+}

@@ -43,6 +43,8 @@ enum Command {
     Products(ServiceArgs),
     /// Run the Payments service (a simulated card processor; charges, refunds).
     Payments(ServiceArgs),
+    /// Run the Orders service (orders, the order saga, fulfilment); needs --registry-url.
+    Orders(ServiceArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -249,6 +251,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Products(args) => {
             let config: products::ProductsConfig = args.load(products::SERVICE)?;
             serve(products::start(config, kit::shutdown::on_signals()).await.context("products failed to start")?).await
+        }
+        Command::Orders(args) => {
+            let config: orders::OrdersConfig = args.load(orders::SERVICE)?;
+            serve(orders::start(config, kit::shutdown::on_signals()).await.context("orders failed to start")?).await
         }
         Command::Payments(args) => {
             let config: payments::PaymentsConfig = args.load(payments::SERVICE)?;

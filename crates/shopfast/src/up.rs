@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use kit::discovery::RegistryClient;
 
 /// Services in start order, with their default gRPC and admin ports.
-const SERVICES: &[(&str, u16, u16)] = &[("users", 9001, 9101), ("products", 9002, 9102), ("payments", 9004, 9104)];
+const SERVICES: &[(&str, u16, u16)] =
+    &[("users", 9001, 9101), ("products", 9002, 9102), ("payments", 9004, 9104), ("orders", 9003, 9103)];
 const REGISTRY_PORT: u16 = 8080;
 const GATEWAY_PORT: u16 = 8000;
 const STOP_GRACE: Duration = Duration::from_secs(15);

@@ -38,7 +38,7 @@ fn up_runs_the_stack_and_stops_it_in_order() {
         table.push(line);
     }
     let rows = |name: &str| table.iter().filter(|l| l.starts_with(name)).count();
-    assert_eq!((rows("products"), rows("users"), rows("payments")), (3, 1, 1), "{table:#?}");
+    assert_eq!((rows("products"), rows("users"), rows("payments"), rows("orders")), (3, 1, 1, 1), "{table:#?}");
     assert!(table.iter().all(|l| !l.starts_with("products") || l.contains("healthy")), "{table:#?}");
 
     let status = Command::new(SHOPFAST).args(["status", "--registry-url", &registry_url]).output().unwrap();
@@ -51,7 +51,7 @@ fn up_runs_the_stack_and_stops_it_in_order() {
     assert!(exit.success(), "up exits cleanly");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut stderr).unwrap();
-    for child in ["users-1", "products-1", "products-2", "products-3", "payments-1", "registry"] {
+    for child in ["users-1", "products-1", "products-2", "products-3", "payments-1", "orders-1", "registry"] {
         assert!(
             stderr.contains(&format!("{child} stopped (exit status: 0)")),
             "{child} did not stop cleanly:\n{stderr}"

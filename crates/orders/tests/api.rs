@@ -1,0 +1,251 @@
+//! OrderService over real sockets with a real registry and real Users,
+//! Products and Payments services (in process, SQLite): orders paid, refused,
+//! cancelled with a refund, fulfilled from the outbox; idempotent creation;
+//! ownership; garbage.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use contracts::orders::v1 as pb;
+use contracts::orders::v1::order_service_client::OrderServiceClient;
+use contracts::products::v1 as products_pb;
+use contracts::users::v1 as users_pb;
+use kit::testing::{TestDb, expect_code, service_common};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Stack {
+    orders: OrderServiceClient<Channel>,
+    products: products_pb::product_service_client::ProductServiceClient<Channel>,
+    user_id: String,
+    _services: Vec<kit::server::RunningService>,
+    _registry: registry::RunningRegistry,
+    _dbs: Vec<TestDb>,
+}
+
+async fn stack() -> Stack {
+    let shutdown = kit::shutdown::CancellationToken::new();
+    let registry = registry::start(
+        registry::RegistryConfig { addr: "127.0.0.1:0".parse().unwrap(), ..Default::default() },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let dbs: Vec<TestDb> = (0..4).map(|_| TestDb::sqlite()).collect();
+    let common = |i: usize| {
+        let mut common = service_common(&dbs[i].url);
+        common.registry_url = Some(registry.url());
+        common
+    };
+    let users =
+        users::start(users::UsersConfig { common: common(0), ..Default::default() }, shutdown.clone()).await.unwrap();
+    let products =
+        products::start(products::ProductsConfig { common: common(1), ..Default::default() }, shutdown.clone())
+            .await
+            .unwrap();
+    let payments =
+        payments::start(payments::PaymentsConfig { common: common(2), ..Default::default() }, shutdown.clone())
+            .await
+            .unwrap();
+    // Registration happens once each is ready; give the registry a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut config = orders::OrdersConfig { common: common(3), ..Default::default() };
+    config.fulfilment.ship_after_ms = 100;
+    config.fulfilment.deliver_after_ms = 100;
+    config.fulfilment.poll_ms = 20;
+    let orders_service = orders::start(config, shutdown).await.unwrap();
+
+    let mut users_client = users_pb::user_service_client::UserServiceClient::connect(users.grpc_url()).await.unwrap();
+    let user = users_client
+        .create_user(users_pb::CreateUserRequest {
+            email: "orders@example.com".into(),
+            password: "orders are fun 1".into(),
+            name: "Orderer".into(),
+            address: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    Stack {
+        orders: OrderServiceClient::connect(orders_service.grpc_url()).await.unwrap(),
+        products: products_pb::product_service_client::ProductServiceClient::connect(products.grpc_url())
+            .await
+            .unwrap(),
+        user_id: user.id,
+        _services: vec![users, products, payments, orders_service],
+        _registry: registry,
+        _dbs: dbs,
+    }
+}
+
+fn as_user<T>(user: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("x-user-id", user.parse().unwrap());
+    request
+}
+
+fn create(product_id: &str, quantity: i64, card: &str) -> pb::CreateOrderRequest {
+    pb::CreateOrderRequest {
+        user_id: String::new(),
+        items: vec![pb::OrderItemRequest { product_id: product_id.into(), quantity }],
+        shipping_address: Some(contracts::common::v1::Address {
+            line1: "1 Main St".into(),
+            city: "Springfield".into(),
+            country_code: "US".into(),
+            ..Default::default()
+        }),
+        payment_method: Some(pb::PaymentMethod {
+            card_number: card.into(),
+            expiry_month: 12,
+            expiry_year: 2040,
+            cvc: "123".into(),
+        }),
+        currency_code: "USD".into(),
+    }
+}
+
+impl Stack {
+    async fn product_id(&mut self) -> String {
+        let page = self
+            .products
+            .search_products(products_pb::SearchProductsRequest {
+                page_size: 50,
+                in_stock_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        page.products.into_iter().find(|p| p.available >= 20).unwrap().id
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_paid_refused_cancelled_and_fulfilled() {
+    let mut s = stack().await;
+    let product = s.product_id().await;
+    let me = s.user_id.clone();
+
+    let paid = s.orders.create_order(as_user(&me, create(&product, 2, "4242424242424242"))).await.unwrap().into_inner();
+    assert_eq!(paid.status, pb::OrderStatus::Paid as i32, "{paid:?}");
+    assert_eq!(paid.user_id, me);
+    assert!(!paid.payment_id.is_empty());
+    assert_eq!(paid.items[0].quantity, 2);
+    assert_eq!(paid.shipping_address.as_ref().unwrap().city, "Springfield");
+    let total = paid.total.as_ref().unwrap().minor_units;
+    let parts =
+        [&paid.subtotal, &paid.tax, &paid.shipping].iter().map(|m| m.as_ref().unwrap().minor_units).sum::<i64>();
+    assert_eq!(total, parts);
+
+    // Fulfilment ships and delivers it from the outbox.
+    let mut delivered = false;
+    for _ in 0..100 {
+        let got = s.orders.get_order(as_user(&me, pb::GetOrderRequest { order_id: paid.id.clone() })).await.unwrap();
+        if got.get_ref().status == pb::OrderStatus::Delivered as i32 {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "delivered within 5 s");
+
+    // A declined card: refused with the reason, the order recorded as CANCELLED.
+    let refused = s.orders.create_order(as_user(&me, create(&product, 1, "4000000000009995"))).await;
+    let message = expect_code(refused, Code::FailedPrecondition);
+    assert!(message.contains("insufficient_funds"), "{message}");
+    let cancelled = s
+        .orders
+        .list_orders(as_user(
+            &me,
+            pb::ListOrdersRequest { status: pb::OrderStatus::Cancelled as i32, ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.orders.len(), 1);
+    assert!(cancelled.orders[0].failure_reason.contains("insufficient_funds"));
+
+    // Cancel a paid order: refunded, CANCELLED; a second cancel is refused.
+    let second =
+        s.orders.create_order(as_user(&me, create(&product, 1, "4242424242424242"))).await.unwrap().into_inner();
+    let cancel = pb::CancelOrderRequest { order_id: second.id.clone(), reason: "changed my mind".into() };
+    let done = s.orders.cancel_order(as_user(&me, cancel.clone())).await.unwrap().into_inner();
+    assert_eq!(done.status, pb::OrderStatus::Cancelled as i32);
+    expect_code(s.orders.cancel_order(as_user(&me, cancel)).await, Code::FailedPrecondition);
+
+    // Others cannot see or act on my orders.
+    let other = "someone-else";
+    expect_code(
+        s.orders.get_order(as_user(other, pb::GetOrderRequest { order_id: paid.id.clone() })).await,
+        Code::NotFound,
+    );
+    let theirs = pb::ListOrdersRequest { user_id: me.clone(), ..Default::default() };
+    expect_code(s.orders.list_orders(as_user(other, theirs)).await, Code::PermissionDenied);
+    let all = s.orders.list_orders(as_user(&me, pb::ListOrdersRequest::default())).await.unwrap().into_inner();
+    assert_eq!(all.orders.len(), 3);
+
+    // Fulfilment transitions are checked.
+    let third =
+        s.orders.create_order(as_user(&me, create(&product, 1, "4242424242424242"))).await.unwrap().into_inner();
+    let update =
+        |status: pb::OrderStatus| pb::UpdateOrderStatusRequest { order_id: third.id.clone(), status: status as i32 };
+    expect_code(s.orders.update_order_status(update(pb::OrderStatus::Delivered)).await, Code::FailedPrecondition);
+    expect_code(s.orders.update_order_status(update(pb::OrderStatus::Cancelled)).await, Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_makes_one_order_and_garbage_is_refused() {
+    let mut s = stack().await;
+    let product = s.product_id().await;
+    let me = s.user_id.clone();
+    let attempts = (0..10).map(|_| {
+        let mut client = s.orders.clone();
+        let mut request = as_user(&me, create(&product, 1, "4242424242424242"));
+        request.metadata_mut().insert("idempotency-key", "order-once".parse().unwrap());
+        async move { client.create_order(request).await }
+    });
+    let mut ids = std::collections::BTreeSet::new();
+    for result in futures::future::join_all(attempts).await {
+        match result {
+            Ok(order) => {
+                ids.insert(order.into_inner().id);
+            }
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+        }
+    }
+    assert!(ids.len() <= 1);
+    let all = s.orders.list_orders(as_user(&me, pb::ListOrdersRequest::default())).await.unwrap().into_inner();
+    assert_eq!(all.orders.len(), 1, "one order for one key");
+
+    let good = create(&product, 1, "4242424242424242");
+    for bad in [
+        pb::CreateOrderRequest { items: vec![], ..good.clone() },
+        pb::CreateOrderRequest {
+            items: vec![pb::OrderItemRequest { product_id: product.clone(), quantity: 0 }],
+            ..good.clone()
+        },
+        pb::CreateOrderRequest {
+            items: vec![pb::OrderItemRequest { product_id: String::new(), quantity: 1 }],
+            ..good.clone()
+        },
+        pb::CreateOrderRequest { payment_method: None, ..good.clone() },
+        pb::CreateOrderRequest { currency_code: "dollars".into(), ..good.clone() },
+    ] {
+        expect_code(s.orders.create_order(as_user(&me, bad)).await, Code::InvalidArgument);
+    }
+    // No user at all.
+    expect_code(s.orders.create_order(tonic::Request::new(good.clone())).await, Code::InvalidArgument);
+    // An unknown product: refused by the saga, nothing charged.
+    let unknown = create("00000000-0000-7000-8000-000000000000", 1, "4242424242424242");
+    expect_code(s.orders.create_order(as_user(&me, unknown)).await, Code::FailedPrecondition);
+    expect_code(
+        s.orders.get_order(as_user(&me, pb::GetOrderRequest { order_id: String::new() })).await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        s.orders.get_order(as_user(&me, pb::GetOrderRequest { order_id: "nope".into() })).await,
+        Code::NotFound,
+    );
+    let bad_status = pb::ListOrdersRequest { status: 99, ..Default::default() };
+    expect_code(s.orders.list_orders(as_user(&me, bad_status)).await, Code::InvalidArgument);
+}
