@@ -14,7 +14,7 @@ use saga::{Orchestrator, SagaState};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, OrderStatus};
-use crate::steps::{CardVault, Channel, initial_context};
+use crate::steps::{CardVault, Channel, address_json, initial_context};
 use crate::store::{Change, Order, OrderStore};
 
 pub struct OrdersApi {
@@ -137,13 +137,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
             return Err(Status::invalid_argument("currency_code must be three upper-case letters"));
         }
         let method = request.payment_method.ok_or_else(|| Status::invalid_argument("payment_method is required"))?;
-        let address = request.shipping_address.map(|a| {
-            serde_json::json!({
-                "line1": a.line1, "line2": a.line2, "city": a.city, "region": a.region,
-                "postalCode": a.postal_code, "countryCode": a.country_code,
-            })
-            .to_string()
-        });
+        let address = request.shipping_address.as_ref().map(address_json);
         let saga_id = uuid::Uuid::now_v7().to_string();
         let order_id = uuid::Uuid::now_v7().to_string();
         let saga =

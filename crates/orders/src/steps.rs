@@ -176,13 +176,9 @@ impl OrderStep {
         let user = self.deps.users.clone().validate_user(request).await.map_err(classify)?.into_inner();
         let mut output = Output::new();
         if !saga.context.contains_key(context::ADDRESS)
-            && let Some(a) = user.address
+            && let Some(address) = user.address
         {
-            let address = serde_json::json!({
-                "line1": a.line1, "line2": a.line2, "city": a.city, "region": a.region,
-                "postalCode": a.postal_code, "countryCode": a.country_code,
-            });
-            output.insert(context::ADDRESS.into(), address.to_string());
+            output.insert(context::ADDRESS.into(), address_json(&address));
         }
         Ok(output)
     }
@@ -361,6 +357,15 @@ impl Step for OrderStep {
             }
         })
     }
+}
+
+/// An address as the order keeps its snapshot (the proto3 JSON field names).
+pub fn address_json(a: &contracts::common::v1::Address) -> String {
+    serde_json::json!({
+        "line1": a.line1, "line2": a.line2, "city": a.city, "region": a.region,
+        "postalCode": a.postal_code, "countryCode": a.country_code,
+    })
+    .to_string()
 }
 
 /// The context a new order saga starts with.

@@ -189,7 +189,8 @@ async fn paid_orders_ship_and_deliver_from_the_outbox_at_least_once(url: String)
     assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Shipped);
     assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelled);
     assert_eq!(process_due(&store, &config, now).await.unwrap(), 0, "delivery is not due yet");
-    let later = now + 60_000;
+    // Due a minute after the shipping pass (which ran after `now`).
+    let later = kit::time::now_millis() + config.deliver_after_ms + 1_000;
     assert_eq!(process_due(&store, &config, later).await.unwrap(), 1);
     assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Delivered);
     assert_eq!(process_due(&store, &config, later).await.unwrap(), 0, "each event once");
