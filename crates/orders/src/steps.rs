@@ -24,7 +24,7 @@ use crate::domain::{Line, OrderStatus, Pricing};
 use crate::fulfilment::ORDER_PAID;
 use crate::store::{Change, Order, OrderStore, StoreError};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kit::resilience::BoxError;
 
 /// A transport error behind a concrete type: with a boxed trait object as the
 /// channel's error, rustc cannot prove tonic's futures `Send` for every

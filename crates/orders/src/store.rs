@@ -11,24 +11,11 @@ use sqlx::any::AnyRow;
 
 use crate::domain::{Line, OrderStatus, Totals, check_transition};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
-    #[error("stored data is unreadable: {0}")]
-    Corrupt(String),
-}
+pub use kit::error::StoreError;
 
-impl From<StoreError> for tonic::Status {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Domain(e) => e.into(),
-            StoreError::Sql(e) => kit::error::from_sqlx(&e),
-            StoreError::Corrupt(e) => kit::error::internal(e),
-        }
-    }
+/// Stored data that cannot be read back: a decode error (INTERNAL to callers).
+fn corrupt(what: String) -> StoreError {
+    StoreError::Db(sqlx::Error::Decode(what.into()))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +91,7 @@ impl OrderStore {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
                 StoreError::Domain(DomainError::AlreadyExists(format!("order {} exists", order.id)))
             }
-            _ => StoreError::Sql(e),
+            _ => StoreError::Db(e),
         })?;
         for line in &order.lines {
             sqlx::query(
@@ -156,7 +143,7 @@ impl OrderStore {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(Order {
-            status: OrderStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("order status {status}")))?,
+            status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("order status {status}")))?,
             id,
             user_id: row.try_get("user_id")?,
             currency_code,
@@ -328,7 +315,7 @@ impl OrderStore {
 
 fn decode_saga(row: &AnyRow) -> Result<SagaRecord, StoreError> {
     let text: String = row.try_get("record")?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("saga record: {e}")))
+    serde_json::from_str(&text).map_err(|e| corrupt(format!("saga record: {e}")))
 }
 
 fn state_name(state: SagaState) -> &'static str {

@@ -9,22 +9,7 @@ use sqlx::any::AnyRow;
 
 use crate::domain::{Status, check_transition};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
-}
-
-impl From<StoreError> for tonic::Status {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Domain(e) => e.into(),
-            StoreError::Sql(e) => kit::error::from_sqlx(&e),
-        }
-    }
-}
+pub use kit::error::StoreError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refund {

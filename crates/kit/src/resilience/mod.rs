@@ -17,7 +17,7 @@ pub use breaker::{BreakerPolicy, State};
 pub use guard::{Dependency, GuardLayer};
 pub use retry::{Retries, RetryPolicy};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::balance::BoxError;
 
 /// What to answer when a dependency cannot be reached (breaker open, no
 /// instance, failures after retries).
