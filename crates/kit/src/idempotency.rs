@@ -288,6 +288,14 @@ fn replay(stored: &Stored) -> http::Response<Body> {
     response
 }
 
+/// Frees a key after a failed call; if that fails too, the claim waits out
+/// its lease before a retry may take it over.
+async fn release_or_warn(store: &IdempotencyStore, key: &str) {
+    if let Err(err) = store.release(key).await {
+        tracing::warn!(idempotency_key = key, error = %err, "could not free an idempotency key; it frees itself after the lease");
+    }
+}
+
 fn refuse(status: Status) -> http::Response<Body> {
     status.into_http::<Body>()
 }
@@ -384,7 +392,7 @@ where
             let response = match inner.call(request).await {
                 Ok(response) => response,
                 Err(err) => {
-                    let _ = store.release(&key).await;
+                    release_or_warn(&store, &key).await;
                     return Err(err.into());
                 }
             };
@@ -396,7 +404,7 @@ where
                     let collected = match body.collect().await {
                         Ok(collected) => collected,
                         Err(status) => {
-                            let _ = store.release(&key).await;
+                            release_or_warn(&store, &key).await;
                             return Ok(refuse(status));
                         }
                     };

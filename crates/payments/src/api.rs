@@ -88,8 +88,10 @@ fn required(value: &str, name: &str) -> Result<(), Status> {
 
 impl PaymentsApi {
     /// FAILED with the processor's reason; the status the caller gets.
-    async fn fail(&self, payment: &Payment, from: PaymentStatus, err: &ProcessorError) -> Status {
-        let _ = self.store.attempt(&payment.id, "authorize", "failed", &err.to_string()).await;
+    async fn fail(&self, payment: &Payment, step: &str, from: PaymentStatus, err: &ProcessorError) -> Status {
+        if let Err(e) = self.store.attempt(&payment.id, step, "failed", &err.to_string()).await {
+            tracing::error!(payment_id = %payment.id, error = %e, "could not record a failed attempt");
+        }
         let change = Change { failure: Some((err.code(), &err.to_string(), err.retryable())), ..Default::default() };
         if let Err(e) = self.store.transition(&payment.id, from, PaymentStatus::Failed, change).await {
             return e.into();
@@ -131,7 +133,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         let charge = ChargeCard { number, expired: card.expired };
         let authorization = match self.processor.authorize(&charge, amount.minor_units).await {
             Ok(authorization) => authorization,
-            Err(err) => return Err(self.fail(&payment, PaymentStatus::Pending, &err).await),
+            Err(err) => return Err(self.fail(&payment, "authorize", PaymentStatus::Pending, &err).await),
         };
         self.store.attempt(&payment.id, "authorize", "ok", &authorization).await?;
         let authorized = Change { authorization_id: Some(&authorization), ..Default::default() };
@@ -140,7 +142,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
             .transition(&payment.id, PaymentStatus::Authorized, PaymentStatus::Processing, Change::default())
             .await?;
         if let Err(err) = self.processor.capture(&authorization).await {
-            return Err(self.fail(&payment, PaymentStatus::Processing, &err).await);
+            return Err(self.fail(&payment, "capture", PaymentStatus::Processing, &err).await);
         }
         self.store.attempt(&payment.id, "capture", "ok", "").await?;
         if let Err(err) = self
@@ -149,11 +151,23 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
             .await
         {
             // Someone else completed this order's payment first: release ours.
-            let _ = self.processor.refund(&authorization, amount.minor_units).await;
-            let _ = self.store.attempt(&payment.id, "complete", "refused", "order already paid; hold released").await;
+            // Best effort, but never silent: the answer to the caller is the refusal.
+            let released = self.processor.refund(&authorization, amount.minor_units).await.map_err(|e| e.to_string());
+            let detail = match &released {
+                Ok(()) => "order already paid; hold released".to_string(),
+                Err(e) => format!("order already paid; releasing the hold failed: {e}"),
+            };
             let change =
                 Change { failure: Some(("duplicate_charge", "order already paid", false)), ..Default::default() };
-            let _ = self.store.transition(&payment.id, PaymentStatus::Processing, PaymentStatus::Failed, change).await;
+            let recorded = match self.store.attempt(&payment.id, "complete", "refused", &detail).await {
+                Ok(()) => {
+                    self.store.transition(&payment.id, PaymentStatus::Processing, PaymentStatus::Failed, change).await
+                }
+                Err(e) => Err(e),
+            };
+            if released.is_err() || recorded.is_err() {
+                tracing::error!(payment_id = %payment.id, ?released, recorded = ?recorded.err(), "duplicate charge not fully cleaned up");
+            }
             return Err(err.into());
         }
         metrics::counter!("payments_total", "outcome" => "completed").increment(1);
