@@ -8,8 +8,10 @@
 //!   again;
 //! - same key, same request, finished: the stored answer is replayed, the
 //!   method does not run again (`idempotent-replayed: true` in the headers);
-//! - same key, same request, still running: ABORTED, "in progress" (a claim
-//!   older than the lease is taken over: its process died);
+//! - same key, same request, still running: ABORTED, "in progress". A claim
+//!   past its lease is taken over (its process died): the lease is the
+//!   caller's deadline plus a second (the server drops a call at its
+//!   deadline, so none runs longer), at most `lease`;
 //! - same key, different request: INVALID_ARGUMENT.
 //!
 //! Keys are scoped to the caller (`x-client-id`, `x-user-id` metadata, as the
@@ -48,14 +50,19 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS idempotency_keys (
     grpc_message  TEXT,
     created_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL,
-    expires_at_ms BIGINT NOT NULL
+    expires_at_ms BIGINT NOT NULL,
+    lease_until_ms BIGINT NOT NULL DEFAULT 0
 )";
+
+/// How long past the caller's deadline a claim still counts as running.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct IdempotencyConfig {
     /// How long a key is remembered.
     pub retention: Duration,
-    /// A claim not finished within this is considered abandoned.
+    /// A claim not finished within this is considered abandoned (sooner when
+    /// the call carries a shorter deadline).
     pub lease: Duration,
 }
 
@@ -90,28 +97,50 @@ pub struct IdempotencyStore {
 impl IdempotencyStore {
     pub async fn open(db: Db, config: IdempotencyConfig) -> Result<Self, sqlx::Error> {
         sqlx::query(SCHEMA).execute(db.pool()).await?;
+        // Tables made before claims had their own lease get the column.
+        if sqlx::query("SELECT lease_until_ms FROM idempotency_keys WHERE 1 = 0").execute(db.pool()).await.is_err() {
+            sqlx::query("ALTER TABLE idempotency_keys ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0")
+                .execute(db.pool())
+                .await?;
+        }
         Ok(Self { db, config })
     }
 
-    /// Claims `key` for a request hashing to `hash`, at `now_ms`.
-    pub async fn claim(&self, key: &str, hash: &str, now_ms: i64) -> Result<Claim, sqlx::Error> {
+    /// How long a claim for a call with `deadline` left may run.
+    fn lease_ms(&self, deadline: Option<Duration>) -> i64 {
+        let lease = deadline.map_or(self.config.lease, |left| (left + DEADLINE_GRACE).min(self.config.lease));
+        lease.as_millis() as i64
+    }
+
+    /// Claims `key` for a request hashing to `hash`, at `now_ms`, for a call
+    /// with `deadline` left (`None`: no deadline).
+    pub async fn claim(
+        &self,
+        key: &str,
+        hash: &str,
+        now_ms: i64,
+        deadline: Option<Duration>,
+    ) -> Result<Claim, sqlx::Error> {
+        let lease_until = now_ms + self.lease_ms(deadline);
         for _ in 0..2 {
             let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (key, request_hash, state, created_at_ms, updated_at_ms, expires_at_ms) \
-                 VALUES ($1, $2, 'in_progress', $3, $3, $4) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO idempotency_keys \
+                 (key, request_hash, state, created_at_ms, updated_at_ms, expires_at_ms, lease_until_ms) \
+                 VALUES ($1, $2, 'in_progress', $3, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
             )
             .bind(key)
             .bind(hash)
             .bind(now_ms)
             .bind(now_ms + self.config.retention.as_millis() as i64)
+            .bind(lease_until)
             .execute(self.db.pool())
             .await?;
             if inserted.rows_affected() == 1 {
                 return Ok(Claim::Fresh);
             }
             let Some(row) = sqlx::query(
-                "SELECT request_hash, state, response, grpc_status, grpc_message, updated_at_ms, expires_at_ms \
-                 FROM idempotency_keys WHERE key = $1",
+                "SELECT request_hash, state, response, grpc_status, grpc_message, updated_at_ms, expires_at_ms, \
+                 lease_until_ms FROM idempotency_keys WHERE key = $1",
             )
             .bind(key)
             .fetch_optional(self.db.pool())
@@ -142,13 +171,14 @@ impl IdempotencyStore {
                 }));
             }
             let updated: i64 = row.try_get("updated_at_ms")?;
-            if updated + (self.config.lease.as_millis() as i64) < now_ms {
+            if row.try_get::<i64, _>("lease_until_ms")? < now_ms {
                 // Abandoned by a process that died mid-call: take it over.
                 let taken = sqlx::query(
-                    "UPDATE idempotency_keys SET updated_at_ms = $1 \
-                     WHERE key = $2 AND state = 'in_progress' AND updated_at_ms = $3",
+                    "UPDATE idempotency_keys SET updated_at_ms = $1, lease_until_ms = $2 \
+                     WHERE key = $3 AND state = 'in_progress' AND updated_at_ms = $4",
                 )
                 .bind(now_ms)
+                .bind(lease_until)
                 .bind(key)
                 .bind(updated)
                 .execute(self.db.pool())
@@ -361,7 +391,8 @@ where
             let (parts, body) = request.into_parts();
             let body = body.collect().await.map_err(|e| Box::new(e) as BoxError)?.to_bytes();
             let hash = request_hash(parts.uri.path(), &body);
-            let claim = match store.claim(&key, &hash, now_millis()).await {
+            let deadline = crate::resilience::guard::grpc_timeout(&parts.headers);
+            let claim = match store.claim(&key, &hash, now_millis(), deadline).await {
                 Ok(claim) => claim,
                 Err(err) => {
                     tracing::error!(error = %err, "idempotency store failed");

@@ -155,15 +155,29 @@ async fn keys_expire_and_abandoned_claims_are_taken_over(url: String) {
     let config = IdempotencyConfig { retention: Duration::from_secs(3600), lease: Duration::from_secs(60) };
     let store = store(&url, config).await;
     let t0 = 1_000_000_000;
-    assert_eq!(store.claim("k6", "h", t0).await.unwrap(), Claim::Fresh);
-    assert_eq!(store.claim("k6", "h", t0 + 1_000).await.unwrap(), Claim::InProgress);
+    assert_eq!(store.claim("k6", "h", t0, None).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k6", "h", t0 + 1_000, None).await.unwrap(), Claim::InProgress);
     // Its owner died: after the lease, someone else may run it.
-    assert_eq!(store.claim("k6", "h", t0 + 61_000).await.unwrap(), Claim::Fresh);
-    assert_eq!(store.claim("k6", "other", t0 + 62_000).await.unwrap(), Claim::Mismatch);
+    assert_eq!(store.claim("k6", "h", t0 + 61_000, None).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k6", "other", t0 + 62_000, None).await.unwrap(), Claim::Mismatch);
     // After retention the key is forgotten, and the sweep deletes it.
-    assert_eq!(store.claim("k6", "other", t0 + 3_600_001).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k6", "other", t0 + 3_600_001, None).await.unwrap(), Claim::Fresh);
     assert_eq!(store.sweep(t0 + 3_600_000).await.unwrap(), 0, "the new claim is not expired");
     assert_eq!(store.sweep(t0 + 2 * 3_600_001).await.unwrap(), 1);
+
+    // A call with a 2 s deadline cannot run past it (the server drops it):
+    // its claim is free a second after the deadline, long before the lease.
+    let deadline = Some(Duration::from_secs(2));
+    assert_eq!(store.claim("k7", "h", t0, deadline).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k7", "h", t0 + 2_900, deadline).await.unwrap(), Claim::InProgress);
+    assert_eq!(store.claim("k7", "h", t0 + 3_100, deadline).await.unwrap(), Claim::Fresh);
+    // The takeover holds it for its own deadline.
+    assert_eq!(store.claim("k7", "h", t0 + 3_200, None).await.unwrap(), Claim::InProgress);
+    // A deadline longer than the lease is cut to the lease.
+    let long = Some(Duration::from_secs(600));
+    assert_eq!(store.claim("k8", "h", t0, long).await.unwrap(), Claim::Fresh);
+    assert_eq!(store.claim("k8", "h", t0 + 59_000, None).await.unwrap(), Claim::InProgress);
+    assert_eq!(store.claim("k8", "h", t0 + 61_000, None).await.unwrap(), Claim::Fresh);
 }
 
 kit::backend_tests!(

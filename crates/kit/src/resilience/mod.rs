@@ -14,6 +14,7 @@ pub mod window;
 use serde::{Deserialize, Serialize};
 
 pub use breaker::{BreakerPolicy, State};
+pub use deadline::Deadline;
 pub use guard::{Dependency, GuardLayer};
 pub use retry::{Retries, RetryPolicy};
 
