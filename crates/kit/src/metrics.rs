@@ -48,6 +48,28 @@ fn describe_all() {
     describe_counter!("server_shed_total", "Requests refused by adaptive load shedding (RESOURCE_EXHAUSTED).");
     describe_counter!("fault_injected_total", "Faults injected on purpose, by kind (error, abort).");
     describe_counter!("inventory_reservations_total", "Inventory reservation attempts, by result.");
+    describe_counter!(
+        "idempotency_requests_total",
+        "Requests carrying an idempotency key, by outcome (fresh, replayed, in_progress, mismatch)."
+    );
+    // Payments and the order saga
+    describe_counter!("payments_total", "Payments finished, by outcome (completed or the failure code).");
+    describe_counter!("payment_refunds_total", "Refunds completed.");
+    describe_counter!(
+        "payments_recovered_total",
+        "Payments a crash or a spent deadline left in flight, settled by recovery, by the state they were in."
+    );
+    describe_counter!("saga_started_total", "Sagas started.");
+    describe_counter!("saga_finished_total", "Sagas finished, by final state (completed, compensated, failed).");
+    describe_counter!(
+        "saga_step_attempts_total",
+        "Saga step attempts, by step and outcome (ok, transient, permanent)."
+    );
+    describe_counter!("saga_compensations_total", "Saga compensations, by step and outcome.");
+    describe_counter!(
+        "saga_manual_intervention_total",
+        "Sagas whose compensation gave up: a person must look (see the saga record)."
+    );
     // Gateway
     describe_counter!("gateway_requests_total", "HTTP requests handled by the gateway, by route and status.");
     describe_histogram!(

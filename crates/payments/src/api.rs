@@ -9,11 +9,13 @@ use std::sync::Arc;
 use contracts::common::v1::Money;
 use contracts::payments::v1 as pb;
 use kit::error::DomainError;
-use kit::time::timestamp_from_millis;
+use kit::resilience::Deadline;
+use kit::time::{now_millis, timestamp_from_millis};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Status as PaymentStatus};
 use crate::processor::{ChargeCard, Processor, ProcessorError};
+use crate::recovery;
 use crate::store::{Change, NewPayment, Payment, PaymentStore};
 
 pub struct PaymentsApi {
@@ -79,6 +81,18 @@ fn check_card(card: Option<&pb::Card>) -> Result<domain::CardSummary, Status> {
     Ok(domain::check_card(&card.number, card.expiry_month, card.expiry_year, &card.cvc, this_month())?)
 }
 
+/// When the payment a call with this request's deadline works on counts as abandoned.
+fn abandon_at<T>(request: &Request<T>) -> i64 {
+    recovery::abandon_at(now_millis(), Deadline::of(request).remaining(std::time::Instant::now()))
+}
+
+fn check_reason(reason: &str) -> Result<(), Status> {
+    if reason.len() > 500 {
+        return Err(Status::invalid_argument("reason is at most 500 characters"));
+    }
+    Ok(())
+}
+
 fn required(value: &str, name: &str) -> Result<(), Status> {
     if value.trim().is_empty() || value.len() > 200 {
         return Err(Status::invalid_argument(format!("{name} is required (at most 200 characters)")));
@@ -102,6 +116,38 @@ impl PaymentsApi {
             _ => Status::unavailable(format!("{err}; retry (payment {})", payment.id)),
         }
     }
+
+    /// Refunds `amount` (None: what remains) of a COMPLETED payment.
+    async fn refund(
+        &self,
+        payment: &Payment,
+        amount: Option<i64>,
+        reason: &str,
+        abandon_at: i64,
+    ) -> Result<(), Status> {
+        if payment.status != PaymentStatus::Completed {
+            return Err(DomainError::FailedPrecondition(format!(
+                "only a COMPLETED payment can be refunded; this one is {}",
+                payment.status.as_str()
+            ))
+            .into());
+        }
+        let amount = domain::refund_amount(payment.amount_minor, payment.refunded_minor, amount)?;
+        let refunding = Change { abandon_at: Some(abandon_at), ..Default::default() };
+        self.store.transition(&payment.id, PaymentStatus::Completed, PaymentStatus::Refunding, refunding).await?;
+        let authorization = payment.authorization_id.clone().unwrap_or_default();
+        if let Err(err) = self.processor.refund(&authorization, amount).await {
+            self.store.attempt(&payment.id, "refund", "failed", &err.to_string()).await?;
+            self.store
+                .transition(&payment.id, PaymentStatus::Refunding, PaymentStatus::Completed, Change::default())
+                .await?;
+            return Err(Status::unavailable(format!("{err}; retry the refund")));
+        }
+        self.store.attempt(&payment.id, "refund", "ok", &amount.to_string()).await?;
+        self.store.complete_refund(&payment.id, amount, reason).await?;
+        metrics::counter!("payment_refunds_total").increment(1);
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -110,6 +156,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         &self,
         request: Request<pb::ProcessPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
+        let abandon_at = abandon_at(&request);
         let request = request.into_inner();
         required(&request.order_id, "order_id")?;
         required(&request.user_id, "user_id")?;
@@ -128,6 +175,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
                 currency_code: &amount.currency_code,
                 card_brand: card.brand,
                 card_last4: &card.last4,
+                abandon_at,
             })
             .await?;
         let charge = ChargeCard { number, expired: card.expired };
@@ -185,41 +233,44 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
+        let abandon_at = abandon_at(&request);
         let request = request.into_inner();
         required(&request.payment_id, "payment_id")?;
-        if request.reason.len() > 500 {
-            return Err(Status::invalid_argument("reason is at most 500 characters"));
-        }
+        check_reason(&request.reason)?;
         let payment = self.store.get(&request.payment_id).await?;
         if let Some(amount) = &request.amount
             && amount.currency_code != payment.currency_code
         {
             return Err(Status::invalid_argument(format!("the payment is in {}", payment.currency_code)));
         }
-        if payment.status != PaymentStatus::Completed {
-            return Err(DomainError::FailedPrecondition(format!(
-                "only a COMPLETED payment can be refunded; this one is {}",
-                payment.status.as_str()
-            ))
-            .into());
-        }
-        let amount =
-            domain::refund_amount(payment.amount_minor, payment.refunded_minor, request.amount.map(|m| m.minor_units))?;
-        self.store
-            .transition(&payment.id, PaymentStatus::Completed, PaymentStatus::Refunding, Change::default())
-            .await?;
-        let authorization = payment.authorization_id.clone().unwrap_or_default();
-        if let Err(err) = self.processor.refund(&authorization, amount).await {
-            self.store.attempt(&payment.id, "refund", "failed", &err.to_string()).await?;
-            self.store
-                .transition(&payment.id, PaymentStatus::Refunding, PaymentStatus::Completed, Change::default())
-                .await?;
-            return Err(Status::unavailable(format!("{err}; retry the refund")));
-        }
-        self.store.attempt(&payment.id, "refund", "ok", &amount.to_string()).await?;
-        self.store.complete_refund(&payment.id, amount, &request.reason).await?;
-        metrics::counter!("payment_refunds_total").increment(1);
+        self.refund(&payment, request.amount.map(|m| m.minor_units), &request.reason, abandon_at).await?;
         Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
+    }
+
+    async fn void_order_payments(
+        &self,
+        request: Request<pb::VoidOrderPaymentsRequest>,
+    ) -> Result<Response<pb::VoidOrderPaymentsResponse>, Status> {
+        let abandon_at = abandon_at(&request);
+        let request = request.into_inner();
+        required(&request.order_id, "order_id")?;
+        check_reason(&request.reason)?;
+        let reason = if request.reason.is_empty() { "order voided" } else { request.reason.as_str() };
+        for payment in self.store.for_order(&request.order_id).await? {
+            let mut payment = payment;
+            if payment.status.in_flight() {
+                if payment.abandon_at >= now_millis() {
+                    return Err(Status::aborted(format!("payment {} is still being processed; retry", payment.id)));
+                }
+                recovery::settle(&self.store, self.processor.as_ref(), &payment).await?;
+                payment = self.store.get(&payment.id).await?;
+            }
+            if payment.status == PaymentStatus::Completed && payment.refunded_minor < payment.amount_minor {
+                self.refund(&payment, None, reason, abandon_at).await?;
+            }
+        }
+        let payments = self.store.for_order(&request.order_id).await?.into_iter().map(to_pb).collect();
+        Ok(Response::new(pb::VoidOrderPaymentsResponse { payments }))
     }
 
     async fn validate_payment_method(

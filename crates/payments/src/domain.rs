@@ -44,6 +44,11 @@ impl Status {
         .find(|s| s.as_str() == text)
     }
 
+    /// A call is (or was, until a crash) working on it.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Status::Pending | Status::Authorized | Status::Processing | Status::Refunding)
+    }
+
     pub fn can_become(self, to: Status) -> bool {
         use Status::*;
         matches!(

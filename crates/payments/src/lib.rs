@@ -8,9 +8,11 @@
 pub mod api;
 pub mod domain;
 pub mod processor;
+pub mod recovery;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,10 +51,14 @@ pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Resul
     let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
     host.enforce_idempotency(&db).await?;
     host.readiness().require_database(&db);
-    let processor = Arc::new(processor::SimulatedProcessor::new(config.processor.clone()));
-    let api = api::PaymentsApi::new(store::PaymentStore::new(db.clone()), processor);
+    let processor: Arc<dyn processor::Processor> =
+        Arc::new(processor::SimulatedProcessor::new(config.processor.clone()));
+    let store = store::PaymentStore::new(db.clone());
+    let api = api::PaymentsApi::new(store.clone(), processor.clone());
     let service = contracts::payments::v1::payment_service_server::PaymentServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
+    // Payments a crash (or a spent deadline) left half done are settled.
+    running.attach(recovery::spawn(store, processor, Duration::from_secs(1), shutdown));
     running.close_on_stop(db);
     Ok(running)
 }

@@ -46,6 +46,9 @@ pub trait Processor: Send + Sync {
     /// Takes the held money.
     fn capture(&self, authorization: &str) -> BoxFuture<'_, Result<(), ProcessorError>>;
     fn refund(&self, authorization: &str, amount_minor: i64) -> BoxFuture<'_, Result<(), ProcessorError>>;
+    /// Cancels an authorization whatever became of it — voids the hold, or
+    /// refunds a capture whose answer a crash lost. Idempotent.
+    fn reverse(&self, authorization: &str, amount_minor: i64) -> BoxFuture<'_, Result<(), ProcessorError>>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +109,10 @@ impl Processor for SimulatedProcessor {
     }
 
     fn refund(&self, _authorization: &str, _amount_minor: i64) -> BoxFuture<'_, Result<(), ProcessorError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reverse(&self, _authorization: &str, _amount_minor: i64) -> BoxFuture<'_, Result<(), ProcessorError>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -37,6 +37,8 @@ pub struct Payment {
     pub refunds: Vec<Refund>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// While in flight: when the call working on it is certainly gone.
+    pub abandon_at: i64,
 }
 
 /// A payment about to be attempted.
@@ -47,6 +49,7 @@ pub struct NewPayment<'a> {
     pub currency_code: &'a str,
     pub card_brand: &'a str,
     pub card_last4: &'a str,
+    pub abandon_at: i64,
 }
 
 /// Fields a transition may set besides the status.
@@ -54,6 +57,8 @@ pub struct NewPayment<'a> {
 pub struct Change<'a> {
     pub authorization_id: Option<&'a str>,
     pub failure: Option<(&'a str, &'a str, bool)>,
+    /// A new call takes the payment over until then.
+    pub abandon_at: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -75,7 +80,7 @@ impl PaymentStore {
         let now = now_millis();
         sqlx::query(
             "INSERT INTO payments (id, order_id, user_id, status, amount_minor, currency_code, card_brand, card_last4, \
-             created_at, updated_at) VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $8)",
+             created_at, updated_at, abandon_at) VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, $7, $8, $8, $9)",
         )
         .bind(&id)
         .bind(new.order_id)
@@ -85,6 +90,7 @@ impl PaymentStore {
         .bind(new.card_brand)
         .bind(new.card_last4)
         .bind(now)
+        .bind(new.abandon_at)
         .execute(self.db.pool())
         .await?;
         self.attempt(&id, "create", "ok", "payment created").await?;
@@ -100,7 +106,7 @@ impl PaymentStore {
              authorization_id = COALESCE($3, authorization_id), \
              failure_code = CASE WHEN $4 = '' THEN failure_code ELSE $4 END, \
              failure_message = CASE WHEN $4 = '' THEN failure_message ELSE $5 END, \
-             retryable = $6 WHERE id = $7 AND status = $8",
+             retryable = $6, abandon_at = COALESCE($7, abandon_at) WHERE id = $8 AND status = $9",
         )
         .bind(to.as_str())
         .bind(now_millis())
@@ -108,6 +114,7 @@ impl PaymentStore {
         .bind(code)
         .bind(message)
         .bind(i64::from(retryable))
+        .bind(change.abandon_at)
         .bind(id)
         .bind(from.as_str())
         .execute(self.db.pool())
@@ -207,6 +214,19 @@ impl PaymentStore {
         Ok(payment)
     }
 
+    /// Payments still in flight whose call is certainly gone by `now`, oldest first.
+    pub async fn abandoned(&self, now: i64, limit: i64) -> Result<Vec<Payment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM payments WHERE status IN ('PENDING', 'AUTHORIZED', 'PROCESSING', 'REFUNDING') \
+             AND abandon_at < $1 ORDER BY updated_at, id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(payment_of).collect()
+    }
+
     /// Every payment of an order, oldest first.
     pub async fn for_order(&self, order_id: &str) -> Result<Vec<Payment>, StoreError> {
         let ids = sqlx::query("SELECT id FROM payments WHERE order_id = $1 ORDER BY created_at, id")
@@ -240,5 +260,6 @@ fn payment_of(row: &AnyRow) -> Result<Payment, StoreError> {
         refunds: Vec::new(),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        abandon_at: row.try_get("abandon_at")?,
     })
 }

@@ -214,7 +214,107 @@ async fn garbage_is_refused_and_nothing_is_recorded(url: String) {
     expect_code(missing, Code::InvalidArgument);
 }
 
+fn void(order: &str) -> pb::VoidOrderPaymentsRequest {
+    pb::VoidOrderPaymentsRequest { order_id: order.into(), reason: "order not completed".into() }
+}
+
+/// A payment as a crashed call leaves it: `status`, its call gone (or not) by `abandon_at`.
+async fn left_in_flight(store: &PaymentStore, order: &str, status: Status, abandon_at: i64) -> String {
+    use payments::store::{Change, NewPayment};
+    let new = NewPayment {
+        order_id: order,
+        user_id: "user-1",
+        amount_minor: 500,
+        currency_code: "USD",
+        card_brand: "visa",
+        card_last4: "4242",
+        abandon_at,
+    };
+    let id = store.create(&new).await.unwrap().id;
+    let held = Change { authorization_id: Some("auth_test"), ..Default::default() };
+    if status != Status::Pending {
+        store.transition(&id, Status::Pending, Status::Authorized, held).await.unwrap();
+    }
+    if status == Status::Processing {
+        store.transition(&id, Status::Authorized, Status::Processing, Change::default()).await.unwrap();
+    }
+    id
+}
+
+async fn void_leaves_an_order_with_nothing_taken_or_held(url: String) {
+    let mut h = start(&url).await;
+    let now = kit::time::now_millis();
+    // Taken: refunded in full, once however often asked.
+    let paid = h.client.process_payment(pay("order-v1", "4242424242424242", 1_000)).await.unwrap().into_inner();
+    for _ in 0..2 {
+        let voided = h.client.void_order_payments(void("order-v1")).await.unwrap().into_inner();
+        assert_eq!(voided.payments.len(), 1);
+        assert_eq!(voided.payments[0].status, pb::PaymentStatus::Refunded as i32);
+        assert_eq!(voided.payments[0].refunded, usd(1_000));
+        assert_eq!(voided.payments[0].refunds.len(), 1, "refunded once");
+    }
+    assert_eq!(h.store.get(&paid.id).await.unwrap().refunded_minor, 1_000);
+
+    // A call still working on a payment: not now.
+    let busy = left_in_flight(&h.store, "order-v2", Status::Pending, now + 60_000).await;
+    expect_code(h.client.void_order_payments(void("order-v2")).await, Code::Aborted);
+    assert_eq!(h.store.get(&busy).await.unwrap().status, Status::Pending, "left to its call");
+
+    // A hold a crash left behind: reversed, the payment FAILED.
+    let held = left_in_flight(&h.store, "order-v3", Status::Authorized, now - 1).await;
+    let voided = h.client.void_order_payments(void("order-v3")).await.unwrap().into_inner();
+    assert_eq!(voided.payments[0].status, pb::PaymentStatus::Failed as i32);
+    assert_eq!(voided.payments[0].failure_code, "interrupted");
+    let steps = h.store.attempts(&held).await.unwrap();
+    assert_eq!(steps.last().map(|(s, o)| (s.as_str(), o.as_str())), Some(("reverse", "ok")));
+
+    // An order with no payment: nothing to do.
+    let none = h.client.void_order_payments(void("order-none")).await.unwrap().into_inner();
+    assert!(none.payments.is_empty());
+
+    // Garbage.
+    expect_code(h.client.void_order_payments(void("")).await, Code::InvalidArgument);
+    let long = pb::VoidOrderPaymentsRequest { order_id: "order-v1".into(), reason: "x".repeat(501) };
+    expect_code(h.client.void_order_payments(long).await, Code::InvalidArgument);
+}
+
+async fn recovery_settles_payments_whose_call_died_or_ran_out_of_time(url: String) {
+    let mut h = start(&url).await;
+    let now = kit::time::now_millis();
+    let capturing = left_in_flight(&h.store, "order-r1", Status::Processing, now - 1).await;
+    // A real call cut off by its deadline: tonic drops the handler while the
+    // processor hangs (the timeout card, 50 ms here), the payment stays PENDING.
+    let mut request = tonic::Request::new(pay("order-r2", "4000000000000127", 700));
+    request.set_timeout(std::time::Duration::from_millis(20));
+    // (tonic reports its own timeout as CANCELLED "Timeout expired").
+    let code = h.client.process_payment(request).await.map(|_| ()).unwrap_err().code();
+    assert!(matches!(code, Code::Cancelled | Code::DeadlineExceeded), "{code:?}");
+    // The recovery pass runs every second; the cut-off call's payment is due a second after its deadline.
+    let started = std::time::Instant::now();
+    loop {
+        let settled = h.store.get(&capturing).await.unwrap().status == Status::Failed
+            && statuses(&h.store, "order-r2").await == [Status::Failed];
+        if settled {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "not settled: {:?}",
+            statuses(&h.store, "order-r2").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cut_off = &h.store.for_order("order-r2").await.unwrap()[0];
+    assert_eq!(cut_off.failure_code.as_deref(), Some("interrupted"));
+    assert!(cut_off.retryable, "nothing was held: paying again is fine");
+    // A new attempt for the order goes through.
+    let paid = h.client.process_payment(pay("order-r2", "4242424242424242", 700)).await.unwrap().into_inner();
+    assert_eq!(paid.status, pb::PaymentStatus::Completed as i32);
+}
+
 kit::backend_tests!(
+    void_leaves_an_order_with_nothing_taken_or_held,
+    recovery_settles_payments_whose_call_died_or_ran_out_of_time,
     an_approved_card_is_charged_once_with_every_step_recorded,
     declines_are_permanent_and_errors_are_retryable,
     a_replayed_request_returns_the_original_and_never_charges_again,
