@@ -3,6 +3,7 @@
 //! idempotency key (the kit layer) a retried CreateOrder returns the same
 //! answer. Users see only their own orders (`x-user-id` from the gateway).
 use std::sync::Arc;
+use std::time::Duration;
 
 use contracts::common::v1::{Address, Money};
 use contracts::orders::v1 as pb;
@@ -10,12 +11,13 @@ use contracts::payments::v1 as payments_pb;
 use kit::error::DomainError;
 use kit::pagination;
 use kit::time::timestamp_from_millis;
-use saga::{Orchestrator, SagaState};
+use prost::Message;
+use saga::{Orchestrator, SagaRecord, SagaState};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, OrderStatus};
 use crate::steps::{CardVault, Channel, address_json, initial_context};
-use crate::store::{Change, Order, OrderStore};
+use crate::store::{Change, Order, OrderStore, StoreError};
 
 pub struct OrdersApi {
     pub store: OrderStore,
@@ -95,6 +97,35 @@ fn to_pb(o: Order) -> pb::Order {
     }
 }
 
+/// A saga's or step's state by its persisted name (`COMPENSATED`, …).
+fn persisted_name<T: serde::Serialize>(value: T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn saga_to_pb(saga: SagaRecord) -> pb::Saga {
+    pb::Saga {
+        id: saga.id,
+        order_id: saga.order_id,
+        user_id: saga.user_id,
+        state: persisted_name(saga.state),
+        steps: saga
+            .steps
+            .into_iter()
+            .map(|step| pb::SagaStep {
+                name: step.name,
+                status: persisted_name(step.status),
+                attempts: step.attempts,
+                compensation_attempts: step.compensation_attempts,
+                error: step.error.unwrap_or_default(),
+            })
+            .collect(),
+        manual_intervention: saga.manual_intervention,
+        failure: saga.failure.unwrap_or_default(),
+        create_time: Some(timestamp_from_millis(saga.created_at_ms)),
+        update_time: Some(timestamp_from_millis(saga.updated_at_ms)),
+    }
+}
+
 /// The signed-in user the gateway vouches for, if any.
 fn caller<T>(request: &Request<T>) -> Option<String> {
     request.metadata().get("x-user-id").and_then(|v| v.to_str().ok()).map(str::to_string)
@@ -110,7 +141,44 @@ fn acting_user(requested: &str, caller: Option<&str>) -> Result<String, Status> 
     }
 }
 
+/// Saga and order ids for a CreateOrder carrying an idempotency key: derived
+/// from the caller, the key and the request, so a retry that outlives the
+/// key's claim (the first call's process died, or its deadline passed while
+/// the saga went on) finds the first saga instead of starting a second order.
+fn derived_ids<T: Message>(request: &Request<T>, key: &str) -> (String, String) {
+    let metadata = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let scope = format!("{}|{}|{key}", metadata("x-client-id"), metadata("x-user-id"));
+    let id = |kind: &str| {
+        let hash = kit::idempotency::request_hash(&format!("{kind}|{scope}"), &request.get_ref().encode_to_vec());
+        uuid::Uuid::parse_str(&hash[..32]).map(|u| u.to_string()).unwrap_or(hash)
+    };
+    (id("saga"), id("order"))
+}
+
 impl OrdersApi {
+    /// The answer to CreateOrder once its saga has ended.
+    async fn answer(&self, saga: SagaRecord) -> Result<Response<pb::Order>, Status> {
+        match saga.state {
+            SagaState::Completed => Ok(Response::new(to_pb(self.store.get(&saga.order_id).await?))),
+            _ => {
+                let reason = saga.failure.unwrap_or_else(|| "the order could not be completed".into());
+                Err(DomainError::FailedPrecondition(format!("order refused: {reason}")).into())
+            }
+        }
+    }
+
+    /// Waits for a saga another call (or the recovery after a restart) is
+    /// driving; the caller's deadline bounds the wait (tonic drops the call).
+    async fn await_saga(&self, saga_id: &str) -> Result<Response<pb::Order>, Status> {
+        loop {
+            let saga = self.store.saga(saga_id).await?;
+            if saga.state.is_terminal() {
+                return self.answer(saga).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn owned(&self, order_id: &str, caller: Option<&str>) -> Result<Order, Status> {
         if order_id.trim().is_empty() {
             return Err(Status::invalid_argument("order_id is required"));
@@ -128,6 +196,11 @@ impl OrdersApi {
 impl pb::order_service_server::OrderService for OrdersApi {
     async fn create_order(&self, request: Request<pb::CreateOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request);
+        let key = request.metadata().get(kit::idempotency::METADATA_KEY).and_then(|v| v.to_str().ok());
+        let (saga_id, order_id) = match key {
+            Some(key) => derived_ids(&request, key),
+            None => (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()),
+        };
         let request = request.into_inner();
         let user_id = acting_user(&request.user_id, caller.as_deref())?;
         let items: Vec<(String, i64)> = request.items.into_iter().map(|i| (i.product_id, i.quantity)).collect();
@@ -138,8 +211,11 @@ impl pb::order_service_server::OrderService for OrdersApi {
         }
         let method = request.payment_method.ok_or_else(|| Status::invalid_argument("payment_method is required"))?;
         let address = request.shipping_address.as_ref().map(address_json);
-        let saga_id = uuid::Uuid::now_v7().to_string();
-        let order_id = uuid::Uuid::now_v7().to_string();
+        match self.store.saga(&saga_id).await {
+            Ok(_) => return self.await_saga(&saga_id).await,
+            Err(StoreError::Domain(DomainError::NotFound(_))) => {}
+            Err(err) => return Err(err.into()),
+        }
         let saga =
             self.orchestrator.new_saga(&saga_id, &order_id, &user_id, initial_context(&items, &currency, address));
         self.cards.put(
@@ -151,20 +227,27 @@ impl pb::order_service_server::OrderService for OrdersApi {
                 cvc: method.cvc,
             },
         );
-        let outcome = self.orchestrator.run(saga).await;
-        self.cards.forget(&saga_id);
-        let saga = outcome.map_err(|e| {
-            tracing::error!(saga_id, error = %e, "saga store failed; the saga resumes on restart");
-            Status::unavailable("the order could not be recorded; it will be completed or undone shortly")
-        })?;
-        tracing::info!(saga_id, order_id, state = ?saga.state, "order saga finished");
-        match saga.state {
-            SagaState::Completed => Ok(Response::new(to_pb(self.store.get(&order_id).await?))),
-            _ => {
-                let reason = saga.failure.unwrap_or_else(|| "the order could not be completed".into());
-                Err(DomainError::FailedPrecondition(format!("order refused: {reason}")).into())
+        // The saga runs on its own task: a caller that gives up (its deadline
+        // passes, tonic drops this call) does not stop it half way.
+        let (orchestrator, cards) = (self.orchestrator.clone(), self.cards.clone());
+        let run = tokio::spawn(async move {
+            let outcome = orchestrator.run(saga).await;
+            cards.forget(&saga_id);
+            outcome
+        });
+        let saga = match run.await {
+            Ok(Ok(saga)) => saga,
+            outcome => {
+                let error =
+                    outcome.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+                tracing::error!(order_id, %error, "saga store failed; the saga resumes on restart");
+                return Err(Status::unavailable(
+                    "the order could not be recorded; it will be completed or undone shortly",
+                ));
             }
-        }
+        };
+        tracing::info!(saga_id = %saga.id, order_id, state = ?saga.state, "order saga finished");
+        self.answer(saga).await
     }
 
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
@@ -228,6 +311,21 @@ impl pb::order_service_server::OrderService for OrdersApi {
         let change = Change { failure_reason: Some(&reason), ..Default::default() };
         self.store.transition(&order.id, order.status, OrderStatus::Cancelled, change).await?;
         Ok(Response::new(to_pb(self.store.get(&order.id).await?)))
+    }
+
+    async fn list_sagas(
+        &self,
+        request: Request<pb::ListSagasRequest>,
+    ) -> Result<Response<pb::ListSagasResponse>, Status> {
+        let request = request.into_inner();
+        let page =
+            pagination::resolve(request.page_size, "", 0).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if request.order_id.len() > 200 {
+            return Err(Status::invalid_argument("order_id is at most 200 characters"));
+        }
+        let order_id = Some(request.order_id.as_str()).filter(|id| !id.is_empty());
+        let sagas = self.store.list_sagas(request.needs_intervention, order_id, page.limit).await?;
+        Ok(Response::new(pb::ListSagasResponse { sagas: sagas.into_iter().map(saga_to_pb).collect() }))
     }
 
     async fn update_order_status(

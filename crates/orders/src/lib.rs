@@ -86,13 +86,16 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
         call_timeout: Duration::from_millis(config.call_timeout_ms),
         ship_after_ms: config.fulfilment.ship_after_ms,
     });
+    // Forward: long enough to ride out a dependency's restart (and the
+    // in-progress claim its crash left, which lasts the call's deadline);
+    // compensation keeps trying longer still before asking for a person.
     let forward = saga::RetryPolicy {
-        max_attempts: 4,
-        base_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(2),
+        max_attempts: 6,
+        base_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(3),
     };
     let compensation = saga::RetryPolicy {
-        max_attempts: 8,
+        max_attempts: 12,
         base_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(5),
     };

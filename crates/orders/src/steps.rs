@@ -289,22 +289,17 @@ impl OrderStep {
         Ok(Output::from([(context::PAYMENT_ID.to_string(), payment.id)]))
     }
 
-    async fn refund(&self, saga: &SagaRecord, key: &str) -> Result<(), StepError> {
-        let Some(payment_id) = saga.context.get(context::PAYMENT_ID) else {
-            return Ok(()); // never charged
-        };
-        let message = payments_pb::RefundPaymentRequest {
-            payment_id: payment_id.clone(),
-            amount: None,
+    /// Leaves the order with no money taken or held — whatever the payment
+    /// step did, including what a crash hid from us (a charge whose answer
+    /// was lost): Payments refunds and reverses by order id.
+    async fn void_payments(&self, saga: &SagaRecord, key: &str) -> Result<(), StepError> {
+        let message = payments_pb::VoidOrderPaymentsRequest {
+            order_id: saga.order_id.clone(),
             reason: format!("order {} not completed", saga.order_id),
         };
         let request = self.request(saga, key, message);
-        match self.deps.payments.clone().refund_payment(request).await {
-            Ok(_) => Ok(()),
-            // Refunded already (by an earlier attempt whose answer was lost).
-            Err(status) if status.code() == Code::FailedPrecondition && status.message().contains("REFUNDED") => Ok(()),
-            Err(status) => Err(classify(status)),
-        }
+        self.deps.payments.clone().void_order_payments(request).await.map_err(classify)?;
+        Ok(())
     }
 
     async fn confirm(&self, saga: &SagaRecord, key: &str) -> Result<Output, StepError> {
@@ -334,6 +329,12 @@ impl Step for OrderStep {
         self.name
     }
 
+    /// Once paid, the order is confirmed: undoing a payment because
+    /// Products was briefly away would be worse than waiting for it.
+    fn after_pivot(&self) -> bool {
+        self.name == CONFIRM_ORDER
+    }
+
     fn run<'a>(&'a self, saga: &'a SagaRecord, key: &'a str) -> BoxFuture<'a, Result<Output, StepError>> {
         Box::pin(async move {
             match self.name {
@@ -351,7 +352,7 @@ impl Step for OrderStep {
             match self.name {
                 RESERVE_INVENTORY => self.release(saga, key).await,
                 CREATE_ORDER => self.cancel_order(saga).await,
-                PROCESS_PAYMENT => self.refund(saga, key).await,
+                PROCESS_PAYMENT => self.void_payments(saga, key).await,
                 // Validating a user and confirming (the last step) leave nothing to undo.
                 _ => Ok(()),
             }

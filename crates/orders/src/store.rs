@@ -295,11 +295,23 @@ impl OrderStore {
         Ok(())
     }
 
-    /// Sagas a person must look at.
-    pub async fn sagas_needing_intervention(&self) -> Result<Vec<SagaRecord>, StoreError> {
-        let rows = sqlx::query("SELECT record FROM sagas WHERE manual_intervention = 1 ORDER BY updated_at")
-            .fetch_all(self.db.pool())
-            .await?;
+    /// Sagas, most recently updated first: only those a person must look at
+    /// when `needs_intervention`, only one order's when `order_id` is set.
+    pub async fn list_sagas(
+        &self,
+        needs_intervention: bool,
+        order_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SagaRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM sagas WHERE ($1 = 0 OR manual_intervention = 1) AND ($2 = '' OR order_id = $2) \
+             ORDER BY updated_at DESC, id LIMIT $3",
+        )
+        .bind(i64::from(needs_intervention))
+        .bind(order_id.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
         rows.iter().map(decode_saga).collect()
     }
 

@@ -165,6 +165,31 @@ async fn orders_are_paid_refused_cancelled_and_fulfilled() {
     assert_eq!(cancelled.orders.len(), 1);
     assert!(cancelled.orders[0].failure_reason.contains("insufficient_funds"));
 
+    // The sagas, for operators: the paid one completed, the declined one
+    // compensated with every completed step undone; none needs a person.
+    let saga_of = |order_id: String| pb::ListSagasRequest { order_id, ..Default::default() };
+    let mut orders = s.orders.clone();
+    let completed = orders.list_sagas(saga_of(paid.id.clone())).await.unwrap().into_inner().sagas;
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0].state, "COMPLETED");
+    assert!(completed[0].steps.iter().all(|step| step.status == "SUCCEEDED"), "{completed:?}");
+    let declined = orders.list_sagas(saga_of(cancelled.orders[0].id.clone())).await.unwrap().into_inner().sagas;
+    assert_eq!(declined[0].state, "COMPENSATED");
+    let statuses: Vec<&str> = declined[0].steps.iter().map(|step| step.status.as_str()).collect();
+    assert_eq!(statuses, ["COMPENSATED", "COMPENSATED", "COMPENSATED", "FAILED", "PENDING"]);
+    assert!(declined[0].failure.contains("insufficient_funds"));
+    let stuck = pb::ListSagasRequest { needs_intervention: true, ..Default::default() };
+    assert!(orders.list_sagas(stuck).await.unwrap().into_inner().sagas.is_empty());
+    let all = orders.list_sagas(pb::ListSagasRequest::default()).await.unwrap().into_inner().sagas;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].id, declined[0].id, "latest first");
+    for bad in [
+        pb::ListSagasRequest { page_size: -1, ..Default::default() },
+        pb::ListSagasRequest { order_id: "x".repeat(201), ..Default::default() },
+    ] {
+        expect_code(orders.list_sagas(bad).await, Code::InvalidArgument);
+    }
+
     // Cancel a paid order: refunded, CANCELLED; a second cancel is refused.
     let second =
         s.orders.create_order(as_user(&me, create(&product, 1, "4242424242424242"))).await.unwrap().into_inner();

@@ -128,10 +128,16 @@ impl World {
 
     /// Completed payments for an order, read from the Payments database.
     async fn completed_payments(&self, order_id: &str) -> i64 {
+        self.payments_in(order_id, "COMPLETED").await
+    }
+
+    /// An order's payments in `status`, read from the Payments database.
+    async fn payments_in(&self, order_id: &str, status: &str) -> i64 {
         sqlx::any::install_default_drivers();
         let pool = sqlx::AnyPool::connect(&self.payments_db).await.unwrap();
-        let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments WHERE order_id = $1 AND status = 'COMPLETED'")
+        let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments WHERE order_id = $1 AND status = $2")
             .bind(order_id)
+            .bind(status)
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -195,6 +201,25 @@ async fn the_order_saga_pays_or_undoes_everything() {
     assert_eq!(out.step("process_payment").unwrap().status, saga::StepStatus::Pending, "never charged");
     assert!(w.store.get("order-s-out").await.is_err(), "no order recorded");
     assert_eq!(w.stock(&scarce.id).await, (1, 0, 0));
+
+    // Charged, then the reservation lapsed while the (slow) payment ran: the
+    // confirmation fails for good, and the money goes back.
+    let before = w.stock(&product.id).await;
+    let mut products = w.products.clone();
+    let lapse = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let release = products_pb::ReleaseInventoryRequest { order_id: "order-s-lapsed".into() };
+        products.release_inventory(release).await.unwrap();
+    });
+    let lapsed = w.order("s-lapsed", &user, vec![(product.id.clone(), 1)], "4000000000000077").await;
+    lapse.await.unwrap();
+    assert_eq!(lapsed.state, SagaState::Compensated, "{lapsed:?}");
+    assert!(lapsed.failure.as_deref().unwrap().starts_with("confirm_order"), "{:?}", lapsed.failure);
+    assert_eq!(lapsed.step("process_payment").unwrap().status, saga::StepStatus::Compensated);
+    assert_eq!(w.completed_payments("order-s-lapsed").await, 0, "refunded");
+    assert_eq!(w.payments_in("order-s-lapsed", "REFUNDED").await, 1);
+    assert_eq!(w.store.get("order-s-lapsed").await.unwrap().status, OrderStatus::Cancelled);
+    assert_eq!(w.stock(&product.id).await, before);
 
     // Unknown user: rejected at once, nothing to clean.
     let nobody = w.order("s-nobody", "no-such-user", vec![(product.id.clone(), 1)], "4242424242424242").await;

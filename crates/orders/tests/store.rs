@@ -158,8 +158,13 @@ async fn sagas_persist_and_the_stuck_ones_are_listed(url: String) {
     let stuck = Orchestrator::new(steps(true), store.clone(), policy, policy);
     let failed = stuck.run(stuck.new_saga("s2", "o2", "u2", BTreeMap::new())).await.unwrap();
     assert_eq!((failed.state, failed.manual_intervention), (SagaState::Failed, true));
-    let listed = store.sagas_needing_intervention().await.unwrap();
+    let listed = store.list_sagas(true, None, 50).await.unwrap();
     assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s2"]);
+    let all = store.list_sagas(false, None, 50).await.unwrap();
+    assert_eq!(all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s2", "s1"], "latest first");
+    let one = store.list_sagas(false, Some("o1"), 50).await.unwrap();
+    assert_eq!(one.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["s1"]);
+    assert_eq!(store.list_sagas(false, None, 1).await.unwrap().len(), 1);
 
     // A saga saved mid-flight is what a restart resumes.
     let mut running = ok.new_saga("s3", "o3", "u3", BTreeMap::new());

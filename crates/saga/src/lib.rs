@@ -40,6 +40,12 @@ pub trait Step: Send + Sync {
     fn run<'a>(&'a self, saga: &'a SagaRecord, key: &'a str) -> BoxFuture<'a, Result<Output, StepError>>;
     /// Undoes the step; must be idempotent and succeed when there is nothing to undo.
     fn compensate<'a>(&'a self, saga: &'a SagaRecord, key: &'a str) -> BoxFuture<'a, Result<(), StepError>>;
+    /// A step after the saga's pivot (the point of no return, e.g. the money
+    /// is taken): its transient failures are retried until it succeeds or
+    /// fails for good, never compensated for after `max_attempts`.
+    fn after_pivot(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +172,7 @@ impl Orchestrator {
                         self.save(saga).await?;
                         break;
                     }
-                    Err(StepError::Transient(error)) if attempt < self.forward.max_attempts => {
+                    Err(StepError::Transient(error)) if attempt < self.forward.max_attempts || step.after_pivot() => {
                         tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, attempt, %error, "step failed; retrying");
                         if let Some(record) = saga.step_mut(name) {
                             record.error = Some(error);

@@ -45,6 +45,7 @@ struct FakeStep {
     log: Log,
     /// Distinct idempotency keys that took effect, by key.
     effects: Mutex<HashMap<String, u32>>,
+    after_pivot: bool,
 }
 
 impl FakeStep {
@@ -55,7 +56,13 @@ impl FakeStep {
             undos: Default::default(),
             log: log.clone(),
             effects: Default::default(),
+            after_pivot: false,
         }
+    }
+
+    fn after_pivot(mut self) -> Self {
+        self.after_pivot = true;
+        self
     }
 
     fn runs(self, script: Vec<Result<(), StepError>>) -> Self {
@@ -72,6 +79,10 @@ impl FakeStep {
 impl Step for FakeStep {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn after_pivot(&self) -> bool {
+        self.after_pivot
     }
 
     fn run<'a>(&'a self, _saga: &'a SagaRecord, key: &'a str) -> BoxFuture<'a, Result<Output, StepError>> {
@@ -167,6 +178,27 @@ async fn a_step_that_kept_failing_transiently_is_undone_too() {
     assert_eq!(saga.state, SagaState::Compensated);
     // A timeout may have reserved stock after all: release it.
     assert_eq!(*log.lock().unwrap(), ["run a", "run b", "run b", "run b", "undo b", "undo a"]);
+}
+
+#[tokio::test]
+async fn a_step_after_the_pivot_is_retried_past_max_attempts_but_not_past_a_permanent_failure() {
+    let log = Log::default();
+    let blips = (0..7).map(|i| transient(&format!("blip {i}"))).collect();
+    let steps =
+        vec![Arc::new(FakeStep::new("pay", &log)), Arc::new(FakeStep::new("confirm", &log).after_pivot().runs(blips))];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("s8", "o8", "u8", BTreeMap::new())).await.unwrap();
+    assert_eq!(saga.state, SagaState::Completed, "7 transient failures > max_attempts 3, and still done");
+    assert_eq!(saga.step("confirm").unwrap().attempts, 8);
+
+    let steps = vec![
+        Arc::new(FakeStep::new("pay", &log)),
+        Arc::new(FakeStep::new("confirm", &log).after_pivot().runs(vec![transient("blip"), permanent("expired")])),
+    ];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("s9", "o9", "u9", BTreeMap::new())).await.unwrap();
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert_eq!(saga.failure.as_deref(), Some("confirm: expired"));
 }
 
 #[tokio::test]
