@@ -59,7 +59,7 @@ for db in $DBS; do
   fi
   commits=$($bench commits "$ceiling_url" --seconds "$DURATION" --concurrency "$CONCURRENCY")
 
-  SHOPFAST_CONFIG="$work/bench.toml" RUST_LOG=warn $bin up --ephemeral --quiet --data-dir "$data" > "$data/up.out" 2>&1 &
+  SHOPFAST_CONFIG="$work/bench.toml" $bin up --ephemeral --quiet --data-dir "$data" > "$data/up.out" 2>&1 &
   up_pid=$!
   for _ in $(seq 1 600); do grep -q '^Gateway: ' "$data/up.out" && break; sleep 0.1; done
   line=$(grep '^Gateway: ' "$data/up.out") || { cat "$data/up.out"; exit 1; }
