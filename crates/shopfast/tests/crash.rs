@@ -220,6 +220,12 @@ fn order_request(products: &[String]) -> orders_pb::CreateOrderRequest {
     }
 }
 
+/// `SELECT <name>, COUNT(*) AS n … GROUP BY <name>` as a map.
+async fn counts_by(pool: &sqlx::AnyPool, sql: &'static str) -> BTreeMap<String, i64> {
+    let rows = sqlx::query(sql).fetch_all(pool).await.unwrap();
+    rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>("n"))).collect()
+}
+
 /// Test-built SQL over the test's own ids.
 async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
     sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.unwrap().try_get::<i64, _>(0).unwrap()
@@ -346,13 +352,7 @@ async fn orders_survive_kill_9(postgres: bool) {
             violations.push(what);
         }
     };
-    let saga_states: BTreeMap<String, i64> = sqlx::query("SELECT state, COUNT(*) AS n FROM sagas GROUP BY state")
-        .fetch_all(&orders_db)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<String, _>("state"), r.get::<i64, _>("n")))
-        .collect();
+    let saga_states = counts_by(&orders_db, "SELECT state, COUNT(*) AS n FROM sagas GROUP BY state").await;
     let open = saga_states.get("RUNNING").unwrap_or(&0) + saga_states.get("COMPENSATING").unwrap_or(&0);
     check(open == 0, format!("{open} sagas not terminal"));
     let manual = count(&orders_db, "SELECT COUNT(*) FROM sagas WHERE manual_intervention = 1").await;
@@ -374,13 +374,7 @@ async fn orders_survive_kill_9(postgres: bool) {
         *refusals.entry(format!("{step} ({gist})")).or_default() += 1;
     }
     check(manual == 0, format!("{manual} sagas need manual intervention"));
-    let order_states: BTreeMap<String, i64> = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
-        .fetch_all(&orders_db)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get::<String, _>("status"), r.get::<i64, _>("n")))
-        .collect();
+    let order_states = counts_by(&orders_db, "SELECT status, COUNT(*) AS n FROM orders GROUP BY status").await;
     let orders_total: i64 = order_states.values().sum();
     check(orders_total <= total as i64, format!("{orders_total} orders from {total} idempotency keys"));
     let stuck = count(&orders_db, "SELECT COUNT(*) FROM orders WHERE status IN ('CREATED', 'RESERVED')").await;
@@ -420,14 +414,7 @@ async fn orders_survive_kill_9(postgres: bool) {
     }
 
     // Money.
-    let payment_states: BTreeMap<String, i64> =
-        sqlx::query("SELECT status, COUNT(*) AS n FROM payments GROUP BY status")
-            .fetch_all(&payments_db)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get::<String, _>("status"), r.get::<i64, _>("n")))
-            .collect();
+    let payment_states = counts_by(&payments_db, "SELECT status, COUNT(*) AS n FROM payments GROUP BY status").await;
     let charges: Vec<(String, String, i64, i64)> = sqlx::query(
         "SELECT order_id, status, amount_minor, refunded_minor FROM payments \
          WHERE status IN ('COMPLETED', 'REFUNDING', 'REFUNDED')",

@@ -50,6 +50,11 @@ fn up(data: &std::path::Path) -> (Up, String, String) {
     }
 }
 
+/// Sends a request and reads its JSON body.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// The statuses of an order's payments, read from the Payments database `up`
 /// keeps in the data dir.
 async fn payment_statuses(data: &std::path::Path, order_id: &str) -> Vec<String> {
@@ -79,19 +84,11 @@ async fn an_order_through_the_gateway() {
     };
 
     let signup = json!({ "email": "buyer@example.com", "password": "buy all the things 1", "name": "Buyer" });
-    let user: Value =
-        call(reqwest::Method::POST, "/v1/users").json(&signup).send().await.unwrap().json().await.unwrap();
+    let user: Value = json_of(call(reqwest::Method::POST, "/v1/users").json(&signup)).await;
     let login = json!({ "email": "buyer@example.com", "password": "buy all the things 1" });
-    let token: Value =
-        call(reqwest::Method::POST, "/v1/auth/login").json(&login).send().await.unwrap().json().await.unwrap();
+    let token: Value = json_of(call(reqwest::Method::POST, "/v1/auth/login").json(&login)).await;
     let token = token["accessToken"].as_str().unwrap().to_string();
-    let page: Value = call(reqwest::Method::GET, "/v1/products?pageSize=50&inStockOnly=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = json_of(call(reqwest::Method::GET, "/v1/products?pageSize=50&inStockOnly=true")).await;
     let product = page["products"]
         .as_array()
         .unwrap()
@@ -100,8 +97,7 @@ async fn an_order_through_the_gateway() {
         .unwrap();
     let product_id = product["id"].as_str().unwrap();
     let available_of = |id: String| async move {
-        let product: Value =
-            call(reqwest::Method::GET, &format!("/v1/products/{id}")).send().await.unwrap().json().await.unwrap();
+        let product: Value = json_of(call(reqwest::Method::GET, &format!("/v1/products/{id}"))).await;
         product["available"].as_str().unwrap().parse::<i64>().unwrap()
     };
     let available = || available_of(product_id.to_string());
@@ -159,8 +155,7 @@ async fn an_order_through_the_gateway() {
         }
     }
     assert_eq!(same.len(), 1, "one order for one key: {same:?}");
-    let list: Value =
-        call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: Value = json_of(call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token)).await;
     let orders = list["orders"].as_array().unwrap();
     assert_eq!(orders.len(), 2, "the first order and one more: {list}");
     let second = orders.iter().find(|o| o["id"] != ids[0].as_str()).unwrap()["id"].as_str().unwrap().to_string();
@@ -171,14 +166,8 @@ async fn an_order_through_the_gateway() {
     // Fulfilment from the outbox: PAID → SHIPPED → DELIVERED on its own.
     let started = Instant::now();
     loop {
-        let order: Value = call(reqwest::Method::GET, &format!("/v1/orders/{second}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let order: Value =
+            json_of(call(reqwest::Method::GET, &format!("/v1/orders/{second}")).bearer_auth(&token)).await;
         if order["status"] == "ORDER_STATUS_DELIVERED" {
             break;
         }
@@ -212,8 +201,7 @@ async fn an_order_through_the_gateway() {
     for_other["userId"] = json!("someone-else");
     let refused = call(reqwest::Method::POST, "/v1/orders").bearer_auth(&token).json(&for_other).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    let list: Value =
-        call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: Value = json_of(call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token)).await;
     assert_eq!(list["orders"].as_array().unwrap().len(), 2, "neither refusal recorded an order");
     let one = call(reqwest::Method::GET, &format!("/v1/orders/{}", ids[0])).bearer_auth(&token).send().await.unwrap();
     assert_eq!(one.status(), StatusCode::OK);
@@ -231,8 +219,7 @@ async fn an_order_through_the_gateway() {
     let body: Value = declined.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("insufficient_funds"), "{body}");
     assert_eq!(available().await, stock_before - 2, "the declined order's unit is back");
-    let list: Value =
-        call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: Value = json_of(call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token)).await;
     let cancelled: Vec<&Value> =
         list["orders"].as_array().unwrap().iter().filter(|o| o["status"] == "ORDER_STATUS_CANCELLED").collect();
     assert_eq!(cancelled.len(), 1, "the declined order is recorded CANCELLED: {list}");
@@ -245,15 +232,8 @@ async fn an_order_through_the_gateway() {
     assert_eq!(late.send().await.unwrap().status(), StatusCode::CONFLICT);
 
     // Cancel a paid order (before it ships): refunded and CANCELLED.
-    let paid: Value = call(reqwest::Method::POST, "/v1/orders")
-        .bearer_auth(&token)
-        .json(&order("4242424242424242"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let paid: Value =
+        json_of(call(reqwest::Method::POST, "/v1/orders").bearer_auth(&token).json(&order("4242424242424242"))).await;
     let paid_id = paid["id"].as_str().unwrap();
     let cancelled = call(reqwest::Method::POST, &format!("/v1/orders/{paid_id}:cancel"))
         .bearer_auth(&token)
