@@ -141,6 +141,9 @@ fn acting_user(requested: &str, caller: Option<&str>) -> Result<String, Status> 
     }
 }
 
+/// The longest a retried CreateOrder waits for the saga it joined.
+const SAGA_WAIT: Duration = Duration::from_secs(60);
+
 /// Saga and order ids for a CreateOrder carrying an idempotency key: derived
 /// from the caller, the key and the request, so a retry that outlives the
 /// key's claim (the first call's process died, or its deadline passed while
@@ -168,12 +171,17 @@ impl OrdersApi {
     }
 
     /// Waits for a saga another call (or the recovery after a restart) is
-    /// driving; the caller's deadline bounds the wait (tonic drops the call).
+    /// driving, as long as the caller's deadline (tonic drops the call) and
+    /// at most `SAGA_WAIT`; then "in progress", to be asked again.
     async fn await_saga(&self, saga_id: &str) -> Result<Response<pb::Order>, Status> {
+        let started = std::time::Instant::now();
         loop {
             let saga = self.store.saga(saga_id).await?;
             if saga.state.is_terminal() {
                 return self.answer(saga).await;
+            }
+            if started.elapsed() > SAGA_WAIT {
+                return Err(Status::aborted("this order is still in progress; retry shortly"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -264,6 +264,13 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
                 }
                 recovery::settle(&self.store, self.processor.as_ref(), &payment).await?;
                 payment = self.store.get(&payment.id).await?;
+                if payment.status.in_flight() {
+                    // The processor did not take the reversal: not done yet.
+                    return Err(Status::unavailable(format!(
+                        "payment {} could not be reversed yet; retry",
+                        payment.id
+                    )));
+                }
             }
             if payment.status == PaymentStatus::Completed && payment.refunded_minor < payment.amount_minor {
                 self.refund(&payment, None, reason, abandon_at).await?;
