@@ -23,7 +23,7 @@ out="$data/up.out"
 # Generous limits so the fuzzer measures behaviour, not the rate limiter.
 export SHOPFAST_GATEWAY__TIERS__PROFESSIONAL__PER_MINUTE=1000000
 export SHOPFAST_GATEWAY__TIERS__PROFESSIONAL__BURST=1000000
-target/debug/shopfast up --ephemeral --quiet --data-dir "$data" > "$out" 2>&1 &
+target/debug/shopfast up --ephemeral --quiet --no-loadgen --data-dir "$data" > "$out" 2>&1 &
 up_pid=$!
 cleanup() { kill -INT "$up_pid" 2>/dev/null; wait "$up_pid" 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT

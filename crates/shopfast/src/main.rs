@@ -45,6 +45,8 @@ enum Command {
     Payments(ServiceArgs),
     /// Run the Orders service (orders, the order saga, fulfilment); needs --registry-url.
     Orders(ServiceArgs),
+    /// Run the traffic generator: shop journeys through a gateway, modes on its control port.
+    Loadgen(LoadgenArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -208,6 +210,33 @@ struct GatewayArgs {
     log_format: LogFormatArg,
 }
 
+#[derive(Args, Serialize)]
+struct LoadgenArgs {
+    /// TOML file; the [loadgen] table (rates, weights, …).
+    #[arg(long, env = "SHOPFAST_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The gateway to send journeys to, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_url: Option<String>,
+    /// Sent as X-API-Key (without one: the anonymous tier's limits).
+    #[arg(long, env = "SHOPFAST_LOADGEN_API_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+    /// Control port: GET / (page), GET /stats, POST /mode/{steady|burst|overload|pause}.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<SocketAddr>,
+    /// The mode to start in: steady, burst, overload or pause.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[arg(long, value_enum, default_value = "json")]
+    #[serde(skip)]
+    log_format: LogFormatArg,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One thread runs the gateway the way one nginx worker runs: no wake-ups
@@ -255,6 +284,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Orders(args) => {
             let config: orders::OrdersConfig = args.load(orders::SERVICE)?;
             serve(orders::start(config, kit::shutdown::on_signals()).await.context("orders failed to start")?).await
+        }
+        Command::Loadgen(args) => {
+            kit::telemetry::init_logging(loadgen::SERVICE, "info", args.log_format.into());
+            let config: loadgen::LoadgenConfig = kit::config::load(loadgen::SERVICE, args.config.as_deref(), &args)?;
+            let running =
+                loadgen::start(config, kit::shutdown::on_signals()).await.context("loadgen failed to start")?;
+            running.wait().await;
+            Ok(())
         }
         Command::Payments(args) => {
             let config: payments::PaymentsConfig = args.load(payments::SERVICE)?;

@@ -24,6 +24,7 @@ const SERVICES: &[(&str, u16, u16)] =
     &[("users", 9001, 9101), ("products", 9002, 9102), ("payments", 9004, 9104), ("orders", 9003, 9103)];
 const REGISTRY_PORT: u16 = 8080;
 const GATEWAY_PORT: u16 = 8000;
+const LOADGEN_PORT: u16 = 8090;
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const COLOURS: &[&str] = &["\x1b[36m", "\x1b[33m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[31m"];
 
@@ -47,6 +48,9 @@ pub struct UpArgs {
     /// Let every service take fault-injection rules (PUT /admin/faults on its admin port).
     #[arg(long)]
     enable_fault_injection: bool,
+    /// Do not start the traffic generator (by default it runs in steady mode).
+    #[arg(long)]
+    no_loadgen: bool,
 }
 
 /// A child process, owned by a supervising task that reports when it exits on
@@ -211,9 +215,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .find(|i| i.name == "gateway")
         .map(|i| format!("http://{}", i.address))
         .unwrap_or_default();
+    let loadgen = if args.no_loadgen {
+        None
+    } else {
+        match start_loadgen(&supervisor, &gateway_url, &secrets, args.ephemeral, args.ready_timeout_secs).await {
+            Ok(started) => Some(started),
+            Err(err) => {
+                stop_all(services, registry).await;
+                return Err(err);
+            }
+        }
+    };
     println!("\nshopfast is up. Registry: {registry_url}");
     println!("Gateway: {gateway_url}   API key (professional tier, admin): {}", secrets.api_key);
     println!("Try: curl -H 'X-API-Key: {}' '{gateway_url}/v1/products?category=books&pageSize=3'\n", secrets.api_key);
+    if let Some((_, url)) = &loadgen {
+        println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
+    }
     print!("{}", crate::status::table(&list.instances, log_of));
     println!("\nLogs: {}   Status: shopfast status --registry-url {registry_url}   Stop: Ctrl-C\n", logs_dir.display());
 
@@ -226,8 +244,41 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("shopfast up: stopping services, then the registry");
+    // The traffic stops first.
+    if let Some((proc, _)) = loadgen {
+        proc.stop().await;
+    }
     stop_all(services, registry).await;
     Ok(())
+}
+
+/// The traffic generator against the gateway, with its own API key; its
+/// process and control URL once it is ready.
+async fn start_loadgen(
+    supervisor: &Supervisor<'_>,
+    gateway_url: &str,
+    secrets: &Secrets,
+    ephemeral: bool,
+    ready_timeout_secs: u64,
+) -> anyhow::Result<(Proc, String)> {
+    let port = if ephemeral { 0 } else { LOADGEN_PORT };
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
+    let spec = ChildSpec {
+        command: "loadgen",
+        label: "loadgen-1",
+        flags: vec!["--addr".into(), format!("127.0.0.1:{port}"), "--gateway-url".into(), gateway_url.to_string()],
+        colour: SERVICES.len() + 2,
+        env: &secrets.loadgen_env,
+        ready: Some(ready_tx),
+    };
+    let proc = spawn(supervisor, spec)?;
+    tokio::select! {
+        line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
+            Some(addr) => Ok((proc, format!("http://{addr}"))),
+            None => bail!("the traffic generator exited before it was ready; see {}", proc.log.display()),
+        },
+        _ = tokio::time::sleep(Duration::from_secs(ready_timeout_secs)) => bail!("the traffic generator did not start"),
+    }
 }
 
 /// Per-run secrets shared by the children: the token secret Users signs with
@@ -235,6 +286,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 struct Secrets {
     api_key: String,
     env: Vec<(String, String)>,
+    /// The traffic generator's: its own key, on a tier of its own.
+    loadgen_env: Vec<(String, String)>,
 }
 
 impl Secrets {
@@ -244,15 +297,27 @@ impl Secrets {
         let token_secret = hex(32);
         // Lower case: config keys from the environment are lower-cased.
         let api_key = format!("sf{}", hex(16));
-        let key_var = |field: &str| format!("SHOPFAST_GATEWAY__API_KEYS__{}__{field}", api_key.to_ascii_uppercase());
+        let loadgen_key = format!("sf{}", hex(16));
+        let key_var =
+            |key: &str, field: &str| format!("SHOPFAST_GATEWAY__API_KEYS__{}__{field}", key.to_ascii_uppercase());
+        // The generator's own tier: its overload mode is meant to overload the
+        // services, not to measure the rate limiter.
+        let tier_var = |field: &str| format!("SHOPFAST_GATEWAY__TIERS__LOADGEN__{field}");
         let env = vec![
             ("SHOPFAST_USERS__TOKEN_SECRET".to_string(), token_secret.clone()),
             ("SHOPFAST_GATEWAY__TOKEN_SECRET".to_string(), token_secret),
-            (key_var("CLIENT"), "shopfast-up".to_string()),
-            (key_var("TIER"), "professional".to_string()),
-            (key_var("ADMIN"), "true".to_string()),
+            (key_var(&api_key, "CLIENT"), "shopfast-up".to_string()),
+            (key_var(&api_key, "TIER"), "professional".to_string()),
+            (key_var(&api_key, "ADMIN"), "true".to_string()),
+            (key_var(&loadgen_key, "CLIENT"), "loadgen".to_string()),
+            (key_var(&loadgen_key, "TIER"), "loadgen".to_string()),
+            (key_var(&loadgen_key, "ADMIN"), "false".to_string()),
+            (tier_var("PER_MINUTE"), "600000".to_string()),
+            (tier_var("BURST"), "20000".to_string()),
+            (tier_var("MONTHLY_QUOTA"), "0".to_string()),
         ];
-        Self { api_key, env }
+        let loadgen_env = vec![("SHOPFAST_LOADGEN_API_KEY".to_string(), loadgen_key)];
+        Self { api_key, env, loadgen_env }
     }
 }
 

@@ -29,7 +29,7 @@ impl Drop for Up {
 /// `shopfast up` on free ports: (process, gateway URL, API key).
 fn up(data: &std::path::Path) -> (Up, String, String) {
     let mut up = Up(Command::new(SHOPFAST)
-        .args(["up", "--ephemeral", "--quiet", "--data-dir"])
+        .args(["up", "--ephemeral", "--quiet", "--no-loadgen", "--data-dir"])
         .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

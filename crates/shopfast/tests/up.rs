@@ -51,7 +51,9 @@ fn up_runs_the_stack_and_stops_it_in_order() {
     assert!(exit.success(), "up exits cleanly");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut stderr).unwrap();
-    for child in ["users-1", "products-1", "products-2", "products-3", "payments-1", "orders-1", "registry"] {
+    for child in
+        ["users-1", "products-1", "products-2", "products-3", "payments-1", "orders-1", "loadgen-1", "registry"]
+    {
         assert!(
             stderr.contains(&format!("{child} stopped (exit status: 0)")),
             "{child} did not stop cleanly:\n{stderr}"

@@ -1,0 +1,132 @@
+//! The traffic generator as `shopfast up` starts it: steady traffic through
+//! the gateway, modes switched on its control port change the observed rate
+//! (burst and overload above steady, pause to nothing), and garbage on the
+//! control port or the command line is refused.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::SHOPFAST;
+
+/// `shopfast up` (with its traffic generator) on free ports; killed if the test fails.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn stats(http: &reqwest::Client, loadgen: &str) -> Value {
+    http.get(format!("{loadgen}/stats")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Switches the mode and waits one stats window plus a second, so the window
+/// holds only the new mode's traffic; the requests per second it shows.
+async fn rate_in(http: &reqwest::Client, loadgen: &str, mode: &str) -> f64 {
+    let switched = http.post(format!("{loadgen}/mode/{mode}")).send().await.unwrap();
+    assert_eq!(switched.status(), StatusCode::OK);
+    let body: Value = switched.json().await.unwrap();
+    assert_eq!(body["mode"], mode);
+    let window = stats(http, loadgen).await["stats"]["window_secs"].as_f64().unwrap();
+    tokio::time::sleep(Duration::from_secs_f64(window + 1.0)).await;
+    let now = stats(http, loadgen).await;
+    assert_eq!(now["mode"], mode);
+    now["stats"]["rps"].as_f64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_change_the_rate_and_garbage_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let mut up = Up(Command::new(SHOPFAST)
+        .args(["up", "--ephemeral", "--quiet", "--data-dir"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut stdout = BufReader::new(up.0.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let loadgen = loop {
+        let line = stdout.next().expect("up exited before it was ready").unwrap();
+        if let Some(rest) = line.strip_prefix("Loadgen: ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "not up within a minute");
+    };
+    std::thread::spawn(move || for _ in stdout {});
+    let http = reqwest::Client::new();
+
+    // Steady from the start: traffic, served, no server errors.
+    let steady = rate_in(&http, &loadgen, "steady").await;
+    let now = stats(&http, &loadgen).await;
+    assert!(steady > 0.5, "steady traffic flows: {now}");
+    assert!(now["stats"]["total"]["success"].as_u64().unwrap() > 0, "{now}");
+    assert_eq!(now["stats"]["window"]["server_error"], 0, "a healthy stack at a steady rate: {now}");
+    assert!(now["stats"]["p99_ms"].as_f64().unwrap() > 0.0);
+
+    let burst = rate_in(&http, &loadgen, "burst").await;
+    assert!(burst > 1.5 * steady, "burst {burst} vs steady {steady}");
+    let overload = rate_in(&http, &loadgen, "overload").await;
+    assert!(overload > 2.0 * steady, "overload {overload} vs steady {steady}");
+    let now = stats(&http, &loadgen).await;
+    println!("requests/s: steady {steady:.1}, burst {burst:.1}, overload {overload:.1}; under overload: {now}");
+
+    // Pause: once what was in flight has finished, nothing.
+    http.post(format!("{loadgen}/mode/pause")).send().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let now = stats(&http, &loadgen).await;
+        if now["stats"]["rps"].as_f64().unwrap() < 0.3 {
+            assert_eq!(now["target_journeys_per_sec"], 0.0);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still busy after pausing: {now}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mode: Value = http.get(format!("{loadgen}/mode")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(mode["mode"], "pause");
+
+    // Garbage on the control port.
+    let unknown = http.post(format!("{loadgen}/mode/turbo")).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let body: Value = unknown.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("steady, burst, overload, pause"), "{body}");
+    assert_eq!(
+        http.get(format!("{loadgen}/mode/steady")).send().await.unwrap().status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(http.post(format!("{loadgen}/stats")).send().await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(http.get(format!("{loadgen}/nothing")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let page = http.get(&loadgen).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("shopfast loadgen") && page.contains("/mode/"));
+    let mode: Value = http.get(format!("{loadgen}/mode")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(mode["mode"], "pause", "a refused switch changes nothing");
+
+    Command::new("kill").args(["-INT", &up.0.id().to_string()]).status().unwrap();
+    assert!(up.0.wait().unwrap().success(), "up stops cleanly");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut up.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("loadgen-1 stopped (exit status: 0)"), "{stderr}");
+}
+
+#[test]
+fn bad_command_lines_are_refused() {
+    for (args, expected) in [
+        (vec!["loadgen", "--addr", "127.0.0.1:0"], "gateway_url is required"),
+        (vec!["loadgen", "--addr", "127.0.0.1:0", "--gateway-url", "ftp://x"], "http(s) URL"),
+        (vec!["loadgen", "--addr", "127.0.0.1:0", "--gateway-url", "http://127.0.0.1:1", "--mode", "turbo"], "turbo"),
+    ] {
+        let out = Command::new(SHOPFAST).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
