@@ -86,6 +86,10 @@ fn abandon_at<T>(request: &Request<T>) -> i64 {
     recovery::abandon_at(now_millis(), Deadline::of(request).remaining(std::time::Instant::now()))
 }
 
+fn voided(order_id: &str) -> Status {
+    Status::failed_precondition(format!("order {order_id} was voided; it is not charged"))
+}
+
 fn check_reason(reason: &str) -> Result<(), Status> {
     if reason.len() > 500 {
         return Err(Status::invalid_argument("reason is at most 500 characters"));
@@ -165,6 +169,9 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         let card = check_card(request.card.as_ref())?;
         let number =
             request.card.map(|c| c.number.chars().filter(|c| !c.is_whitespace()).collect()).unwrap_or_default();
+        if self.store.is_voided(&request.order_id).await? {
+            return Err(voided(&request.order_id));
+        }
 
         let payment = self
             .store
@@ -218,6 +225,14 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
             }
             return Err(err.into());
         }
+        // The order may have been voided while this charge ran (its caller
+        // gave up and compensated): the money goes straight back.
+        if self.store.is_voided(&request.order_id).await? {
+            let completed = self.store.get(&payment.id).await?;
+            self.refund(&completed, None, "the order was voided while the charge ran", abandon_at).await?;
+            tracing::warn!(payment_id = %payment.id, order_id = %request.order_id, "order voided during the charge; refunded");
+            return Err(voided(&request.order_id));
+        }
         metrics::counter!("payments_total", "outcome" => "completed").increment(1);
         tracing::info!(payment_id = %payment.id, order_id = %request.order_id, amount = amount.minor_units, "payment completed");
         Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
@@ -256,6 +271,9 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         required(&request.order_id, "order_id")?;
         check_reason(&request.reason)?;
         let reason = if request.reason.is_empty() { "order voided" } else { request.reason.as_str() };
+        // First the tombstone: no charge for this order starts after it, and
+        // one still running refunds itself as it completes.
+        self.store.void_order(&request.order_id, reason).await?;
         for payment in self.store.for_order(&request.order_id).await? {
             let mut payment = payment;
             if payment.status.in_flight() {
@@ -273,7 +291,15 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
                 }
             }
             if payment.status == PaymentStatus::Completed && payment.refunded_minor < payment.amount_minor {
-                self.refund(&payment, None, reason, abandon_at).await?;
+                match self.refund(&payment, None, reason, abandon_at).await {
+                    Ok(()) => {}
+                    // Moved on since we read it (a charge refunding itself):
+                    // look again on the retry.
+                    Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                        return Err(Status::aborted(format!("payment {} is changing; retry", payment.id)));
+                    }
+                    Err(status) => return Err(status),
+                }
             }
         }
         let payments = self.store.for_order(&request.order_id).await?.into_iter().map(to_pb).collect();

@@ -214,6 +214,27 @@ impl PaymentStore {
         Ok(payment)
     }
 
+    /// Marks an order voided (once; later calls keep the first reason).
+    pub async fn void_order(&self, order_id: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO voided_orders (order_id, reason, created_at) VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(reason)
+        .bind(now_millis())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn is_voided(&self, order_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS voided FROM voided_orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Payments still in flight whose call is certainly gone by `now`, oldest first.
     pub async fn abandoned(&self, now: i64, limit: i64) -> Result<Vec<Payment>, StoreError> {
         let rows = sqlx::query(

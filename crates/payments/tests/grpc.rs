@@ -268,9 +268,28 @@ async fn void_leaves_an_order_with_nothing_taken_or_held(url: String) {
     let steps = h.store.attempts(&held).await.unwrap();
     assert_eq!(steps.last().map(|(s, o)| (s.as_str(), o.as_str())), Some(("reverse", "ok")));
 
-    // An order with no payment: nothing to do.
+    // An order with no payment: nothing to do — and no charge for it later
+    // (the void reached Payments before a charge whose caller died).
     let none = h.client.void_order_payments(void("order-none")).await.unwrap().into_inner();
     assert!(none.payments.is_empty());
+    let late = h.client.process_payment(pay("order-none", "4242424242424242", 900)).await;
+    assert!(expect_code(late, Code::FailedPrecondition).contains("voided"));
+    assert!(h.store.for_order("order-none").await.unwrap().is_empty(), "nothing recorded");
+
+    // A charge running when the void comes: the void waits (ABORTED), and the
+    // charge refunds itself as it completes.
+    let mut charging = h.client.clone();
+    let running = tokio::spawn(async move { charging.process_payment(pay("order-v4", "4000000000000077", 800)).await });
+    let started = std::time::Instant::now();
+    while h.store.for_order("order-v4").await.unwrap().is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the charge never started");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    expect_code(h.client.void_order_payments(void("order-v4")).await, Code::Aborted);
+    assert!(expect_code(running.await.unwrap(), Code::FailedPrecondition).contains("voided"));
+    assert_eq!(statuses(&h.store, "order-v4").await, [Status::Refunded]);
+    let voided = h.client.void_order_payments(void("order-v4")).await.unwrap().into_inner();
+    assert_eq!(voided.payments[0].refunded, usd(800), "refunded once, in full");
 
     // Garbage.
     expect_code(h.client.void_order_payments(void("")).await, Code::InvalidArgument);
