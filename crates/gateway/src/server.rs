@@ -158,12 +158,19 @@ fn rate_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
 impl Gateway {
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Reply {
         let started = Instant::now();
-        let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
-        let ids = TraceIds::continue_or_start(traceparent);
         let method = request.method().clone();
-        let span = tracing::info_span!("http", method = %method, path = %request.uri().path(), trace_id = %ids.trace_id, span_id = %ids.span_id);
-        let _entered = span.enter();
-        let (mut reply, route_label) = match self.dispatch(request, peer, &ids).await {
+        let span = tracing::info_span!(
+            "http",
+            otel.name = %format_args!("{method} {}", request.uri().path()),
+            otel.kind = "server",
+            method = %method,
+            path = %request.uri().path(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let ids = kit::otel::continue_trace(&span, request.headers());
+        let dispatched = tracing::Instrument::instrument(self.dispatch(request, peer, &ids), span.clone()).await;
+        let (mut reply, route_label) = match dispatched {
             Ok(done) => done,
             Err((failure, route)) => (failure_reply(failure, &ids.trace_id), route),
         };
@@ -172,6 +179,14 @@ impl Gateway {
             headers.insert(HeaderName::from_static("x-trace-id"), value);
         }
         let status = status_label(reply.status());
+        span.in_scope(|| {
+            tracing::debug!(
+                route = route_label,
+                status,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0,
+                "request finished"
+            )
+        });
         metrics::counter!("gateway_requests_total", "route" => route_label, "status" => status).increment(1);
         metrics::histogram!("gateway_request_duration_seconds", "route" => route_label, "status" => status)
             .record(started.elapsed().as_secs_f64());

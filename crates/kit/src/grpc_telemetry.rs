@@ -7,8 +7,6 @@ use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::trace_context::TraceIds;
-
 #[derive(Clone, Debug)]
 pub struct GrpcTelemetryLayer {
     service: &'static str,
@@ -51,14 +49,16 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().to_string();
-        let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
-        let ids = TraceIds::continue_or_start(traceparent);
         let span = tracing::info_span!(
             "grpc",
+            otel.name = %method,
+            otel.kind = "server",
+            rpc.system = "grpc",
             method = %method,
-            trace_id = %ids.trace_id,
-            span_id = %ids.span_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        crate::otel::continue_trace(&span, request.headers());
         // The service that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

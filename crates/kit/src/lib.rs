@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc_telemetry;
 pub mod idempotency;
 pub mod metrics;
+pub mod otel;
 pub mod pagination;
 pub mod resilience;
 pub mod server;

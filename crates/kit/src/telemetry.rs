@@ -32,7 +32,7 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
     INSTALLED.get_or_init(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-        let registry = tracing_subscriber::registry().with(filter);
+        let registry = tracing_subscriber::registry().with(filter).with(crate::otel::layer(service));
         let result = match format {
             LogFormat::Json => registry
                 .with(

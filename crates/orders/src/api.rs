@@ -238,11 +238,15 @@ impl pb::order_service_server::OrderService for OrdersApi {
         // The saga runs on its own task: a caller that gives up (its deadline
         // passes, tonic drops this call) does not stop it half way.
         let (orchestrator, cards) = (self.orchestrator.clone(), self.cards.clone());
-        let run = tokio::spawn(async move {
-            let outcome = orchestrator.run(saga).await;
-            cards.forget(&saga_id);
-            outcome
-        });
+        let run = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = orchestrator.run(saga).await;
+                cards.forget(&saga_id);
+                outcome
+            },
+            // Still the request's trace: the steps' calls are its children.
+            tracing::info_span!("saga", order_id = %order_id),
+        ));
         let saga = match run.await {
             Ok(Ok(saga)) => saga,
             outcome => {

@@ -254,6 +254,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let outcome = run_command(cli).await;
+    // Spans still buffered for the OTLP exporter go out before the exit.
+    kit::otel::flush().await;
+    outcome
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,

@@ -197,80 +197,93 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let dependency = self.dependency.clone();
-        Box::pin(async move {
-            let name = dependency.name.clone();
-            let deadline = grpc_timeout(request.headers());
-            if deadline.is_some_and(|d| d.is_zero()) {
-                metrics::counter!("client_deadline_spent_total", "service" => name.clone()).increment(1);
-                return Err(refusal(
-                    Code::DeadlineExceeded,
-                    "deadline",
-                    format!("deadline spent before calling {name}"),
-                ));
-            }
-            let seat = match &dependency.bulkhead {
-                None => None,
-                Some((limit, seats)) => match seats.clone().try_acquire_owned() {
-                    Ok(seat) => Some(seat),
-                    Err(_) => {
-                        metrics::counter!("bulkhead_rejected_total", "service" => name.clone()).increment(1);
-                        let message = format!("{name} has {limit} calls in flight already; try again shortly");
-                        return Err(refusal(Code::ResourceExhausted, "bulkhead", message));
-                    }
-                },
-            };
-            let permit = match dependency.admit() {
-                Ok(permit) => Admitted { dependency: dependency.clone(), permit: Some(permit), _seat: seat },
-                Err(rejected) => {
-                    let retry_ms = rejected.retry_after.as_millis().max(1);
-                    let message = format!(
-                        "{name} is failing; circuit breaker {} (retry in {retry_ms} ms)",
-                        rejected.state.name()
-                    );
-                    let mut refused = Status::new(Code::Unavailable, message);
-                    let metadata = refused.metadata_mut();
-                    metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
-                    if let Ok(value) = retry_ms.to_string().parse() {
-                        metadata.insert(RETRY_AFTER_MS, value);
-                    }
-                    return Err(Box::new(refused));
+        // The call is a span of its own, a child of whatever is calling; the
+        // callee continues it from the injected `traceparent`.
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %request.uri().path(),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            peer.service = %dependency.name,
+        );
+        crate::otel::inject(&span, request.headers_mut());
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let name = dependency.name.clone();
+                let deadline = grpc_timeout(request.headers());
+                if deadline.is_some_and(|d| d.is_zero()) {
+                    metrics::counter!("client_deadline_spent_total", "service" => name.clone()).increment(1);
+                    return Err(refusal(
+                        Code::DeadlineExceeded,
+                        "deadline",
+                        format!("deadline spent before calling {name}"),
+                    ));
                 }
-            };
-            let mut permit = permit;
-            let call = inner.call(request);
-            let result = match deadline {
-                Some(deadline) => match tokio::time::timeout(deadline, call).await {
-                    Ok(result) => result,
-                    Err(_) => {
+                let seat = match &dependency.bulkhead {
+                    None => None,
+                    Some((limit, seats)) => match seats.clone().try_acquire_owned() {
+                        Ok(seat) => Some(seat),
+                        Err(_) => {
+                            metrics::counter!("bulkhead_rejected_total", "service" => name.clone()).increment(1);
+                            let message = format!("{name} has {limit} calls in flight already; try again shortly");
+                            return Err(refusal(Code::ResourceExhausted, "bulkhead", message));
+                        }
+                    },
+                };
+                let permit = match dependency.admit() {
+                    Ok(permit) => Admitted { dependency: dependency.clone(), permit: Some(permit), _seat: seat },
+                    Err(rejected) => {
+                        let retry_ms = rejected.retry_after.as_millis().max(1);
+                        let message = format!(
+                            "{name} is failing; circuit breaker {} (retry in {retry_ms} ms)",
+                            rejected.state.name()
+                        );
+                        let mut refused = Status::new(Code::Unavailable, message);
+                        let metadata = refused.metadata_mut();
+                        metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
+                        if let Ok(value) = retry_ms.to_string().parse() {
+                            metadata.insert(RETRY_AFTER_MS, value);
+                        }
+                        return Err(Box::new(refused));
+                    }
+                };
+                let mut permit = permit;
+                let call = inner.call(request);
+                let result = match deadline {
+                    Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            permit.finish(Outcome::Failure);
+                            return Err(Box::new(Status::deadline_exceeded(format!("{name} did not answer in time"))));
+                        }
+                    },
+                    None => call.await,
+                };
+                match result {
+                    Err(err) => {
                         permit.finish(Outcome::Failure);
-                        return Err(Box::new(Status::deadline_exceeded(format!("{name} did not answer in time"))));
+                        Err(err)
                     }
-                },
-                None => call.await,
-            };
-            match result {
-                Err(err) => {
-                    permit.finish(Outcome::Failure);
-                    Err(err)
+                    Ok(response) => {
+                        if response.status().is_server_error() {
+                            permit.finish(Outcome::Failure);
+                            return Ok(response);
+                        }
+                        if let Some(code) = header_code(response.headers()) {
+                            // Trailers-only: the status is already here.
+                            permit.finish(outcome_of(code));
+                            return Ok(response);
+                        }
+                        Ok(response.map(|body| Body::new(Observed { inner: body, permit })))
+                    }
                 }
-                Ok(response) => {
-                    if response.status().is_server_error() {
-                        permit.finish(Outcome::Failure);
-                        return Ok(response);
-                    }
-                    if let Some(code) = header_code(response.headers()) {
-                        // Trailers-only: the status is already here.
-                        permit.finish(outcome_of(code));
-                        return Ok(response);
-                    }
-                    Ok(response.map(|body| Body::new(Observed { inner: body, permit })))
-                }
-            }
-        })
+            },
+            span,
+        ))
     }
 }
 

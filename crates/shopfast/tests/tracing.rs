@@ -1,0 +1,235 @@
+//! One order through the gateway is one trace: the gateway's trace id comes
+//! back in `x-trace-id`, every process the order touched — gateway, users,
+//! products, orders, payments — logged under that same trace id (W3C trace
+//! context continued on every hop, the saga's calls included), and the spans
+//! they export over OTLP/HTTP to a receiver here link up parent to child.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde_json::{Value, json};
+use support::SHOPFAST;
+
+/// A span as the receiver keeps it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    kind: i32,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP/HTTP (protobuf) trace receiver on a free port: its endpoint and what it got.
+async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let store = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .iter()
+                        .flat_map(|r| r.attributes.iter())
+                        .find(|a| a.key == "service.name")
+                        .and_then(|a| a.value.as_ref())
+                        .map(|v| format!("{:?}", v.value))
+                        .unwrap_or_default();
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            store.lock().unwrap().push(Received {
+                                service: service.clone(),
+                                name: span.name.clone(),
+                                kind: span.kind,
+                                trace_id: hex(&span.trace_id),
+                                span_id: hex(&span.span_id),
+                                parent: hex(&span.parent_span_id),
+                            });
+                        }
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), spans)
+}
+
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The JSON log lines of one child that carry `trace_id`.
+fn lines_of_trace(data: &std::path::Path, child: &str, trace_id: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(data.join("logs").join(format!("{child}.log"))).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["trace_id"] == trace_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_is_one_trace_across_every_service() {
+    let data = tempfile::tempdir().unwrap();
+    let (collector, exported) = receiver().await;
+    let mut up = Up(Command::new(SHOPFAST)
+        .args(["up", "--ephemeral", "--quiet", "--no-loadgen", "--data-dir"])
+        .arg(data.path())
+        // Per-request lines (debug) on the servers and the gateway.
+        .env("RUST_LOG", "info,kit::grpc_telemetry=debug,gateway=debug")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let mut stdout = BufReader::new(up.0.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let (gateway, key) = loop {
+        let line = stdout.next().expect("up exited before it was ready").unwrap();
+        if let Some(rest) = line.strip_prefix("Gateway: ") {
+            let gateway = rest.split_whitespace().next().unwrap().to_string();
+            break (gateway, rest.split("admin): ").nth(1).unwrap().trim().to_string());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "not up within a minute");
+    };
+    std::thread::spawn(move || for _ in stdout {});
+    let http = reqwest::Client::new();
+    let post = |path: &str| http.post(format!("{gateway}{path}")).header("x-api-key", &key);
+    let signup = json!({ "email": "traced@example.com", "password": "follow the trace 1", "name": "Traced" });
+    assert!(post("/v1/users").json(&signup).send().await.unwrap().status().is_success());
+    let login = json!({ "email": "traced@example.com", "password": "follow the trace 1" });
+    let token: Value = post("/v1/auth/login").json(&login).send().await.unwrap().json().await.unwrap();
+    let token = token["accessToken"].as_str().unwrap().to_string();
+    let page: Value = http
+        .get(format!("{gateway}/v1/products?pageSize=20&inStockOnly=true"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let product_id = page["products"][0]["id"].as_str().unwrap();
+
+    // The caller starts the trace: the gateway continues it.
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let order = json!({
+        "items": [{ "productId": product_id, "quantity": "1" }],
+        "paymentMethod": { "cardNumber": "4242424242424242", "expiryMonth": 12, "expiryYear": 2040, "cvc": "123" },
+        "shippingAddress": { "line1": "1 Trace Way", "city": "Springfield", "countryCode": "US" },
+    });
+    let response = post("/v1/orders")
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{caller_trace}-b7ad6b7169203331-01"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    assert_eq!(response.headers()["x-trace-id"], caller_trace, "the caller's trace is continued");
+    let order: Value = response.json().await.unwrap();
+    let order_id = order["id"].as_str().unwrap();
+
+    // Every hop logged under the caller's trace id (logs are flushed line by line).
+    let started = Instant::now();
+    for child in ["gateway-1", "orders-1", "users-1", "products-1", "payments-1"] {
+        loop {
+            if !lines_of_trace(data.path(), child, caller_trace).is_empty() {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{child} logged nothing under the trace");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The saga's calls carried the trace: users, products and payments saw
+    // the methods the saga calls, each under the order's trace.
+    let methods = |child: &str| -> Vec<String> {
+        lines_of_trace(data.path(), child, caller_trace)
+            .iter()
+            .filter_map(|l| l["method"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(methods("users-1").iter().any(|m| m.ends_with("/ValidateUser")), "{:?}", methods("users-1"));
+    assert!(methods("products-1").iter().any(|m| m.ends_with("/ReserveInventory")), "{:?}", methods("products-1"));
+    assert!(methods("products-1").iter().any(|m| m.ends_with("/CommitInventory")), "{:?}", methods("products-1"));
+    assert!(methods("payments-1").iter().any(|m| m.ends_with("/ProcessPayment")), "{:?}", methods("payments-1"));
+    // Orders' own lines about this order carry the trace and the order id.
+    let orders = lines_of_trace(data.path(), "orders-1", caller_trace);
+    assert!(orders.iter().any(|l| l["order_id"] == order_id), "{orders:#?}");
+    // Span ids differ per hop: each process had a span of its own.
+    let span_of = |child: &str| {
+        let lines = lines_of_trace(data.path(), child, caller_trace);
+        lines.iter().find_map(|l| l["span_id"].as_str().map(str::to_string)).unwrap_or_default()
+    };
+    let spans: std::collections::BTreeSet<String> =
+        ["gateway-1", "orders-1", "users-1", "products-1", "payments-1"].iter().map(|c| span_of(c)).collect();
+    assert!(spans.iter().all(|s| s.len() == 16), "{spans:?}");
+    assert_eq!(spans.len(), 5, "{spans:?}");
+
+    // The exported spans of the trace: from every service, and every span's
+    // parent is a span of the trace — except the gateway's, whose parent is
+    // the caller's.
+    let started = Instant::now();
+    let trace = loop {
+        let trace: Vec<Received> =
+            exported.lock().unwrap().iter().filter(|s| s.trace_id == caller_trace).cloned().collect();
+        let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+        if ["gateway", "orders", "users", "products", "payments"].iter().all(|s| services.iter().any(|x| x.contains(s)))
+        {
+            break trace;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "not every service exported: {services:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let by_id: BTreeMap<&str, &Received> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for span in &trace {
+        if span.service.contains("gateway") && span.kind == 2 {
+            assert_eq!(span.parent, "b7ad6b7169203331", "the gateway continues the caller's span: {span:?}");
+        } else {
+            assert!(by_id.contains_key(span.parent.as_str()), "orphan span {span:?} in {trace:#?}");
+        }
+    }
+    // ValidateUser in Users: a server span whose parent is an Orders client
+    // span, itself below the Orders server span below the gateway's.
+    let validate = trace.iter().find(|s| s.service.contains("users") && s.name.ends_with("/ValidateUser")).unwrap();
+    assert_eq!(validate.kind, 2, "server");
+    let client = by_id[validate.parent.as_str()];
+    assert!(client.service.contains("orders") && client.kind == 3, "{client:?}");
+    let mut ancestor = client;
+    while !ancestor.service.contains("gateway") {
+        ancestor = by_id.get(ancestor.parent.as_str()).unwrap_or_else(|| panic!("chain broken at {ancestor:?}"));
+    }
+    for method in ["/ReserveInventory", "/ProcessPayment", "/CommitInventory"] {
+        assert!(trace.iter().any(|s| s.kind == 2 && s.name.ends_with(method)), "no {method} server span");
+    }
+
+    Command::new("kill").args(["-INT", &up.0.id().to_string()]).status().unwrap();
+    assert!(up.0.wait().unwrap().success());
+}
