@@ -6,6 +6,8 @@
 #   nginx    the same gRPC call through nginx as a plain reverse proxy (grpc_pass)
 #   gateway  GET /v1/products/{id} through the shopfast gateway, with API-key
 #            auth, rate limiting (GCRA + monthly quota) and JSON transcoding on
+#   untraced the same through a second gateway with tracing off
+#            (OTEL_SDK_DISABLED=true): the cost of a span per request
 # CPU per request is read from /proc for the proxy in the middle (nginx, the
 # gateway) and for the backend. Each path runs ROUNDS times, interleaved; the
 # table shows medians.
@@ -44,7 +46,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 registry_port=$(free_port); products_port=$(free_port); products_admin=$(free_port)
-gateway_port=$(free_port); nginx_port=$(free_port)
+gateway_port=$(free_port); nginx_port=$(free_port); untraced_port=$(free_port)
 
 cat > "$work/shopfast.toml" <<TOML
 [gateway.tiers.bench]
@@ -63,6 +65,10 @@ RUST_LOG=warn $bin products --grpc-addr "127.0.0.1:$products_port" --admin-addr 
   --data-dir "$work" --registry-url "http://127.0.0.1:$registry_port" > "$work/products.log" 2>&1 & products_pid=$!; pids+=($products_pid)
 RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$gateway_port" --registry-url "http://127.0.0.1:$registry_port" \
   --data-dir "$work" --config "$work/shopfast.toml" > "$work/gateway.log" 2>&1 & gateway_pid=$!; pids+=($gateway_pid)
+mkdir -p "$work/untraced"
+OTEL_SDK_DISABLED=true RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$untraced_port" \
+  --registry-url "http://127.0.0.1:$registry_port" --data-dir "$work/untraced" --config "$work/shopfast.toml" \
+  > "$work/untraced.log" 2>&1 & untraced_pid=$!; pids+=($untraced_pid)
 
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -84,7 +90,9 @@ NGINX
 nginx -p "$work" -c "$work/nginx.conf"
 
 gateway_url="http://127.0.0.1:$gateway_port"
+untraced_url="http://127.0.0.1:$untraced_port"
 for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$gateway_url/v1/products?pageSize=1" > "$work/page.json" 2>/dev/null && break; sleep 0.2; done
+for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$untraced_url/v1/products?pageSize=1" > /dev/null 2>&1 && break; sleep 0.2; done
 product_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["products"][0]["id"])' "$work/page.json")
 # gRPC frame of GetProductRequest{product_id}: 0 (uncompressed), 4-byte length, protobuf.
 python3 - "$product_id" "$work/get.bin" <<'PY'
@@ -100,7 +108,7 @@ grpc_path=/shopfast.products.v1.ProductService/GetProduct
 run() { # name url [h2load args...] -> "name rps mean_ms proxy_us backend_us"
   local name=$1 url=$2; shift 2
   local proxy_pid=""
-  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; esac
+  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; untraced) proxy_pid=$untraced_pid;; esac
   local p0=0 b0; b0=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p0=$(cpu_ticks "$proxy_pid")
   local out; out=$(h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url")
   local p1=0 b1; b1=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p1=$(cpu_ticks "$proxy_pid")
@@ -117,6 +125,7 @@ grpc_args=(-d "$work/get.bin" -H 'content-type: application/grpc' -H 'te: traile
 REQUESTS=2000 run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" > /dev/null
 REQUESTS=2000 run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" > /dev/null
 REQUESTS=2000 run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
+REQUESTS=2000 run untraced "$untraced_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
 
 for load in $LOADS; do
 CLIENTS=${load%x*}
@@ -133,6 +142,7 @@ for round in $(seq 1 "$ROUNDS"); do
   run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" >> "$work/results"
   run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" >> "$work/results"
   run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
+  run untraced "$untraced_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
   echo "load $load: round $round done" >&2
 done
 python3 - "$work/results" "$REQUESTS" "$CLIENTS" "$STREAMS" "$ROUNDS" <<'PY'
@@ -150,7 +160,7 @@ def mean_ms(text):
 print(f"\nGetProduct, {n} requests x {rounds} rounds, h2load -c {clients} -m {streams} -t 1 (medians)\n")
 print(f"{'path':<9}{'req/s':>10}{'mean latency':>15}{'proxy CPU/req':>16}{'backend CPU/req':>18}")
 stats = {}
-for name in ("direct", "nginx", "gateway"):
+for name in ("direct", "nginx", "gateway", "untraced"):
     rps = med(name, 0)
     latency = statistics.median(mean_ms(v[1]) for v in by[name])
     proxy = med(name, 2) / n
@@ -163,5 +173,7 @@ print()
 print(f"gateway CPU per request / nginx CPU per request: {gw[2] / ng[2]:.2f}  (target <= 1.00)")
 print(f"throughput: nginx/direct {ng[0] / d[0]:.2f}, gateway/direct {gw[0] / d[0]:.2f}, gateway/nginx {gw[0] / ng[0]:.2f}")
 print(f"added latency vs direct: nginx {ng[1] - d[1]:+.3f} ms, gateway {gw[1] - d[1]:+.3f} ms")
+un = stats["untraced"]
+print(f"tracing: gateway CPU per request traced / untraced {gw[2] / un[2]:.2f}; untraced / nginx {un[2] / ng[2]:.2f}")
 PY
 done
