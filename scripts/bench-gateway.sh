@@ -61,7 +61,10 @@ TOML
 
 RUST_LOG=warn $bin registry --addr "127.0.0.1:$registry_port" > "$work/registry.log" 2>&1 & pids+=($!)
 sleep 0.5
-RUST_LOG=warn $bin products --grpc-addr "127.0.0.1:$products_port" --admin-addr "127.0.0.1:$products_admin" \
+# Shedding off on the backend: this measures what a proxy costs, not how the
+# stack defends itself (128 in flight on 2 cores would be shed, and the
+# gateway's breaker would then answer 503 for the rest of the run).
+SHOPFAST_PRODUCTS__SHEDDING__ENABLED=false RUST_LOG=warn $bin products --grpc-addr "127.0.0.1:$products_port" --admin-addr "127.0.0.1:$products_admin" \
   --data-dir "$work" --registry-url "http://127.0.0.1:$registry_port" > "$work/products.log" 2>&1 & products_pid=$!; pids+=($products_pid)
 RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$gateway_port" --registry-url "http://127.0.0.1:$registry_port" \
   --data-dir "$work" --config "$work/shopfast.toml" > "$work/gateway.log" 2>&1 & gateway_pid=$!; pids+=($gateway_pid)

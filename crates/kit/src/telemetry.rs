@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -32,19 +33,24 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
     INSTALLED.get_or_init(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-        let registry = tracing_subscriber::registry().with(filter).with(crate::otel::layer(service));
+        // The log level filters the log lines only: spans go to OpenTelemetry
+        // whatever it is (`RUST_LOG=warn` must not cut a trace), events never
+        // (they are log lines, not span events).
+        let spans_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO);
+        let registry = tracing_subscriber::registry().with(crate::otel::layer(service).with_filter(spans_only));
         let result = match format {
             LogFormat::Json => registry
                 .with(
                     tracing_subscriber::fmt::layer()
                         .fmt_fields(JsonFields::new())
                         .event_format(JsonLines::new(service))
-                        .with_writer(std::io::stdout),
+                        .with_writer(std::io::stdout)
+                        .with_filter(filter),
                 )
                 .try_init(),
-            LogFormat::Pretty => {
-                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
-            }
+            LogFormat::Pretty => registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+                .try_init(),
         };
         // Another subscriber was installed first (e.g. by a test harness): keep it.
         let _ = result;

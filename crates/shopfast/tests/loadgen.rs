@@ -6,23 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::SHOPFAST;
-
-/// `shopfast up` (with its traffic generator) on free ports; killed if the test fails.
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{SHOPFAST, Up};
 
 async fn stats(http: &reqwest::Client, loadgen: &str) -> Value {
     http.get(format!("{loadgen}/stats")).send().await.unwrap().json().await.unwrap()
@@ -45,23 +34,8 @@ async fn rate_in(http: &reqwest::Client, loadgen: &str, mode: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modes_change_the_rate_and_garbage_is_refused() {
     let data = tempfile::tempdir().unwrap();
-    let mut up = Up(Command::new(SHOPFAST)
-        .args(["up", "--ephemeral", "--quiet", "--data-dir"])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap());
-    let mut stdout = BufReader::new(up.0.stdout.take().unwrap()).lines();
-    let started = Instant::now();
-    let loadgen = loop {
-        let line = stdout.next().expect("up exited before it was ready").unwrap();
-        if let Some(rest) = line.strip_prefix("Loadgen: ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "not up within a minute");
-    };
-    std::thread::spawn(move || for _ in stdout {});
+    let up = Up::start(data.path(), &[], &[]);
+    let loadgen = up.loadgen.clone().expect("up starts the traffic generator");
     let http = reqwest::Client::new();
 
     // Steady from the start: traffic, served, no server errors.
@@ -110,10 +84,8 @@ async fn modes_change_the_rate_and_garbage_is_refused() {
     let mode: Value = http.get(format!("{loadgen}/mode")).send().await.unwrap().json().await.unwrap();
     assert_eq!(mode["mode"], "pause", "a refused switch changes nothing");
 
-    Command::new("kill").args(["-INT", &up.0.id().to_string()]).status().unwrap();
-    assert!(up.0.wait().unwrap().success(), "up stops cleanly");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut up.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (clean, stderr) = up.stop();
+    assert!(clean, "up stops cleanly");
     assert!(stderr.contains("loadgen-1 stopped (exit status: 0)"), "{stderr}");
 }
 

@@ -8,47 +8,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::SHOPFAST;
-
-/// The `shopfast up` process; killed if the test ends without stopping it.
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `shopfast up` on free ports: (process, gateway URL, API key).
-fn up(data: &std::path::Path) -> (Up, String, String) {
-    let mut up = Up(Command::new(SHOPFAST)
-        .args(["up", "--ephemeral", "--quiet", "--no-loadgen", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    let mut stdout = BufReader::new(up.0.stdout.take().unwrap()).lines();
-    let started = Instant::now();
-    loop {
-        let line = stdout.next().expect("up exited before it was ready").unwrap();
-        if let Some(rest) = line.strip_prefix("Gateway: ") {
-            let gateway = rest.split_whitespace().next().unwrap().to_string();
-            let key = rest.split("admin): ").nth(1).unwrap().trim().to_string();
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in stdout {});
-            return (up, gateway, key);
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "not up within a minute");
-    }
-}
+use support::Up;
 
 /// Sends a request and reads its JSON body.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
@@ -77,7 +41,8 @@ async fn completed_charges(data: &std::path::Path, order_id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_through_the_gateway() {
     let data = tempfile::tempdir().unwrap();
-    let (mut child, gateway, key) = up(data.path());
+    let up = Up::start(data.path(), &["--no-loadgen"], &[]);
+    let (gateway, key) = (up.gateway.clone(), up.api_key.clone());
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str| {
         http.request(method, format!("{gateway}{path}")).header("x-api-key", &key)
@@ -246,6 +211,5 @@ async fn an_order_through_the_gateway() {
     assert_eq!(body["status"], "ORDER_STATUS_CANCELLED", "{body}");
     assert_eq!(payment_statuses(data.path(), paid_id).await, ["REFUNDED"]);
 
-    Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
-    assert!(child.0.wait().unwrap().success(), "up stops cleanly");
+    assert!(up.stop().0, "up stops cleanly");
 }

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::{Value, json};
-use support::SHOPFAST;
+use support::Up;
 
 /// A span as the receiver keeps it.
 #[derive(Debug, Clone)]
@@ -76,15 +74,6 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
     (format!("http://{addr}"), spans)
 }
 
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The JSON log lines of one child that carry `trace_id`.
 fn lines_of_trace(data: &std::path::Path, child: &str, trace_id: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(data.join("logs").join(format!("{child}.log"))).unwrap_or_default();
@@ -98,28 +87,19 @@ fn lines_of_trace(data: &std::path::Path, child: &str, trace_id: &str) -> Vec<Va
 async fn one_order_is_one_trace_across_every_service() {
     let data = tempfile::tempdir().unwrap();
     let (collector, exported) = receiver().await;
-    let mut up = Up(Command::new(SHOPFAST)
-        .args(["up", "--ephemeral", "--quiet", "--no-loadgen", "--data-dir"])
-        .arg(data.path())
-        // Per-request lines (debug) on the servers and the gateway.
-        .env("RUST_LOG", "info,kit::grpc_telemetry=debug,gateway=debug")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    let mut stdout = BufReader::new(up.0.stdout.take().unwrap()).lines();
-    let started = Instant::now();
-    let (gateway, key) = loop {
-        let line = stdout.next().expect("up exited before it was ready").unwrap();
-        if let Some(rest) = line.strip_prefix("Gateway: ") {
-            let gateway = rest.split_whitespace().next().unwrap().to_string();
-            break (gateway, rest.split("admin): ").nth(1).unwrap().trim().to_string());
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "not up within a minute");
-    };
-    std::thread::spawn(move || for _ in stdout {});
+    let up = Up::start(
+        data.path(),
+        &["--no-loadgen"],
+        &[
+            // Per-request lines (debug) on the servers and the gateway, the
+            // `ready` lines `up` waits for, and nothing else: the log level
+            // must not cut the trace (the client spans are not logged).
+            ("RUST_LOG", "warn,registry=info,kit::server=info,kit::grpc_telemetry=debug,gateway=debug,orders=info"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
+    let (gateway, key) = (up.gateway.clone(), up.api_key.clone());
     let http = reqwest::Client::new();
     let post = |path: &str| http.post(format!("{gateway}{path}")).header("x-api-key", &key);
     let signup = json!({ "email": "traced@example.com", "password": "follow the trace 1", "name": "Traced" });
@@ -196,21 +176,26 @@ async fn one_order_is_one_trace_across_every_service() {
     // The exported spans of the trace: from every service, and every span's
     // parent is a span of the trace — except the gateway's, whose parent is
     // the caller's.
+    // Spans arrive in batches as they end: wait until the trace is whole.
+    let is_root = |s: &Received| s.service.contains("gateway") && s.kind == 2;
     let started = Instant::now();
     let trace = loop {
         let trace: Vec<Received> =
             exported.lock().unwrap().iter().filter(|s| s.trace_id == caller_trace).cloned().collect();
         let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
-        if ["gateway", "orders", "users", "products", "payments"].iter().all(|s| services.iter().any(|x| x.contains(s)))
-        {
+        let ids: BTreeSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
+        let every_service = ["gateway", "orders", "users", "products", "payments"]
+            .iter()
+            .all(|s| services.iter().any(|x| x.contains(s)));
+        let whole = trace.iter().all(|s| is_root(s) || ids.contains(s.parent.as_str()));
+        if (every_service && whole) || started.elapsed() > Duration::from_secs(15) {
             break trace;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "not every service exported: {services:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let by_id: BTreeMap<&str, &Received> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
     for span in &trace {
-        if span.service.contains("gateway") && span.kind == 2 {
+        if is_root(span) {
             assert_eq!(span.parent, "b7ad6b7169203331", "the gateway continues the caller's span: {span:?}");
         } else {
             assert!(by_id.contains_key(span.parent.as_str()), "orphan span {span:?} in {trace:#?}");
@@ -230,6 +215,5 @@ async fn one_order_is_one_trace_across_every_service() {
         assert!(trace.iter().any(|s| s.kind == 2 && s.name.ends_with(method)), "no {method} server span");
     }
 
-    Command::new("kill").args(["-INT", &up.0.id().to_string()]).status().unwrap();
-    assert!(up.0.wait().unwrap().success());
+    assert!(up.stop().0, "up stops cleanly");
 }

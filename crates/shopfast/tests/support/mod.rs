@@ -135,3 +135,60 @@ where
     }
     panic!("{what}: not within {within:?}");
 }
+
+/// `shopfast up --ephemeral --quiet` as a user runs it; killed if the test
+/// ends without stopping it.
+pub struct Up {
+    child: Child,
+    pub gateway: String,
+    /// The admin API key `up` prints.
+    pub api_key: String,
+    /// The traffic generator's control URL, unless started with `--no-loadgen`.
+    pub loadgen: Option<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Up {
+    /// Starts it in `data` with `extra` flags and `env`, and reads its banner.
+    pub fn start(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(SHOPFAST);
+        command.args(["up", "--ephemeral", "--quiet"]).args(extra).arg("--data-dir").arg(data);
+        command.envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn shopfast up");
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut gateway, mut api_key, mut loadgen) = (String::new(), String::new(), None);
+        let started = Instant::now();
+        loop {
+            let line = stdout.next().expect("up exited before it was ready").expect("stdout line");
+            if let Some(rest) = line.strip_prefix("Gateway: ") {
+                gateway = rest.split_whitespace().next().unwrap_or_default().to_string();
+                api_key = rest.split("admin): ").nth(1).unwrap_or_default().trim().to_string();
+            } else if let Some(rest) = line.strip_prefix("Loadgen: ") {
+                loadgen = rest.split_whitespace().next().map(str::to_string);
+            } else if line.starts_with("Logs:") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "not up within a minute");
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stdout {});
+        Self { child, gateway, api_key, loadgen, stderr: Some(stderr) }
+    }
+
+    /// Ctrl-C, as a user stops it: whether it exited cleanly, and what it said on stderr.
+    pub fn stop(mut self) -> (bool, String) {
+        Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill");
+        let clean = self.child.wait().expect("wait").success();
+        let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+        (clean, stderr)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
