@@ -87,17 +87,18 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
         ship_after_ms: config.fulfilment.ship_after_ms,
     });
     // Forward: long enough to ride out a dependency's restart (and the
-    // in-progress claim its crash left, which lasts the call's deadline);
-    // compensation keeps trying longer still before asking for a person.
+    // in-progress claim its crash left, which lasts the call's deadline).
+    // Compensation keeps trying for minutes before asking for a person: an
+    // undo must happen, and a person is the last resort, not the next one.
     let forward = saga::RetryPolicy {
         max_attempts: 6,
         base_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(3),
     };
     let compensation = saga::RetryPolicy {
-        max_attempts: 12,
+        max_attempts: 20,
         base_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(5),
+        max_backoff: Duration::from_secs(10),
     };
     let orchestrator =
         Arc::new(saga::Orchestrator::new(steps::steps(deps), Arc::new(store.clone()), forward, compensation));

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use contracts::common::v1::Money;
 use contracts::payments::v1 as pb;
-use kit::error::DomainError;
 use kit::resilience::Deadline;
 use kit::time::{now_millis, timestamp_from_millis};
 use tonic::{Request, Response, Status};
@@ -120,38 +119,6 @@ impl PaymentsApi {
             _ => Status::unavailable(format!("{err}; retry (payment {})", payment.id)),
         }
     }
-
-    /// Refunds `amount` (None: what remains) of a COMPLETED payment.
-    async fn refund(
-        &self,
-        payment: &Payment,
-        amount: Option<i64>,
-        reason: &str,
-        abandon_at: i64,
-    ) -> Result<(), Status> {
-        if payment.status != PaymentStatus::Completed {
-            return Err(DomainError::FailedPrecondition(format!(
-                "only a COMPLETED payment can be refunded; this one is {}",
-                payment.status.as_str()
-            ))
-            .into());
-        }
-        let amount = domain::refund_amount(payment.amount_minor, payment.refunded_minor, amount)?;
-        let refunding = Change { abandon_at: Some(abandon_at), ..Default::default() };
-        self.store.transition(&payment.id, PaymentStatus::Completed, PaymentStatus::Refunding, refunding).await?;
-        let authorization = payment.authorization_id.clone().unwrap_or_default();
-        if let Err(err) = self.processor.refund(&authorization, amount).await {
-            self.store.attempt(&payment.id, "refund", "failed", &err.to_string()).await?;
-            self.store
-                .transition(&payment.id, PaymentStatus::Refunding, PaymentStatus::Completed, Change::default())
-                .await?;
-            return Err(Status::unavailable(format!("{err}; retry the refund")));
-        }
-        self.store.attempt(&payment.id, "refund", "ok", &amount.to_string()).await?;
-        self.store.complete_refund(&payment.id, amount, reason).await?;
-        metrics::counter!("payment_refunds_total").increment(1);
-        Ok(())
-    }
 }
 
 #[tonic::async_trait]
@@ -229,7 +196,15 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         // gave up and compensated): the money goes straight back.
         if self.store.is_voided(&request.order_id).await? {
             let completed = self.store.get(&payment.id).await?;
-            self.refund(&completed, None, "the order was voided while the charge ran", abandon_at).await?;
+            recovery::refund(
+                &self.store,
+                self.processor.as_ref(),
+                &completed,
+                None,
+                "the order was voided while the charge ran",
+                abandon_at,
+            )
+            .await?;
             tracing::warn!(payment_id = %payment.id, order_id = %request.order_id, "order voided during the charge; refunded");
             return Err(voided(&request.order_id));
         }
@@ -258,7 +233,8 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         {
             return Err(Status::invalid_argument(format!("the payment is in {}", payment.currency_code)));
         }
-        self.refund(&payment, request.amount.map(|m| m.minor_units), &request.reason, abandon_at).await?;
+        let amount = request.amount.map(|m| m.minor_units);
+        recovery::refund(&self.store, self.processor.as_ref(), &payment, amount, &request.reason, abandon_at).await?;
         Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
     }
 
@@ -291,7 +267,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
                 }
             }
             if payment.status == PaymentStatus::Completed && payment.refunded_minor < payment.amount_minor {
-                match self.refund(&payment, None, reason, abandon_at).await {
+                match recovery::refund(&self.store, self.processor.as_ref(), &payment, None, reason, abandon_at).await {
                     Ok(()) => {}
                     // Moved on since we read it (a charge refunding itself):
                     // look again on the retry.

@@ -9,13 +9,18 @@
 //! - REFUNDING: back to COMPLETED, as when the processor fails a refund; the
 //!   refund is asked again by whoever wanted it (the saga retries its
 //!   compensation, `VoidOrderPayments` refunds what is COMPLETED).
+//!
+//! And a charge of a voided order that is still COMPLETED — the charge
+//! finished after the void and its process died before it could refund
+//! itself — is refunded here.
 use std::sync::Arc;
 use std::time::Duration;
 
+use kit::error::DomainError;
 use kit::shutdown::CancellationToken;
 use kit::time::now_millis;
 
-use crate::domain::Status;
+use crate::domain::{self, Status};
 use crate::processor::Processor;
 use crate::store::{Change, Payment, PaymentStore, StoreError};
 
@@ -67,13 +72,59 @@ pub async fn settle(store: &PaymentStore, processor: &dyn Processor, payment: &P
     }
 }
 
-/// Settles every abandoned payment now; returns how many were looked at.
+/// Refunds `amount` (None: what remains) of a COMPLETED payment; the call
+/// doing it is gone by `abandon_at`.
+pub async fn refund(
+    store: &PaymentStore,
+    processor: &dyn Processor,
+    payment: &Payment,
+    amount: Option<i64>,
+    reason: &str,
+    abandon_at: i64,
+) -> Result<(), tonic::Status> {
+    if payment.status != Status::Completed {
+        return Err(DomainError::FailedPrecondition(format!(
+            "only a COMPLETED payment can be refunded; this one is {}",
+            payment.status.as_str()
+        ))
+        .into());
+    }
+    let amount = domain::refund_amount(payment.amount_minor, payment.refunded_minor, amount)?;
+    let refunding = Change { abandon_at: Some(abandon_at), ..Default::default() };
+    store.transition(&payment.id, Status::Completed, Status::Refunding, refunding).await?;
+    let authorization = payment.authorization_id.clone().unwrap_or_default();
+    if let Err(err) = processor.refund(&authorization, amount).await {
+        store.attempt(&payment.id, "refund", "failed", &err.to_string()).await?;
+        store.transition(&payment.id, Status::Refunding, Status::Completed, Change::default()).await?;
+        return Err(tonic::Status::unavailable(format!("{err}; retry the refund")));
+    }
+    store.attempt(&payment.id, "refund", "ok", &amount.to_string()).await?;
+    store.complete_refund(&payment.id, amount, reason).await?;
+    metrics::counter!("payment_refunds_total").increment(1);
+    Ok(())
+}
+
+/// Settles every abandoned payment and refunds what voided orders still
+/// hold; returns how many payments were looked at.
 pub async fn sweep(store: &PaymentStore, processor: &dyn Processor) -> Result<usize, StoreError> {
     let abandoned = store.abandoned(now_millis(), 500).await?;
     for payment in &abandoned {
         settle(store, processor, payment).await?;
     }
-    Ok(abandoned.len())
+    let kept = store.charged_but_voided(500).await?;
+    for payment in &kept {
+        let abandon_at = abandon_at(now_millis(), Some(Duration::from_secs(10)));
+        match refund(store, processor, payment, None, "the order was voided", abandon_at).await {
+            Ok(()) => {
+                tracing::warn!(payment_id = %payment.id, order_id = %payment.order_id, "charge of a voided order refunded")
+            }
+            // Moved on meanwhile, or the processor said no: the next pass looks again.
+            Err(status) => {
+                tracing::warn!(payment_id = %payment.id, error = %status, "refund of a voided order's charge failed; retrying")
+            }
+        }
+    }
+    Ok(abandoned.len() + kept.len())
 }
 
 /// Sweeps every `every` until `shutdown` (the first pass at once: a restart

@@ -235,6 +235,18 @@ impl PaymentStore {
         Ok(row.is_some())
     }
 
+    /// COMPLETED payments, not fully refunded, of orders that were voided.
+    pub async fn charged_but_voided(&self, limit: i64) -> Result<Vec<Payment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.* FROM payments p JOIN voided_orders v ON v.order_id = p.order_id \
+             WHERE p.status = 'COMPLETED' AND p.refunded_minor < p.amount_minor ORDER BY p.updated_at, p.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(payment_of).collect()
+    }
+
     /// Payments still in flight whose call is certainly gone by `now`, oldest first.
     pub async fn abandoned(&self, now: i64, limit: i64) -> Result<Vec<Payment>, StoreError> {
         let rows = sqlx::query(

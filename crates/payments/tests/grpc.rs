@@ -301,6 +301,10 @@ async fn recovery_settles_payments_whose_call_died_or_ran_out_of_time(url: Strin
     let mut h = start(&url).await;
     let now = kit::time::now_millis();
     let capturing = left_in_flight(&h.store, "order-r1", Status::Processing, now - 1).await;
+    // A charge that completed after its order was voided, whose process died
+    // before it could refund itself: recovery refunds it.
+    let kept = h.client.process_payment(pay("order-r3", "4242424242424242", 600)).await.unwrap().into_inner();
+    h.store.void_order("order-r3", "voided while the charge ran").await.unwrap();
     // A real call cut off by its deadline: tonic drops the handler while the
     // processor hangs (the timeout card, 50 ms here), the payment stays PENDING.
     let mut request = tonic::Request::new(pay("order-r2", "4000000000000127", 700));
@@ -312,7 +316,8 @@ async fn recovery_settles_payments_whose_call_died_or_ran_out_of_time(url: Strin
     let started = std::time::Instant::now();
     loop {
         let settled = h.store.get(&capturing).await.unwrap().status == Status::Failed
-            && statuses(&h.store, "order-r2").await == [Status::Failed];
+            && statuses(&h.store, "order-r2").await == [Status::Failed]
+            && h.store.get(&kept.id).await.unwrap().status == Status::Refunded;
         if settled {
             break;
         }

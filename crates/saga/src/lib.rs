@@ -144,6 +144,11 @@ impl Orchestrator {
                 continue;
             }
             let key = saga.step_key(name);
+            // Whether an attempt may have taken effect: one that failed
+            // transiently, or one a crash cut short (it is still `Running`
+            // when the saga resumes). A later permanent failure does not undo
+            // that: the step is compensated too.
+            let mut may_have_taken_effect = saga.step(name).is_some_and(|s| s.status == StepStatus::Running);
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -173,6 +178,7 @@ impl Orchestrator {
                         break;
                     }
                     Err(StepError::Transient(error)) if attempt < self.forward.max_attempts || step.after_pivot() => {
+                        may_have_taken_effect = true;
                         tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, attempt, %error, "step failed; retrying");
                         if let Some(record) = saga.step_mut(name) {
                             record.error = Some(error);
@@ -181,8 +187,10 @@ impl Orchestrator {
                         tokio::time::sleep(self.forward.backoff(attempt)).await;
                     }
                     Err(error) => {
-                        // A transient failure may have taken effect: undo it too.
-                        if matches!(error, StepError::Transient(_)) {
+                        // A transient failure may have taken effect, and so may an
+                        // earlier attempt: undo it too (compensations are
+                        // idempotent and succeed when there is nothing to undo).
+                        if matches!(error, StepError::Transient(_)) || may_have_taken_effect {
                             saga.completed.push(name.to_string());
                         }
                         if let Some(record) = saga.step_mut(name) {

@@ -202,6 +202,37 @@ async fn a_step_after_the_pivot_is_retried_past_max_attempts_but_not_past_a_perm
 }
 
 #[tokio::test]
+async fn a_permanent_failure_after_an_attempt_that_may_have_taken_effect_is_undone() {
+    // A timeout (the charge may have happened), then a refusal: undo it.
+    let log = Log::default();
+    let steps = vec![
+        Arc::new(FakeStep::new("a", &log)),
+        Arc::new(FakeStep::new("pay", &log).runs(vec![transient("timeout"), permanent("details lost")])),
+    ];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("s10", "o10", "u10", BTreeMap::new())).await.unwrap();
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert_eq!(*log.lock().unwrap(), ["run a", "run pay", "run pay", "undo pay", "undo a"]);
+
+    // Resumed after a crash cut the step short (still `Running`): a permanent
+    // failure on the re-run does not prove the first run did nothing.
+    let log = Log::default();
+    let steps = vec![
+        Arc::new(FakeStep::new("a", &log)),
+        Arc::new(FakeStep::new("pay", &log).runs(vec![permanent("details lost")])),
+    ];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let mut interrupted = o.new_saga("s11", "o11", "u11", BTreeMap::new());
+    interrupted.steps[0].status = StepStatus::Succeeded;
+    interrupted.completed.push("a".into());
+    interrupted.steps[1].status = StepStatus::Running;
+    interrupted.steps[1].attempts = 1;
+    let saga = o.run(interrupted).await.unwrap();
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert_eq!(*log.lock().unwrap(), ["run pay", "undo pay", "undo a"]);
+}
+
+#[tokio::test]
 async fn compensation_never_stops_at_the_first_failure() {
     let log = Log::default();
     let steps = vec![
