@@ -48,6 +48,16 @@ fn describe_all() {
     describe_counter!("server_shed_total", "Requests refused by adaptive load shedding (RESOURCE_EXHAUSTED).");
     describe_counter!("fault_injected_total", "Faults injected on purpose, by kind (error, abort).");
     describe_counter!("inventory_reservations_total", "Inventory reservation attempts, by result.");
+    // Clients (gateway → services, service → service), per dependency
+    describe_counter!(
+        "grpc_client_requests_total",
+        "Calls to a dependency that reached it, by service and outcome (error = a server-side failure)."
+    );
+    describe_histogram!(
+        "grpc_client_request_duration_seconds",
+        Unit::Seconds,
+        "Latency of calls to a dependency until their status, by service and outcome."
+    );
     describe_counter!(
         "idempotency_requests_total",
         "Requests carrying an idempotency key, by outcome (fresh, replayed, in_progress, mismatch)."

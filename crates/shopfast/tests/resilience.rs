@@ -283,11 +283,14 @@ open_ms = 1500
         r#"circuit_breaker_rejected_total{service="products",state="open"}"#,
         r#"circuit_breaker_failures_total{service="products"}"#,
         r#"circuit_breaker_probe_attempts_total{service="products"}"#,
+        r#"grpc_client_requests_total{service="products",outcome="ok"}"#,
+        r#"grpc_client_requests_total{service="products",outcome="error"}"#,
+        r#"grpc_client_request_duration_seconds_count{service="products",outcome="ok"}"#,
     ] {
         assert!(
             metrics.contains(expected),
             "missing {expected} in\n{}",
-            metrics.lines().filter(|l| l.contains("circuit")).collect::<Vec<_>>().join("\n")
+            metrics.lines().filter(|l| l.contains("circuit") || l.contains("client")).collect::<Vec<_>>().join("\n")
         );
     }
     promtool_accepts(&metrics);

@@ -235,7 +235,12 @@ where
                     },
                 };
                 let permit = match dependency.admit() {
-                    Ok(permit) => Admitted { dependency: dependency.clone(), permit: Some(permit), _seat: seat },
+                    Ok(permit) => Admitted {
+                        dependency: dependency.clone(),
+                        permit: Some(permit),
+                        _seat: seat,
+                        started: std::time::Instant::now(),
+                    },
                     Err(rejected) => {
                         let retry_ms = rejected.retry_after.as_millis().max(1);
                         let message = format!(
@@ -294,12 +299,21 @@ struct Admitted {
     permit: Option<Permit>,
     /// The bulkhead seat is held until the response ends.
     _seat: Option<OwnedSemaphorePermit>,
+    started: std::time::Instant,
 }
 
 impl Admitted {
+    /// Records the call's outcome: for the breaker, and as the dependency's
+    /// RED metrics (calls and server-side errors, latency to the status).
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
             self.dependency.record(permit, outcome);
+            let service = self.dependency.name.clone();
+            let outcome = if outcome == Outcome::Success { "ok" } else { "error" };
+            metrics::counter!("grpc_client_requests_total", "service" => service.clone(), "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("grpc_client_request_duration_seconds", "service" => service, "outcome" => outcome)
+                .record(self.started.elapsed().as_secs_f64());
         }
     }
 }
