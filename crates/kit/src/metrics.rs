@@ -48,6 +48,7 @@ fn describe_all() {
     describe_counter!("server_shed_total", "Requests refused by adaptive load shedding (RESOURCE_EXHAUSTED).");
     describe_counter!("fault_injected_total", "Faults injected on purpose, by kind (error, abort).");
     describe_counter!("inventory_reservations_total", "Inventory reservation attempts, by result.");
+    describe_gauge!("db_pool_connections", "Connections in the service's database pool, by state (in_use, idle).");
     // Clients (gateway → services, service → service), per dependency
     describe_counter!(
         "grpc_client_requests_total",

@@ -318,9 +318,23 @@ impl RunningService {
         self.background.push(task);
     }
 
-    /// Closes `db` once the server has drained, not before: in-flight
-    /// requests still need their connections.
-    pub fn close_on_stop(&mut self, db: crate::db::Db) {
+    /// Gives the service its database: its pool's connections (in use, idle)
+    /// are gauges on `/metrics` while the service runs, and it is closed once
+    /// the server has drained, not before (in-flight requests still need it).
+    pub fn own_database(&mut self, db: crate::db::Db) {
+        let (pool, shutdown, service) = (db.clone(), self.shutdown.clone(), self.name);
+        self.background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let (size, idle) = (pool.pool().size() as f64, pool.pool().num_idle() as f64);
+                metrics::gauge!("db_pool_connections", "service" => service, "state" => "idle").set(idle);
+                metrics::gauge!("db_pool_connections", "service" => service, "state" => "in_use").set(size - idle);
+            }
+        }));
         self.databases.push(db);
     }
 

@@ -115,6 +115,6 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
         }
     }));
     running.attach(tokio::spawn(fulfilment::run(store, config.fulfilment.clone(), shutdown)));
-    running.close_on_stop(db);
+    running.own_database(db);
     Ok(running)
 }

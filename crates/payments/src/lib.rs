@@ -59,6 +59,6 @@ pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Resul
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
     // Payments a crash (or a spent deadline) left half done are settled.
     running.attach(recovery::spawn(store, processor, Duration::from_secs(1), shutdown));
-    running.close_on_stop(db);
+    running.own_database(db);
     Ok(running)
 }

@@ -85,7 +85,7 @@ pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Resul
     ));
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
     running.attach(tokio::spawn(reap_expired(store, Duration::from_millis(config.reaper_interval_ms), shutdown)));
-    running.close_on_stop(db);
+    running.own_database(db);
     Ok(running)
 }
 

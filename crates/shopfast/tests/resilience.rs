@@ -295,6 +295,7 @@ open_ms = 1500
     }
     promtool_accepts(&metrics);
     let products_metrics = stack.metrics(&stack.products_admin()).await;
+    assert!(products_metrics.contains(r#"db_pool_connections{service="products",state="idle"}"#), "{products_metrics}");
     promtool_accepts(&products_metrics);
 }
 

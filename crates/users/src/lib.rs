@@ -52,6 +52,6 @@ pub async fn start(config: UsersConfig, shutdown: CancellationToken) -> Result<R
     let api = api::UsersApi::new(store::UserStore::new(db.clone()), signer, config.token_ttl_secs as i64);
     let service = contracts::users::v1::user_service_server::UserServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
-    running.close_on_stop(db);
+    running.own_database(db);
     Ok(running)
 }
