@@ -59,19 +59,24 @@ impl Weights {
     }
 
     /// The journey a draw in [0, total weight) falls on.
-    pub fn pick(&self, mut draw: u32) -> Journey {
-        for (journey, weight) in self.table() {
-            if draw < weight {
-                return journey;
-            }
-            draw -= weight;
-        }
-        Journey::Browse
+    pub fn pick(&self, draw: u32) -> Journey {
+        weighted(&self.table(), draw).unwrap_or(Journey::Browse)
     }
 
     pub fn total(&self) -> u32 {
         self.table().iter().map(|(_, w)| *w).sum()
     }
+}
+
+/// The entry of `table` a draw in [0, sum of weights) falls on.
+fn weighted<T: Copy>(table: &[(T, u32)], mut draw: u32) -> Option<T> {
+    for (item, weight) in table {
+        if draw < *weight {
+            return Some(*item);
+        }
+        draw -= weight;
+    }
+    None
 }
 
 struct Customer {
@@ -226,16 +231,8 @@ impl Shop {
         let product = self.product().await?;
         let (card, quantity) = {
             let mut rng = rand::rng();
-            let mut draw = rng.random_range(0..CARDS.iter().map(|c| c.1).sum::<u32>());
-            let mut card = CARDS[0].0;
-            for (number, weight) in CARDS {
-                if draw < weight {
-                    card = number;
-                    break;
-                }
-                draw -= weight;
-            }
-            (card, rng.random_range(1..=2))
+            let draw = rng.random_range(0..CARDS.iter().map(|c| c.1).sum::<u32>());
+            (weighted(&CARDS, draw).unwrap_or(CARDS[0].0), rng.random_range(1..=2))
         };
         let body = json!({
             "items": [{ "productId": product, "quantity": quantity.to_string() }],

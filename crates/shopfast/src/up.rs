@@ -119,13 +119,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ready: Some(ready_tx),
         },
     )?;
-    let registry_url = tokio::select! {
-        line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
-            Some(addr) => format!("http://{addr}"),
-            None => bail!("the registry exited before it was ready; see {}", registry.log.display()),
-        },
-        _ = tokio::time::sleep(Duration::from_secs(args.ready_timeout_secs)) => bail!("the registry did not start"),
-    };
+    let registry_url = ready_url(&mut ready_rx, &registry, "the registry", args.ready_timeout_secs).await?;
 
     let data_dir = args.data_dir.display().to_string();
     let mut services = Vec::new();
@@ -272,12 +266,23 @@ async fn start_loadgen(
         ready: Some(ready_tx),
     };
     let proc = spawn(supervisor, spec)?;
+    let url = ready_url(&mut ready_rx, &proc, "the traffic generator", ready_timeout_secs).await?;
+    Ok((proc, url))
+}
+
+/// The URL of a child that logs its `addr` on its `ready` line, once it has.
+async fn ready_url(
+    ready: &mut mpsc::UnboundedReceiver<Value>,
+    child: &Proc,
+    what: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<String> {
     tokio::select! {
-        line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
-            Some(addr) => Ok((proc, format!("http://{addr}"))),
-            None => bail!("the traffic generator exited before it was ready; see {}", proc.log.display()),
+        line = ready.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
+            Some(addr) => Ok(format!("http://{addr}")),
+            None => bail!("{what} exited before it was ready; see {}", child.log.display()),
         },
-        _ = tokio::time::sleep(Duration::from_secs(ready_timeout_secs)) => bail!("the traffic generator did not start"),
+        _ = tokio::time::sleep(Duration::from_secs(timeout_secs)) => bail!("{what} did not start"),
     }
 }
 
