@@ -159,7 +159,14 @@ impl Gateway {
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Reply {
         let started = Instant::now();
         let method = request.method().clone();
-        let span = tracing::info_span!(
+        // Probes and scrapes (every few seconds, from the registry, Prometheus
+        // and the console) are not traced: they would bury the traces of users.
+        let probe =
+            method == Method::GET && matches!(request.uri().path(), "/health/live" | "/health/ready" | "/metrics");
+        let span = if probe {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
             "http",
             otel.name = %format_args!("{method} {}", request.uri().path()),
             otel.kind = "server",
@@ -167,7 +174,10 @@ impl Gateway {
             path = %request.uri().path(),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
-        );
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            )
+        };
         let ids = kit::otel::continue_trace(&span, request.headers());
         let dispatched = tracing::Instrument::instrument(self.dispatch(request, peer, &ids), span.clone()).await;
         let (mut reply, route_label) = match dispatched {
@@ -177,6 +187,10 @@ impl Gateway {
         let headers = reply.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&ids.trace_id) {
             headers.insert(HeaderName::from_static("x-trace-id"), value);
+        }
+        span.record("http.response.status_code", reply.status().as_u16());
+        if reply.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
         }
         let status = status_label(reply.status());
         span.in_scope(|| {

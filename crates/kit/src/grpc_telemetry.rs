@@ -57,8 +57,18 @@ where
             method = %method,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            // Filled by the handlers where they apply (`record_ids`), so every
+            // log line of the request carries them and traces can be found by them.
+            user_id = tracing::field::Empty,
+            order_id = tracing::field::Empty,
+            payment_id = tracing::field::Empty,
         );
         crate::otel::continue_trace(&span, request.headers());
+        if let Some(user) = request.headers().get("x-user-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+            span.record("user_id", user);
+        }
         // The service that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -79,6 +89,11 @@ where
                     Err(_) => tonic::Code::Unknown as i32,
                 };
                 let code = tonic::Code::from(code);
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code as i32);
+                if crate::resilience::guard::server_failure(code) {
+                    span.record("otel.status_code", "ERROR");
+                }
                 // Unknown paths from clients must not mint label values.
                 let method_label = if code == tonic::Code::Unimplemented { "unknown".to_string() } else { method };
                 let code_label = format!("{code:?}");
@@ -90,5 +105,14 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Puts an id (`order_id`, `user_id`, `payment_id`) on the request's span, so
+/// every later log line of the request carries it and its trace can be found
+/// by it. Outside a request span it does nothing.
+pub fn annotate(field: &'static str, value: &str) {
+    if !value.is_empty() {
+        tracing::Span::current().record(field, value);
     }
 }

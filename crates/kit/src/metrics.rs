@@ -70,6 +70,13 @@ fn describe_all() {
         "payments_recovered_total",
         "Payments a crash or a spent deadline left in flight, settled by recovery, by the state they were in."
     );
+    // The console
+    describe_counter!("console_spans_received_total", "Spans the console received over OTLP.");
+    describe_counter!("console_logs_received_total", "Log records the console received over OTLP.");
+    describe_counter!(
+        "console_scrapes_total",
+        "Scrapes of instances' /metrics by the console, by outcome (ok, failed)."
+    );
     describe_counter!("saga_started_total", "Sagas started.");
     describe_counter!("saga_finished_total", "Sagas finished, by final state (completed, compensated, failed).");
     describe_counter!(

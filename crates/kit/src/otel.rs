@@ -4,12 +4,16 @@
 //! (via `tracing` and `tracing-opentelemetry`), exported over OTLP/HTTP when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set, e.g.
 //! `http://127.0.0.1:4318`. `OTEL_SDK_DISABLED=true` turns spans off (the ids
-//! in logs and headers then come from `trace_context`, as before).
+//! in logs and headers then come from `trace_context`, as before). With an
+//! endpoint (or `…_LOGS_ENDPOINT`) the log lines go there too, as OTLP log
+//! records carrying the trace and span of the request they belong to.
 use std::sync::OnceLock;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
@@ -18,6 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::trace_context::TraceIds;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static LOGGER: OnceLock<Option<SdkLoggerProvider>> = OnceLock::new();
 static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
 
 fn propagator() -> &'static TraceContextPropagator {
@@ -44,8 +49,7 @@ where
         return None;
     }
     let provider = PROVIDER.get_or_init(|| {
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build();
-        let mut builder = SdkTracerProvider::builder().with_resource(resource);
+        let mut builder = SdkTracerProvider::builder().with_resource(resource(service));
         if env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
                 Ok(exporter) => builder = builder.with_batch_exporter(exporter),
@@ -65,13 +69,50 @@ where
     Some(layer)
 }
 
-/// Sends the spans still buffered (before a process exits).
-pub async fn flush() {
-    if let Some(provider) = PROVIDER.get() {
-        let provider = provider.clone();
-        // The batch processor blocks while it exports.
-        let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+fn resource(service: &str) -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder().with_service_name(service.to_string()).build()
+}
+
+/// The `tracing` layer that sends log lines as OTLP log records, when
+/// tracing is on and an OTLP endpoint is configured; `None` otherwise. The
+/// caller filters it like the log lines (the same level).
+pub fn log_layer(service: &str) -> Option<OpenTelemetryTracingBridge<SdkLoggerProvider, SdkLogger>> {
+    if !enabled() || !(env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")) {
+        return None;
     }
+    let provider = LOGGER.get_or_init(|| match opentelemetry_otlp::LogExporter::builder().with_http().build() {
+        Ok(exporter) => {
+            Some(SdkLoggerProvider::builder().with_resource(resource(service)).with_batch_exporter(exporter).build())
+        }
+        Err(err) => {
+            eprintln!("OTLP log exporter not started: {err}");
+            None
+        }
+    });
+    provider.as_ref().map(OpenTelemetryTracingBridge::new)
+}
+
+/// Whether a log event may go to the log exporter: not the exporter's own
+/// machinery (its HTTP client and the SDK), which would feed itself.
+pub fn exportable_log(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    !["opentelemetry", "hyper", "reqwest", "h2", "tower"].iter().any(|prefix| target.starts_with(prefix))
+}
+
+/// Sends the spans and log records still buffered (before a process exits).
+pub async fn flush() {
+    let tracer = PROVIDER.get().cloned();
+    let logger = LOGGER.get().cloned().flatten();
+    // The batch processors block while they export.
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(provider) = tracer {
+            let _ = provider.force_flush();
+        }
+        if let Some(provider) = logger {
+            let _ = provider.force_flush();
+        }
+    })
+    .await;
 }
 
 /// The (trace id, span id) of `span`, if it is an OpenTelemetry span.

@@ -37,7 +37,14 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
         // whatever it is (`RUST_LOG=warn` must not cut a trace), events never
         // (they are log lines, not span events).
         let spans_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO);
-        let registry = tracing_subscriber::registry().with(crate::otel::layer(service).with_filter(spans_only));
+        // Log lines also go out as OTLP log records when an endpoint is set,
+        // at the same level as the lines printed.
+        let exported_logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        let registry = tracing_subscriber::registry().with(crate::otel::layer(service).with_filter(spans_only)).with(
+            crate::otel::log_layer(service)
+                .with_filter(exported_logs)
+                .with_filter(tracing_subscriber::filter::filter_fn(crate::otel::exportable_log)),
+        );
         let result = match format {
             LogFormat::Json => registry
                 .with(

@@ -55,7 +55,7 @@ impl Default for LoadgenConfig {
         Self {
             gateway_url: None,
             api_key: String::new(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 8089)),
             mode: Mode::Steady,
             rates: Rates::default(),
             weights: Weights::default(),

@@ -188,6 +188,7 @@ impl OrdersApi {
     }
 
     async fn owned(&self, order_id: &str, caller: Option<&str>) -> Result<Order, Status> {
+        kit::grpc_telemetry::annotate("order_id", order_id);
         if order_id.trim().is_empty() {
             return Err(Status::invalid_argument("order_id is required"));
         }
@@ -211,6 +212,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
         };
         let request = request.into_inner();
         let user_id = acting_user(&request.user_id, caller.as_deref())?;
+        kit::grpc_telemetry::annotate("order_id", &order_id);
         let items: Vec<(String, i64)> = request.items.into_iter().map(|i| (i.product_id, i.quantity)).collect();
         let items = domain::check_items(&items)?;
         let currency = if request.currency_code.is_empty() { "USD".to_string() } else { request.currency_code };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use contracts::common::v1::Money;
 use contracts::payments::v1 as pb;
+use kit::grpc_telemetry::annotate;
 use kit::resilience::Deadline;
 use kit::time::{now_millis, timestamp_from_millis};
 use tonic::{Request, Response, Status};
@@ -131,6 +132,8 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         let request = request.into_inner();
         required(&request.order_id, "order_id")?;
         required(&request.user_id, "user_id")?;
+        annotate("order_id", &request.order_id);
+        annotate("user_id", &request.user_id);
         let amount = request.amount.ok_or_else(|| Status::invalid_argument("amount is required"))?;
         domain::check_amount(amount.minor_units, &amount.currency_code)?;
         let card = check_card(request.card.as_ref())?;
@@ -152,6 +155,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
                 abandon_at,
             })
             .await?;
+        annotate("payment_id", &payment.id);
         let charge = ChargeCard { number, expired: card.expired };
         let authorization = match self.processor.authorize(&charge, amount.minor_units).await {
             Ok(authorization) => authorization,
@@ -216,6 +220,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
     async fn get_payment(&self, request: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
         let id = request.into_inner().payment_id;
         required(&id, "payment_id")?;
+        annotate("payment_id", &id);
         Ok(Response::new(to_pb(self.store.get(&id).await?)))
     }
 
@@ -226,6 +231,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         let abandon_at = abandon_at(&request);
         let request = request.into_inner();
         required(&request.payment_id, "payment_id")?;
+        annotate("payment_id", &request.payment_id);
         check_reason(&request.reason)?;
         let payment = self.store.get(&request.payment_id).await?;
         if let Some(amount) = &request.amount
@@ -245,6 +251,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         let abandon_at = abandon_at(&request);
         let request = request.into_inner();
         required(&request.order_id, "order_id")?;
+        annotate("order_id", &request.order_id);
         check_reason(&request.reason)?;
         let reason = if request.reason.is_empty() { "order voided" } else { request.reason.as_str() };
         // First the tombstone: no charge for this order starts after it, and

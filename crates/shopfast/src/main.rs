@@ -47,6 +47,8 @@ enum Command {
     Orders(ServiceArgs),
     /// Run the traffic generator: shop journeys through a gateway, modes on its control port.
     Loadgen(LoadgenArgs),
+    /// Run the console: OTLP traces and logs in, health from the registry's instances, a web page.
+    Console(ConsoleArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -237,6 +239,39 @@ struct LoadgenArgs {
     log_format: LogFormatArg,
 }
 
+#[derive(Args, Serialize)]
+struct ConsoleArgs {
+    /// TOML file; the [console] table (retention, thresholds, …).
+    #[arg(long, env = "SHOPFAST_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The page, the API and the OTLP receiver (POST /v1/traces, /v1/logs).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<SocketAddr>,
+    /// The registry whose instances are scraped for health.
+    #[arg(long, env = "SHOPFAST_REGISTRY_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_url: Option<String>,
+    /// The traffic generator's control URL (its stats on the page).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loadgen_url: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Where spans and logs are kept (default: a SQLite file in --data-dir).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_ms: Option<u64>,
+    #[arg(long, value_enum, default_value = "json")]
+    #[serde(skip)]
+    log_format: LogFormatArg,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One thread runs the gateway the way one nginx worker runs: no wake-ups
@@ -297,6 +332,14 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let config: loadgen::LoadgenConfig = kit::config::load(loadgen::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 loadgen::start(config, kit::shutdown::on_signals()).await.context("loadgen failed to start")?;
+            running.wait().await;
+            Ok(())
+        }
+        Command::Console(args) => {
+            kit::telemetry::init_logging(console::SERVICE, "info", args.log_format.into());
+            let config: console::ConsoleConfig = kit::config::load(console::SERVICE, args.config.as_deref(), &args)?;
+            let running =
+                console::start(config, kit::shutdown::on_signals()).await.context("console failed to start")?;
             running.wait().await;
             Ok(())
         }

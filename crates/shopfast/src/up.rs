@@ -24,7 +24,8 @@ const SERVICES: &[(&str, u16, u16)] =
     &[("users", 9001, 9101), ("products", 9002, 9102), ("payments", 9004, 9104), ("orders", 9003, 9103)];
 const REGISTRY_PORT: u16 = 8080;
 const GATEWAY_PORT: u16 = 8000;
-const LOADGEN_PORT: u16 = 8090;
+const LOADGEN_PORT: u16 = 8089;
+const CONSOLE_PORT: u16 = 8090;
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const COLOURS: &[&str] = &["\x1b[36m", "\x1b[33m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[31m"];
 
@@ -51,6 +52,9 @@ pub struct UpArgs {
     /// Do not start the traffic generator (by default it runs in steady mode).
     #[arg(long)]
     no_loadgen: bool,
+    /// Do not start the console (traces, logs, health, dependency map).
+    #[arg(long)]
+    no_console: bool,
 }
 
 /// A child process, owned by a supervising task that reports when it exits on
@@ -120,8 +124,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     )?;
     let registry_url = ready_url(&mut ready_rx, &registry, "the registry", args.ready_timeout_secs).await?;
-
     let data_dir = args.data_dir.display().to_string();
+
+    // The console first, so the services' first spans have somewhere to go.
+    let console = if args.no_console {
+        None
+    } else {
+        match start_console(&supervisor, &registry_url, &data_dir, args.ephemeral, args.ready_timeout_secs).await {
+            Ok(started) => Some(started),
+            Err(err) => {
+                stop_all(Vec::new(), vec![registry]).await;
+                return Err(err);
+            }
+        }
+    };
+    let mut infrastructure: Vec<Proc> = Vec::new();
+    let console_url = console.map(|(proc, url)| {
+        infrastructure.push(proc);
+        url
+    });
+    infrastructure.push(registry);
+    let telemetry = telemetry_env(console_url.as_deref());
+    let service_env: Vec<(String, String)> = secrets.env.iter().cloned().chain(telemetry.iter().cloned()).collect();
+    let loadgen_env: Vec<(String, String)> = secrets.loadgen_env.iter().cloned().chain(telemetry).collect();
+
     let mut services = Vec::new();
     for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
         let count = replicas.get(*name).copied().unwrap_or(1);
@@ -145,7 +171,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             let label = format!("{name}-{replica}");
             let spec =
-                ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &secrets.env, ready: None };
+                ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &service_env, ready: None };
             services.push(spawn(&supervisor, spec)?);
         }
     }
@@ -163,7 +189,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         label: "gateway-1",
         flags: gateway_flags,
         colour: SERVICES.len() + 1,
-        env: &secrets.env,
+        env: &service_env,
         ready: None,
     };
     services.push(spawn(&supervisor, spec)?);
@@ -194,7 +220,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let list = match outcome {
         Ok(list) => list,
         Err(err) => {
-            stop_all(services, registry).await;
+            stop_all(services, infrastructure).await;
             return Err(err);
         }
     };
@@ -212,17 +238,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let loadgen = if args.no_loadgen {
         None
     } else {
-        match start_loadgen(&supervisor, &gateway_url, &secrets, args.ephemeral, args.ready_timeout_secs).await {
+        match start_loadgen(&supervisor, &gateway_url, &loadgen_env, args.ephemeral, args.ready_timeout_secs).await {
             Ok(started) => Some(started),
             Err(err) => {
-                stop_all(services, registry).await;
+                stop_all(services, infrastructure).await;
                 return Err(err);
             }
         }
     };
+    if let (Some(console), Some((_, loadgen))) = (&console_url, &loadgen) {
+        // The console shows the generator's live numbers; it started first.
+        let told = reqwest::Client::new()
+            .put(format!("{console}/api/loadgen"))
+            .json(&serde_json::json!({ "url": loadgen }))
+            .send()
+            .await
+            .map(|r| r.status().is_success());
+        if !matches!(told, Ok(true)) {
+            eprintln!("shopfast up: could not tell the console where the traffic generator is ({told:?})");
+        }
+    }
     println!("\nshopfast is up. Registry: {registry_url}");
     println!("Gateway: {gateway_url}   API key (professional tier, admin): {}", secrets.api_key);
     println!("Try: curl -H 'X-API-Key: {}' '{gateway_url}/v1/products?category=books&pageSize=3'\n", secrets.api_key);
+    if let Some(url) = &console_url {
+        println!("Console: {url}   traces, logs, health, dependency map (OTLP in at {url}/v1/traces)");
+    }
     if let Some((_, url)) = &loadgen {
         println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
     }
@@ -237,13 +278,63 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    eprintln!("shopfast up: stopping services, then the registry");
+    eprintln!("shopfast up: stopping services, then the console and the registry");
     // The traffic stops first.
     if let Some((proc, _)) = loadgen {
         proc.stop().await;
     }
-    stop_all(services, registry).await;
+    stop_all(services, infrastructure).await;
     Ok(())
+}
+
+/// Where the children send spans and logs: the console, unless an OTLP
+/// endpoint is configured already (the children inherit it then). The batch
+/// exporters send every second instead of every 5 s, so the console is live.
+fn telemetry_env(console_url: Option<&str>) -> Vec<(String, String)> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let mut env = Vec::new();
+    if let Some(url) = console_url
+        && !set("OTEL_EXPORTER_OTLP_ENDPOINT")
+        && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), url.to_string()));
+    }
+    for delay in ["OTEL_BSP_SCHEDULE_DELAY", "OTEL_BLRP_SCHEDULE_DELAY"] {
+        if !set(delay) {
+            env.push((delay.to_string(), "1000".to_string()));
+        }
+    }
+    env
+}
+
+/// The console, scraping the registry's instances; its process and URL once ready.
+async fn start_console(
+    supervisor: &Supervisor<'_>,
+    registry_url: &str,
+    data_dir: &str,
+    ephemeral: bool,
+    ready_timeout_secs: u64,
+) -> anyhow::Result<(Proc, String)> {
+    let port = if ephemeral { 0 } else { CONSOLE_PORT };
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
+    let spec = ChildSpec {
+        command: "console",
+        label: "console",
+        flags: vec![
+            "--addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--registry-url".into(),
+            registry_url.to_string(),
+            "--data-dir".into(),
+            data_dir.to_string(),
+        ],
+        colour: SERVICES.len() + 3,
+        env: &[],
+        ready: Some(ready_tx),
+    };
+    let proc = spawn(supervisor, spec)?;
+    let url = ready_url(&mut ready_rx, &proc, "the console", ready_timeout_secs).await?;
+    Ok((proc, url))
 }
 
 /// The traffic generator against the gateway, with its own API key; its
@@ -251,7 +342,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 async fn start_loadgen(
     supervisor: &Supervisor<'_>,
     gateway_url: &str,
-    secrets: &Secrets,
+    env: &[(String, String)],
     ephemeral: bool,
     ready_timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
@@ -262,7 +353,7 @@ async fn start_loadgen(
         label: "loadgen-1",
         flags: vec!["--addr".into(), format!("127.0.0.1:{port}"), "--gateway-url".into(), gateway_url.to_string()],
         colour: SERVICES.len() + 2,
-        env: &secrets.loadgen_env,
+        env,
         ready: Some(ready_tx),
     };
     let proc = spawn(supervisor, spec)?;
@@ -440,7 +531,10 @@ fn render(json: Option<&Value>, raw: &str) -> String {
     format!("{level:<5} {message} {}", rest.join(" "))
 }
 
-async fn stop_all(services: Vec<Proc>, registry: Proc) {
+/// Stops the services together, then `infrastructure` one by one in order.
+async fn stop_all(services: Vec<Proc>, infrastructure: Vec<Proc>) {
     futures::future::join_all(services.into_iter().map(Proc::stop)).await;
-    registry.stop().await;
+    for proc in infrastructure {
+        proc.stop().await;
+    }
 }

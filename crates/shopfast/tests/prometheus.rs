@@ -13,6 +13,8 @@ use serde_json::Value;
 use support::{Proc, eventually};
 
 const CONFIG: &str = include_str!("../../../deploy/prometheus/prometheus.yml");
+const RULES: &str = include_str!("../../../deploy/prometheus/rules.yml");
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
 
 struct KillOnDrop(Child);
 
@@ -44,6 +46,7 @@ async fn prometheus_discovers_and_scrapes_every_instance() {
         .replace("5s", "1s");
     let config_path = data.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
+    std::fs::write(data.path().join("rules.yml"), RULES).unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let prometheus = KillOnDrop(
         Command::new(binary)
@@ -74,5 +77,38 @@ async fn prometheus_discovers_and_scrapes_every_instance() {
     let targets = last["data"]["activeTargets"].as_array().unwrap();
     let products = targets.iter().find(|t| t["labels"]["job"] == "products").unwrap();
     assert_eq!(products["labels"]["meta_version"], "v1", "registry metadata becomes labels");
+    // The recording and alert rules are loaded.
+    let rules: Value =
+        reqwest::get(format!("http://127.0.0.1:{port}/api/v1/rules")).await.unwrap().json().await.unwrap();
+    let groups: Vec<&str> =
+        rules["data"]["groups"].as_array().unwrap().iter().filter_map(|g| g["name"].as_str()).collect();
+    assert!(groups.contains(&"shopfast-red") && groups.contains(&"shopfast-alerts"), "{rules}");
     drop(prometheus);
+}
+
+/// The config, the rules and the rules' own unit tests (alerts that must and
+/// must not fire), as promtool checks them.
+#[test]
+fn promtool_accepts_the_config_and_the_rules_and_their_tests_pass() {
+    let Some(promtool) =
+        ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(!kit::testing::running_in_ci(), "promtool is required in CI (apt-get install prometheus)");
+        eprintln!("SKIPPED: no promtool (apt-get install prometheus)");
+        return;
+    };
+    for args in [
+        vec!["check", "config", "prometheus/prometheus.yml"],
+        vec!["check", "rules", "prometheus/rules.yml"],
+        vec!["test", "rules", "prometheus/rules_test.yml"],
+    ] {
+        let out = Command::new(promtool).args(&args).current_dir(DEPLOY).output().unwrap();
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {}: {report}", args.join(" "));
+    }
+    // The Grafana dashboard is JSON whose panels query Prometheus.
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DEPLOY}/grafana/shopfast.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.iter().filter(|p| p["targets"].as_array().is_some_and(|t| !t.is_empty())).count() >= 10);
 }

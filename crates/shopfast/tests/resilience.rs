@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Proc, eventually};
+use support::{Proc, eventually, promtool_accepts};
 
 const SECRET: &str = "resilience-test-secret-0123456789abcdef";
 const GET_PRODUCT: &str = "/shopfast.products.v1.ProductService/GetProduct";
@@ -297,25 +297,6 @@ open_ms = 1500
     let products_metrics = stack.metrics(&stack.products_admin()).await;
     assert!(products_metrics.contains(r#"db_pool_connections{service="products",state="idle"}"#), "{products_metrics}");
     promtool_accepts(&products_metrics);
-}
-
-fn promtool_accepts(metrics: &str) {
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        assert!(!kit::testing::running_in_ci(), "promtool is missing (apt install prometheus)");
-        eprintln!("promtool not installed; metrics format not checked");
-        return;
-    };
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool check metrics: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

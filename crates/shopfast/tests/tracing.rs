@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use serde_json::{Value, json};
-use support::Up;
+use serde_json::Value;
+use support::{Shopper, Up};
 
 /// A span as the receiver keeps it.
 #[derive(Debug, Clone)]
@@ -87,9 +87,10 @@ fn lines_of_trace(data: &std::path::Path, child: &str, trace_id: &str) -> Vec<Va
 async fn one_order_is_one_trace_across_every_service() {
     let data = tempfile::tempdir().unwrap();
     let (collector, exported) = receiver().await;
+    // Its own OTLP receiver here, so no console.
     let up = Up::start(
         data.path(),
-        &["--no-loadgen"],
+        &["--no-loadgen", "--no-console"],
         &[
             // Per-request lines (debug) on the servers and the gateway, the
             // `ready` lines `up` waits for, and nothing else: the log level
@@ -99,36 +100,15 @@ async fn one_order_is_one_trace_across_every_service() {
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],
     );
-    let (gateway, key) = (up.gateway.clone(), up.api_key.clone());
-    let http = reqwest::Client::new();
-    let post = |path: &str| http.post(format!("{gateway}{path}")).header("x-api-key", &key);
-    let signup = json!({ "email": "traced@example.com", "password": "follow the trace 1", "name": "Traced" });
-    assert!(post("/v1/users").json(&signup).send().await.unwrap().status().is_success());
-    let login = json!({ "email": "traced@example.com", "password": "follow the trace 1" });
-    let token: Value = post("/v1/auth/login").json(&login).send().await.unwrap().json().await.unwrap();
-    let token = token["accessToken"].as_str().unwrap().to_string();
-    let page: Value = http
-        .get(format!("{gateway}/v1/products?pageSize=20&inStockOnly=true"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let product_id = page["products"][0]["id"].as_str().unwrap();
+    let shopper = Shopper::sign_up(&up.gateway, &up.api_key, "traced@example.com").await;
+    let product_id = shopper.product_in_stock().await;
 
     // The caller starts the trace: the gateway continues it.
     let caller_trace = "0af7651916cd43dd8448eb211c80319c";
-    let order = json!({
-        "items": [{ "productId": product_id, "quantity": "1" }],
-        "paymentMethod": { "cardNumber": "4242424242424242", "expiryMonth": 12, "expiryYear": 2040, "cvc": "123" },
-        "shippingAddress": { "line1": "1 Trace Way", "city": "Springfield", "countryCode": "US" },
-    });
-    let response = post("/v1/orders")
-        .bearer_auth(&token)
+    let response = shopper
+        .request(reqwest::Method::POST, "/v1/orders")
         .header("traceparent", format!("00-{caller_trace}-b7ad6b7169203331-01"))
-        .json(&order)
+        .json(&Shopper::order_of(&product_id, "4242424242424242"))
         .send()
         .await
         .unwrap();
@@ -163,6 +143,14 @@ async fn one_order_is_one_trace_across_every_service() {
     // Orders' own lines about this order carry the trace and the order id.
     let orders = lines_of_trace(data.path(), "orders-1", caller_trace);
     assert!(orders.iter().any(|l| l["order_id"] == order_id), "{orders:#?}");
+    // Payments' lines in the charge carry the payment, the order and the user.
+    let payments = lines_of_trace(data.path(), "payments-1", caller_trace);
+    assert!(
+        payments.iter().any(|l| l["payment_id"].as_str().is_some_and(|p| !p.is_empty())
+            && l["order_id"] == order_id
+            && l["user_id"].as_str().is_some_and(|u| !u.is_empty())),
+        "{payments:#?}"
+    );
     // Span ids differ per hop: each process had a span of its own.
     let span_of = |child: &str| {
         let lines = lines_of_trace(data.path(), child, caller_trace);

@@ -31,6 +31,11 @@ pub fn server_failure(code: Code) -> bool {
     )
 }
 
+/// Marks the current (client) span as failed, for the trace views.
+fn mark_failed() {
+    tracing::Span::current().record("otel.status_code", "ERROR");
+}
+
 /// What refused a call locally, if anything did: "circuit_breaker",
 /// "bulkhead", "deadline", or "no_instance" (the balancer had nowhere to send it,
 /// or every instance it tried refused the connection). Such a call never
@@ -209,6 +214,7 @@ where
             otel.kind = "client",
             rpc.system = "grpc",
             peer.service = %dependency.name,
+            otel.status_code = tracing::field::Empty,
         );
         crate::otel::inject(&span, request.headers_mut());
         Box::pin(tracing::Instrument::instrument(
@@ -217,6 +223,7 @@ where
                 let deadline = grpc_timeout(request.headers());
                 if deadline.is_some_and(|d| d.is_zero()) {
                     metrics::counter!("client_deadline_spent_total", "service" => name.clone()).increment(1);
+                    mark_failed();
                     return Err(refusal(
                         Code::DeadlineExceeded,
                         "deadline",
@@ -229,6 +236,7 @@ where
                         Ok(seat) => Some(seat),
                         Err(_) => {
                             metrics::counter!("bulkhead_rejected_total", "service" => name.clone()).increment(1);
+                            mark_failed();
                             let message = format!("{name} has {limit} calls in flight already; try again shortly");
                             return Err(refusal(Code::ResourceExhausted, "bulkhead", message));
                         }
@@ -248,6 +256,7 @@ where
                             rejected.state.name()
                         );
                         let mut refused = Status::new(Code::Unavailable, message);
+                        mark_failed();
                         let metadata = refused.metadata_mut();
                         metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
                         if let Ok(value) = retry_ms.to_string().parse() {
@@ -263,6 +272,7 @@ where
                         Ok(result) => result,
                         Err(_) => {
                             permit.finish(Outcome::Failure);
+                            mark_failed();
                             return Err(Box::new(Status::deadline_exceeded(format!("{name} did not answer in time"))));
                         }
                     },
@@ -271,15 +281,20 @@ where
                 match result {
                     Err(err) => {
                         permit.finish(Outcome::Failure);
+                        mark_failed();
                         Err(err)
                     }
                     Ok(response) => {
                         if response.status().is_server_error() {
                             permit.finish(Outcome::Failure);
+                            mark_failed();
                             return Ok(response);
                         }
                         if let Some(code) = header_code(response.headers()) {
                             // Trailers-only: the status is already here.
+                            if server_failure(code) {
+                                mark_failed();
+                            }
                             permit.finish(outcome_of(code));
                             return Ok(response);
                         }

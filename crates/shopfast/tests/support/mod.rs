@@ -145,6 +145,9 @@ pub struct Up {
     pub api_key: String,
     /// The traffic generator's control URL, unless started with `--no-loadgen`.
     pub loadgen: Option<String>,
+    /// The console's URL, unless started with `--no-console`.
+    pub console: Option<String>,
+    pub registry: String,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -158,7 +161,8 @@ impl Up {
         let stderr = child.stderr.take().expect("stderr");
         let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (mut gateway, mut api_key, mut loadgen) = (String::new(), String::new(), None);
+        let (mut gateway, mut api_key, mut loadgen, mut console) = (String::new(), String::new(), None, None);
+        let mut registry = String::new();
         let started = Instant::now();
         loop {
             let line = stdout.next().expect("up exited before it was ready").expect("stdout line");
@@ -167,6 +171,10 @@ impl Up {
                 api_key = rest.split("admin): ").nth(1).unwrap_or_default().trim().to_string();
             } else if let Some(rest) = line.strip_prefix("Loadgen: ") {
                 loadgen = rest.split_whitespace().next().map(str::to_string);
+            } else if let Some(rest) = line.strip_prefix("Console: ") {
+                console = rest.split_whitespace().next().map(str::to_string);
+            } else if let Some(rest) = line.strip_prefix("shopfast is up. Registry: ") {
+                registry = rest.trim().to_string();
             } else if line.starts_with("Logs:") {
                 break;
             }
@@ -174,7 +182,7 @@ impl Up {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in stdout {});
-        Self { child, gateway, api_key, loadgen, stderr: Some(stderr) }
+        Self { child, gateway, api_key, loadgen, console, registry, stderr: Some(stderr) }
     }
 
     /// Ctrl-C, as a user stops it: whether it exited cleanly, and what it said on stderr.
@@ -191,4 +199,79 @@ impl Drop for Up {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A customer of the shop, through the gateway: signed up and logged in.
+pub struct Shopper {
+    pub http: reqwest::Client,
+    pub gateway: String,
+    pub api_key: String,
+    pub token: String,
+}
+
+impl Shopper {
+    /// Signs up `email` and logs in.
+    pub async fn sign_up(gateway: &str, api_key: &str, email: &str) -> Self {
+        let http = reqwest::Client::new();
+        let post = |path: &str| http.post(format!("{gateway}{path}")).header("x-api-key", api_key);
+        let password = "a long enough password 1";
+        let signup = serde_json::json!({ "email": email, "password": password, "name": "Shopper" });
+        let response = post("/v1/users").json(&signup).send().await.expect("sign up");
+        assert!(response.status().is_success(), "sign up: {}", response.text().await.unwrap_or_default());
+        let login = serde_json::json!({ "email": email, "password": password });
+        let token: Value =
+            post("/v1/auth/login").json(&login).send().await.expect("log in").json().await.expect("token");
+        let token = token["accessToken"].as_str().expect("accessToken").to_string();
+        Self { http, gateway: gateway.to_string(), api_key: api_key.to_string(), token }
+    }
+
+    /// A request with the API key and the shopper's token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.gateway))
+            .header("x-api-key", &self.api_key)
+            .bearer_auth(&self.token)
+    }
+
+    /// The id of a product in stock.
+    pub async fn product_in_stock(&self) -> String {
+        let page: Value = self
+            .request(reqwest::Method::GET, "/v1/products?pageSize=20&inStockOnly=true")
+            .send()
+            .await
+            .expect("products")
+            .json()
+            .await
+            .expect("products page");
+        page["products"][0]["id"].as_str().expect("a product in stock").to_string()
+    }
+
+    /// An order of one unit of `product_id` paid with `card`.
+    pub fn order_of(product_id: &str, card: &str) -> Value {
+        serde_json::json!({
+            "items": [{ "productId": product_id, "quantity": "1" }],
+            "paymentMethod": { "cardNumber": card, "expiryMonth": 12, "expiryYear": 2040, "cvc": "123" },
+            "shippingAddress": { "line1": "1 Trace Way", "city": "Springfield", "countryCode": "US" },
+        })
+    }
+}
+
+/// `promtool check metrics` accepts the exposition (skipped without promtool, except in CI).
+pub fn promtool_accepts(metrics: &str) {
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(!kit::testing::running_in_ci(), "promtool is missing (apt install prometheus)");
+        eprintln!("promtool not installed; metrics format not checked");
+        return;
+    };
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics: {report}");
 }
