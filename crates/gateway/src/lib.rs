@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod template;
+pub mod tracecontext;
 pub mod transcode;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +62,8 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Labels registered with this instance.
     pub metadata: BTreeMap<String, String>,
+    /// Serve `POST /test/tracecontext` for the W3C trace-context test suite.
+    pub trace_context_test_endpoint: bool,
 }
 
 impl Default for GatewayConfig {
@@ -82,6 +85,7 @@ impl Default for GatewayConfig {
             body_read_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             metadata: BTreeMap::new(),
+            trace_context_test_endpoint: false,
         }
     }
 }
@@ -176,6 +180,7 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
         },
         metrics,
+        trace_context_test: config.trace_context_test_endpoint.then(reqwest::Client::new),
     });
 
     let listener =

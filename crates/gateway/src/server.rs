@@ -43,6 +43,8 @@ pub struct Gateway {
     pub openapi: Bytes,
     pub limits: Limits,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The client of the W3C trace-context test endpoint, when it is on.
+    pub trace_context_test: Option<reqwest::Client>,
 }
 
 /// A failure on its way to becoming the JSON error body.
@@ -231,6 +233,16 @@ impl Gateway {
             }
         }
         let unmatched = || "unmatched";
+        if method == Method::POST
+            && path == crate::tracecontext::PATH
+            && let Some(http) = &self.trace_context_test
+        {
+            let body = self.read_body(request).await.map_err(|f| (f, "tracecontext"))?;
+            return match crate::tracecontext::run(http, &body).await {
+                Ok(()) => Ok((json_reply(StatusCode::OK, Bytes::from_static(b"{}")), "tracecontext")),
+                Err(err) => Err((Failure::new(Code::InvalidArgument, err.to_string()), "tracecontext")),
+            };
+        }
 
         // Identify and limit before anything else costs us.
         let caller = auth::identify(request.headers(), peer.ip(), &self.keys)

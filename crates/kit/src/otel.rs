@@ -9,24 +9,93 @@
 //! records carrying the trace and span of the request they belong to.
 use std::sync::OnceLock;
 
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::Context;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::trace_context::TraceIds;
+use crate::trace_context::{FLAG_RANDOM, FLAG_SAMPLED, TraceIds, parse_tracestate, traceparent_of};
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 static LOGGER: OnceLock<Option<SdkLoggerProvider>> = OnceLock::new();
-static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
+static PROPAGATOR: W3cPropagator = W3cPropagator;
 
-fn propagator() -> &'static TraceContextPropagator {
-    PROPAGATOR.get_or_init(TraceContextPropagator::new)
+fn propagator() -> &'static W3cPropagator {
+    &PROPAGATOR
+}
+
+/// In a context whose trace came in without the random flag: outgoing
+/// `traceparent`s of that trace must not claim it. (Traces we start have
+/// random ids, and continued ones carry the flag as received.)
+#[derive(Debug, Clone, Copy)]
+struct NotRandom;
+
+/// The `tracestate` a trace came in with, passed on as received (checked
+/// by the Level 2 grammar, which OpenTelemetry's `TraceState` predates: it
+/// refuses keys such as `foo@`).
+#[derive(Debug, Clone)]
+struct Tracestate(String);
+
+/// W3C trace context Level 2, where OpenTelemetry's own propagator stops at
+/// Level 1: the random-trace-id flag is carried as received (OpenTelemetry
+/// keeps only the sampled bit, and a span it does not sample loses the rest),
+/// a request with two `traceparent` headers starts a new trace, several
+/// `tracestate` headers are one list, and an invalid `tracestate` (bad member,
+/// repeated key, more than 32 members) is dropped whole — what the official
+/// test suite checks (`scripts/w3c-trace-context.sh`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct W3cPropagator;
+
+static FIELDS: OnceLock<[String; 2]> = OnceLock::new();
+
+impl TextMapPropagator for W3cPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let context = span.span_context();
+        if !context.is_valid() {
+            return;
+        }
+        let sampled = if context.is_sampled() { FLAG_SAMPLED } else { 0 };
+        let random = if cx.get::<NotRandom>().is_some() { 0 } else { FLAG_RANDOM };
+        injector
+            .set("traceparent", format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), sampled | random));
+        let state = match cx.get::<Tracestate>() {
+            Some(Tracestate(received)) => received.clone(),
+            None => context.trace_state().header(),
+        };
+        if !state.is_empty() {
+            injector.set("tracestate", state);
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        let parents = extractor.get_all("traceparent").unwrap_or_default();
+        let Some(parent) = traceparent_of(&parents) else { return cx.clone() };
+        let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&parent.trace_id), SpanId::from_hex(&parent.parent_id))
+        else {
+            return cx.clone();
+        };
+        let members = extractor.get_all("tracestate").and_then(|values| parse_tracestate(&values)).unwrap_or_default();
+        let header = members.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        // On the span too (exported with it) where OpenTelemetry accepts it.
+        let state = TraceState::from_key_value(members).unwrap_or_default();
+        let flags = TraceFlags::new(parent.flags & FLAG_SAMPLED);
+        let cx = cx.with_remote_span_context(SpanContext::new(trace_id, span_id, flags, true, state));
+        let cx = cx.with_value(Tracestate(header));
+        if parent.flags & FLAG_RANDOM == 0 { cx.with_value(NotRandom) } else { cx }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(FIELDS.get_or_init(|| ["traceparent".to_string(), "tracestate".to_string()]))
+    }
 }
 
 fn env_set(name: &str) -> bool {
@@ -173,5 +242,57 @@ mod tests {
             assert_eq!(fresh.len(), 32);
             assert_ne!(fresh, trace_id);
         });
+    }
+
+    /// The `traceparent` a client call makes inside a server span that
+    /// received `incoming` (header name, value pairs).
+    fn passed_on(incoming: &[(&str, &str)]) -> (String, String) {
+        let subscriber = tracing_subscriber::registry().with(layer("test"));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in incoming {
+                headers.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            }
+            let server =
+                tracing::info_span!("server", trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+            continue_trace(&server, &headers);
+            let client = server.in_scope(|| tracing::info_span!("client"));
+            let mut outgoing = http::HeaderMap::new();
+            inject(&client, &mut outgoing);
+            let state = outgoing.get("tracestate").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            (outgoing["traceparent"].to_str().unwrap().to_string(), state)
+        })
+    }
+
+    #[test]
+    fn the_random_flag_is_passed_on_as_received_and_set_on_new_traces() {
+        let trace = "12345678901234567890123456789012";
+        // Random, not sampled: the trace goes on, a span of ours, random still set.
+        let (sent, _) = passed_on(&[("traceparent", &format!("00-{trace}-1234567890123456-02"))]);
+        assert!(sent.starts_with(&format!("00-{trace}-")) && sent.ends_with("-02"), "{sent}");
+        assert!(!sent.contains("1234567890123456-"), "a new parent id: {sent}");
+        // Sampled, not random: not random downstream either.
+        let (sent, _) = passed_on(&[("traceparent", &format!("00-{trace}-1234567890123456-01"))]);
+        assert!(sent.ends_with("-01"), "{sent}");
+        // A trace we start has a random id: flagged.
+        let (sent, _) = passed_on(&[]);
+        assert!(sent.ends_with("-03"), "{sent}");
+        // Two traceparents: neither is trusted.
+        let (sent, _) = passed_on(&[
+            ("traceparent", &format!("00-{trace}-1234567890123456-01")),
+            ("traceparent", &format!("00-{trace}-1234567890123457-01")),
+        ]);
+        assert!(!sent.contains(trace), "{sent}");
+    }
+
+    #[test]
+    fn tracestate_headers_are_one_list_and_a_bad_one_is_dropped() {
+        let parent = ("traceparent", "00-12345678901234567890123456789012-1234567890123456-01");
+        let (_, state) = passed_on(&[parent, ("tracestate", "foo=1,bar=2"), ("tracestate", "baz=3")]);
+        assert_eq!(state, "foo=1,bar=2,baz=3");
+        let (_, state) = passed_on(&[parent, ("tracestate", "foo=1,@bad=2")]);
+        assert_eq!(state, "", "dropped whole");
+        let (_, state) = passed_on(&[parent, ("tracestate", "foo@=1,bar=2,foo@=3")]);
+        assert_eq!(state, "foo@=1,bar=2", "Level 2 keys; the first of a repeated key");
     }
 }

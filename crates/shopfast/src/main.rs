@@ -202,6 +202,11 @@ struct GatewayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Serve POST /test/tracecontext for the W3C trace-context test suite
+    /// (scripts/w3c-trace-context.sh); off by default.
+    #[arg(long = "enable-trace-context-test-endpoint")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    trace_context_test_endpoint: bool,
     /// Runtime threads: 1 = a single-threaded event loop (like one nginx
     /// worker), 0 = one per core.
     #[arg(long, default_value_t = 0)]
