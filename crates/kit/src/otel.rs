@@ -215,6 +215,50 @@ pub fn inject(span: &Span, headers: &mut http::HeaderMap) {
     propagator().inject_context(&span.context(), &mut HeaderInjector(headers));
 }
 
+/// The current span's trace context as a `traceparent` value (for a
+/// message that outlives the request, e.g. an outbox event), if there is one.
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject(&Span::current(), &mut headers);
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// A span of a message handled later (an outbox event) that continues the
+/// trace stored with it (`traceparent`, as [`current_traceparent`] gave it).
+pub fn continue_stored(span: &Span, traceparent: &str) -> TraceIds {
+    let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+        headers.insert("traceparent", value);
+    }
+    continue_trace(span, &headers)
+}
+
+/// axum middleware for internal HTTP APIs (the registry): a request that
+/// carries a `traceparent` is a server span continuing it, and its response
+/// names the trace in `x-trace-id`; requests outside any trace (heartbeats,
+/// probes, scrapes) make no span, so they do not bury the traces of users.
+pub async fn trace_http_if_traced(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !request.headers().contains_key("traceparent") {
+        return next.run(request).await;
+    }
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let ids = continue_trace(&span, request.headers());
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = http::HeaderValue::from_str(&ids.trace_id) {
+        response.headers_mut().insert("x-trace-id", value);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,35 +53,54 @@ fn effect(event: &Event, config: &FulfilmentConfig) -> Option<Effect> {
     }
 }
 
-/// Handles the events due at `now`; returns how many were settled.
+/// Handles the events due at `now`; returns how many were settled. Each is a
+/// consumer span continuing the trace that wrote the event, so an order's
+/// trace shows it shipped and delivered.
 pub async fn process_due(store: &OrderStore, config: &FulfilmentConfig, now: i64) -> Result<usize, StoreError> {
     let events = store.due_events(now, config.batch).await?;
     let mut settled = 0;
     for event in events {
-        let Some(Effect { from, to, next }) = effect(&event, config) else {
-            tracing::warn!(event_id = %event.id, kind = %event.kind, "unknown outbox event; skipped");
-            store.mark_published(&event.id).await?;
+        let span = tracing::info_span!(
+            "outbox",
+            otel.name = %format_args!("handle {}", event.kind),
+            otel.kind = "consumer",
+            order_id = %event.order_id,
+            event_id = %event.id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        kit::otel::continue_stored(&span, &event.traceparent);
+        if tracing::Instrument::instrument(handle(store, config, &event), span).await? {
             settled += 1;
-            continue;
-        };
-        let change = Change { event: next.map(|(kind, delay)| (kind, "{}", delay)), ..Default::default() };
-        match store.transition(&event.order_id, from, to, change).await {
-            Ok(()) => {
-                tracing::info!(order_id = %event.order_id, from = from.as_str(), to = to.as_str(), "fulfilment step");
-            }
-            // Already moved on: cancelled meanwhile, or this event was handled
-            // before a crash kept it from being marked.
-            Err(StoreError::Domain(DomainError::FailedPrecondition(_) | DomainError::NotFound(_))) => {}
-            Err(err) => {
-                tracing::warn!(event_id = %event.id, error = %err, "fulfilment step failed; retrying later");
-                store.retry_later(&event.id, 1_000 * (event.attempts + 1).min(30)).await?;
-                continue;
-            }
         }
-        store.mark_published(&event.id).await?;
-        settled += 1;
     }
     Ok(settled)
+}
+
+/// One event: the change it asks for, then marked published; `false` when it
+/// is to be retried later.
+async fn handle(store: &OrderStore, config: &FulfilmentConfig, event: &Event) -> Result<bool, StoreError> {
+    let Some(Effect { from, to, next }) = effect(event, config) else {
+        tracing::warn!(event_id = %event.id, kind = %event.kind, "unknown outbox event; skipped");
+        store.mark_published(&event.id).await?;
+        return Ok(true);
+    };
+    let change = Change { event: next.map(|(kind, delay)| (kind, "{}", delay)), ..Default::default() };
+    match store.transition(&event.order_id, from, to, change).await {
+        Ok(()) => {
+            tracing::info!(order_id = %event.order_id, from = from.as_str(), to = to.as_str(), "fulfilment step");
+        }
+        // Already moved on: cancelled meanwhile, or this event was handled
+        // before a crash kept it from being marked.
+        Err(StoreError::Domain(DomainError::FailedPrecondition(_) | DomainError::NotFound(_))) => {}
+        Err(err) => {
+            tracing::warn!(event_id = %event.id, error = %err, "fulfilment step failed; retrying later");
+            store.retry_later(&event.id, 1_000 * (event.attempts + 1).min(30)).await?;
+            return Ok(false);
+        }
+    }
+    store.mark_published(&event.id).await?;
+    Ok(true)
 }
 
 /// Polls the outbox until `shutdown`.

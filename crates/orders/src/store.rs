@@ -43,6 +43,9 @@ pub struct Event {
     pub kind: String,
     pub payload: String,
     pub attempts: i64,
+    /// The trace that wrote it (W3C `traceparent`), continued by its handling;
+    /// empty outside any trace.
+    pub traceparent: String,
 }
 
 /// What else a status change writes.
@@ -237,7 +240,8 @@ impl OrderStore {
         }
         if let Some((kind, payload, delay_ms)) = change.event {
             sqlx::query(
-                "INSERT INTO outbox (id, order_id, kind, payload, available_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO outbox (id, order_id, kind, payload, available_at, created_at, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(id)
@@ -245,6 +249,8 @@ impl OrderStore {
             .bind(payload)
             .bind(now + delay_ms)
             .bind(now)
+            // The trace of the change travels with its event.
+            .bind(kit::otel::current_traceparent().unwrap_or_default())
             .execute(&mut *tx)
             .await?;
         }
@@ -255,7 +261,8 @@ impl OrderStore {
     /// Outbox events due by `now`, oldest first.
     pub async fn due_events(&self, now: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, order_id, kind, payload, attempts FROM outbox WHERE published_at IS NULL AND available_at <= $1 \
+            "SELECT id, order_id, kind, payload, attempts, traceparent FROM outbox \
+             WHERE published_at IS NULL AND available_at <= $1 \
              ORDER BY available_at, id LIMIT $2",
         )
         .bind(now)
@@ -271,6 +278,7 @@ impl OrderStore {
                     kind: r.try_get("kind")?,
                     payload: r.try_get("payload")?,
                     attempts: r.try_get("attempts")?,
+                    traceparent: r.try_get("traceparent")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?)

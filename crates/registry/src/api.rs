@@ -73,6 +73,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/metrics", kit::metrics::route())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(kit::otel::trace_http_if_traced))
         .with_state(registry)
 }
 

@@ -191,3 +191,22 @@ async fn bad_timing_is_refused() {
     };
     assert!(registry::start(config, CancellationToken::new()).await.is_err());
 }
+
+/// A call inside a trace is a span of it (the response names the trace);
+/// background calls (no `traceparent`) make none.
+#[tokio::test]
+async fn a_traced_call_continues_its_trace_and_an_untraced_one_makes_none() {
+    let (registry, http) = start().await;
+    let url = format!("{}/v1/services", registry.url());
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = http.get(&url).header("traceparent", traceparent).send().await.unwrap();
+    assert_eq!(traced.status(), StatusCode::OK);
+    assert_eq!(traced.headers()["x-trace-id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let untraced = http.get(&url).send().await.unwrap();
+    assert_eq!(untraced.status(), StatusCode::OK);
+    assert!(untraced.headers().get("x-trace-id").is_none());
+    // A malformed traceparent starts a trace of its own rather than failing the call.
+    let garbage = http.get(&url).header("traceparent", "00-garbage").send().await.unwrap();
+    assert_eq!(garbage.status(), StatusCode::OK);
+    assert_eq!(garbage.headers()["x-trace-id"].len(), 32);
+}

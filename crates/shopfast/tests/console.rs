@@ -134,6 +134,26 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
     let (_, trace) = get(&http, &trace_url).await;
     assert!(trace["logs"].as_array().unwrap().iter().all(|l| l["trace_id"] == trace_id.as_str()));
 
+    // The outbox worker continued the order's trace: shipping and delivery
+    // are consumer spans of it, under the span that paid the order.
+    eventually(Duration::from_secs(20), "the fulfilment steps in the order's trace", || {
+        let (http, url) = (http.clone(), trace_url.clone());
+        async move {
+            let (_, body) = get(&http, &url).await;
+            let spans = body["spans"].as_array().cloned().unwrap_or_default();
+            let ids: BTreeSet<&str> = spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
+            ["handle order.paid", "handle order.shipped"].iter().all(|name| {
+                spans.iter().any(|s| {
+                    s["name"] == *name
+                        && s["kind"] == "consumer"
+                        && s["service"] == "orders"
+                        && ids.contains(s["parent_span_id"].as_str().unwrap_or(""))
+                })
+            })
+        }
+    })
+    .await;
+
     // Search: by order id, by service, errors only.
     let found = |query: String| {
         let http = http.clone();

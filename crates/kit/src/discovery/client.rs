@@ -47,7 +47,12 @@ impl RegistryClient {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<reqwest::Response, DiscoveryError> {
+        // A call made inside a trace carries it (background heartbeats and
+        // watches are in none, and send nothing).
+        let mut headers = http::HeaderMap::new();
+        crate::otel::inject(&tracing::Span::current(), &mut headers);
         let response = request
+            .headers(headers)
             .timeout(timeout)
             .send()
             .await
