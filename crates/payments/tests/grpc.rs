@@ -218,9 +218,12 @@ fn void(order: &str) -> pb::VoidOrderPaymentsRequest {
     pb::VoidOrderPaymentsRequest { order_id: order.into(), reason: "order not completed".into() }
 }
 
-/// A payment as a crashed call leaves it: `status`, its call gone (or not) by `abandon_at`.
+/// A payment as a crashed call leaves it: `status`, its call gone (or not) by
+/// `abandon_at`. Until it reaches `status` it is not yet abandoned, or the
+/// service's recovery pass could settle it half-built.
 async fn left_in_flight(store: &PaymentStore, order: &str, status: Status, abandon_at: i64) -> String {
     use payments::store::{Change, NewPayment};
+    let building = kit::time::now_millis() + 60_000;
     let new = NewPayment {
         order_id: order,
         user_id: "user-1",
@@ -228,15 +231,18 @@ async fn left_in_flight(store: &PaymentStore, order: &str, status: Status, aband
         currency_code: "USD",
         card_brand: "visa",
         card_last4: "4242",
-        abandon_at,
+        abandon_at: if status == Status::Pending { abandon_at } else { building },
     };
     let id = store.create(&new).await.unwrap().id;
-    let held = Change { authorization_id: Some("auth_test"), ..Default::default() };
+    let last = |to: Status| if to == status { Some(abandon_at) } else { None };
     if status != Status::Pending {
+        let held =
+            Change { authorization_id: Some("auth_test"), abandon_at: last(Status::Authorized), ..Default::default() };
         store.transition(&id, Status::Pending, Status::Authorized, held).await.unwrap();
     }
     if status == Status::Processing {
-        store.transition(&id, Status::Authorized, Status::Processing, Change::default()).await.unwrap();
+        let capturing = Change { abandon_at: last(Status::Processing), ..Default::default() };
+        store.transition(&id, Status::Authorized, Status::Processing, capturing).await.unwrap();
     }
     id
 }
