@@ -210,11 +210,12 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
         }
     })
     .await;
-    // Every /metrics of the stack — each instance the registry lists, and the
-    // console's own — is valid for promtool.
+    // Every /metrics of the stack — each instance the registry lists, the
+    // registry's and the console's own — is valid for promtool.
     let instances = kit::discovery::RegistryClient::new(&up.registry).all_instances().await.unwrap().instances;
     assert_eq!(instances.len(), SERVICES.len());
-    for admin in instances.iter().map(|i| format!("http://{}", i.admin_address)).chain([console.clone()]) {
+    let admins = instances.iter().map(|i| format!("http://{}", i.admin_address));
+    for admin in admins.chain([up.registry.clone(), console.clone()]) {
         let text = http.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
         promtool_accepts(&text);
     }
