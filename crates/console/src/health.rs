@@ -43,7 +43,8 @@ impl Default for HealthConfig {
             error_ratio_alert: 0.05,
             p95_warn_ms: 500.0,
             p95_bad_ms: 2_000.0,
-            baseline_ms: 25 * 60_000,
+            // As the Prometheus rule: `[1h] offset 5m`.
+            baseline_ms: 60 * 60_000,
             baseline_gap_ms: 5 * 60_000,
             baseline_min_requests: 50.0,
             latency_factor: 2.0,

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use kit::db::{Db, DbOptions};
@@ -162,17 +161,10 @@ pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result
         config: config.clone(),
     });
 
-    let listener =
-        TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
-    let app = api::router(console.clone());
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        {
-            tracing::error!(error = %err, "console server failed");
-        }
-    });
+    let (addr, server) =
+        kit::server::serve_http(config.addr, api::router(console.clone()), shutdown.clone(), "console")
+            .await
+            .map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let mut tasks = vec![server, tokio::spawn(prune(console.clone(), shutdown.clone()))];
     if let Some(registry_url) = &config.registry_url {
         tasks.push(tokio::spawn(scrape(console.clone(), RegistryClient::new(registry_url), shutdown.clone())));

@@ -48,9 +48,10 @@ struct Tracestate(String);
 /// Level 1: the random-trace-id flag is carried as received (OpenTelemetry
 /// keeps only the sampled bit, and a span it does not sample loses the rest),
 /// a request with two `traceparent` headers starts a new trace, several
-/// `tracestate` headers are one list, and an invalid `tracestate` (bad member,
-/// repeated key, more than 32 members) is dropped whole — what the official
-/// test suite checks (`scripts/w3c-trace-context.sh`).
+/// `tracestate` headers are one list checked by the Level 2 grammar, an
+/// invalid one (a bad member, more than 32) is dropped whole and of a repeated
+/// key the first is kept — what the official test suite checks
+/// (`scripts/w3c-trace-context.sh`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct W3cPropagator;
 

@@ -374,6 +374,26 @@ fn admin_router(readiness: Readiness, faults: Faults) -> Router {
         .merge(crate::resilience::faults::admin_routes(faults))
 }
 
+/// Binds `addr` and serves `app` on a task of its own until `shutdown`, then
+/// lets requests in flight finish. The bound address (port 0 becomes the one
+/// picked) and the task; `what` names the server in its failure log.
+pub async fn serve_http(
+    addr: std::net::SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let stopped = async move { shutdown.cancelled().await };
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %err, "{what} server failed");
+        }
+    });
+    Ok((bound, task))
+}
+
 async fn serve_admin(listener: TcpListener, app: Router, shutdown: CancellationToken) {
     let stopped = async move { shutdown.cancelled().await };
     if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use kit::shutdown::CancellationToken;
@@ -152,17 +151,10 @@ pub async fn start(config: LoadgenConfig, shutdown: CancellationToken) -> Result
         stats,
     });
 
-    let listener =
-        TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
-    let app = control::router(state.clone());
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        {
-            tracing::error!(error = %err, "loadgen control server failed");
-        }
-    });
+    let (addr, server) =
+        kit::server::serve_http(config.addr, control::router(state.clone()), shutdown.clone(), "loadgen control")
+            .await
+            .map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let driver =
         tokio::spawn(drive(Arc::new(shop), state, config.weights.clone(), config.max_in_flight, shutdown.clone()));
     tracing::info!(service = SERVICE, %addr, gateway, mode = config.mode.name(), "ready");

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use kit::shutdown::CancellationToken;
@@ -100,17 +99,10 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Resul
     let prober = Arc::new(core::HttpProber::new(Duration::from_millis(t.heartbeat_interval_ms.clamp(100, 2_000))));
     let registry = core::Registry::new(store, prober, config.timing.clone());
 
-    let listener =
-        TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
-    let app = api::router(registry.clone());
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-        {
-            tracing::error!(error = %err, "registry HTTP server failed");
-        }
-    });
+    let (addr, server) =
+        kit::server::serve_http(config.addr, api::router(registry.clone()), shutdown.clone(), "registry HTTP")
+            .await
+            .map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let sweeper = tokio::spawn(sweep_forever(registry, shutdown.clone()));
     tracing::info!(service = SERVICE, %addr, backend = ?config.backend, "ready");
     Ok(RunningRegistry { addr, shutdown, server, sweeper })

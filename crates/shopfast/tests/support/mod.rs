@@ -195,7 +195,17 @@ impl Up {
 }
 
 impl Drop for Up {
+    /// A test that failed still stops the whole stack: Ctrl-C lets `up` stop
+    /// its children (in their own process groups, a SIGKILL of `up` alone
+    /// would leave them running, load and all); SIGKILL only if it hangs.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
