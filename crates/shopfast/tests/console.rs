@@ -374,3 +374,24 @@ async fn bad_requests_are_refused_clearly(http: &reqwest::Client, console: &str)
     let (status, _) = get(http, &format!("{console}/health/ready")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A console configured wrong does not start, and says why.
+#[test]
+fn bad_console_settings_stop_it_with_a_clear_message() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    for (flags, reason) in [
+        (vec!["--registry-url", "ftp://registry"], "expected an http(s) URL"),
+        (vec!["--loadgen-url", "not a url"], "expected an http(s) URL"),
+        (vec!["--retention-ms", "0"], "must be above 0"),
+    ] {
+        let out = Command::new(support::SHOPFAST)
+            .args(["console", "--addr", "127.0.0.1:0", "--data-dir", data_dir])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{flags:?} started");
+        assert!(said.contains(reason), "{flags:?}: {said}");
+    }
+}
