@@ -60,9 +60,21 @@ struct Launch {
 }
 
 impl Launch {
-    fn start(&self) -> Proc {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Proc::start(&args)
+    /// The first start. Its ports were free when picked, but another process
+    /// (the other database's run, in parallel) may take one before the
+    /// service binds it: then it picks new ones, which restarts keep.
+    fn start_on_free_ports(&mut self) -> Proc {
+        for _ in 0..5 {
+            let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+            if let Some(proc) = Proc::try_start(&args) {
+                return proc;
+            }
+            for flag in ["--grpc-addr", "--admin-addr"] {
+                let at = self.args.iter().position(|a| a == flag).unwrap();
+                self.args[at + 1] = free_addr();
+            }
+        }
+        panic!("{:?} did not start on five sets of free ports", self.args);
     }
 }
 
@@ -106,8 +118,8 @@ impl Stack {
         }
         let mut running = HashMap::new();
         for name in SERVICES {
-            let launch = &launches[name];
-            running.insert(name, launch.start());
+            let launch: &mut Launch = launches.get_mut(name).unwrap();
+            running.insert(name, launch.start_on_free_ports());
         }
         Some(Self { _registry: Mutex::new(registry), launches, running: Mutex::new(running), _dbs: dbs, _dir: dir })
     }

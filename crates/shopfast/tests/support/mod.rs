@@ -21,6 +21,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[&str]) -> Self {
+        Self::try_start(args).unwrap_or_else(|| panic!("shopfast {args:?} exited before it was ready"))
+    }
+
+    /// Starts it and waits for its `ready` line; `None` if it exits first
+    /// (say, a port picked for it was taken meanwhile).
+    pub fn try_start(args: &[&str]) -> Option<Self> {
         let mut child = Command::new(SHOPFAST)
             .args(args)
             .stdout(Stdio::piped())
@@ -37,8 +43,8 @@ impl Proc {
             }
         });
         let mut proc = Self { child, ready: Value::Null, lines };
-        proc.ready = proc.wait_for_message("ready", Duration::from_secs(30));
-        proc
+        proc.ready = proc.try_wait_for_message("ready", Duration::from_secs(30))?;
+        Some(proc)
     }
 
     /// The registry with test timings, on `addr` (port 0 for a free one).
@@ -83,13 +89,20 @@ impl Proc {
     }
 
     pub fn wait_for_message(&mut self, message: &str, within: Duration) -> Value {
+        self.try_wait_for_message(message, within)
+            .unwrap_or_else(|| panic!("no {message:?} log line within {within:?}"))
+    }
+
+    /// The first log line with `message`; `None` if the process exited or
+    /// `within` passed first.
+    pub fn try_wait_for_message(&mut self, message: &str, within: Duration) -> Option<Value> {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line["message"] == message => return line,
+                Ok(line) if line["message"] == message => return Some(line),
                 Ok(_) => {}
-                Err(_) => panic!("no {message:?} log line within {within:?}"),
+                Err(_) => return None,
             }
         }
     }
