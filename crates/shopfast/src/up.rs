@@ -464,6 +464,7 @@ fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Pro
         .arg(command)
         .args(&flags)
         .envs(env.iter().cloned())
+        .envs(ready_lines_logged())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -513,6 +514,14 @@ fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Pro
         }
     });
     Ok(Proc::supervise(label, log, child, supervisor.exited.clone()))
+}
+
+/// `up` learns where the registry, the console and the traffic generator
+/// listen from their `ready` log line (info): a `RUST_LOG` that is quieter
+/// (`warn`) keeps its level for everything else but not for those three.
+fn ready_lines_logged() -> Option<(String, String)> {
+    let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty())?;
+    Some(("RUST_LOG".to_string(), format!("{filter},registry=info,console=info,loadgen=info")))
 }
 
 /// A JSON log line as `LEVEL message key=value …`.

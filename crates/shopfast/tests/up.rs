@@ -77,3 +77,13 @@ fn up_refuses_bad_flags() {
         assert!(stderr.contains("replicas") || stderr.contains("key=value"), "{bad:?}: {stderr}");
     }
 }
+
+/// A quiet `RUST_LOG` on `up` does not hide the lines it starts by.
+#[test]
+fn up_starts_with_a_quiet_log_level() {
+    let data = tempfile::tempdir().unwrap();
+    let up = support::Up::start(data.path(), &["--no-loadgen"], &[("RUST_LOG", "warn")]);
+    assert!(up.console.is_some() && !up.registry.is_empty());
+    let (clean, stderr) = up.stop();
+    assert!(clean, "{stderr}");
+}
