@@ -110,20 +110,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let secrets = Secrets::generate();
     let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
     let supervisor = Supervisor { exe: &exe, logs_dir: &logs_dir, quiet: args.quiet, exited: exited_tx.clone() };
-    let registry = spawn(
-        &supervisor,
-        ChildSpec {
-            command: "registry",
-            label: "registry",
-            flags: vec!["--addr".into(), format!("127.0.0.1:{registry_port}")],
-            colour: 0,
-            env: &[],
-            ready: Some(ready_tx),
-        },
-    )?;
-    let registry_url = ready_url(&mut ready_rx, &registry, "the registry", args.ready_timeout_secs).await?;
+    let registry = ChildSpec {
+        command: "registry",
+        label: "registry",
+        flags: vec!["--addr".into(), format!("127.0.0.1:{registry_port}")],
+        colour: 0,
+        env: &[],
+        ready: None,
+    };
+    let (registry, registry_url) =
+        spawn_listening(&supervisor, registry, "the registry", args.ready_timeout_secs).await?;
     let data_dir = args.data_dir.display().to_string();
 
     // The console first, so the services' first spans have somewhere to go.
@@ -316,7 +313,6 @@ async fn start_console(
     ready_timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
     let port = if ephemeral { 0 } else { CONSOLE_PORT };
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
     let spec = ChildSpec {
         command: "console",
         label: "console",
@@ -330,11 +326,9 @@ async fn start_console(
         ],
         colour: SERVICES.len() + 3,
         env: &[],
-        ready: Some(ready_tx),
+        ready: None,
     };
-    let proc = spawn(supervisor, spec)?;
-    let url = ready_url(&mut ready_rx, &proc, "the console", ready_timeout_secs).await?;
-    Ok((proc, url))
+    spawn_listening(supervisor, spec, "the console", ready_timeout_secs).await
 }
 
 /// The traffic generator against the gateway, with its own API key; its
@@ -347,30 +341,30 @@ async fn start_loadgen(
     ready_timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
     let port = if ephemeral { 0 } else { LOADGEN_PORT };
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
     let spec = ChildSpec {
         command: "loadgen",
         label: "loadgen-1",
         flags: vec!["--addr".into(), format!("127.0.0.1:{port}"), "--gateway-url".into(), gateway_url.to_string()],
         colour: SERVICES.len() + 2,
         env,
-        ready: Some(ready_tx),
+        ready: None,
     };
-    let proc = spawn(supervisor, spec)?;
-    let url = ready_url(&mut ready_rx, &proc, "the traffic generator", ready_timeout_secs).await?;
-    Ok((proc, url))
+    spawn_listening(supervisor, spec, "the traffic generator", ready_timeout_secs).await
 }
 
-/// The URL of a child that logs its `addr` on its `ready` line, once it has.
-async fn ready_url(
-    ready: &mut mpsc::UnboundedReceiver<Value>,
-    child: &Proc,
+/// Starts a child that logs the `addr` it listens on in its `ready` line:
+/// its process and URL once it has.
+async fn spawn_listening(
+    supervisor: &Supervisor<'_>,
+    spec: ChildSpec<'_>,
     what: &str,
     timeout_secs: u64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(Proc, String)> {
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
+    let child = spawn(supervisor, ChildSpec { ready: Some(ready_tx), ..spec })?;
     tokio::select! {
-        line = ready.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
-            Some(addr) => Ok(format!("http://{addr}")),
+        line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
+            Some(addr) => Ok((child, format!("http://{addr}"))),
             None => bail!("{what} exited before it was ready; see {}", child.log.display()),
         },
         _ = tokio::time::sleep(Duration::from_secs(timeout_secs)) => bail!("{what} did not start"),
