@@ -22,8 +22,13 @@ pub struct TraceStore {
 const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, service, name, kind, start_ns, end_ns, error, \
      status_message, order_id, user_id, attributes";
 
+/// The `attributes` column: the JSON object `json_of` wrote.
+fn attributes_of(row: &AnyRow) -> Result<BTreeMap<String, String>> {
+    let text: String = row.try_get("attributes")?;
+    Ok(serde_json::from_str(&text).unwrap_or_default())
+}
+
 fn span_from_row(row: &AnyRow) -> Result<SpanRecord> {
-    let attributes: String = row.try_get("attributes")?;
     Ok(SpanRecord {
         trace_id: row.try_get("trace_id")?,
         span_id: row.try_get("span_id")?,
@@ -37,7 +42,19 @@ fn span_from_row(row: &AnyRow) -> Result<SpanRecord> {
         status_message: row.try_get("status_message")?,
         order_id: row.try_get("order_id")?,
         user_id: row.try_get("user_id")?,
-        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+        attributes: attributes_of(row)?,
+    })
+}
+
+fn log_from_row(row: &AnyRow) -> Result<LogRecord> {
+    Ok(LogRecord {
+        trace_id: row.try_get("trace_id")?,
+        span_id: row.try_get("span_id")?,
+        service: row.try_get("service")?,
+        time_ns: row.try_get("time_ns")?,
+        severity: row.try_get("severity")?,
+        body: row.try_get("body")?,
+        attributes: attributes_of(row)?,
     })
 }
 
@@ -174,20 +191,7 @@ impl TraceStore {
         .bind(trace_id)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let attributes: String = row.try_get("attributes")?;
-                Ok(LogRecord {
-                    trace_id: row.try_get("trace_id")?,
-                    span_id: row.try_get("span_id")?,
-                    service: row.try_get("service")?,
-                    time_ns: row.try_get("time_ns")?,
-                    severity: row.try_get("severity")?,
-                    body: row.try_get("body")?,
-                    attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-                })
-            })
-            .collect()
+        rows.iter().map(log_from_row).collect()
     }
 
     /// Every call from one service to another since `since_ns` (a span whose
