@@ -20,6 +20,9 @@
 #   PROFILE=/tmp/gateway.perf scripts/bench-gateway.sh   # also a perf profile of the gateway
 #   CALL_GRAPH=dwarf PROFILE=/tmp/gateway.perf scripts/bench-gateway.sh   # ... with call stacks
 #   BIN=/tmp/other/shopfast scripts/bench-gateway.sh   # measure another build (A/B)
+#   BASELINE_BIN=/tmp/old/shopfast scripts/bench-gateway.sh   # also a gateway of another build,
+#                                      # interleaved in the same rounds: an A/B on equal terms
+#   SYSCALLS=1 scripts/bench-gateway.sh   # also count the proxies' system calls per request (perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}
@@ -72,6 +75,13 @@ mkdir -p "$work/untraced"
 OTEL_SDK_DISABLED=true RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$untraced_port" \
   --registry-url "http://127.0.0.1:$registry_port" --data-dir "$work/untraced" --config "$work/shopfast.toml" \
   > "$work/untraced.log" 2>&1 & untraced_pid=$!; pids+=($untraced_pid)
+baseline_pid=""; baseline_port=$(free_port)
+if [ -n "${BASELINE_BIN:-}" ]; then
+  mkdir -p "$work/baseline"
+  RUST_LOG=warn $BASELINE_BIN gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$baseline_port" \
+    --registry-url "http://127.0.0.1:$registry_port" --data-dir "$work/baseline" --config "$work/shopfast.toml" \
+    > "$work/baseline.log" 2>&1 & baseline_pid=$!; pids+=($baseline_pid)
+fi
 
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -94,8 +104,12 @@ nginx -p "$work" -c "$work/nginx.conf"
 
 gateway_url="http://127.0.0.1:$gateway_port"
 untraced_url="http://127.0.0.1:$untraced_port"
+baseline_url="http://127.0.0.1:$baseline_port"
 for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$gateway_url/v1/products?pageSize=1" > "$work/page.json" 2>/dev/null && break; sleep 0.2; done
 for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$untraced_url/v1/products?pageSize=1" > /dev/null 2>&1 && break; sleep 0.2; done
+if [ -n "$baseline_pid" ]; then
+  for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$baseline_url/v1/products?pageSize=1" > /dev/null 2>&1 && break; sleep 0.2; done
+fi
 product_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["products"][0]["id"])' "$work/page.json")
 # gRPC frame of GetProductRequest{product_id}: 0 (uncompressed), 4-byte length, protobuf.
 python3 - "$product_id" "$work/get.bin" <<'PY'
@@ -111,7 +125,7 @@ grpc_path=/shopfast.products.v1.ProductService/GetProduct
 run() { # name url [h2load args...] -> "name rps mean_ms proxy_us backend_us"
   local name=$1 url=$2; shift 2
   local proxy_pid=""
-  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; untraced) proxy_pid=$untraced_pid;; esac
+  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; untraced) proxy_pid=$untraced_pid;; baseline) proxy_pid=$baseline_pid;; esac
   local p0=0 b0; b0=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p0=$(cpu_ticks "$proxy_pid")
   local out; out=$(h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url")
   local p1=0 b1; b1=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p1=$(cpu_ticks "$proxy_pid")
@@ -123,12 +137,22 @@ run() { # name url [h2load args...] -> "name rps mean_ms proxy_us backend_us"
   echo "$name $rps $mean $(( (p1 - p0) * 1000000 / hz )) $(( (b1 - b0) * 1000000 / hz ))"
 }
 
+syscalls() { # name pid url [h2load args...]: system calls per request of the proxy, printed
+  local name=$1 pid=$2 url=$3; shift 3
+  perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$work/syscalls" & local perf_pid=$!
+  sleep 0.2
+  h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url" > /dev/null
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  awk -F, -v name="$name" -v n="$REQUESTS" '/sys_enter/ {printf "%s: %.2f system calls per request\n", name, $1 / n}' "$work/syscalls" >&2
+}
+
 grpc_args=(-d "$work/get.bin" -H 'content-type: application/grpc' -H 'te: trailers')
 # Warm up every path once.
 REQUESTS=2000 run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" > /dev/null
 REQUESTS=2000 run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" > /dev/null
 REQUESTS=2000 run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
 REQUESTS=2000 run untraced "$untraced_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
+if [ -n "$baseline_pid" ]; then REQUESTS=2000 run baseline "$baseline_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null; fi
 
 for load in $LOADS; do
 CLIENTS=${load%x*}
@@ -142,10 +166,15 @@ for round in $(seq 1 "$ROUNDS"); do
     run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
     kill -INT "$perf_pid"; wait "$perf_pid" || true
   fi
+  if [ -n "${SYSCALLS:-}" ] && [ "$round" = 1 ]; then
+    syscalls nginx "$nginx_worker" "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}"
+    syscalls gateway "$gateway_pid" "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key'
+  fi
   run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" >> "$work/results"
   run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" >> "$work/results"
   run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
   run untraced "$untraced_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
+  if [ -n "$baseline_pid" ]; then run baseline "$baseline_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"; fi
   echo "load $load: round $round done" >&2
 done
 python3 - "$work/results" "$REQUESTS" "$CLIENTS" "$STREAMS" "$ROUNDS" <<'PY'
@@ -163,7 +192,7 @@ def mean_ms(text):
 print(f"\nGetProduct, {n} requests x {rounds} rounds, h2load -c {clients} -m {streams} -t 1 (medians)\n")
 print(f"{'path':<9}{'req/s':>10}{'mean latency':>15}{'proxy CPU/req':>16}{'backend CPU/req':>18}")
 stats = {}
-for name in ("direct", "nginx", "gateway", "untraced"):
+for name in [n for n in ("direct", "nginx", "gateway", "untraced", "baseline") if n in by]:
     rps = med(name, 0)
     latency = statistics.median(mean_ms(v[1]) for v in by[name])
     proxy = med(name, 2) / n
@@ -178,5 +207,7 @@ print(f"throughput: nginx/direct {ng[0] / d[0]:.2f}, gateway/direct {gw[0] / d[0
 print(f"added latency vs direct: nginx {ng[1] - d[1]:+.3f} ms, gateway {gw[1] - d[1]:+.3f} ms")
 un = stats["untraced"]
 print(f"tracing: gateway CPU per request traced / untraced {gw[2] / un[2]:.2f}; untraced / nginx {un[2] / ng[2]:.2f}")
+if "baseline" in stats:
+    print(f"A/B: gateway CPU per request / baseline build's {gw[2] / stats['baseline'][2]:.2f}; baseline / nginx {stats['baseline'][2] / ng[2]:.2f}")
 PY
 done

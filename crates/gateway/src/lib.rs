@@ -4,9 +4,9 @@
 //! backends found through the registry and load balanced client-side.
 pub mod auth;
 pub mod backend;
-pub mod codec;
 pub mod deferred;
 pub mod errors;
+pub mod grpc_call;
 pub mod openapi;
 pub mod policy;
 pub mod ratelimit;
@@ -15,6 +15,7 @@ pub mod server;
 pub mod template;
 pub mod tracecontext;
 pub mod transcode;
+pub mod wire_json;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

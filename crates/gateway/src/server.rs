@@ -15,9 +15,9 @@ use tonic::Code;
 
 use crate::auth::{self, ApiKey, Caller};
 use crate::backend::Backend;
-use crate::codec::DynamicCodec;
 use crate::deferred::{DeferredCall, DeferredQueue, Delivery};
 use crate::errors;
+use crate::grpc_call;
 use crate::ratelimit::{Decision, Limiter};
 use crate::routes::{Access, Matched, Route};
 use crate::transcode::{self, BadRequest};
@@ -133,8 +133,8 @@ fn failure_reply(failure: Failure, trace_id: &str) -> Reply {
     reply
 }
 
-fn header(name: &'static str, value: impl ToString) -> (HeaderName, HeaderValue) {
-    (HeaderName::from_static(name), HeaderValue::from_str(&value.to_string()).unwrap_or(HeaderValue::from_static("0")))
+fn header(name: &'static str, value: impl Into<u64>) -> (HeaderName, HeaderValue) {
+    (HeaderName::from_static(name), HeaderValue::from(value.into()))
 }
 
 /// X-RateLimit-* (classic) and RateLimit-* (IETF draft) headers.
@@ -327,7 +327,8 @@ impl Gateway {
                 return Ok((reply, label));
             }
         };
-        let json = transcode::response_json(&output).map_err(|e| fail(Failure::new(Code::Internal, e.to_string())))?;
+        let json = transcode::response_json(&route.output, &output)
+            .map_err(|e| fail(Failure::new(Code::Internal, e.to_string())))?;
         let json = Bytes::from(json);
         if let (Some(cache), Some(key)) = (&backend.cache, cache_key) {
             cache.put(key, json.clone());
@@ -398,6 +399,7 @@ impl Gateway {
     /// Calls the backend through its guard. Idempotent calls (GET, or with an
     /// idempotency key) that fail with UNAVAILABLE are retried, up to the
     /// route's attempts, with jittered backoff, while the retry budget allows.
+    /// Returns the response message's bytes.
     async fn call(
         &self,
         backend: &Backend,
@@ -405,36 +407,32 @@ impl Gateway {
         message: &prost_reflect::DynamicMessage,
         metadata: &[(&'static str, String)],
         idempotent: bool,
-    ) -> Result<prost_reflect::DynamicMessage, tonic::Status> {
+    ) -> Result<Bytes, tonic::Status> {
         let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let frame = grpc_call::frame(message);
+        let mut headers = http::HeaderMap::with_capacity(metadata.len() + 4);
+        for (key, value) in metadata {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(*key, value);
+            }
+        }
         let attempts = if idempotent { route.policy.attempts.max(1) } else { 1 };
         let deadline = Instant::now() + route.timeout();
         backend.retries.started();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut request = tonic::Request::new(message.clone());
-            for (key, value) in metadata {
-                if let Ok(value) = value.parse() {
-                    request.metadata_mut().insert(*key, value);
-                }
-            }
             // The backend learns our deadline (grpc-timeout) and the guard enforces it.
             let left = deadline.saturating_duration_since(Instant::now());
-            request.set_timeout(left);
-            let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
-            let call = async {
-                grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                grpc.unary(request, path.clone(), DynamicCodec::new(route.output.clone())).await
-            };
+            let call = grpc_call::unary(backend.channel.clone(), &path, frame.clone(), &headers, left);
             // A safety net only: the guard times the call out first.
             let result = match tokio::time::timeout(left + Duration::from_millis(200), call).await {
                 Ok(result) => result,
                 Err(_) => Err(tonic::Status::deadline_exceeded("timed out")),
             };
             match result {
-                Ok(response) => return Ok(response.into_inner()),
+                Ok(response) => return Ok(response),
                 Err(status) if attempt < attempts && backend.retries.allow(attempt, &status) => {
                     let pause = backend.retries.backoff(attempt, rand::random());
                     if Instant::now() + pause >= deadline {
@@ -477,7 +475,7 @@ impl Gateway {
             }
             Fallback::Default if read => {
                 let empty = prost_reflect::DynamicMessage::new(route.output.clone());
-                let json = transcode::response_json(&empty).map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
+                let json = transcode::dynamic_json(&empty).map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
                 ("default", json_reply(StatusCode::OK, Bytes::from(json)))
             }
             // A write is queued only if it certainly did not reach the

@@ -185,9 +185,30 @@ pub fn set_string_field(message: &mut DynamicMessage, path: &str, value: &str) -
     set_text(message, path, value)
 }
 
-/// The response as proto3 JSON, unpopulated fields included so clients see
-/// every field.
-pub fn response_json(message: &DynamicMessage) -> Result<Vec<u8>, serde_json::Error> {
+/// A response that cannot be written as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum BadResponse {
+    #[error("decoding the response failed: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("writing the response as JSON failed: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The encoded response `bytes` of type `desc` as proto3 JSON, unpopulated
+/// fields included so clients see every field: straight from the wire when
+/// [`wire_json`](crate::wire_json) covers the message, through a
+/// `DynamicMessage` otherwise (same output).
+pub fn response_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, BadResponse> {
+    let mut out = Vec::with_capacity(64 + bytes.len() * 2);
+    if crate::wire_json::write_message(desc, bytes, &mut out).is_ok() {
+        return Ok(out);
+    }
+    let message = DynamicMessage::decode(desc.clone(), bytes)?;
+    Ok(dynamic_json(&message)?)
+}
+
+/// A message as proto3 JSON, unpopulated fields included.
+pub fn dynamic_json(message: &DynamicMessage) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
     let mut serializer = serde_json::Serializer::new(&mut out);
     message.serialize_with_options(&mut serializer, &SerializeOptions::new().skip_default_fields(false))?;
@@ -210,7 +231,7 @@ mod tests {
         let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
         let Matched::Route(route, bindings) = find(&routes, &method, path) else { panic!("no route for {path}") };
         let message = request_message(route, &bindings, query, body.as_bytes())?;
-        Ok(serde_json::from_slice(&response_json(&message).unwrap()).unwrap())
+        Ok(serde_json::from_slice(&dynamic_json(&message).unwrap()).unwrap())
     }
 
     #[test]

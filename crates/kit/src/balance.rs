@@ -19,10 +19,10 @@ use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use rand::Rng;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::discovery::wire::InstanceInfo;
+use crate::h2_client::{ConnectError, Connection};
 use crate::resilience::guard::refusal;
 use crate::time::now_millis;
 
@@ -38,25 +38,20 @@ pub struct Backend {
     pub id: String,
     pub address: String,
     registered_at_ms: i64,
-    channel: Channel,
+    connection: Connection,
     in_flight: AtomicUsize,
     ejected_until_ms: AtomicI64,
     ejections: AtomicU32,
 }
 
 impl Backend {
-    fn new(instance: &InstanceInfo) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(format!("http://{}", instance.address))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+    fn new(instance: &InstanceInfo) -> Result<Self, http::uri::InvalidUri> {
+        let connection = Connection::new(&instance.address)?;
         Ok(Self {
             id: instance.id.clone(),
             address: instance.address.clone(),
             registered_at_ms: instance.registered_at_ms,
-            channel,
+            connection,
             in_flight: AtomicUsize::new(0),
             ejected_until_ms: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
@@ -196,18 +191,14 @@ impl Balancer {
             *attempt.headers_mut() = parts.headers.clone();
 
             backend.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut channel = backend.channel.clone();
-            let result = match channel.ready().await {
-                Ok(ready) => ready.call(attempt).await,
-                Err(err) => Err(err),
-            };
+            let result = backend.connection.send(attempt).await;
             backend.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(response) => {
                     backend.succeeded();
                     return Ok(response);
                 }
-                Err(err) if never_sent(&err) => {
+                Err(err) if never_sent(&*err) => {
                     backend.eject(&self.inner.service, now_millis(), "connection refused or closed");
                     tried.push(backend.id.clone());
                     if tried.len() >= MAX_CONNECT_ATTEMPTS {
@@ -229,7 +220,7 @@ impl Balancer {
     /// A transport failure as the status callers see: UNAVAILABLE, whatever
     /// the transport's own wording (a dropped HTTP/2 connection would
     /// otherwise read as CANCELLED).
-    fn unavailable(&self, backend: &Backend, err: &tonic::transport::Error) -> BoxError {
+    fn unavailable(&self, backend: &Backend, err: &BoxError) -> BoxError {
         Box::new(tonic::Status::unavailable(format!(
             "{} instance {} at {} failed: {err}",
             self.inner.service, backend.id, backend.address
@@ -237,12 +228,15 @@ impl Balancer {
     }
 }
 
-/// Whether the request certainly never left: the connection was refused, or
+/// Whether the request certainly never left: no connection could be made, or
 /// hyper cancelled it because its connection closed before it was sent (the
 /// case hyper's own client retries).
 fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
+        if e.is::<ConnectError>() {
+            return true;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused)
         {

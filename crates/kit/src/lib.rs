@@ -7,6 +7,7 @@ pub mod db;
 pub mod discovery;
 pub mod error;
 pub mod grpc_telemetry;
+pub mod h2_client;
 pub mod idempotency;
 pub mod metrics;
 pub mod otel;

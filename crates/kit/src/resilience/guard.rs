@@ -180,6 +180,27 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// A duration in gRPC's timeout format, in the finest unit that fits in 8
+/// digits (rounded down, as tonic does, so the callee never waits longer).
+pub fn encode_grpc_timeout(timeout: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos();
+    let units: [(u128, &str); 6] = [
+        (1, "n"),
+        (1_000, "u"),
+        (1_000_000, "m"),
+        (1_000_000_000, "S"),
+        (60_000_000_000, "M"),
+        (3_600_000_000_000, "H"),
+    ];
+    for (per, unit) in units {
+        if nanos / per <= MAX {
+            return format!("{}{unit}", nanos / per);
+        }
+    }
+    format!("{MAX}H")
+}
+
 fn header_code(headers: &http::HeaderMap) -> Option<Code> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
     Some(Code::from(code))
@@ -396,6 +417,12 @@ mod tests {
         assert_eq!(parse("5x"), None);
         assert_eq!(parse("S"), None);
         assert_eq!(parse(""), None);
+        for timeout in [Duration::ZERO, Duration::from_nanos(7), Duration::from_millis(250), Duration::from_secs(30)] {
+            assert_eq!(parse(&encode_grpc_timeout(timeout)), Some(timeout), "{timeout:?}");
+        }
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(250)), "250000u");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(30)), "30000000u");
+        assert_eq!(encode_grpc_timeout(Duration::from_secs(86_400 * 365)), "31536000S");
     }
 
     #[test]
