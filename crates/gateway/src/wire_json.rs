@@ -198,8 +198,15 @@ fn packed_width(kind: &Kind) -> Option<Width> {
 fn write_value(kind: &Kind, raw: Raw<'_>, out: &mut Vec<u8>) -> Result<()> {
     let mut json = serde_json::Serializer::new(&mut *out);
     let written = match (kind, raw) {
-        (Kind::Double, Raw::Fixed64(bits)) => return write_f64(f64::from_bits(bits), out),
-        (Kind::Float, Raw::Fixed32(bits)) => return write_f32(f32::from_bits(bits), out),
+        (Kind::Double, Raw::Fixed64(bits)) => {
+            let value = f64::from_bits(bits);
+            return write_float(value, out, |json| json.serialize_f64(value));
+        }
+        (Kind::Float, Raw::Fixed32(bits)) => {
+            // Written as an f32 (shortest form of the f32, not of its f64 widening).
+            let value = f32::from_bits(bits);
+            return write_float(value.into(), out, |json| json.serialize_f32(value));
+        }
         // Truncation is what the wire format specifies for 32-bit varints.
         (Kind::Int32, Raw::Varint(v)) => json.serialize_i32(v as i32),
         (Kind::Uint32, Raw::Varint(v)) => json.serialize_u32(v as u32),
@@ -272,30 +279,24 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::Serializer::new(&mut *out).serialize_str(text);
 }
 
-fn write_f64(value: f64, out: &mut Vec<u8>) -> Result<()> {
+/// A float: a JSON number when finite, else the string proto3 JSON names it by.
+fn write_float(
+    value: f64,
+    out: &mut Vec<u8>,
+    finite: impl FnOnce(&mut serde_json::Serializer<&mut Vec<u8>>) -> serde_json::Result<()>,
+) -> Result<()> {
     if value.is_finite() {
-        serde_json::Serializer::new(&mut *out).serialize_f64(value).map_err(|_| Unsupported)
+        return finite(&mut serde_json::Serializer::new(out)).map_err(|_| Unsupported);
+    }
+    let name = if value.is_nan() {
+        "NaN"
+    } else if value > 0.0 {
+        "Infinity"
     } else {
-        write_str(out, non_finite(value.is_nan(), value > 0.0));
-        Ok(())
-    }
-}
-
-fn write_f32(value: f32, out: &mut Vec<u8>) -> Result<()> {
-    if value.is_finite() {
-        serde_json::Serializer::new(&mut *out).serialize_f32(value).map_err(|_| Unsupported)
-    } else {
-        write_str(out, non_finite(value.is_nan(), value > 0.0));
-        Ok(())
-    }
-}
-
-fn non_finite(nan: bool, positive: bool) -> &'static str {
-    match (nan, positive) {
-        (true, _) => "NaN",
-        (false, true) => "Infinity",
-        (false, false) => "-Infinity",
-    }
+        "-Infinity"
+    };
+    write_str(out, name);
+    Ok(())
 }
 
 fn zigzag32(n: u32) -> i32 {

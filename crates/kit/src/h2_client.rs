@@ -18,7 +18,8 @@ use crate::balance::BoxError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Connecting failed: the call certainly never reached the instance.
+/// Connecting failed, or the connection closed before the request went out:
+/// either way the call certainly never reached the instance.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to {address}: {source}")]
 pub struct ConnectError {
@@ -59,7 +60,7 @@ impl Connection {
             uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         parts.uri = http::Uri::from_parts(uri)?;
-        sender.ready().await?;
+        sender.ready().await.map_err(|err| ConnectError { address: self.address.clone(), source: err.into() })?;
         let response = sender.send_request(http::Request::from_parts(parts, body)).await?;
         Ok(response.map(Body::new))
     }
