@@ -106,3 +106,101 @@ impl Connection {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    /// A real gRPC server (tonic's health service) on its own runtime in its
+    /// own thread; stopping drops that runtime, and every connection with it,
+    /// as when a process dies.
+    struct Server {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Server {
+        fn start(listener: std::net::TcpListener) -> Self {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    listener.set_nonblocking(true).unwrap();
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let (_reporter, health) = tonic_health::server::health_reporter();
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    let serve = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming);
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = stopped => {}
+                    }
+                });
+            });
+            Self { stop: Some(stop), thread: Some(thread) }
+        }
+
+        fn kill(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                thread.join().unwrap();
+            }
+        }
+    }
+
+    fn health_check() -> http::Request<Body> {
+        // HealthCheckRequest { service: "" }: an empty message.
+        let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 0]);
+        let mut request = http::Request::new(Body::new(http_body_util::Full::new(frame)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static("/grpc.health.v1.Health/Check");
+        request.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+        request.headers_mut().insert("te", http::HeaderValue::from_static("trailers"));
+        request
+    }
+
+    async fn grpc_status(connection: &Connection) -> Result<Option<String>, BoxError> {
+        use http_body_util::BodyExt;
+        let response = connection.send(health_check()).await?;
+        let collected = response.into_body().collect().await?;
+        Ok(collected.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_string))
+    }
+
+    #[tokio::test]
+    async fn connects_on_first_use_reports_refusals_as_never_sent_and_reconnects_after_a_restart() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let connection = Connection::new(&addr.to_string()).unwrap();
+        assert!(connection.open().is_none(), "no connection before the first call");
+        let server = Server::start(listener);
+        assert_eq!(grpc_status(&connection).await.unwrap().as_deref(), Some("0"));
+        assert_eq!(grpc_status(&connection).await.unwrap().as_deref(), Some("0"), "the connection is reused");
+
+        // The instance goes away: its connection closes, and a new one is refused.
+        server.kill();
+        let mut refused = None;
+        for _ in 0..50 {
+            match grpc_status(&connection).await {
+                Err(err) if err.is::<ConnectError>() => {
+                    refused = Some(err);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let refused = refused.expect("calls to a stopped instance fail as never sent");
+        assert!(refused.to_string().contains(&addr.to_string()), "{refused}");
+
+        // Back on the same address: the next call connects again.
+        let server = Server::start(std::net::TcpListener::bind(addr).unwrap());
+        assert_eq!(grpc_status(&connection).await.unwrap().as_deref(), Some("0"));
+        server.kill();
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_up_front() {
+        assert!(Connection::new("not an address/").is_err());
+    }
+}
