@@ -303,10 +303,10 @@ impl Gateway {
             .backends
             .get(&route.backend)
             .ok_or_else(|| fail(Failure::new(Code::Unavailable, format!("no backend for {}", route.backend))))?;
-        let mut metadata: CallMetadata = vec![
-            ("traceparent", format!("00-{}-{}-01", ids.trace_id, ids.span_id)),
-            ("x-client-id", caller.client.clone()),
-        ];
+        // Trace context is not set here: the guard's client span injects its
+        // own (`traceparent` with the caller's sampling and random flags, and
+        // `tracestate`), so the backend's span is a child of that call.
+        let mut metadata: CallMetadata = vec![("x-client-id", caller.client.clone())];
         metadata.extend(user.clone().map(|user| ("x-user-id", user)));
         metadata.extend(idempotency_key.clone().map(|key| ("idempotency-key", key)));
         // The cached fallback answers a read with the last good answer to the
@@ -484,8 +484,12 @@ impl Gateway {
                 if !read
                     && (refused_by(&status).is_some() || metadata.iter().any(|(k, _)| *k == "idempotency-key")) =>
             {
-                let stored: BTreeMap<String, String> =
+                let mut stored: BTreeMap<String, String> =
                     metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                // Delivered later, the call still joins this request's trace.
+                if let Some(traceparent) = kit::otel::current_traceparent() {
+                    stored.insert("traceparent".into(), traceparent);
+                }
                 let encoded = prost::Message::encode_to_vec(message);
                 let id = match self.deferred.push(&route.backend, &route.grpc_path, &encoded, &stored).await {
                     Ok(id) => id,

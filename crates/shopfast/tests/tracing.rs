@@ -202,6 +202,12 @@ async fn one_order_is_one_trace_across_every_service() {
     for method in ["/ReserveInventory", "/ProcessPayment", "/CommitInventory"] {
         assert!(trace.iter().any(|s| s.kind == 2 && s.name.ends_with(method)), "no {method} server span");
     }
+    // The gateway's call to Orders is a client span of its own (which sent
+    // the trace context on), and Orders' server span continues it.
+    let create = trace.iter().find(|s| s.service.contains("orders") && s.kind == 2 && s.name.ends_with("/CreateOrder"));
+    let create = create.unwrap_or_else(|| panic!("no CreateOrder server span in {trace:#?}"));
+    let gateway_call = by_id[create.parent.as_str()];
+    assert!(gateway_call.service.contains("gateway") && gateway_call.kind == 3, "{gateway_call:?}");
 
     assert!(up.stop().0, "up stops cleanly");
 }
