@@ -46,7 +46,9 @@ where
     headers.clone_from(metadata);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    if let Ok(value) = HeaderValue::from_str(&kit::resilience::guard::encode_grpc_timeout(timeout)) {
+    if let Ok(mut value) = HeaderValue::from_str(&kit::resilience::guard::encode_grpc_timeout(timeout)) {
+        // Different on every call: a literal, not an entry in the HPACK table.
+        value.set_sensitive(true);
         headers.insert("grpc-timeout", value);
     }
     let ready = channel.ready().await.map_err(Status::from_error)?;
@@ -60,8 +62,14 @@ where
         return Err(from_http_status(parts.status));
     }
     let collected = body.collect().await?;
-    let status = collected.trailers().and_then(Status::from_header_map);
-    match status {
+    let Some(trailers) = collected.trailers() else {
+        return Err(Status::internal("the response ended without a gRPC status"));
+    };
+    // The usual answer, read without building a Status (which copies the trailers).
+    if trailers.get("grpc-status").is_some_and(|code| code == "0") {
+        return unframe(collected.to_bytes());
+    }
+    match Status::from_header_map(trailers) {
         Some(status) if status.code() == Code::Ok => unframe(collected.to_bytes()),
         Some(status) => Err(status),
         None => Err(Status::internal("the response ended without a gRPC status")),

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod deferred;
 pub mod errors;
 pub mod grpc_call;
+pub mod meters;
 pub mod openapi;
 pub mod policy;
 pub mod ratelimit;
@@ -181,6 +182,7 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
         },
         metrics,
+        meters: meters::RequestMeters::default(),
         trace_context_test: config.trace_context_test_endpoint.then(reqwest::Client::new),
     });
 

@@ -55,6 +55,8 @@ pub struct Route {
     pub template: PathTemplate,
     /// `/shopfast.users.v1.UserService/GetUser`
     pub grpc_path: String,
+    /// The same, parsed once for the calls' URIs.
+    pub grpc_uri: http::uri::PathAndQuery,
     /// `shopfast.users.v1.UserService.GetUser`
     pub method_name: String,
     /// The registry name of the backend: `users`.
@@ -168,11 +170,15 @@ fn route_from_rule(
     // Routes are built once at start-up, so leaking their labels is bounded;
     // it keeps the per-request metrics free of allocation.
     let label: &'static str = Box::leak(format!("{http_method} {path}").into_boxed_str());
+    let grpc_path = format!("/{}/{}", service.full_name(), method.name());
+    let grpc_uri = http::uri::PathAndQuery::try_from(grpc_path.as_str())
+        .map_err(|e| fail(format!("{grpc_path} is not a URI path: {e}")))?;
     Ok(Route {
         label,
         http_method,
         template,
-        grpc_path: format!("/{}/{}", service.full_name(), method.name()),
+        grpc_path,
+        grpc_uri,
         method_name: method.full_name().to_string(),
         backend: backend_name(service.full_name()),
         input,

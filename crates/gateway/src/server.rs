@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tonic::Code;
@@ -43,6 +44,7 @@ pub struct Gateway {
     pub openapi: Bytes,
     pub limits: Limits,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub meters: crate::meters::RequestMeters,
     /// The client of the W3C trace-context test endpoint, when it is on.
     pub trace_context_test: Option<reqwest::Client>,
 }
@@ -133,26 +135,46 @@ fn failure_reply(failure: Failure, trace_id: &str) -> Reply {
     reply
 }
 
-fn header(name: &'static str, value: impl Into<u64>) -> (HeaderName, HeaderValue) {
-    (HeaderName::from_static(name), HeaderValue::from(value.into()))
+const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_QUOTA_LIMIT: HeaderName = HeaderName::from_static("x-quota-limit");
+const X_QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-quota-remaining");
+const X_QUOTA_RESET: HeaderName = HeaderName::from_static("x-quota-reset");
+
+/// A count that changes from one response to the next: sent as a literal,
+/// kept out of the client's HPACK table (where it would push out the
+/// headers that repeat).
+fn changing(value: u64) -> HeaderValue {
+    let mut value = HeaderValue::from(value);
+    value.set_sensitive(true);
+    value
 }
 
 /// X-RateLimit-* (classic) and RateLimit-* (IETF draft) headers.
 fn rate_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
     let rate = decision.rate;
     let reset_secs = rate.reset_ms.div_ceil(1000);
-    let mut headers = vec![
-        header("x-ratelimit-limit", rate.limit),
-        header("x-ratelimit-remaining", rate.remaining),
-        header("x-ratelimit-reset", reset_secs),
-        header("ratelimit-limit", rate.limit),
-        header("ratelimit-remaining", rate.remaining),
-        header("ratelimit-reset", reset_secs),
-    ];
+    let remaining = changing(rate.remaining.into());
+    let mut headers = Vec::with_capacity(9);
+    headers.extend([
+        (X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit)),
+        (X_RATELIMIT_REMAINING, remaining.clone()),
+        (X_RATELIMIT_RESET, HeaderValue::from(reset_secs)),
+        (RATELIMIT_LIMIT, HeaderValue::from(rate.limit)),
+        (RATELIMIT_REMAINING, remaining),
+        (RATELIMIT_RESET, HeaderValue::from(reset_secs)),
+    ]);
     if let Some(quota) = decision.quota {
-        headers.push(header("x-quota-limit", quota.limit));
-        headers.push(header("x-quota-remaining", quota.limit.saturating_sub(quota.used)));
-        headers.push(header("x-quota-reset", quota.reset_secs));
+        headers.extend([
+            (X_QUOTA_LIMIT, HeaderValue::from(quota.limit)),
+            (X_QUOTA_REMAINING, changing(quota.limit.saturating_sub(quota.used))),
+            (X_QUOTA_RESET, HeaderValue::from(quota.reset_secs)),
+        ]);
     }
     headers
 }
@@ -168,16 +190,18 @@ impl Gateway {
         let span = if probe {
             tracing::Span::none()
         } else {
+            // Named `{method}` until a route matches, then `{method} {route}`
+            // (OpenTelemetry's HTTP conventions: a low-cardinality name).
             tracing::info_span!(
-            "http",
-            otel.name = %format_args!("{method} {}", request.uri().path()),
-            otel.kind = "server",
-            method = %method,
-            path = %request.uri().path(),
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
+                "http",
+                otel.name = method.as_str(),
+                otel.kind = "server",
+                method = method.as_str(),
+                path = request.uri().path(),
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
             )
         };
         let ids = kit::otel::continue_trace(&span, request.headers());
@@ -187,8 +211,10 @@ impl Gateway {
             Err((failure, route)) => (failure_reply(failure, &ids.trace_id), route),
         };
         let headers = reply.headers_mut();
-        if let Ok(value) = HeaderValue::from_str(&ids.trace_id) {
-            headers.insert(HeaderName::from_static("x-trace-id"), value);
+        if let Ok(mut value) = HeaderValue::from_str(&ids.trace_id) {
+            // New on every response: not worth a place in the client's HPACK table.
+            value.set_sensitive(true);
+            headers.insert(X_TRACE_ID, value);
         }
         span.record("http.response.status_code", reply.status().as_u16());
         if reply.status().is_server_error() {
@@ -203,9 +229,7 @@ impl Gateway {
                 "request finished"
             )
         });
-        metrics::counter!("gateway_requests_total", "route" => route_label, "status" => status).increment(1);
-        metrics::histogram!("gateway_request_duration_seconds", "route" => route_label, "status" => status)
-            .record(started.elapsed().as_secs_f64());
+        self.meters.record(route_label, status, started.elapsed());
         reply
     }
 
@@ -281,6 +305,7 @@ impl Gateway {
             }
         };
         let label = route.label;
+        tracing::Span::current().record("otel.name", label);
         let fail = |failure: Failure| (failure, label);
 
         let user = self.authorise(&route, &caller, request.headers()).map_err(fail)?;
@@ -375,6 +400,10 @@ impl Gateway {
         if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
             return Err(too_large());
         }
+        // A GET's stream ended with its headers: nothing to wait for.
+        if request.body().is_end_stream() {
+            return Ok(Bytes::new());
+        }
         let content_type =
             request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
         let limited = Limited::new(request.into_body(), self.limits.max_body_bytes);
@@ -408,8 +437,6 @@ impl Gateway {
         metadata: &[(&'static str, String)],
         idempotent: bool,
     ) -> Result<Bytes, tonic::Status> {
-        let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let frame = grpc_call::frame(message);
         let mut headers = http::HeaderMap::with_capacity(metadata.len() + 4);
         for (key, value) in metadata {
@@ -425,7 +452,7 @@ impl Gateway {
             attempt += 1;
             // The backend learns our deadline (grpc-timeout) and the guard enforces it.
             let left = deadline.saturating_duration_since(Instant::now());
-            let call = grpc_call::unary(backend.channel.clone(), &path, frame.clone(), &headers, left);
+            let call = grpc_call::unary(backend.channel.clone(), &route.grpc_uri, frame.clone(), &headers, left);
             // A safety net only: the guard times the call out first.
             let result = match tokio::time::timeout(left + Duration::from_millis(200), call).await {
                 Ok(result) => result,

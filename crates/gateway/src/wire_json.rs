@@ -316,13 +316,99 @@ fn write_timestamp(bytes: &[u8], out: &mut Vec<u8>) -> Result<()> {
     if !RANGE.contains(&timestamp.seconds) || !(0..1_000_000_000).contains(&timestamp.nanos) {
         return Err(Unsupported);
     }
-    let _ = serde_json::Serializer::new(&mut *out).collect_str(&timestamp);
+    out.push(b'"');
+    write_rfc3339(timestamp.seconds, timestamp.nanos, out);
+    out.push(b'"');
     Ok(())
+}
+
+/// A time in range as prost-types' `Display` writes it (the general path's
+/// output), without the formatting machinery: records carry timestamps, and
+/// their `Display` was a fifth of the JSON writing.
+fn write_rfc3339(seconds: i64, nanos: i32, out: &mut Vec<u8>) {
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    let of_day = seconds.rem_euclid(86_400);
+    for (value, width, after) in [
+        (year, 4, b'-'),
+        (month, 2, b'-'),
+        (day, 2, b'T'),
+        (of_day / 3600, 2, b':'),
+        (of_day / 60 % 60, 2, b':'),
+        (of_day % 60, 2, b'.'),
+    ] {
+        push_padded(out, value, width);
+        out.push(after);
+    }
+    let nanos = i64::from(nanos);
+    if nanos == 0 {
+        out.pop();
+    } else if nanos % 1_000_000 == 0 {
+        push_padded(out, nanos / 1_000_000, 3);
+    } else if nanos % 1_000 == 0 {
+        push_padded(out, nanos / 1_000, 6);
+    } else {
+        push_padded(out, nanos, 9);
+    }
+    out.push(b'Z');
+}
+
+/// `value` (not negative) in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut Vec<u8>, value: i64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(value);
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(text.len())));
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// (year, month, day) of a day counted from 1970-01-01, in the proleptic
+/// Gregorian calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_written_as_prost_types_displays_them() {
+        let mut rng = rand::rng();
+        let mut cases: Vec<(i64, i32)> = vec![
+            (-62_135_596_800, 0),
+            (253_402_300_799, 999_999_999),
+            (0, 0),
+            (-1, 1),
+            (951_782_400, 1_000_000), // 2000-02-29
+            (951_868_800, 1_000),     // 2000-03-01
+            (4_107_542_400, 10),      // 2100-03-01 (2100 is no leap year)
+            (1_764_000_000, 123_456_789),
+        ];
+        for _ in 0..20_000 {
+            let seconds = rng.random_range(-62_135_596_800..=253_402_300_799);
+            let nanos = match rng.random_range(0..4) {
+                0 => 0,
+                1 => rng.random_range(0..1000) * 1_000_000,
+                2 => rng.random_range(0..1_000_000) * 1_000,
+                _ => rng.random_range(0..1_000_000_000),
+            };
+            cases.push((seconds, nanos));
+        }
+        for (seconds, nanos) in cases {
+            let mut ours = Vec::new();
+            write_rfc3339(seconds, nanos, &mut ours);
+            let theirs = prost_types::Timestamp { seconds, nanos }.to_string();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{seconds} s {nanos} ns");
+        }
+    }
     use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};

@@ -66,8 +66,14 @@ impl TextMapPropagator for W3cPropagator {
         }
         let sampled = if context.is_sampled() { FLAG_SAMPLED } else { 0 };
         let random = if cx.get::<NotRandom>().is_some() { 0 } else { FLAG_RANDOM };
-        injector
-            .set("traceparent", format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), sampled | random));
+        let mut traceparent = String::with_capacity(55);
+        traceparent.push_str("00-");
+        push_hex(&mut traceparent, &context.trace_id().to_bytes());
+        traceparent.push('-');
+        push_hex(&mut traceparent, &context.span_id().to_bytes());
+        traceparent.push('-');
+        push_hex(&mut traceparent, &[sampled | random]);
+        injector.set("traceparent", traceparent);
         let state = match cx.get::<Tracestate>() {
             Some(Tracestate(received)) => received.clone(),
             None => context.trace_state().header(),
@@ -185,11 +191,28 @@ pub async fn flush() {
     .await;
 }
 
+/// Appends `bytes` in lower-case hex: ids are written on every request and
+/// call, where the formatting machinery showed in profiles.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    out
+}
+
 /// The (trace id, span id) of `span`, if it is an OpenTelemetry span.
 fn ids_of(span: &Span) -> Option<(String, String)> {
     let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid().then(|| (hex(&ids.trace_id().to_bytes()), hex(&ids.span_id().to_bytes())))
 }
 
 /// Makes `span` continue the trace the request's headers carry (or start
@@ -214,6 +237,11 @@ pub fn inject(span: &Span, headers: &mut http::HeaderMap) {
         return;
     }
     propagator().inject_context(&span.context(), &mut HeaderInjector(headers));
+    // New on every call: an HPACK literal, not an entry in the peer's table
+    // (where it would push out the headers that do repeat).
+    if let Some(value) = headers.get_mut("traceparent") {
+        value.set_sensitive(true);
+    }
 }
 
 /// The current span's trace context as a `traceparent` value (for a
@@ -264,6 +292,19 @@ pub async fn trace_http_if_traced(
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn ids_in_hex_are_what_their_display_writes() {
+        for text in
+            ["0af7651916cd43dd8448eb211c80319c", "00000000000000000000000000000001", "ffffffffffffffffffffffffffffffff"]
+        {
+            let trace = TraceId::from_hex(text).unwrap();
+            assert_eq!((hex(&trace.to_bytes()), trace.to_string()), (text.to_string(), text.to_string()));
+        }
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        assert_eq!(hex(&span.to_bytes()), span.to_string());
+        assert_eq!(hex(&[0x03, 0xa0]), "03a0");
+    }
 
     #[test]
     fn a_span_continues_the_callers_trace_and_hands_it_on() {
