@@ -137,12 +137,68 @@ where
     });
     // Per-span extras (source location, thread, busy/idle time) cost on
     // every request and say little here: off.
+    // Context activation (the span's OpenTelemetry context made current on
+    // every entry, i.e. every poll of an instrumented future) is off too:
+    // nothing here reads `Context::current()` except the log bridge, which
+    // gets the context of the event's span attached per event instead
+    // ([`TracedLogs`]).
     let layer = tracing_opentelemetry::layer()
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_tracer(provider.tracer("shopfast"));
     Some(layer)
+}
+
+/// A log layer (the OTLP log bridge) whose events carry the trace and span
+/// they were logged in: the OpenTelemetry SDK reads them from
+/// `Context::current()`, which is set here for the event, from its span,
+/// rather than on every span entry.
+pub struct TracedLogs<L> {
+    inner: L,
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl<L> TracedLogs<L> {
+    pub fn new(inner: L) -> Self {
+        Self { inner, dispatch: OnceLock::new() }
+    }
+}
+
+impl<S, L> tracing_subscriber::Layer<S> for TracedLogs<L>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    L: tracing_subscriber::Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber);
+    }
+
+    fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        self.inner.register_callsite(metadata)
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        self.inner.enabled(metadata, ctx)
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        // Asked of the whole subscriber, not of `ctx`: this layer's filter (the
+        // log level) hides the request spans from it.
+        let cx = self.dispatch.get().and_then(tracing::dispatcher::WeakDispatch::upgrade).and_then(|dispatch| {
+            let span =
+                if event.is_contextual() { dispatch.current_span().id().cloned() } else { event.parent().cloned() };
+            tracing_opentelemetry::get_otel_context(&span?, &dispatch)
+        });
+        let _attached = cx.map(Context::attach);
+        self.inner.on_event(event, ctx);
+    }
 }
 
 fn resource(service: &str) -> opentelemetry_sdk::Resource {
@@ -152,7 +208,7 @@ fn resource(service: &str) -> opentelemetry_sdk::Resource {
 /// The `tracing` layer that sends log lines as OTLP log records, when
 /// tracing is on and an OTLP endpoint is configured; `None` otherwise. The
 /// caller filters it like the log lines (the same level).
-pub fn log_layer(service: &str) -> Option<OpenTelemetryTracingBridge<SdkLoggerProvider, SdkLogger>> {
+pub fn log_layer(service: &str) -> Option<TracedLogs<OpenTelemetryTracingBridge<SdkLoggerProvider, SdkLogger>>> {
     if !enabled() || !(env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")) {
         return None;
     }
@@ -165,7 +221,7 @@ pub fn log_layer(service: &str) -> Option<OpenTelemetryTracingBridge<SdkLoggerPr
             None
         }
     });
-    provider.as_ref().map(OpenTelemetryTracingBridge::new)
+    provider.as_ref().map(|provider| TracedLogs::new(OpenTelemetryTracingBridge::new(provider)))
 }
 
 /// Whether a log event may go to the log exporter: not the exporter's own
@@ -225,9 +281,24 @@ pub fn continue_trace(span: &Span, headers: &http::HeaderMap) -> TraceIds {
         Some((trace_id, span_id)) => TraceIds { trace_id, span_id, parent_span_id: None },
         None => TraceIds::continue_or_start(headers.get("traceparent").and_then(|v| v.to_str().ok())),
     };
-    span.record("trace_id", ids.trace_id.as_str());
-    span.record("span_id", ids.span_id.as_str());
+    record_ids(span, &ids);
     ids
+}
+
+/// Records `trace_id` and `span_id` in one pass through the subscriber (a
+/// record is a trip through every layer, per request).
+fn record_ids(span: &Span, ids: &TraceIds) {
+    let Some(fields) = span.metadata().map(tracing::Metadata::fields) else { return };
+    let (Some(trace_id), Some(span_id)) = (fields.field("trace_id"), fields.field("span_id")) else {
+        span.record("trace_id", ids.trace_id.as_str());
+        span.record("span_id", ids.span_id.as_str());
+        return;
+    };
+    let (trace_value, span_value) = (ids.trace_id.as_str(), ids.span_id.as_str());
+    span.record_all(&fields.value_set(&[
+        (&trace_id, Some(&trace_value as &dyn tracing::Value)),
+        (&span_id, Some(&span_value as &dyn tracing::Value)),
+    ]));
 }
 
 /// Writes `span`'s trace context into an outgoing request's headers, unless
@@ -292,6 +363,40 @@ pub async fn trace_http_if_traced(
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt;
+
+    /// The trace id OpenTelemetry's `Context::current()` shows each event.
+    #[derive(Clone, Default)]
+    struct SeenTraces(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SeenTraces {
+        fn on_event(&self, _event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+            let trace_id = Context::map_current(|cx| cx.span().span_context().trace_id().to_string());
+            self.0.lock().unwrap().push(trace_id);
+        }
+    }
+
+    #[test]
+    fn log_events_carry_their_spans_trace_without_context_activation() {
+        use tracing_subscriber::Layer as _;
+        let seen = SeenTraces::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(layer("test").map(|l| l.with_filter(tracing_subscriber::filter::LevelFilter::INFO)))
+            // The log level hides the (info) request span from the log layer.
+            .with(TracedLogs::new(seen.clone()).with_filter(tracing_subscriber::filter::LevelFilter::WARN));
+        tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+            let server =
+                tracing::info_span!("server", trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+            continue_trace(&server, &incoming);
+            server.in_scope(|| tracing::warn!("inside"));
+            tracing::warn!(parent: &server, "named parent");
+            tracing::warn!("outside");
+        });
+        let seen = seen.0.lock().unwrap().clone();
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736".to_string();
+        assert_eq!(seen, vec![trace.clone(), trace, TraceId::INVALID.to_string()]);
+    }
 
     #[test]
     fn ids_in_hex_are_what_their_display_writes() {

@@ -14,7 +14,7 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, Registry};
 use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -36,29 +36,39 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
         // The log level filters the log lines only: spans go to OpenTelemetry
         // whatever it is (`RUST_LOG=warn` must not cut a trace), events never
         // (they are log lines, not span events).
-        let spans_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO);
+        // The level hint keeps debug and trace callsites (h2's and hyper's,
+        // on every frame) off at their first check when logs are quieter too.
+        let spans_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO)
+            .with_max_level_hint(Level::INFO);
         // Log lines also go out as OTLP log records when an endpoint is set,
         // at the same level as the lines printed.
         let exported_logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-        let registry = tracing_subscriber::registry().with(crate::otel::layer(service).with_filter(spans_only)).with(
-            crate::otel::log_layer(service)
+        // One list of the layers that are on: a layer that is off is left
+        // out. (An `Option` layer that is `None` would enable every callsite,
+        // h2's and hyper's trace spans included; a filter around a `None` is
+        // still consulted on every span entry and exit.)
+        let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+        if let Some(spans) = crate::otel::layer(service) {
+            layers.push(spans.with_filter(spans_only).boxed());
+        }
+        if let Some(logs) = crate::otel::log_layer(service) {
+            let logs = logs
                 .with_filter(exported_logs)
-                .with_filter(tracing_subscriber::filter::filter_fn(crate::otel::exportable_log)),
-        );
-        let result = match format {
-            LogFormat::Json => registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .fmt_fields(JsonFields::new())
-                        .event_format(JsonLines::new(service))
-                        .with_writer(std::io::stdout)
-                        .with_filter(filter),
-                )
-                .try_init(),
-            LogFormat::Pretty => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
-                .try_init(),
-        };
+                .with_filter(tracing_subscriber::filter::filter_fn(crate::otel::exportable_log));
+            layers.push(logs.boxed());
+        }
+        layers.push(match format {
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLines::new(service))
+                .with_writer(std::io::stdout)
+                .with_filter(filter)
+                .boxed(),
+            LogFormat::Pretty => {
+                tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
+            }
+        });
+        let result = tracing_subscriber::registry().with(layers).try_init();
         // Another subscriber was installed first (e.g. by a test harness): keep it.
         let _ = result;
     });
@@ -177,5 +187,36 @@ mod tests {
         assert_eq!(line["order_id"], "o-1");
         assert_eq!(line["attempt"], 2);
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn lines_inside_a_continued_trace_carry_its_trace_and_span_ids() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(JsonLines::new("gateway"))
+                .with_writer(move || writer.clone()),
+        );
+        let ids = tracing::subscriber::with_default(subscriber, || {
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+            let span = tracing::info_span!(
+                "http",
+                method = "GET",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            );
+            let ids = crate::otel::continue_trace(&span, &incoming);
+            span.in_scope(|| tracing::warn!("inside"));
+            ids
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["span_id"].as_str(), Some(ids.span_id.as_str()));
+        assert_eq!(ids.span_id.len(), 16);
+        assert_eq!(line["method"], "GET");
     }
 }
