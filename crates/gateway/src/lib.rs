@@ -265,7 +265,8 @@ async fn serve(
             let gateway = gateway.clone();
             async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(kit::coalesce::Coalescing(stream)), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

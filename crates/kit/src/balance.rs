@@ -184,7 +184,7 @@ impl Balancer {
                 let message = format!("no healthy instance of {}", self.inner.service);
                 return Err(refusal(tonic::Code::Unavailable, "no_instance", message));
             };
-            let mut attempt = http::Request::new(Body::new(http_body_util::Full::new(body.clone())));
+            let mut attempt = http::Request::new(body.clone());
             *attempt.method_mut() = parts.method.clone();
             *attempt.uri_mut() = parts.uri.clone();
             *attempt.version_mut() = parts.version;
@@ -228,9 +228,10 @@ impl Balancer {
     }
 }
 
-/// Whether the request certainly never left: no connection could be made, or
-/// hyper cancelled it because its connection closed before it was sent (the
-/// case hyper's own client retries).
+/// Whether the request certainly never left: no connection could be made,
+/// the connection was closed or going away before the request went out, or
+/// the server refused its stream (REFUSED_STREAM: not processed, RFC 9113
+/// §8.7).
 fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
@@ -242,7 +243,7 @@ fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
         {
             return true;
         }
-        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+        if e.downcast_ref::<h2::Error>().is_some_and(|e| e.reason() == Some(h2::Reason::REFUSED_STREAM)) {
             return true;
         }
         current = e.source();
@@ -261,5 +262,27 @@ impl Service<http::Request<Body>> for Balancer {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         Box::pin(self.clone().dispatch(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_calls_that_cannot_have_reached_a_server_count_as_never_sent() {
+        // REFUSED_STREAM: the server did not process the stream (RFC 9113 §8.7).
+        assert!(never_sent(&h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert!(never_sent(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        // A stream reset otherwise, or a connection lost mid-call, may have run.
+        assert!(!never_sent(&h2::Error::from(h2::Reason::CANCEL)));
+        assert!(!never_sent(&h2::Error::from(h2::Reason::INTERNAL_ERROR)));
+        assert!(!never_sent(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        // Found through the chain of sources.
+        #[derive(Debug, thiserror::Error)]
+        #[error("call failed")]
+        struct Wrapped(#[source] h2::Error);
+        assert!(never_sent(&Wrapped(h2::Error::from(h2::Reason::REFUSED_STREAM))));
+        assert!(!never_sent(&Wrapped(h2::Error::from(h2::Reason::CANCEL))));
     }
 }

@@ -1,25 +1,40 @@
 //! One HTTP/2 connection to one instance, made when a call first needs it
 //! and again after it closes.
 //!
-//! This is what tonic's `Channel` gave the balancer, minus its request
-//! buffer: a `Channel` hands every call to a worker task in front of hyper's
-//! connection task — one more task hop, queue and wake-up per call — for the
-//! sake of `poll_ready` back-pressure, which the balancer does not use (it
-//! picks by in-flight counts and ejects instances that refuse connections).
+//! On the `h2` crate directly. hyper's client (and tonic's `Channel` on top
+//! of it) puts a dispatch queue and a task spawned per call between the
+//! caller and the connection, plus a oneshot channel back: a call here opens
+//! its stream and awaits the response itself, so the connection's task is
+//! the only other party (its I/O). Calls are whole messages (the balancer
+//! buffers them to be able to resend), so a request is its headers and one
+//! DATA frame.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http_body::Frame;
 use tokio::net::TcpStream;
 use tonic::body::Body;
 
 use crate::balance::BoxError;
+use crate::coalesce::Coalescing;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A ping this often, and the connection given up when its pong is this late
+/// (hyper's client defaults, which the previous client used).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Flow-control windows as hyper's client sets them: far above a unary
+/// message, so a response never waits for a WINDOW_UPDATE.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
-/// Connecting failed, or the connection closed before the request went out:
-/// either way the call certainly never reached the instance.
+/// Connecting failed, or the connection was closed or going away before the
+/// request went out: either way the call certainly never reached the
+/// instance.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to {address}: {source}")]
 pub struct ConnectError {
@@ -28,11 +43,18 @@ pub struct ConnectError {
     source: BoxError,
 }
 
+/// An open connection: its handle (cloned per call: HTTP/2 multiplexes) and
+/// whether its task has ended.
+#[derive(Clone)]
+struct Open {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
 pub struct Connection {
     address: String,
     authority: http::uri::Authority,
-    /// The open connection's handle; cloned per call (HTTP/2 multiplexes).
-    current: std::sync::Mutex<Option<SendRequest<Body>>>,
+    current: std::sync::Mutex<Option<Open>>,
     /// One connection attempt at a time; the other calls wait for its result.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -48,10 +70,10 @@ impl Connection {
         })
     }
 
-    /// Sends one request (its URI may be a bare path: the instance's
-    /// scheme and authority are filled in).
-    pub async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
-        let mut sender = self.sender().await?;
+    /// Sends one request with its whole body (its URI may be a bare path:
+    /// the instance's scheme and authority are filled in).
+    pub async fn send(&self, request: http::Request<Bytes>) -> Result<http::Response<Body>, BoxError> {
+        let open = self.sender().await?;
         let (mut parts, body) = request.into_parts();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.scheme = Some(http::uri::Scheme::HTTP);
@@ -60,50 +82,124 @@ impl Connection {
             uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         parts.uri = http::Uri::from_parts(uri)?;
-        sender.ready().await.map_err(|err| ConnectError { address: self.address.clone(), source: err.into() })?;
-        let response = sender.send_request(http::Request::from_parts(parts, body)).await?;
-        Ok(response.map(Body::new))
+        let never_sent = |err: h2::Error| ConnectError { address: self.address.clone(), source: err.into() };
+        // Refused here (closed, or the server said GOAWAY), no stream was opened.
+        let mut sender = open.sender.ready().await.map_err(never_sent)?;
+        let end_of_stream = body.is_empty();
+        let (response, mut stream) =
+            sender.send_request(http::Request::from_parts(parts, ()), end_of_stream).map_err(never_sent)?;
+        if !end_of_stream {
+            // Buffered by h2 and written with the headers; the windows are
+            // far larger than a message.
+            stream.send_data(body, true)?;
+        }
+        let response = response.await?;
+        Ok(response.map(|received| Body::new(ResponseBody { received, trailers_next: false })))
     }
 
-    async fn sender(&self) -> Result<SendRequest<Body>, ConnectError> {
-        if let Some(sender) = self.open() {
-            return Ok(sender);
+    async fn sender(&self) -> Result<Open, ConnectError> {
+        if let Some(open) = self.open() {
+            return Ok(open);
         }
         let _turn = self.connecting.lock().await;
         // Another call may have connected while this one waited.
-        if let Some(sender) = self.open() {
-            return Ok(sender);
+        if let Some(open) = self.open() {
+            return Ok(open);
         }
-        let sender = self.connect().await.map_err(|source| ConnectError { address: self.address.clone(), source })?;
+        let open = self.connect().await.map_err(|source| ConnectError { address: self.address.clone(), source })?;
         if let Ok(mut current) = self.current.lock() {
-            *current = Some(sender.clone());
+            *current = Some(open.clone());
         }
-        Ok(sender)
+        Ok(open)
     }
 
-    fn open(&self) -> Option<SendRequest<Body>> {
+    fn open(&self) -> Option<Open> {
         let current = self.current.lock().ok()?;
-        current.as_ref().filter(|sender| !sender.is_closed()).cloned()
+        current.as_ref().filter(|open| !open.closed.load(Ordering::Acquire)).cloned()
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
+    async fn connect(&self) -> Result<Open, BoxError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, connection) = Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(stream))
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<_, Bytes>(Coalescing(stream))
             .await?;
+        let pings = connection.ping_pong();
+        let closed = Arc::new(AtomicBool::new(false));
         let address = self.address.clone();
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let result = match pings {
+                Some(pings) => tokio::select! {
+                    result = connection => result.map_err(BoxError::from),
+                    lost = keep_alive(pings) => Err(lost),
+                },
+                None => connection.await.map_err(BoxError::from),
+            };
+            ended.store(true, Ordering::Release);
+            if let Err(err) = result {
                 tracing::debug!(%address, error = %err, "connection closed");
             }
         });
-        Ok(sender)
+        Ok(Open { sender, closed })
+    }
+}
+
+/// Pings the peer every [`KEEP_ALIVE_INTERVAL`]; returns why the connection
+/// must be given up (a pong later than [`KEEP_ALIVE_TIMEOUT`]: the peer or
+/// the path to it is gone without closing the socket).
+async fn keep_alive(mut pings: h2::PingPong) -> BoxError {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        if let Err(err) = pings.send_ping(h2::Ping::opaque()) {
+            return err.into();
+        }
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, std::future::poll_fn(|cx| pings.poll_pong(cx))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return err.into(),
+            Err(_) => return "keep-alive ping not answered in time".into(),
+        }
+    }
+}
+
+/// A response's DATA frames, then its trailers; each frame's bytes are
+/// handed back to the flow-control window as they are taken.
+struct ResponseBody {
+    received: h2::RecvStream,
+    trailers_next: bool,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.trailers_next {
+            match ready!(self.received.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only once the stream is gone, when nothing is owed.
+                    let _ = self.received.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => self.trailers_next = true,
+            }
+        }
+        match ready!(self.received.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers)))),
+            Err(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.received.is_end_stream()
     }
 }
 
@@ -150,10 +246,9 @@ mod tests {
         }
     }
 
-    fn health_check() -> http::Request<Body> {
+    fn health_check() -> http::Request<Bytes> {
         // HealthCheckRequest { service: "" }: an empty message.
-        let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 0]);
-        let mut request = http::Request::new(Body::new(http_body_util::Full::new(frame)));
+        let mut request = http::Request::new(Bytes::from_static(&[0, 0, 0, 0, 0]));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = http::Uri::from_static("/grpc.health.v1.Health/Check");
         request.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));

@@ -2,6 +2,7 @@
 //! server bootstrap (gRPC + health + reflection + admin HTTP + graceful
 //! shutdown), the database layer, user tokens, and test helpers.
 pub mod balance;
+pub mod coalesce;
 pub mod config;
 pub mod db;
 pub mod discovery;

@@ -223,7 +223,11 @@ impl Host {
         let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
-        let incoming = TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true));
+        // Answers ready together leave together (see `coalesce`).
+        let incoming =
+            tokio_stream::StreamExt::map(TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)), |accepted| {
+                accepted.map(crate::coalesce::Coalescing)
+            });
         let shutdown = self.shutdown.clone();
         let readiness = self.readiness.clone();
         let services = self.spec.grpc_services;
