@@ -16,6 +16,8 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// gRPC's length-prefixed frame around one uncompressed message.
 pub fn frame(message: &impl prost::Message) -> Bytes {
     let len = message.encoded_len();
@@ -49,7 +51,7 @@ where
     if let Ok(mut value) = HeaderValue::from_str(&kit::resilience::guard::encode_grpc_timeout(timeout)) {
         // Different on every call: a literal, not an entry in the HPACK table.
         value.set_sensitive(true);
-        headers.insert("grpc-timeout", value);
+        headers.insert(GRPC_TIMEOUT, value);
     }
     let ready = channel.ready().await.map_err(Status::from_error)?;
     let response = ready.call(request).await.map_err(Status::from_error)?;

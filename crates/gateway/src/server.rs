@@ -108,12 +108,31 @@ impl From<tonic::Status> for Failure {
     }
 }
 
-/// gRPC metadata sent with a backend call.
-type CallMetadata = Vec<(&'static str, String)>;
+const X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
+const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// What a queued call keeps of its metadata, to send when it is delivered.
+const DEFERRED_METADATA: [HeaderName; 4] = [TRACEPARENT, X_CLIENT_ID, X_USER_ID, IDEMPOTENCY_KEY];
+
+/// gRPC metadata sent with a backend call: the entries that have a value,
+/// less any value that cannot be a header value.
+fn call_metadata<'a>(entries: impl IntoIterator<Item = (HeaderName, Option<&'a str>)>) -> http::HeaderMap {
+    let mut metadata = http::HeaderMap::with_capacity(8);
+    for (name, value) in entries {
+        if let Some(Ok(value)) = value.map(HeaderValue::from_str) {
+            metadata.insert(name, value);
+        }
+    }
+    metadata
+}
 
 fn json_reply(status: StatusCode, body: Bytes) -> Reply {
     let mut reply = Response::new(Full::new(body));
     *reply.status_mut() = status;
+    // Room for what most replies carry (rate and quota headers, the trace
+    // id, hyper's content-length and date) without growing the map.
+    *reply.headers_mut() = http::HeaderMap::with_capacity(16);
     reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     reply
 }
@@ -155,28 +174,24 @@ fn changing(value: u64) -> HeaderValue {
     value
 }
 
-/// X-RateLimit-* (classic) and RateLimit-* (IETF draft) headers.
-fn rate_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+/// X-RateLimit-* (classic) and RateLimit-* (IETF draft) headers, and the
+/// monthly quota's.
+fn insert_rate_headers(headers: &mut http::HeaderMap, decision: &Decision) {
     let rate = decision.rate;
-    let reset_secs = rate.reset_ms.div_ceil(1000);
+    let limit = HeaderValue::from(rate.limit);
+    let reset = HeaderValue::from(rate.reset_ms.div_ceil(1000));
     let remaining = changing(rate.remaining.into());
-    let mut headers = Vec::with_capacity(9);
-    headers.extend([
-        (X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit)),
-        (X_RATELIMIT_REMAINING, remaining.clone()),
-        (X_RATELIMIT_RESET, HeaderValue::from(reset_secs)),
-        (RATELIMIT_LIMIT, HeaderValue::from(rate.limit)),
-        (RATELIMIT_REMAINING, remaining),
-        (RATELIMIT_RESET, HeaderValue::from(reset_secs)),
-    ]);
+    headers.insert(X_RATELIMIT_LIMIT, limit.clone());
+    headers.insert(X_RATELIMIT_REMAINING, remaining.clone());
+    headers.insert(X_RATELIMIT_RESET, reset.clone());
+    headers.insert(RATELIMIT_LIMIT, limit);
+    headers.insert(RATELIMIT_REMAINING, remaining);
+    headers.insert(RATELIMIT_RESET, reset);
     if let Some(quota) = decision.quota {
-        headers.extend([
-            (X_QUOTA_LIMIT, HeaderValue::from(quota.limit)),
-            (X_QUOTA_REMAINING, changing(quota.limit.saturating_sub(quota.used))),
-            (X_QUOTA_RESET, HeaderValue::from(quota.reset_secs)),
-        ]);
+        headers.insert(X_QUOTA_LIMIT, HeaderValue::from(quota.limit));
+        headers.insert(X_QUOTA_REMAINING, changing(quota.limit.saturating_sub(quota.used)));
+        headers.insert(X_QUOTA_RESET, HeaderValue::from(quota.reset_secs));
     }
-    headers
 }
 
 impl Gateway {
@@ -205,7 +220,10 @@ impl Gateway {
             )
         };
         let ids = kit::otel::continue_trace(&span, request.headers());
-        let dispatched = tracing::Instrument::instrument(self.dispatch(request, peer, &ids), span.clone()).await;
+        // Boxed: hyper moves this future (into its stream, into the spawned
+        // task) and every move copies it; the pipeline's state is kilobytes.
+        let dispatch = Box::pin(self.dispatch(request, peer, &ids));
+        let dispatched = tracing::Instrument::instrument(dispatch, span.clone()).await;
         let (mut reply, route_label) = match dispatched {
             Ok(done) => done,
             Err((failure, route)) => (failure_reply(failure, &ids.trace_id), route),
@@ -221,14 +239,13 @@ impl Gateway {
             span.record("otel.status_code", "ERROR");
         }
         let status = status_label(reply.status());
-        span.in_scope(|| {
-            tracing::debug!(
-                route = route_label,
-                status,
-                elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0,
-                "request finished"
-            )
-        });
+        tracing::debug!(
+            parent: &span,
+            route = route_label,
+            status,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0,
+            "request finished"
+        );
         self.meters.record(route_label, status, started.elapsed());
         reply
     }
@@ -262,7 +279,7 @@ impl Gateway {
             && let Some(http) = &self.trace_context_test
         {
             let body = self.read_body(request).await.map_err(|f| (f, "tracecontext"))?;
-            return match crate::tracecontext::run(http, &body).await {
+            return match Box::pin(crate::tracecontext::run(http, &body)).await {
                 Ok(()) => Ok((json_reply(StatusCode::OK, Bytes::from_static(b"{}")), "tracecontext")),
                 Err(err) => Err((Failure::new(Code::InvalidArgument, err.to_string()), "tracecontext")),
             };
@@ -272,7 +289,6 @@ impl Gateway {
         let caller = auth::identify(request.headers(), peer.ip(), &self.keys)
             .map_err(|e| (Failure::new(Code::Unauthenticated, e.to_string()), unmatched()))?;
         let decision = self.limit(&caller).await.map_err(|f| (f, unmatched()))?;
-        let limit_headers = rate_headers(&decision);
         if !decision.allowed() {
             let by_quota = decision.quota.is_some_and(|q| !q.allowed);
             let retry_secs = if by_quota {
@@ -283,7 +299,7 @@ impl Gateway {
             let message = if by_quota { "monthly quota exhausted" } else { "rate limit exceeded; slow down" };
             metrics::counter!("ratelimit_rejections_total", "tier" => caller.tier.clone(), "reason" => if by_quota { "quota" } else { "rate" }).increment(1);
             let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
-            reply.headers_mut().extend(limit_headers);
+            insert_rate_headers(reply.headers_mut(), &decision);
             reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
             return Ok((reply, "rate_limited"));
         }
@@ -331,9 +347,11 @@ impl Gateway {
         // Trace context is not set here: the guard's client span injects its
         // own (`traceparent` with the caller's sampling and random flags, and
         // `tracestate`), so the backend's span is a child of that call.
-        let mut metadata: CallMetadata = vec![("x-client-id", caller.client.clone())];
-        metadata.extend(user.clone().map(|user| ("x-user-id", user)));
-        metadata.extend(idempotency_key.clone().map(|key| ("idempotency-key", key)));
+        let metadata = call_metadata([
+            (X_CLIENT_ID, Some(caller.client.as_str())),
+            (X_USER_ID, user.as_deref()),
+            (IDEMPOTENCY_KEY, idempotency_key.as_deref()),
+        ]);
         // The cached fallback answers a read with the last good answer to the
         // same read by the same user.
         let cache_key = backend
@@ -345,10 +363,11 @@ impl Gateway {
         let output = match self.call(backend, &route, &message, &metadata, idempotent).await {
             Ok(output) => output,
             Err(status) => {
-                let reply = self
-                    .fallback(backend, &route, status, cache_key.as_deref(), &message, &metadata, ids)
-                    .await
-                    .map_err(fail)?;
+                // Boxed: a rare path, kept out of every request's future.
+                let reply =
+                    Box::pin(self.fallback(backend, &route, status, cache_key.as_deref(), &message, &metadata, ids))
+                        .await
+                        .map_err(fail)?;
                 return Ok((reply, label));
             }
         };
@@ -359,7 +378,7 @@ impl Gateway {
             cache.put(key, json.clone());
         }
         let mut reply = json_reply(StatusCode::OK, json);
-        reply.headers_mut().extend(limit_headers);
+        insert_rate_headers(reply.headers_mut(), &decision);
         Ok((reply, label))
     }
 
@@ -434,16 +453,10 @@ impl Gateway {
         backend: &Backend,
         route: &Route,
         message: &prost_reflect::DynamicMessage,
-        metadata: &[(&'static str, String)],
+        metadata: &http::HeaderMap,
         idempotent: bool,
     ) -> Result<Bytes, tonic::Status> {
         let frame = grpc_call::frame(message);
-        let mut headers = http::HeaderMap::with_capacity(metadata.len() + 4);
-        for (key, value) in metadata {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(*key, value);
-            }
-        }
         let attempts = if idempotent { route.policy.attempts.max(1) } else { 1 };
         let deadline = Instant::now() + route.timeout();
         backend.retries.started();
@@ -452,7 +465,7 @@ impl Gateway {
             attempt += 1;
             // The backend learns our deadline (grpc-timeout) and the guard enforces it.
             let left = deadline.saturating_duration_since(Instant::now());
-            let call = grpc_call::unary(backend.channel.clone(), &route.grpc_uri, frame.clone(), &headers, left);
+            let call = grpc_call::unary(backend.channel.clone(), &route.grpc_uri, frame.clone(), metadata, left);
             // A safety net only: the guard times the call out first.
             let result = match tokio::time::timeout(left + Duration::from_millis(200), call).await {
                 Ok(result) => result,
@@ -481,7 +494,7 @@ impl Gateway {
         status: tonic::Status,
         cache_key: Option<&str>,
         message: &prost_reflect::DynamicMessage,
-        metadata: &[(&'static str, String)],
+        metadata: &http::HeaderMap,
         ids: &TraceIds,
     ) -> Result<Reply, Failure> {
         if !server_failure(status.code()) {
@@ -507,12 +520,11 @@ impl Gateway {
             }
             // A write is queued only if it certainly did not reach the
             // backend, or carries an idempotency key the backend will honour.
-            Fallback::Queue
-                if !read
-                    && (refused_by(&status).is_some() || metadata.iter().any(|(k, _)| *k == "idempotency-key")) =>
-            {
-                let mut stored: BTreeMap<String, String> =
-                    metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            Fallback::Queue if !read && (refused_by(&status).is_some() || metadata.contains_key(IDEMPOTENCY_KEY)) => {
+                let mut stored: BTreeMap<String, String> = metadata
+                    .iter()
+                    .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+                    .collect();
                 // Delivered later, the call still joins this request's trace.
                 if let Some(traceparent) = kit::otel::current_traceparent() {
                     stored.insert("traceparent".into(), traceparent);
@@ -580,14 +592,13 @@ impl Gateway {
             Ok(message) => message,
             Err(err) => return Delivery::Rejected(format!("stored message unreadable: {err}")),
         };
-        let mut metadata: CallMetadata = Vec::new();
-        for key in ["traceparent", "x-client-id", "x-user-id", "idempotency-key"] {
-            if let Some(value) = call.metadata.get(key) {
-                metadata.push((key, value.clone()));
-            }
-        }
-        if !call.metadata.contains_key("idempotency-key") {
-            metadata.push(("idempotency-key", format!("deferred:{}", call.id)));
+        let mut metadata = call_metadata(DEFERRED_METADATA.map(|name| {
+            let value = call.metadata.get(name.as_str()).map(String::as_str);
+            (name, value)
+        }));
+        if !metadata.contains_key(IDEMPOTENCY_KEY) {
+            let key = format!("deferred:{}", call.id);
+            metadata.extend(call_metadata([(IDEMPOTENCY_KEY, Some(key.as_str()))]));
         }
         match self.call(backend, route, &message, &metadata, true).await {
             Ok(_) => Delivery::Delivered,

@@ -107,7 +107,9 @@ impl Limiter {
         let tier = self.tiers.get(tier_name)?;
         let (month, month_left) = self.month();
         if let Some(redis) = &self.redis
-            && let Some(shared) = redis.check(tier_name, tier, client, &month, month_left).await
+            // Boxed: the Redis client's future is large, and every request's
+            // future would carry its size (copied on each move) otherwise.
+            && let Some(shared) = Box::pin(redis.check(tier_name, tier, client, &month, month_left)).await
         {
             return Some(Decision { rate: shared.rate, quota: shared.quota, shared: true });
         }

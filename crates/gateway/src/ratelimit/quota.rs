@@ -43,6 +43,18 @@ impl QuotaCounter {
         }
     }
 
+    /// The count persisted for `client` in `month`.
+    async fn stored(&self, client: &str, month: &str) -> Result<i64, sqlx::Error> {
+        Ok(sqlx::query("SELECT used FROM quota_usage WHERE client = $1 AND month = $2")
+            .bind(client)
+            .bind(month)
+            .fetch_optional(self.db.pool())
+            .await?
+            .map(|row| row.try_get("used"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
     /// Counts one request of `client` in `month` unless the quota is used up.
     pub async fn take(
         &self,
@@ -53,14 +65,9 @@ impl QuotaCounter {
     ) -> Result<QuotaDecision, sqlx::Error> {
         let known = self.with_counts(|c| c.current.get(client).is_some_and(|u| u.month == *month));
         if !known {
-            let stored: i64 = sqlx::query("SELECT used FROM quota_usage WHERE client = $1 AND month = $2")
-                .bind(client)
-                .bind(month.as_ref())
-                .fetch_optional(self.db.pool())
-                .await?
-                .map(|row| row.try_get("used"))
-                .transpose()?
-                .unwrap_or(0);
+            // Boxed: once per client and month, and the query's future is
+            // large (every request's future would carry its size otherwise).
+            let stored = Box::pin(self.stored(client, month)).await?;
             self.with_counts(|c| {
                 let fresh = Usage { month: month.clone(), used: stored.max(0) as u64, unflushed: 0 };
                 match c.current.insert(client.to_string(), fresh) {
