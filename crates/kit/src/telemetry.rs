@@ -161,24 +161,36 @@ mod tests {
         }
     }
 
+    impl Captured {
+        /// A subscriber writing `service`'s JSON lines here.
+        fn json_lines(&self, service: &str) -> impl tracing::Subscriber + Send + Sync + use<> {
+            let writer = self.clone();
+            tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(JsonLines::new(service))
+                    .with_writer(move || writer.clone()),
+            )
+        }
+
+        /// The one line written, parsed.
+        fn line(&self) -> Value {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            serde_json::from_str(text.trim()).unwrap()
+        }
+    }
+
     #[test]
     fn lines_carry_service_span_and_event_fields() {
         let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(JsonFields::new())
-                .event_format(JsonLines::new("products"))
-                .with_writer(move || writer.clone()),
-        );
+        let subscriber = captured.json_lines("products");
         tracing::subscriber::with_default(subscriber, || {
             let span =
                 tracing::info_span!("grpc", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", method = "GetProduct");
             let _guard = span.enter();
             tracing::warn!(order_id = "o-1", attempt = 2, "stock low");
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        let line = captured.line();
         assert_eq!(line["service"], "products");
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["message"], "stock low");
@@ -192,13 +204,7 @@ mod tests {
     #[test]
     fn lines_inside_a_continued_trace_carry_its_trace_and_span_ids() {
         let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(JsonFields::new())
-                .event_format(JsonLines::new("gateway"))
-                .with_writer(move || writer.clone()),
-        );
+        let subscriber = captured.json_lines("gateway");
         let ids = tracing::subscriber::with_default(subscriber, || {
             let mut incoming = http::HeaderMap::new();
             incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
@@ -212,8 +218,7 @@ mod tests {
             span.in_scope(|| tracing::warn!("inside"));
             ids
         });
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        let line = captured.line();
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(line["span_id"].as_str(), Some(ids.span_id.as_str()));
         assert_eq!(ids.span_id.len(), 16);
