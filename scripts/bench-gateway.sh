@@ -23,6 +23,7 @@
 #   BASELINE_BIN=/tmp/old/shopfast scripts/bench-gateway.sh   # also a gateway of another build,
 #                                      # interleaved in the same rounds: an A/B on equal terms
 #   SYSCALLS=1 scripts/bench-gateway.sh   # also count the proxies' system calls per request (perf)
+#   PIN=1 scripts/bench-gateway.sh   # proxies on CPU 1, backend and h2load on CPU 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}
@@ -119,6 +120,15 @@ msg = b"\x0a" + bytes([len(pid)]) + pid
 open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 PY
 nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -n 1)
+# PIN=1: every proxy on CPU 1, the backend and the load generator on CPU 0, so
+# the proxy in the middle has a core to itself (it idles between bursts, and
+# each burst starts on a cold cache) instead of sharing both with them.
+loadcpu=()
+if [ -n "${PIN:-}" ]; then
+  for pid in $gateway_pid $untraced_pid $baseline_pid $nginx_worker; do taskset -a -pc 1 "$pid" > /dev/null; done
+  taskset -a -pc 0 "$products_pid" > /dev/null
+  loadcpu=(taskset -c 0)
+fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 grpc_path=/shopfast.products.v1.ProductService/GetProduct
@@ -127,7 +137,7 @@ run() { # name url [h2load args...] -> "name rps mean_ms proxy_us backend_us"
   local proxy_pid=""
   case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; untraced) proxy_pid=$untraced_pid;; baseline) proxy_pid=$baseline_pid;; esac
   local p0=0 b0; b0=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p0=$(cpu_ticks "$proxy_pid")
-  local out; out=$(h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url")
+  local out; out=$("${loadcpu[@]}" h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url")
   local p1=0 b1; b1=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p1=$(cpu_ticks "$proxy_pid")
   local ok; ok=$(echo "$out" | sed -n 's/.*status codes: \([0-9]*\) 2xx.*/\1/p')
   [ "$ok" = "$REQUESTS" ] || { echo "$out" >&2; echo "$name: only $ok of $REQUESTS succeeded" >&2; exit 1; }

@@ -126,6 +126,8 @@ impl Connection {
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            // Nothing here reads pushed streams; refused at the start, as hyper does.
+            .enable_push(false)
             .handshake::<_, Bytes>(Coalescing(stream))
             .await?;
         let pings = connection.ping_pong();

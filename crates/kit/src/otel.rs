@@ -157,12 +157,33 @@ where
 /// rather than on every span entry.
 pub struct TracedLogs<L> {
     inner: L,
-    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+    dispatch: DispatchSlot,
 }
 
 impl<L> TracedLogs<L> {
     pub fn new(inner: L) -> Self {
-        Self { inner, dispatch: OnceLock::new() }
+        Self { inner, dispatch: DispatchSlot::default() }
+    }
+
+    /// Where to tell this layer the subscriber it is part of, for a
+    /// composition that does not (a `Vec` of layers does not pass
+    /// `on_register_dispatch` on; `Layered` and filters do).
+    pub fn dispatch_slot(&self) -> DispatchSlot {
+        self.dispatch.clone()
+    }
+}
+
+/// The subscriber a [`TracedLogs`] is part of (weakly: it does not keep it).
+#[derive(Clone, Default)]
+pub struct DispatchSlot(std::sync::Arc<OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+impl DispatchSlot {
+    pub fn set(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
+
+    fn get(&self) -> Option<tracing::Dispatch> {
+        self.0.get()?.upgrade()
     }
 }
 
@@ -172,7 +193,7 @@ where
     L: tracing_subscriber::Layer<S>,
 {
     fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
-        let _ = self.dispatch.set(subscriber.downgrade());
+        self.dispatch.set(subscriber);
         self.inner.on_register_dispatch(subscriber);
     }
 
@@ -191,7 +212,7 @@ where
     fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
         // Asked of the whole subscriber, not of `ctx`: this layer's filter (the
         // log level) hides the request spans from it.
-        let cx = self.dispatch.get().and_then(tracing::dispatcher::WeakDispatch::upgrade).and_then(|dispatch| {
+        let cx = self.dispatch.get().and_then(|dispatch| {
             let span =
                 if event.is_contextual() { dispatch.current_span().id().cloned() } else { event.parent().cloned() };
             tracing_opentelemetry::get_otel_context(&span?, &dispatch)
@@ -375,15 +396,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn log_events_carry_their_spans_trace_without_context_activation() {
-        use tracing_subscriber::Layer as _;
-        let seen = SeenTraces::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(layer("test").map(|l| l.with_filter(tracing_subscriber::filter::LevelFilter::INFO)))
-            // The log level hides the (info) request span from the log layer.
-            .with(TracedLogs::new(seen.clone()).with_filter(tracing_subscriber::filter::LevelFilter::WARN));
-        tracing::subscriber::with_default(subscriber, || {
+    /// Under `dispatch`: warnings in, under and outside a server span that
+    /// continues a trace; the trace ids `seen` got for them.
+    fn traces_of_warnings(dispatch: &tracing::Dispatch, seen: &SeenTraces) -> Vec<String> {
+        tracing::dispatcher::with_default(dispatch, || {
             let mut incoming = http::HeaderMap::new();
             incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
             let server =
@@ -393,9 +409,41 @@ mod tests {
             tracing::warn!(parent: &server, "named parent");
             tracing::warn!("outside");
         });
-        let seen = seen.0.lock().unwrap().clone();
+        seen.0.lock().unwrap().clone()
+    }
+
+    fn the_trace_twice_then_none() -> Vec<String> {
         let trace = "4bf92f3577b34da6a3ce929d0e0e4736".to_string();
-        assert_eq!(seen, vec![trace.clone(), trace, TraceId::INVALID.to_string()]);
+        vec![trace.clone(), trace, TraceId::INVALID.to_string()]
+    }
+
+    #[test]
+    fn log_events_carry_their_spans_trace_without_context_activation() {
+        use tracing_subscriber::Layer as _;
+        let seen = SeenTraces::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(layer("test").map(|l| l.with_filter(tracing_subscriber::filter::LevelFilter::INFO)))
+            // The log level hides the (info) request span from the log layer.
+            .with(TracedLogs::new(seen.clone()).with_filter(tracing_subscriber::filter::LevelFilter::WARN));
+        assert_eq!(traces_of_warnings(&subscriber.into(), &seen), the_trace_twice_then_none());
+    }
+
+    /// As `telemetry::init_logging` composes them: a list of the layers that
+    /// are on, which does not pass the subscriber on to its members (the
+    /// console test caught log records arriving without their trace).
+    #[test]
+    fn log_events_carry_their_spans_trace_from_a_list_of_layers() {
+        use tracing_subscriber::Layer as _;
+        let seen = SeenTraces::default();
+        let logs = TracedLogs::new(seen.clone());
+        let slot = logs.dispatch_slot();
+        let layers: Vec<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>> = vec![
+            layer("test").map(|l| l.with_filter(tracing_subscriber::filter::LevelFilter::INFO)).boxed(),
+            logs.with_filter(tracing_subscriber::filter::LevelFilter::WARN).boxed(),
+        ];
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
+        slot.set(&dispatch);
+        assert_eq!(traces_of_warnings(&dispatch, &seen), the_trace_twice_then_none());
     }
 
     #[test]

@@ -51,7 +51,9 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
         if let Some(spans) = crate::otel::layer(service) {
             layers.push(spans.with_filter(spans_only).boxed());
         }
+        let mut logs_slot = None;
         if let Some(logs) = crate::otel::log_layer(service) {
+            logs_slot = Some(logs.dispatch_slot());
             let logs = logs
                 .with_filter(exported_logs)
                 .with_filter(tracing_subscriber::filter::filter_fn(crate::otel::exportable_log));
@@ -68,7 +70,12 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
                 tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
             }
         });
-        let result = tracing_subscriber::registry().with(layers).try_init();
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
+        // The list does not tell its members which subscriber they are in.
+        if let Some(slot) = logs_slot {
+            slot.set(&dispatch);
+        }
+        let result = dispatch.try_init();
         // Another subscriber was installed first (e.g. by a test harness): keep it.
         let _ = result;
     });
