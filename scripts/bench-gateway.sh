@@ -24,6 +24,8 @@
 #                                      # interleaved in the same rounds: an A/B on equal terms
 #   SYSCALLS=1 scripts/bench-gateway.sh   # also count the proxies' system calls per request (perf)
 #   PIN=1 scripts/bench-gateway.sh   # proxies on CPU 1, backend and h2load on CPU 0
+#   HTTP1=1 scripts/bench-gateway.sh   # also HTTP/1.1 (wrk): the gateway, and nginx proxying
+#                                      # to an nginx that serves the same JSON from a file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}
@@ -151,7 +153,7 @@ syscalls() { # name pid url [h2load args...]: system calls per request of the pr
   local name=$1 pid=$2 url=$3; shift 3
   perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$work/syscalls" & local perf_pid=$!
   sleep 0.2
-  h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url" > /dev/null
+  "${loadcpu[@]}" h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url" > /dev/null
   kill -INT "$perf_pid"; wait "$perf_pid" || true
   awk -F, -v name="$name" -v n="$REQUESTS" '/sys_enter/ {printf "%s: %.2f system calls per request\n", name, $1 / n}' "$work/syscalls" >&2
 }
@@ -221,3 +223,76 @@ if "baseline" in stats:
     print(f"A/B: gateway CPU per request / baseline build's {gw[2] / stats['baseline'][2]:.2f}; baseline / nginx {stats['baseline'][2] / ng[2]:.2f}")
 PY
 done
+
+# HTTP1=1: the same GET over HTTP/1.1 (wrk, keep-alive) through the gateway,
+# beside nginx proxying HTTP/1.1 to a second nginx that serves the product's
+# JSON from a file. That is the plain proxying nginx's often-quoted ~16 us is
+# for: no gRPC, no HTTP/2, no transcoding -- not the same route, shown for scale.
+if [ -n "${HTTP1:-}" ]; then
+  need wrk wrk
+  mkdir -p "$work/static"
+  curl -fs -H 'x-api-key: bench-key' "$gateway_url/v1/products/$product_id" > "$work/static/product.json"
+  chmod a+rx "$work" "$work/static"; chmod a+r "$work/static/product.json"  # nginx's workers are not root
+  static_port=$(free_port); h1_port=$(free_port)
+  cat > "$work/static.conf" <<NGINX
+worker_processes 1;
+pid $work/static.pid;
+error_log $work/static-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000000;
+  open_file_cache max=16;
+  server { listen 127.0.0.1:$static_port; location / { default_type application/json; root $work/static; try_files /product.json =404; } }
+}
+NGINX
+  cat > "$work/h1.conf" <<NGINX
+worker_processes 1;
+pid $work/h1.pid;
+error_log $work/h1-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000000;
+  upstream static { server 127.0.0.1:$static_port; keepalive 32; keepalive_requests 1000000000; }
+  server {
+    listen 127.0.0.1:$h1_port;
+    location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+  nginx -p "$work" -c "$work/static.conf"
+  nginx -p "$work" -c "$work/h1.conf"
+  pids+=("$(cat "$work/static.pid")" "$(cat "$work/h1.pid")")
+  h1_worker=$(pgrep -P "$(cat "$work/h1.pid")" | head -n 1)
+  curl -fs "http://127.0.0.1:$h1_port/" | cmp -s - "$work/static/product.json" || { echo "nginx over HTTP/1.1 does not serve the product" >&2; exit 1; }
+  [ -n "${PIN:-}" ] && taskset -a -pc 1 "$h1_worker" > /dev/null
+  echo 'wrk.headers["x-api-key"] = "bench-key"' > "$work/key.lua"
+  wrk_run() { # name proxy_pid connections url -> "name us_per_request"
+    local name=$1 pid=$2 connections=$3 url=$4 p0 p1 out n
+    p0=$(cpu_ticks "$pid")
+    out=$("${loadcpu[@]}" wrk -t 1 -c "$connections" -d "${HTTP1_SECONDS:-5}s" -s "$work/key.lua" "$url")
+    p1=$(cpu_ticks "$pid")
+    if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "$name: some answers were not 2xx" >&2; exit 1; fi
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    echo "$name $(( (p1 - p0) * 1000000 / $(getconf CLK_TCK) )) $n"
+  }
+  for load in $LOADS; do
+    connections=$(( ${load%x*} * ${load#*x} ))
+    : > "$work/h1-results"
+    for round in $(seq 1 "$ROUNDS"); do
+      wrk_run nginx "$h1_worker" "$connections" "http://127.0.0.1:$h1_port/" >> "$work/h1-results"
+      wrk_run gateway "$gateway_pid" "$connections" "$gateway_url/v1/products/$product_id" >> "$work/h1-results"
+    done
+    python3 - "$work/h1-results" "$connections" "$ROUNDS" <<'PY'
+import statistics, sys
+per = {}
+for name, micros, requests in (l.split() for l in open(sys.argv[1]) if l.strip()):
+    per.setdefault(name, []).append(int(micros) / int(requests))
+ng, gw = statistics.median(per["nginx"]), statistics.median(per["gateway"])
+print(f"\nHTTP/1.1 (wrk, {sys.argv[2]} connections, medians of {sys.argv[3]}): CPU per request")
+print(f"  nginx proxying to a static file server: {ng:.1f} us")
+print(f"  gateway (auth, limits, JSON from gRPC): {gw:.1f} us   (ratio {gw / ng:.2f}; not the same route)")
+PY
+  done
+fi
