@@ -72,16 +72,18 @@ sleep 0.5
 # gateway's breaker would then answer 503 for the rest of the run).
 SHOPFAST_PRODUCTS__SHEDDING__ENABLED=false RUST_LOG=warn $bin products --grpc-addr "127.0.0.1:$products_port" --admin-addr "127.0.0.1:$products_admin" \
   --data-dir "$work" --registry-url "http://127.0.0.1:$registry_port" > "$work/products.log" 2>&1 & products_pid=$!; pids+=($products_pid)
-RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$gateway_port" --registry-url "http://127.0.0.1:$registry_port" \
+# The gateways log at the shipped default level (info): what a log line and a
+# request span's fields cost is part of what is measured.
+RUST_LOG=info $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$gateway_port" --registry-url "http://127.0.0.1:$registry_port" \
   --data-dir "$work" --config "$work/shopfast.toml" > "$work/gateway.log" 2>&1 & gateway_pid=$!; pids+=($gateway_pid)
 mkdir -p "$work/untraced"
-OTEL_SDK_DISABLED=true RUST_LOG=warn $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$untraced_port" \
+OTEL_SDK_DISABLED=true RUST_LOG=info $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$untraced_port" \
   --registry-url "http://127.0.0.1:$registry_port" --data-dir "$work/untraced" --config "$work/shopfast.toml" \
   > "$work/untraced.log" 2>&1 & untraced_pid=$!; pids+=($untraced_pid)
 baseline_pid=""; baseline_port=$(free_port)
 if [ -n "${BASELINE_BIN:-}" ]; then
   mkdir -p "$work/baseline"
-  RUST_LOG=warn $BASELINE_BIN gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$baseline_port" \
+  RUST_LOG=info $BASELINE_BIN gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$baseline_port" \
     --registry-url "http://127.0.0.1:$registry_port" --data-dir "$work/baseline" --config "$work/shopfast.toml" \
     > "$work/baseline.log" 2>&1 & baseline_pid=$!; pids+=($baseline_pid)
 fi

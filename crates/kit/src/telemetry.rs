@@ -60,15 +60,11 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
             layers.push(logs.boxed());
         }
         layers.push(match format {
-            LogFormat::Json => tracing_subscriber::fmt::layer()
-                .fmt_fields(JsonFields::new())
-                .event_format(JsonLines::new(service))
-                .with_writer(std::io::stdout)
-                .with_filter(filter)
+            LogFormat::Json => json_lines(service, filter, std::io::stdout).boxed(),
+            LogFormat::Pretty => tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(lines_in_spans(filter))
                 .boxed(),
-            LogFormat::Pretty => {
-                tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
-            }
         });
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
         // The list does not tell its members which subscriber they are in.
@@ -79,6 +75,30 @@ pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
         // Another subscriber was installed first (e.g. by a test harness): keep it.
         let _ = result;
     });
+}
+
+/// The log lines at `filter`'s level, written as [`JsonLines`] to `writer`.
+pub fn json_lines<W>(service: &str, filter: EnvFilter, writer: W) -> impl Layer<Registry> + Send + Sync + use<W>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(JsonFields::new())
+        .event_format(JsonLines::new(service))
+        .with_writer(writer)
+        .with_filter(lines_in_spans(filter))
+}
+
+/// `filter` for the events; every span up to INFO whatever it says. A log
+/// line takes its trace_id, span_id and request fields from the spans it is
+/// in, and a layer sees only the spans its filter lets through: with
+/// `RUST_LOG=warn` alone, a warning inside a request would come out without
+/// its trace.
+fn lines_in_spans(filter: EnvFilter) -> impl tracing_subscriber::layer::Filter<Registry> {
+    use tracing_subscriber::filter::FilterExt as _;
+    tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO)
+        .with_max_level_hint(Level::INFO)
+        .or(filter)
 }
 
 /// The JSON line format described in the module docs.
@@ -169,28 +189,30 @@ mod tests {
     }
 
     impl Captured {
-        /// A subscriber writing `service`'s JSON lines here.
-        fn json_lines(&self, service: &str) -> impl tracing::Subscriber + Send + Sync + use<> {
+        /// A subscriber writing `service`'s JSON lines at `level` here.
+        fn json_lines(&self, service: &str, level: &str) -> impl tracing::Subscriber + Send + Sync + use<> {
             let writer = self.clone();
-            tracing_subscriber::registry().with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(JsonLines::new(service))
-                    .with_writer(move || writer.clone()),
-            )
+            tracing_subscriber::registry().with(json_lines(service, EnvFilter::new(level), move || writer.clone()))
+        }
+
+        /// The lines written, parsed.
+        fn lines(&self) -> Vec<Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
         }
 
         /// The one line written, parsed.
         fn line(&self) -> Value {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            serde_json::from_str(text.trim()).unwrap()
+            let mut lines = self.lines();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            lines.remove(0)
         }
     }
 
     #[test]
     fn lines_carry_service_span_and_event_fields() {
         let captured = Captured::default();
-        let subscriber = captured.json_lines("products");
+        let subscriber = captured.json_lines("products", "info");
         tracing::subscriber::with_default(subscriber, || {
             let span =
                 tracing::info_span!("grpc", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", method = "GetProduct");
@@ -208,10 +230,11 @@ mod tests {
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 
-    #[test]
-    fn lines_inside_a_continued_trace_carry_its_trace_and_span_ids() {
+    /// Logged at `level`: an info line and a warning inside a request span
+    /// that continues a trace. The lines written, and the span's ids.
+    fn lines_inside_a_continued_trace(level: &str) -> (Vec<Value>, crate::trace_context::TraceIds) {
         let captured = Captured::default();
-        let subscriber = captured.json_lines("gateway");
+        let subscriber = captured.json_lines("gateway", level);
         let ids = tracing::subscriber::with_default(subscriber, || {
             let mut incoming = http::HeaderMap::new();
             incoming.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
@@ -222,13 +245,39 @@ mod tests {
                 span_id = tracing::field::Empty
             );
             let ids = crate::otel::continue_trace(&span, &incoming);
-            span.in_scope(|| tracing::warn!("inside"));
+            span.in_scope(|| {
+                tracing::info!("started");
+                tracing::warn!("slow");
+            });
             ids
         });
-        let line = captured.line();
+        (captured.lines(), ids)
+    }
+
+    fn assert_carries_the_trace(line: &Value, ids: &crate::trace_context::TraceIds) {
         assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(line["span_id"].as_str(), Some(ids.span_id.as_str()));
         assert_eq!(ids.span_id.len(), 16);
         assert_eq!(line["method"], "GET");
+    }
+
+    #[test]
+    fn lines_inside_a_continued_trace_carry_its_trace_and_span_ids() {
+        let (lines, ids) = lines_inside_a_continued_trace("info");
+        let messages: Vec<_> = lines.iter().map(|line| line["message"].clone()).collect();
+        assert_eq!(messages, ["started", "slow"]);
+        for line in &lines {
+            assert_carries_the_trace(line, &ids);
+        }
+    }
+
+    /// `RUST_LOG=warn` hides the info lines, not the request span's fields
+    /// on the warnings logged inside it.
+    #[test]
+    fn warnings_carry_the_trace_when_only_warnings_are_logged() {
+        let (lines, ids) = lines_inside_a_continued_trace("warn");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["message"], "slow");
+        assert_carries_the_trace(&lines[0], &ids);
     }
 }
