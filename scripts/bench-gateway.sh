@@ -88,24 +88,26 @@ if [ -n "${BASELINE_BIN:-}" ]; then
     > "$work/baseline.log" 2>&1 & baseline_pid=$!; pids+=($baseline_pid)
 fi
 
-cat > "$work/nginx.conf" <<NGINX
+start_nginx() { # name http-block-lines: one worker, $work/name.pid, started
+  local name=$1 http=$2
+  cat > "$work/$name.conf" <<NGINX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
+pid $work/$name.pid;
+error_log $work/$name-error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  client_body_temp_path $work/nginx-body;
-  # nginx closes a client connection after 1000 requests by default; h2load does not reconnect.
+  client_body_temp_path $work/$name-body;
+  # nginx closes a client connection after 1000 requests by default; the load generators do not reconnect.
   keepalive_requests 1000000000;
-  upstream products { server 127.0.0.1:$products_port; keepalive 32; keepalive_requests 1000000000; }
-  server {
-    listen 127.0.0.1:$nginx_port http2;
-    location / { grpc_pass grpc://products; }
-  }
+$http
 }
 NGINX
-nginx -p "$work" -c "$work/nginx.conf"
+  nginx -p "$work" -c "$work/$name.conf"
+}
+start_nginx nginx "
+  upstream products { server 127.0.0.1:$products_port; keepalive 32; keepalive_requests 1000000000; }
+  server { listen 127.0.0.1:$nginx_port http2; location / { grpc_pass grpc://products; } }"
 
 gateway_url="http://127.0.0.1:$gateway_port"
 untraced_url="http://127.0.0.1:$untraced_port"
@@ -236,35 +238,12 @@ if [ -n "${HTTP1:-}" ]; then
   curl -fs -H 'x-api-key: bench-key' "$gateway_url/v1/products/$product_id" > "$work/static/product.json"
   chmod a+rx "$work" "$work/static"; chmod a+r "$work/static/product.json"  # nginx's workers are not root
   static_port=$(free_port); h1_port=$(free_port)
-  cat > "$work/static.conf" <<NGINX
-worker_processes 1;
-pid $work/static.pid;
-error_log $work/static-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000000;
+  start_nginx static "
   open_file_cache max=16;
-  server { listen 127.0.0.1:$static_port; location / { default_type application/json; root $work/static; try_files /product.json =404; } }
-}
-NGINX
-  cat > "$work/h1.conf" <<NGINX
-worker_processes 1;
-pid $work/h1.pid;
-error_log $work/h1-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000000;
+  server { listen 127.0.0.1:$static_port; location / { default_type application/json; root $work/static; try_files /product.json =404; } }"
+  start_nginx h1 "
   upstream static { server 127.0.0.1:$static_port; keepalive 32; keepalive_requests 1000000000; }
-  server {
-    listen 127.0.0.1:$h1_port;
-    location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
-  nginx -p "$work" -c "$work/static.conf"
-  nginx -p "$work" -c "$work/h1.conf"
+  server { listen 127.0.0.1:$h1_port; location / { proxy_pass http://static; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
   pids+=("$(cat "$work/static.pid")" "$(cat "$work/h1.pid")")
   h1_worker=$(pgrep -P "$(cat "$work/h1.pid")" | head -n 1)
   curl -fs "http://127.0.0.1:$h1_port/" | cmp -s - "$work/static/product.json" || { echo "nginx over HTTP/1.1 does not serve the product" >&2; exit 1; }
