@@ -89,8 +89,8 @@ impl Connection {
         let (response, mut stream) =
             sender.send_request(http::Request::from_parts(parts, ()), end_of_stream).map_err(never_sent)?;
         if !end_of_stream {
-            // Buffered by h2 and written with the headers; the windows are
-            // far larger than a message.
+            // Buffered by h2: written with the headers when the peer's
+            // window allows, else as it opens (h2 asks for the capacity).
             stream.send_data(body, true)?;
         }
         let response = response.await?;
