@@ -32,38 +32,34 @@ static INSTALLED: OnceLock<()> = OnceLock::new();
 /// one test process) keep the first. `RUST_LOG` overrides `default_filter`.
 pub fn init_logging(service: &str, default_filter: &str, format: LogFormat) {
     INSTALLED.get_or_init(|| {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-        // The log level filters the log lines only: spans go to OpenTelemetry
-        // whatever it is (`RUST_LOG=warn` must not cut a trace), events never
-        // (they are log lines, not span events).
-        // The level hint keeps debug and trace callsites (h2's and hyper's,
-        // on every frame) off at their first check when logs are quieter too.
-        let spans_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO)
-            .with_max_level_hint(Level::INFO);
-        // Log lines also go out as OTLP log records when an endpoint is set,
-        // at the same level as the lines printed.
-        let exported_logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        // The log level (EnvFilter is not Clone: one per layer that uses it).
+        let level = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         // One list of the layers that are on: a layer that is off is left
         // out. (An `Option` layer that is `None` would enable every callsite,
         // h2's and hyper's trace spans included; a filter around a `None` is
         // still consulted on every span entry and exit.)
         let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+        // The log level filters the log lines only: spans go to OpenTelemetry
+        // whatever it is (`RUST_LOG=warn` must not cut a trace), events never
+        // (they are log lines, not span events).
         if let Some(spans) = crate::otel::layer(service) {
-            layers.push(spans.with_filter(spans_only).boxed());
+            layers.push(spans.with_filter(spans_up_to_info()).boxed());
         }
         let mut logs_slot = None;
         if let Some(logs) = crate::otel::log_layer(service) {
             logs_slot = Some(logs.dispatch_slot());
+            // Log lines also go out as OTLP log records, at the same level
+            // as the lines printed.
             let logs = logs
-                .with_filter(exported_logs)
+                .with_filter(level())
                 .with_filter(tracing_subscriber::filter::filter_fn(crate::otel::exportable_log));
             layers.push(logs.boxed());
         }
         layers.push(match format {
-            LogFormat::Json => json_lines(service, filter, std::io::stdout).boxed(),
+            LogFormat::Json => json_lines(service, level(), std::io::stdout).boxed(),
             LogFormat::Pretty => tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(lines_in_spans(filter))
+                .with_filter(lines_in_spans(level()))
                 .boxed(),
         });
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
@@ -96,9 +92,14 @@ where
 /// its trace.
 fn lines_in_spans(filter: EnvFilter) -> impl tracing_subscriber::layer::Filter<Registry> {
     use tracing_subscriber::filter::FilterExt as _;
+    spans_up_to_info().or(filter)
+}
+
+/// Spans at INFO and above, no events. The level hint keeps debug and trace
+/// callsites (h2's and hyper's, on every frame) off at their first check.
+fn spans_up_to_info() -> impl tracing_subscriber::layer::Filter<Registry> + Send + Sync + 'static {
     tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO)
         .with_max_level_hint(Level::INFO)
-        .or(filter)
 }
 
 /// The JSON line format described in the module docs.
