@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kit::balance::Balancer;
-use kit::resilience::guard::Guarded;
-use kit::resilience::{Dependency, DependencyConfig, Fallback, GuardLayer, Retries};
-use tower::Layer;
+use kit::resilience::guard::{Guarded, guard_balancer};
+use kit::resilience::{Dependency, DependencyConfig, Fallback, Retries};
 
 /// Last good responses kept per backend for the `cached` fallback.
 const CACHE_ENTRIES: usize = 10_000;
@@ -29,7 +28,7 @@ impl Backend {
         let cache = (config.fallback == Fallback::Cached)
             .then(|| ResponseCache::new(CACHE_ENTRIES, Duration::from_millis(config.fallback_max_age_ms)));
         Self {
-            channel: GuardLayer::new(dependency.clone()).layer(balancer),
+            channel: guard_balancer(dependency.clone(), balancer),
             dependency,
             retries: Retries::new(name, &config.retry),
             fallback: config.fallback,

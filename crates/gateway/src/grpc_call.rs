@@ -17,6 +17,27 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+const HTTP_CODE: http::HeaderName = http::HeaderName::from_static(kit::reply::HTTP_CODE);
+const LOCATION: http::HeaderName = http::HeaderName::from_static(kit::reply::LOCATION);
+
+/// A unary call's answer: the message's bytes and the backend's HTTP hints
+/// (`kit::reply`), if it gave any.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub message: Bytes,
+    pub status: Option<http::StatusCode>,
+    pub location: Option<HeaderValue>,
+}
+
+impl Answer {
+    fn new(message: Bytes, headers: &HeaderMap) -> Self {
+        // Most answers carry no hint: nothing to look up beyond one header.
+        let Some(code) = headers.get(&HTTP_CODE) else { return Self { message, ..Default::default() } };
+        let status =
+            code.to_str().ok().and_then(|c| c.parse::<u16>().ok()).and_then(|c| http::StatusCode::from_u16(c).ok());
+        Self { message, status, location: headers.get(&LOCATION).cloned() }
+    }
+}
 
 /// gRPC's length-prefixed frame around one uncompressed message.
 pub fn frame(message: &impl prost::Message) -> Bytes {
@@ -30,14 +51,14 @@ pub fn frame(message: &impl prost::Message) -> Bytes {
 }
 
 /// Sends `frame` to `path` (`/package.Service/Method`) with `metadata` and a
-/// `grpc-timeout` of `timeout`; returns the response message's bytes.
+/// `grpc-timeout` of `timeout`; returns the response message's bytes and hints.
 pub async fn unary<S>(
     mut channel: S,
     path: &http::uri::PathAndQuery,
     frame: Bytes,
     metadata: &HeaderMap,
     timeout: Duration,
-) -> Result<Bytes, Status>
+) -> Result<Answer, Status>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = kit::balance::BoxError>,
 {
@@ -69,10 +90,10 @@ where
     };
     // The usual answer, read without building a Status (which copies the trailers).
     if trailers.get("grpc-status").is_some_and(|code| code == "0") {
-        return unframe(collected.to_bytes());
+        return Ok(Answer::new(unframe(collected.to_bytes())?, &parts.headers));
     }
     match Status::from_header_map(trailers) {
-        Some(status) if status.code() == Code::Ok => unframe(collected.to_bytes()),
+        Some(status) if status.code() == Code::Ok => Ok(Answer::new(unframe(collected.to_bytes())?, &parts.headers)),
         Some(status) => Err(status),
         None => Err(Status::internal("the response ended without a gRPC status")),
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use crate::routes::{Access, BodyTarget, Route, by_path};
+use crate::routes::{Access, BodyTarget, Replies, Route, by_path};
 
 const TIMESTAMP: &str = "google.protobuf.Timestamp";
 
@@ -109,10 +109,7 @@ fn operation(route: &Route, needed: &mut BTreeMap<String, MessageDescriptor>) ->
         "tags": [route.backend],
         "parameters": parameters,
         "security": security(route.policy.access),
-        "responses": {
-            "200": { "description": "OK", "content": { "application/json": { "schema": scalar_ref(&route.output, needed) } } },
-            "default": { "description": "An error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
-        }
+        "responses": responses(route, needed),
     });
     if let (Some(schema), Some(object)) = (request_body, op.as_object_mut()) {
         object.insert(
@@ -121,6 +118,31 @@ fn operation(route: &Route, needed: &mut BTreeMap<String, MessageDescriptor>) ->
         );
     }
     op
+}
+
+/// The route's success statuses (see `RoutePolicy::replies`) and errors.
+fn responses(route: &Route, needed: &mut BTreeMap<String, MessageDescriptor>) -> Value {
+    let content = json!({ "application/json": { "schema": scalar_ref(&route.output, needed) } });
+    let location = |what: &str| json!({ "Location": { "description": what, "schema": { "type": "string" } } });
+    let ok = json!({ "description": "OK", "content": content });
+    let created = json!({
+        "description": "Created: the work is done; the result, and where it lives.",
+        "headers": location("Where the created resource can be read."),
+        "content": content,
+    });
+    let accepted = json!({
+        "description": "Accepted: the work goes on (the async request-reply pattern). The body is the \
+                        resource as it stands (status PENDING, or CANCELLING); poll the Location until it \
+                        is final. A retry with the same Idempotency-Key answers how it stands then.",
+        "headers": location("Where to poll for the outcome."),
+        "content": content,
+    });
+    let error = json!({ "description": "An error (503 comes with Retry-After)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
+    match route.policy.replies {
+        Replies::Plain => json!({ "200": ok, "default": error }),
+        Replies::CreatedOrAccepted => json!({ "201": created, "202": accepted, "default": error }),
+        Replies::OkOrAccepted => json!({ "200": ok, "202": accepted, "default": error }),
+    }
 }
 
 fn scalar_ref(desc: &MessageDescriptor, needed: &mut BTreeMap<String, MessageDescriptor>) -> Value {

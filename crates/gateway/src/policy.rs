@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use prost_reflect::MethodDescriptor;
 use serde::{Deserialize, Serialize};
 
-use crate::routes::{Access, RoutePolicy};
+use crate::routes::{Access, Replies, RoutePolicy};
 
 /// A partial policy from config; unset fields keep the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,8 +32,9 @@ pub fn default_for(method: &str) -> RoutePolicy {
         | "shopfast.products.v1.ProductService.SearchProducts"
         | "shopfast.products.v1.ProductService.CheckAvailability" => (Access::Public, READ_TIMEOUT_MS, None),
         "shopfast.products.v1.ProductService.CreateProduct" => (Access::Admin, WRITE_TIMEOUT_MS, None),
-        // Orders run a saga: placing one may take a while.
-        "shopfast.orders.v1.OrderService.CreateOrder" => (Access::User, 30_000, Some("user_id")),
+        // Orders answer within a few seconds: 201 when the saga is done, 202
+        // with the order pending otherwise (the saga goes on).
+        "shopfast.orders.v1.OrderService.CreateOrder" => (Access::User, WRITE_TIMEOUT_MS, Some("user_id")),
         "shopfast.orders.v1.OrderService.GetOrder" | "shopfast.orders.v1.OrderService.CancelOrder" => {
             (Access::User, WRITE_TIMEOUT_MS, None)
         }
@@ -44,7 +45,12 @@ pub fn default_for(method: &str) -> RoutePolicy {
         // processing…) is for services, not for clients.
         _ => (Access::Internal, READ_TIMEOUT_MS, None),
     };
-    RoutePolicy { access, timeout_ms, attempts: 2, owner_field: owner.map(str::to_string) }
+    let replies = match method {
+        "shopfast.orders.v1.OrderService.CreateOrder" => Replies::CreatedOrAccepted,
+        "shopfast.orders.v1.OrderService.CancelOrder" => Replies::OkOrAccepted,
+        _ => Replies::Plain,
+    };
+    RoutePolicy { access, timeout_ms, attempts: 2, owner_field: owner.map(str::to_string), replies }
 }
 
 /// The policy in force for `method`: default, then the override.
@@ -78,6 +84,7 @@ mod tests {
         assert_eq!(default_for("shopfast.products.v1.ProductService.SearchProducts").access, Access::Public);
         let own = default_for("shopfast.users.v1.UserService.GetUser");
         assert_eq!((own.access, own.owner_field.as_deref()), (Access::User, Some("user_id")));
-        assert_eq!(default_for("shopfast.orders.v1.OrderService.CreateOrder").timeout_ms, 30_000);
+        let create = default_for("shopfast.orders.v1.OrderService.CreateOrder");
+        assert_eq!((create.timeout_ms, create.replies), (10_000, Replies::CreatedOrAccepted));
     }
 }

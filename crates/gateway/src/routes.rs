@@ -34,6 +34,39 @@ pub struct RoutePolicy {
     /// the token when the client leaves it empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_field: Option<String>,
+    /// What the method answers besides 200 (the backend's `x-http-code`, see
+    /// `kit::reply`): 201 when it creates, 202 when the work goes on.
+    #[serde(default, skip_serializing_if = "Replies::is_plain")]
+    pub replies: Replies,
+}
+
+/// The success statuses a route may answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replies {
+    /// 200 only.
+    #[default]
+    Plain,
+    /// 201 with the created resource's Location, or 202 with a Location to
+    /// poll while the work goes on (the async request-reply pattern).
+    CreatedOrAccepted,
+    /// 200, or 202 with a Location to poll while the work goes on.
+    OkOrAccepted,
+}
+
+impl Replies {
+    pub fn is_plain(&self) -> bool {
+        *self == Replies::Plain
+    }
+
+    /// The statuses it documents and passes on from the backend's hint.
+    pub fn allows(self, status: http::StatusCode) -> bool {
+        match self {
+            Replies::Plain => status == http::StatusCode::OK,
+            Replies::CreatedOrAccepted => matches!(status.as_u16(), 201 | 202),
+            Replies::OkOrAccepted => matches!(status.as_u16(), 200 | 202),
+        }
+    }
 }
 
 /// Where the request body goes (`body` of the rule).

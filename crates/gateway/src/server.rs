@@ -90,15 +90,24 @@ impl From<tonic::Status> for Failure {
             Code::Unavailable if !ours => "service unavailable".to_string(),
             _ => errors::public_message(code, status.message()),
         };
+        // A backend that gave up at its deadline (tonic answers CANCELLED
+        // "Timeout expired") timed out: 504, which clients retry — not 499,
+        // "the client went away", which they do not.
+        let (code, message) = match code {
+            Code::Cancelled => (Code::DeadlineExceeded, errors::public_message(Code::DeadlineExceeded, "")),
+            _ => (code, message),
+        };
         let mut failure = Self::new(code, message);
-        // When to come back: the breaker says when it probes again; a shed or
-        // a full bulkhead clears in about a second.
+        // When to come back: the breaker (or the backend) says when; anything
+        // else unavailable, a shed or a full bulkhead clears in about a second.
         failure.retry_after = match code {
-            Code::Unavailable => status
-                .metadata()
-                .get(kit::resilience::guard::RETRY_AFTER_MS)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .map(|ms| ms.div_ceil(1000).max(1)),
+            Code::Unavailable => Some(
+                status
+                    .metadata()
+                    .get(kit::resilience::guard::RETRY_AFTER_MS)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map_or(1, |ms| ms.div_ceil(1000).max(1)),
+            ),
             Code::ResourceExhausted => Some(1),
             _ => None,
         };
@@ -360,8 +369,8 @@ impl Gateway {
             .filter(|_| method == Method::GET)
             .map(|_| format!("{path}?{}#{}", query.as_deref().unwrap_or(""), user.as_deref().unwrap_or("")));
         let idempotent = method == Method::GET || idempotency_key.is_some();
-        let output = match self.call(backend, &route, &message, &metadata, idempotent).await {
-            Ok(output) => output,
+        let answer = match self.call(backend, &route, &message, &metadata, idempotent).await {
+            Ok(answer) => answer,
             Err(status) => {
                 // Boxed: a rare path, kept out of every request's future.
                 let reply =
@@ -371,13 +380,19 @@ impl Gateway {
                 return Ok((reply, label));
             }
         };
-        let json = transcode::response_json(&route.output, &output)
+        let json = transcode::response_json(&route.output, &answer.message)
             .map_err(|e| fail(Failure::new(Code::Internal, e.to_string())))?;
         let json = Bytes::from(json);
         if let (Some(cache), Some(key)) = (&backend.cache, cache_key) {
             cache.put(key, json.clone());
         }
-        let mut reply = json_reply(StatusCode::OK, json);
+        // 201 / 202 with a Location when the backend says so and the route
+        // documents it; 200 otherwise.
+        let status = answer.status.filter(|s| route.policy.replies.allows(*s)).unwrap_or(StatusCode::OK);
+        let mut reply = json_reply(status, json);
+        if let (true, Some(location)) = (status != StatusCode::OK, answer.location) {
+            reply.headers_mut().insert(http::header::LOCATION, location);
+        }
         insert_rate_headers(reply.headers_mut(), &decision);
         Ok((reply, label))
     }
@@ -447,7 +462,7 @@ impl Gateway {
     /// Calls the backend through its guard. Idempotent calls (GET, or with an
     /// idempotency key) that fail with UNAVAILABLE are retried, up to the
     /// route's attempts, with jittered backoff, while the retry budget allows.
-    /// Returns the response message's bytes.
+    /// Returns the response message's bytes and hints.
     async fn call(
         &self,
         backend: &Backend,
@@ -455,7 +470,7 @@ impl Gateway {
         message: &prost_reflect::DynamicMessage,
         metadata: &http::HeaderMap,
         idempotent: bool,
-    ) -> Result<Bytes, tonic::Status> {
+    ) -> Result<grpc_call::Answer, tonic::Status> {
         let frame = grpc_call::frame(message);
         let attempts = if idempotent { route.policy.attempts.max(1) } else { 1 };
         let deadline = Instant::now() + route.timeout();
@@ -612,6 +627,8 @@ impl Gateway {
 fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",
+        201 => "201",
+        202 => "202",
         400 => "400",
         401 => "401",
         403 => "403",

@@ -7,10 +7,14 @@
 //! the registry drops it, and it has no ejection. Here an instance that
 //! refuses a connection is ejected at once (1 s, doubling per repeat, up to
 //! 30 s), and the call — which never reached any server — is sent to another
-//! instance, so the caller does not see the failure.
+//! instance, so the caller does not see the failure. An instance that answers
+//! with server-side failures `OUTLIER_FAILURES` times in a row, while others
+//! serve, is ejected the same way (Envoy's consecutive-5xx outlier
+//! detection): the state of a service with several instances is kept per
+//! instance, and one bad instance does not fail a share of every caller's calls.
 use std::sync::Arc;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +36,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 const BASE_EJECTION: Duration = Duration::from_secs(1);
 const MAX_EJECTION: Duration = Duration::from_secs(30);
+/// Server-side failures in a row that eject an instance (Envoy's default).
+pub const OUTLIER_FAILURES: u32 = 5;
 
 /// One instance and its connection.
 pub struct Backend {
@@ -42,6 +48,8 @@ pub struct Backend {
     in_flight: AtomicUsize,
     ejected_until_ms: AtomicI64,
     ejections: AtomicU32,
+    /// Server-side failures in a row in its answers.
+    failures_in_a_row: AtomicU32,
 }
 
 impl Backend {
@@ -55,6 +63,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             ejected_until_ms: AtomicI64::new(0),
             ejections: AtomicU32::new(0),
+            failures_in_a_row: AtomicU32::new(0),
         })
     }
 
@@ -77,6 +86,55 @@ impl Backend {
     }
 }
 
+/// Counts a call on an instance for as long as it is in flight — dropped
+/// with the call, whether it finished or was cancelled mid-way (a deadline,
+/// a caller gone), so p2c never sees a count that does not come down.
+struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    fn start(backend: &Arc<Backend>) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(backend.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The instance that answered a call, in the response's extensions: the
+/// resilience guard, which reads the call's outcome, reports it here.
+#[derive(Clone)]
+pub struct InstanceOutcome {
+    pool: Arc<Inner>,
+    backend: Arc<Backend>,
+}
+
+impl InstanceOutcome {
+    /// The call's outcome on this instance: `OUTLIER_FAILURES` server-side
+    /// failures in a row eject it — unless it is the only routable instance
+    /// (ejecting it would only move the failures elsewhere: nowhere).
+    pub fn report(&self, failed: bool) {
+        let backend = &self.backend;
+        if !failed {
+            backend.failures_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let in_a_row = backend.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row < OUTLIER_FAILURES {
+            return;
+        }
+        let now = now_millis();
+        let others = self.pool.snapshot().iter().filter(|b| b.id != backend.id && !b.is_ejected(now)).count();
+        if others > 0 {
+            backend.failures_in_a_row.store(0, Ordering::Relaxed);
+            backend.eject(&self.pool.service, now, "server-side failures in a row");
+        }
+    }
+}
+
 /// An instance as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolMember {
@@ -86,6 +144,8 @@ pub struct PoolMember {
     pub ejected: bool,
     /// Ejections since its last success.
     pub consecutive_ejections: u32,
+    /// Calls on it right now.
+    pub in_flight: usize,
 }
 
 /// A `tower::Service` for tonic clients: `UserServiceClient::new(balancer)`.
@@ -97,15 +157,35 @@ pub struct Balancer {
 struct Inner {
     service: String,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    /// How many instances joined the pool (new or re-registered) so far.
+    new_instances: Arc<AtomicU64>,
+}
+
+impl Inner {
+    fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.read().map(|b| b.clone()).unwrap_or_default()
+    }
 }
 
 impl Balancer {
     pub fn new(service: &str) -> Self {
-        Self { inner: Arc::new(Inner { service: service.to_string(), backends: RwLock::new(Arc::new(Vec::new())) }) }
+        Self {
+            inner: Arc::new(Inner {
+                service: service.to_string(),
+                backends: RwLock::new(Arc::new(Vec::new())),
+                new_instances: Arc::new(AtomicU64::new(0)),
+            }),
+        }
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
-        self.inner.backends.read().map(|b| b.clone()).unwrap_or_default()
+        self.inner.snapshot()
+    }
+
+    /// A count that goes up whenever an instance joins the pool: a breaker
+    /// following it probes at once when a restarted backend registers again.
+    pub fn new_instances(&self) -> Arc<AtomicU64> {
+        self.inner.new_instances.clone()
     }
 
     /// Replaces the instance set. Instances that stay keep their connection and
@@ -120,7 +200,10 @@ impl Balancer {
             match kept {
                 Some(backend) => next.push(backend.clone()),
                 None => match Backend::new(instance) {
-                    Ok(backend) => next.push(Arc::new(backend)),
+                    Ok(backend) => {
+                        next.push(Arc::new(backend));
+                        self.inner.new_instances.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(err) => {
                         tracing::warn!(instance_id = %instance.id, address = %instance.address, error = %err, "bad instance address")
                     }
@@ -147,6 +230,7 @@ impl Balancer {
                 address: b.address.clone(),
                 ejected: b.is_ejected(now),
                 consecutive_ejections: b.ejections.load(Ordering::Relaxed),
+                in_flight: b.in_flight.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -190,12 +274,13 @@ impl Balancer {
             *attempt.version_mut() = parts.version;
             *attempt.headers_mut() = parts.headers.clone();
 
-            backend.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight::start(&backend);
             let result = backend.connection.send(attempt).await;
-            backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             match result {
-                Ok(response) => {
+                Ok(mut response) => {
                     backend.succeeded();
+                    response.extensions_mut().insert(InstanceOutcome { pool: self.inner.clone(), backend });
                     return Ok(response);
                 }
                 Err(err) if never_sent(&*err) => {
@@ -267,7 +352,102 @@ impl Service<http::Request<Body>> for Balancer {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::discovery::wire::Health;
+
+    fn instance(id: &str, address: &str, registered_at_ms: i64) -> InstanceInfo {
+        InstanceInfo {
+            id: id.into(),
+            name: "svc".into(),
+            address: address.into(),
+            admin_address: String::new(),
+            health: Health::Healthy,
+            metadata: BTreeMap::new(),
+            registered_at_ms,
+        }
+    }
+
+    /// A listener that accepts connections and never answers: calls on it hang.
+    async fn silent_listener() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        address
+    }
+
+    fn grpc_request() -> http::Request<Body> {
+        let mut request = http::Request::new(Body::empty());
+        *request.uri_mut() = http::Uri::from_static("/svc.Svc/Call");
+        *request.method_mut() = http::Method::POST;
+        request
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_mid_flight_no_longer_counts_as_in_flight() {
+        let balancer = Balancer::new("svc");
+        balancer.update(&[instance("a", &silent_listener().await, 1)]);
+        let mut calls = Vec::new();
+        for _ in 0..5 {
+            let call = balancer.clone().dispatch(grpc_request());
+            calls.push(tokio::spawn(tokio::time::timeout(Duration::from_millis(100), call)));
+        }
+        // While they hang, they count.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(balancer.instances()[0].in_flight, 5);
+        for call in calls {
+            assert!(call.await.expect("joined").is_err(), "the call timed out (was cancelled)");
+        }
+        assert_eq!(balancer.instances()[0].in_flight, 0, "every cancelled call came off the count");
+    }
+
+    #[tokio::test]
+    async fn server_failures_in_a_row_eject_an_instance_only_while_others_serve() {
+        let balancer = Balancer::new("svc");
+        let (a, b) = (silent_listener().await, silent_listener().await);
+        balancer.update(&[instance("a", &a, 1), instance("b", &b, 1)]);
+        let snapshot = balancer.snapshot();
+        let outcome = |id: &str| InstanceOutcome {
+            pool: balancer.inner.clone(),
+            backend: snapshot.iter().find(|x| x.id == id).expect("backend").clone(),
+        };
+        // A success in between resets the run.
+        for failed in [true, true, true, true, false, true, true, true, true] {
+            outcome("a").report(failed);
+        }
+        assert!(balancer.instances().iter().all(|m| !m.ejected), "never five in a row");
+        outcome("a").report(true);
+        let members = balancer.instances();
+        assert!(members.iter().find(|m| m.id == "a").expect("a").ejected, "fifth in a row ejects");
+        // The last one standing is not ejected: nowhere else to send its calls.
+        for _ in 0..OUTLIER_FAILURES {
+            outcome("b").report(true);
+        }
+        assert!(!balancer.instances().iter().find(|m| m.id == "b").expect("b").ejected);
+        // Picks avoid the ejected instance.
+        for _ in 0..20 {
+            assert_eq!(balancer.pick(&[]).expect("a pick").id, "b");
+        }
+    }
+
+    #[tokio::test]
+    async fn new_and_re_registered_instances_are_counted_for_the_breakers() {
+        let balancer = Balancer::new("svc");
+        let counter = balancer.new_instances();
+        let a = silent_listener().await;
+        balancer.update(&[instance("a", &a, 1)]);
+        assert_eq!(counter.load(Ordering::Relaxed), 1);
+        balancer.update(&[instance("a", &a, 1)]);
+        assert_eq!(counter.load(Ordering::Relaxed), 1, "the same registration is not new");
+        balancer.update(&[instance("a", &a, 2)]);
+        assert_eq!(counter.load(Ordering::Relaxed), 2, "re-registered after a restart");
+    }
 
     #[test]
     fn only_calls_that_cannot_have_reached_a_server_count_as_never_sent() {

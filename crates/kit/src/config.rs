@@ -18,6 +18,28 @@ pub enum ConfigError {
     Invalid(#[from] Box<figment::Error>),
 }
 
+/// A secret from config (a key, a token secret): read with [`Secret::expose`],
+/// never shown by `Debug`, so a config printed or logged whole carries none.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Settings every service process has.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceCommon {

@@ -4,8 +4,9 @@
 //! A request carrying `idempotency-key` metadata is hashed (method + message
 //! bytes) and claimed in the `idempotency_keys` table before it runs:
 //! - first time: it runs; a final answer (success or a client error) is
-//!   stored with the key, a server-side failure frees the key so a retry runs
-//!   again;
+//!   stored with the key, with its HTTP hints (`kit::reply`); a server-side
+//!   failure, or an answer that is only "accepted" (202: the work goes on),
+//!   frees the key so a retry runs again;
 //! - same key, same request, finished: the stored answer is replayed, the
 //!   method does not run again (`idempotent-replayed: true` in the headers);
 //! - same key, same request, still running: ABORTED, "in progress". A claim
@@ -51,7 +52,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL,
     expires_at_ms BIGINT NOT NULL,
-    lease_until_ms BIGINT NOT NULL DEFAULT 0
+    lease_until_ms BIGINT NOT NULL DEFAULT 0,
+    reply_headers TEXT
 )";
 
 /// How long past the caller's deadline a claim still counts as running.
@@ -78,6 +80,18 @@ pub struct Stored {
     pub body: Bytes,
     pub code: Code,
     pub message: String,
+    /// Its HTTP hints (`kit::reply`: `x-http-code`, `location`), replayed with it.
+    pub hints: Vec<(String, String)>,
+}
+
+/// The response headers a replay must carry again.
+const REPLAYED_HEADERS: [&str; 2] = [crate::reply::HTTP_CODE, crate::reply::LOCATION];
+
+fn hints_of(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    REPLAYED_HEADERS
+        .iter()
+        .filter_map(|name| Some((name.to_string(), headers.get(*name)?.to_str().ok()?.to_string())))
+        .collect()
 }
 
 #[derive(Debug, PartialEq)]
@@ -97,11 +111,13 @@ pub struct IdempotencyStore {
 impl IdempotencyStore {
     pub async fn open(db: Db, config: IdempotencyConfig) -> Result<Self, sqlx::Error> {
         sqlx::query(SCHEMA).execute(db.pool()).await?;
-        // Tables made before claims had their own lease get the column.
-        if sqlx::query("SELECT lease_until_ms FROM idempotency_keys WHERE 1 = 0").execute(db.pool()).await.is_err() {
-            sqlx::query("ALTER TABLE idempotency_keys ADD COLUMN lease_until_ms BIGINT NOT NULL DEFAULT 0")
-                .execute(db.pool())
-                .await?;
+        // Tables made before a column existed get it.
+        for (column, definition) in [("lease_until_ms", "BIGINT NOT NULL DEFAULT 0"), ("reply_headers", "TEXT")] {
+            let probe = format!("SELECT {column} FROM idempotency_keys WHERE 1 = 0");
+            if sqlx::query(sqlx::AssertSqlSafe(probe)).execute(db.pool()).await.is_err() {
+                let alter = format!("ALTER TABLE idempotency_keys ADD COLUMN {column} {definition}");
+                sqlx::query(sqlx::AssertSqlSafe(alter)).execute(db.pool()).await?;
+            }
         }
         Ok(Self { db, config })
     }
@@ -140,7 +156,7 @@ impl IdempotencyStore {
             }
             let Some(row) = sqlx::query(
                 "SELECT request_hash, state, response, grpc_status, grpc_message, updated_at_ms, expires_at_ms, \
-                 lease_until_ms FROM idempotency_keys WHERE key = $1",
+                 lease_until_ms, reply_headers FROM idempotency_keys WHERE key = $1",
             )
             .bind(key)
             .fetch_optional(self.db.pool())
@@ -164,10 +180,12 @@ impl IdempotencyStore {
                 let body = row.try_get::<Option<String>, _>("response")?.unwrap_or_default();
                 let body = STANDARD.decode(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 let code = row.try_get::<Option<i64>, _>("grpc_status")?.unwrap_or(0);
+                let hints = row.try_get::<Option<String>, _>("reply_headers")?.unwrap_or_default();
                 return Ok(Claim::Replay(Stored {
                     body: Bytes::from(body),
                     code: Code::from(code as i32),
                     message: row.try_get::<Option<String>, _>("grpc_message")?.unwrap_or_default(),
+                    hints: serde_json::from_str(&hints).unwrap_or_default(),
                 }));
             }
             let updated: i64 = row.try_get("updated_at_ms")?;
@@ -196,12 +214,13 @@ impl IdempotencyStore {
     pub async fn complete(&self, key: &str, stored: &Stored, now_ms: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE idempotency_keys SET state = 'done', response = $1, grpc_status = $2, grpc_message = $3, \
-             updated_at_ms = $4 WHERE key = $5",
+             updated_at_ms = $4, reply_headers = $5 WHERE key = $6",
         )
         .bind(STANDARD.encode(&stored.body))
         .bind(stored.code as i64)
         .bind(&stored.message)
         .bind(now_ms)
+        .bind(serde_json::to_string(&stored.hints).unwrap_or_default())
         .bind(key)
         .execute(self.db.pool())
         .await?;
@@ -314,6 +333,11 @@ fn replay(stored: &Stored) -> http::Response<Body> {
     } else {
         Status::new(stored.code, stored.message.clone()).into_http::<Body>()
     };
+    for (name, value) in &stored.hints {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(name.as_str()), http::HeaderValue::from_str(value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
     response.headers_mut().insert(REPLAYED, http::HeaderValue::from_static("true"));
     response
 }
@@ -429,8 +453,9 @@ where
             };
             // Read the whole answer (unary) to store it, then hand it on.
             let (parts, body) = response.into_parts();
+            let hints = hints_of(&parts.headers);
             let (stored, trailers) = match status_of(&parts.headers) {
-                Some((code, message)) => (Stored { body: Bytes::new(), code, message }, None),
+                Some((code, message)) => (Stored { body: Bytes::new(), code, message, hints }, None),
                 None => {
                     let collected = match body.collect().await {
                         Ok(collected) => collected,
@@ -442,10 +467,11 @@ where
                     let trailers = collected.trailers().cloned();
                     let (code, message) =
                         trailers.as_ref().and_then(status_of).unwrap_or((Code::Unknown, "no status".into()));
-                    (Stored { body: collected.to_bytes(), code, message }, trailers)
+                    (Stored { body: collected.to_bytes(), code, message, hints }, trailers)
                 }
             };
-            let saved = if retryable(stored.code) {
+            // Only accepted (202): the work goes on, and a retry must hear how it stands then.
+            let saved = if retryable(stored.code) || crate::reply::is_accepted(&parts.headers) {
                 store.release(&key).await
             } else {
                 store.complete(&key, &stored, now_millis()).await

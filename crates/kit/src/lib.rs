@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod otel;
 pub mod pagination;
+pub mod reply;
 pub mod resilience;
 pub mod server;
 pub mod shutdown;

@@ -1,7 +1,10 @@
-//! OrderService over gRPC. CreateOrder runs the order saga to its end and
-//! answers with the order (PAID) or the reason it was refused; with an
-//! idempotency key (the kit layer) a retried CreateOrder returns the same
-//! answer. Users see only their own orders (`x-user-id` from the gateway).
+//! OrderService over gRPC, translating: CreateOrder places the order
+//! (`placing`) and answers 201 with the paid order, 202 with the pending one
+//! to poll, the refusal (FAILED_PRECONDITION), or UNAVAILABLE with a retry
+//! hint when the platform's own trouble stopped it; cancelling is
+//! `cancelling`'s. With an idempotency key (the kit layer) a retried
+//! CreateOrder returns the same final answer. Users see only their own
+//! orders (`x-user-id` from the gateway).
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,21 +13,26 @@ use contracts::orders::v1 as pb;
 use contracts::payments::v1 as payments_pb;
 use kit::error::DomainError;
 use kit::pagination;
+use kit::resilience::Deadline;
 use kit::time::timestamp_from_millis;
 use prost::Message;
-use saga::{Orchestrator, SagaRecord, SagaState};
+use saga::SagaRecord;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, OrderStatus};
-use crate::steps::{CardVault, Channel, address_json, initial_context};
-use crate::store::{Change, Order, OrderStore, StoreError};
+use crate::cancelling::Canceller;
+use crate::domain::OrderStatus;
+use crate::placing::{MAX_GENERATIONS, NewOrder, NotPlaced, Placed, Placing};
+use crate::steps::{address_json, context};
+use crate::store::{Change, Order, OrderStore};
 
 pub struct OrdersApi {
     pub store: OrderStore,
-    pub orchestrator: Arc<Orchestrator>,
-    pub cards: Arc<CardVault>,
-    pub payments: payments_pb::payment_service_client::PaymentServiceClient<Channel>,
+    pub placing: Placing,
+    pub canceller: Arc<Canceller>,
 }
+
+/// When a caller whose order could not be placed for the platform's trouble should come back.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 fn status_to_pb(status: OrderStatus) -> pb::OrderStatus {
     match status {
@@ -35,6 +43,7 @@ fn status_to_pb(status: OrderStatus) -> pb::OrderStatus {
         OrderStatus::Delivered => pb::OrderStatus::Delivered,
         OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
         OrderStatus::Returned => pb::OrderStatus::Returned,
+        OrderStatus::Cancelling => pb::OrderStatus::Cancelling,
     }
 }
 
@@ -48,7 +57,11 @@ fn status_from_pb(value: i32) -> Result<Option<OrderStatus>, Status> {
         Ok(pb::OrderStatus::Delivered) => Some(OrderStatus::Delivered),
         Ok(pb::OrderStatus::Cancelled) => Some(OrderStatus::Cancelled),
         Ok(pb::OrderStatus::Returned) => Some(OrderStatus::Returned),
-        Err(_) => return Err(Status::invalid_argument(format!("unknown order status {value}"))),
+        Ok(pb::OrderStatus::Cancelling) => Some(OrderStatus::Cancelling),
+        // Not a stored status: an order being placed has no record yet.
+        Ok(pb::OrderStatus::Pending) | Err(_) => {
+            return Err(Status::invalid_argument(format!("unknown order status {value}")));
+        }
     })
 }
 
@@ -97,6 +110,34 @@ fn to_pb(o: Order) -> pb::Order {
     }
 }
 
+/// An order its saga is still placing (or failed to place before its record
+/// was written), as the saga knows it: PENDING while it runs, CANCELLED with
+/// the reason once it has ended. Prices come with the record.
+fn saga_view(saga: &SagaRecord) -> pb::Order {
+    let items: Vec<(String, i64)> =
+        saga.context.get(context::ITEMS).and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default();
+    let status = if saga.state.is_terminal() { pb::OrderStatus::Cancelled } else { pb::OrderStatus::Pending };
+    pb::Order {
+        id: saga.order_id.clone(),
+        user_id: saga.user_id.clone(),
+        status: status as i32,
+        items: items
+            .into_iter()
+            .map(|(product_id, quantity)| pb::OrderItem { product_id, quantity, ..Default::default() })
+            .collect(),
+        shipping_address: saga.context.get(context::ADDRESS).and_then(|a| address_from_json(a)),
+        saga_id: saga.id.clone(),
+        failure_reason: if saga.state.is_terminal() { saga.failure.clone().unwrap_or_default() } else { String::new() },
+        create_time: Some(timestamp_from_millis(saga.created_at_ms)),
+        update_time: Some(timestamp_from_millis(saga.updated_at_ms)),
+        ..Default::default()
+    }
+}
+
+fn location(order_id: &str) -> String {
+    format!("/v1/orders/{order_id}")
+}
+
 /// A saga's or step's state by its persisted name (`COMPENSATED`, …).
 fn persisted_name<T: serde::Serialize>(value: T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
@@ -141,49 +182,43 @@ fn acting_user(requested: &str, caller: Option<&str>) -> Result<String, Status> 
     }
 }
 
-/// The longest a retried CreateOrder waits for the saga it joined.
-const SAGA_WAIT: Duration = Duration::from_secs(60);
-
-/// Saga and order ids for a CreateOrder carrying an idempotency key: derived
-/// from the caller, the key and the request, so a retry that outlives the
-/// key's claim (the first call's process died, or its deadline passed while
-/// the saga went on) finds the first saga instead of starting a second order.
-fn derived_ids<T: Message>(request: &Request<T>, key: &str) -> (String, String) {
-    let metadata = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+/// Saga and order ids for a CreateOrder carrying an idempotency key, one pair
+/// per generation: derived from the caller, the key and the request, so a
+/// retry that outlives the key's claim (the first call's process died, or it
+/// was answered "pending") finds the first saga instead of starting a second
+/// order — and, when that saga ended on the platform's trouble, the next
+/// generation places the order afresh.
+fn derived_ids<T: Message>(request: &Request<T>, key: &str) -> impl Iterator<Item = (String, String)> + use<T> {
+    let metadata = |name| request.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let scope = format!("{}|{}|{key}", metadata("x-client-id"), metadata("x-user-id"));
-    let id = |kind: &str| {
-        let hash = kit::idempotency::request_hash(&format!("{kind}|{scope}"), &request.get_ref().encode_to_vec());
-        uuid::Uuid::parse_str(&hash[..32]).map(|u| u.to_string()).unwrap_or(hash)
-    };
-    (id("saga"), id("order"))
+    let body = request.get_ref().encode_to_vec();
+    (0..MAX_GENERATIONS).map(move |generation| {
+        let id = |kind: &str| {
+            // Generation 0 keeps the ids orders had before generations existed.
+            let kind = if generation == 0 { kind.to_string() } else { format!("{kind}#{generation}") };
+            let hash = kit::idempotency::request_hash(&format!("{kind}|{scope}"), &body);
+            uuid::Uuid::parse_str(&hash[..32]).map(|u| u.to_string()).unwrap_or(hash)
+        };
+        (id("saga"), id("order"))
+    })
 }
 
 impl OrdersApi {
-    /// The answer to CreateOrder once its saga has ended.
-    async fn answer(&self, saga: SagaRecord) -> Result<Response<pb::Order>, Status> {
-        match saga.state {
-            SagaState::Completed => Ok(Response::new(to_pb(self.store.get(&saga.order_id).await?))),
-            _ => {
-                let reason = saga.failure.unwrap_or_else(|| "the order could not be completed".into());
-                Err(DomainError::FailedPrecondition(format!("order refused: {reason}")).into())
+    /// The gRPC answer to a placed order.
+    fn answer(placed: Placed) -> Result<Response<pb::Order>, Status> {
+        match placed {
+            Placed::Done(order) => {
+                let at = location(&order.id);
+                Ok(kit::reply::created(Response::new(to_pb(*order)), &at))
             }
-        }
-    }
-
-    /// Waits for a saga another call (or the recovery after a restart) is
-    /// driving, as long as the caller's deadline (tonic drops the call) and
-    /// at most `SAGA_WAIT`; then "in progress", to be asked again.
-    async fn await_saga(&self, saga_id: &str) -> Result<Response<pb::Order>, Status> {
-        let started = std::time::Instant::now();
-        loop {
-            let saga = self.store.saga(saga_id).await?;
-            if saga.state.is_terminal() {
-                return self.answer(saga).await;
+            Placed::Pending(saga) => {
+                let at = location(&saga.order_id);
+                Ok(kit::reply::accepted(Response::new(saga_view(&saga)), &at))
             }
-            if started.elapsed() > SAGA_WAIT {
-                return Err(Status::aborted("this order is still in progress; retry shortly"));
+            Placed::Refused(reason) => Err(DomainError::FailedPrecondition(format!("order refused: {reason}")).into()),
+            Placed::Unavailable(reason) => {
+                Err(kit::reply::unavailable(format!("the order could not be placed now: {reason}; retry"), RETRY_AFTER))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -205,69 +240,70 @@ impl OrdersApi {
 impl pb::order_service_server::OrderService for OrdersApi {
     async fn create_order(&self, request: Request<pb::CreateOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request);
+        let deadline = Deadline::of(&request).remaining(std::time::Instant::now());
         let key = request.metadata().get(kit::idempotency::METADATA_KEY).and_then(|v| v.to_str().ok());
-        let (saga_id, order_id) = match key {
-            Some(key) => derived_ids(&request, key),
-            None => (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()),
+        let ids: Box<dyn Iterator<Item = (String, String)> + Send> = match key {
+            Some(key) => Box::new(derived_ids(&request, key)),
+            None => Box::new(std::iter::once((uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()))),
         };
         let request = request.into_inner();
         let user_id = acting_user(&request.user_id, caller.as_deref())?;
-        kit::grpc_telemetry::annotate("order_id", &order_id);
         let items: Vec<(String, i64)> = request.items.into_iter().map(|i| (i.product_id, i.quantity)).collect();
-        let items = domain::check_items(&items)?;
+        let items = crate::domain::check_items(&items)?;
         let currency = if request.currency_code.is_empty() { "USD".to_string() } else { request.currency_code };
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(Status::invalid_argument("currency_code must be three upper-case letters"));
         }
         let method = request.payment_method.ok_or_else(|| Status::invalid_argument("payment_method is required"))?;
-        let address = request.shipping_address.as_ref().map(address_json);
-        match self.store.saga(&saga_id).await {
-            Ok(_) => return self.await_saga(&saga_id).await,
-            Err(StoreError::Domain(DomainError::NotFound(_))) => {}
-            Err(err) => return Err(err.into()),
+        if method.card_number.trim().is_empty() {
+            return Err(Status::invalid_argument("payment_method.card_number is required"));
         }
-        let saga =
-            self.orchestrator.new_saga(&saga_id, &order_id, &user_id, initial_context(&items, &currency, address));
-        self.cards.put(
-            &saga_id,
-            payments_pb::Card {
+        let order = NewOrder {
+            user_id,
+            items,
+            currency,
+            address: request.shipping_address.as_ref().map(address_json),
+            card: payments_pb::Card {
                 number: method.card_number,
                 expiry_month: method.expiry_month,
                 expiry_year: method.expiry_year,
                 cvc: method.cvc,
             },
-        );
-        // The saga runs on its own task: a caller that gives up (its deadline
-        // passes, tonic drops this call) does not stop it half way.
-        let (orchestrator, cards) = (self.orchestrator.clone(), self.cards.clone());
-        let run = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let outcome = orchestrator.run(saga).await;
-                cards.forget(&saga_id);
-                outcome
-            },
-            // Still the request's trace: the steps' calls are its children.
-            tracing::info_span!("saga", order_id = %order_id),
-        ));
-        let saga = match run.await {
-            Ok(Ok(saga)) => saga,
-            outcome => {
-                let error =
-                    outcome.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
-                tracing::error!(order_id, %error, "saga store failed; the saga resumes on restart");
-                return Err(Status::unavailable(
-                    "the order could not be recorded; it will be completed or undone shortly",
-                ));
-            }
         };
-        tracing::info!(saga_id = %saga.id, order_id, state = ?saga.state, "order saga finished");
-        self.answer(saga).await
+        match self.placing.place(ids, order, deadline).await {
+            Ok(placed) => {
+                let order_id = match &placed {
+                    Placed::Done(order) => Some(order.id.as_str()),
+                    Placed::Pending(saga) => Some(saga.order_id.as_str()),
+                    Placed::Refused(_) | Placed::Unavailable(_) => None,
+                };
+                if let Some(order_id) = order_id {
+                    kit::grpc_telemetry::annotate("order_id", order_id);
+                }
+                Self::answer(placed)
+            }
+            Err(NotPlaced::Invalid(message)) => Err(Status::invalid_argument(message)),
+            Err(NotPlaced::Unavailable(message)) => Err(kit::reply::unavailable(message, RETRY_AFTER)),
+            Err(NotPlaced::Store(err)) => Err(err.into()),
+        }
     }
 
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request);
-        let order = self.owned(&request.into_inner().order_id, caller.as_deref()).await?;
-        Ok(Response::new(to_pb(order)))
+        let order_id = request.into_inner().order_id;
+        match self.owned(&order_id, caller.as_deref()).await {
+            Ok(order) => Ok(Response::new(to_pb(order))),
+            // Not recorded yet: the saga placing it knows it.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                match self.store.saga_for_order(&order_id).await? {
+                    Some(saga) if caller.as_deref().is_none_or(|c| c == saga.user_id) => {
+                        Ok(Response::new(saga_view(&saga)))
+                    }
+                    _ => Err(status),
+                }
+            }
+            Err(status) => Err(status),
+        }
     }
 
     async fn list_orders(
@@ -301,30 +337,12 @@ impl pb::order_service_server::OrderService for OrdersApi {
         if reason.len() > 500 {
             return Err(Status::invalid_argument("reason is at most 500 characters"));
         }
-        match order.status {
-            OrderStatus::Paid => {
-                // Money back first: a cancelled order is never left charged.
-                let payment_id = order.payment_id.clone().unwrap_or_default();
-                let mut refund = Request::new(payments_pb::RefundPaymentRequest {
-                    payment_id,
-                    amount: None,
-                    reason: reason.clone(),
-                });
-                if let Ok(key) = format!("cancel:{}", order.id).parse() {
-                    refund.metadata_mut().insert("idempotency-key", key);
-                }
-                self.payments.clone().refund_payment(refund).await?;
-            }
-            OrderStatus::Created | OrderStatus::Reserved => {}
-            other => {
-                return Err(
-                    DomainError::FailedPrecondition(format!("a {} order cannot be cancelled", other.as_str())).into()
-                );
-            }
-        }
-        let change = Change { failure_reason: Some(&reason), ..Default::default() };
-        self.store.transition(&order.id, order.status, OrderStatus::Cancelled, change).await?;
-        Ok(Response::new(to_pb(self.store.get(&order.id).await?)))
+        let order = self.canceller.cancel(&order, &reason).await?;
+        let at = location(&order.id);
+        let still_going = order.status == OrderStatus::Cancelling;
+        let response = Response::new(to_pb(order));
+        // The refund or the restock could not be done right now: the outbox worker finishes it.
+        Ok(if still_going { kit::reply::accepted(response, &at) } else { response })
     }
 
     async fn list_sagas(
@@ -348,7 +366,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
     ) -> Result<Response<pb::Order>, Status> {
         let request = request.into_inner();
         let to = status_from_pb(request.status)?.ok_or_else(|| Status::invalid_argument("status is required"))?;
-        if to == OrderStatus::Cancelled {
+        if matches!(to, OrderStatus::Cancelled | OrderStatus::Cancelling) {
             return Err(Status::invalid_argument("use CancelOrder to cancel (it refunds)"));
         }
         let order = self.owned(&request.order_id, None).await?;

@@ -4,7 +4,9 @@ use kit::error::DomainError;
 use serde::{Deserialize, Serialize};
 
 /// CREATED → RESERVED → PAID → SHIPPED → DELIVERED → RETURNED; an order not
-/// yet shipped may be CANCELLED (a PAID one with a refund).
+/// yet shipped may be CANCELLED. A PAID one goes through CANCELLING: the
+/// status change is the decision (it races fulfilment's PAID → SHIPPED, and
+/// exactly one wins), the refund and the restock follow it, then CANCELLED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
@@ -15,10 +17,12 @@ pub enum OrderStatus {
     Delivered,
     Cancelled,
     Returned,
+    /// Cancelled after payment; the refund and the restock are under way.
+    Cancelling,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 7] = [
+    pub const ALL: [OrderStatus; 8] = [
         OrderStatus::Created,
         OrderStatus::Reserved,
         OrderStatus::Paid,
@@ -26,6 +30,7 @@ impl OrderStatus {
         OrderStatus::Delivered,
         OrderStatus::Cancelled,
         OrderStatus::Returned,
+        OrderStatus::Cancelling,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +42,7 @@ impl OrderStatus {
             OrderStatus::Delivered => "DELIVERED",
             OrderStatus::Cancelled => "CANCELLED",
             OrderStatus::Returned => "RETURNED",
+            OrderStatus::Cancelling => "CANCELLING",
         }
     }
 
@@ -53,7 +59,9 @@ impl OrderStatus {
                 | (Paid, Shipped)
                 | (Shipped, Delivered)
                 | (Delivered, Returned)
-                | (Created | Reserved | Paid, Cancelled)
+                | (Created | Reserved, Cancelled)
+                | (Paid, Cancelling)
+                | (Cancelling, Cancelled)
         )
     }
 
@@ -68,6 +76,29 @@ pub fn check_transition(from: OrderStatus, to: OrderStatus) -> Result<(), Domain
         Ok(())
     } else {
         Err(DomainError::FailedPrecondition(format!("a {} order cannot become {}", from.as_str(), to.as_str())))
+    }
+}
+
+/// What cancelling an order in a status takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    /// Nothing was taken yet: straight to CANCELLED (a saga still running
+    /// finds it so and undoes its own steps).
+    Now,
+    /// Paid: to CANCELLING now, then the money back and the units back to
+    /// stock, then CANCELLED.
+    RefundAndRestock,
+    /// Already on its way (a repeated cancel): finish what is left.
+    Finish,
+}
+
+/// The decision to cancel an order in `status`, or why it cannot be.
+pub fn cancellation(status: OrderStatus) -> Result<Cancellation, DomainError> {
+    match status {
+        OrderStatus::Created | OrderStatus::Reserved => Ok(Cancellation::Now),
+        OrderStatus::Paid => Ok(Cancellation::RefundAndRestock),
+        OrderStatus::Cancelling => Ok(Cancellation::Finish),
+        other => Err(DomainError::FailedPrecondition(format!("a {} order cannot be cancelled", other.as_str()))),
     }
 }
 
@@ -175,7 +206,8 @@ mod tests {
             (Delivered, Returned),
             (Created, Cancelled),
             (Reserved, Cancelled),
-            (Paid, Cancelled),
+            (Paid, Cancelling),
+            (Cancelling, Cancelled),
         ];
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {
@@ -184,6 +216,19 @@ mod tests {
             assert_eq!(OrderStatus::parse(from.as_str()), Some(from));
         }
         assert!(matches!(check_transition(Shipped, Cancelled), Err(DomainError::FailedPrecondition(_))));
+        assert!(matches!(check_transition(Paid, Cancelled), Err(DomainError::FailedPrecondition(_))), "via CANCELLING");
+    }
+
+    #[test]
+    fn a_cancellation_is_decided_by_the_status() {
+        use OrderStatus::*;
+        assert_eq!(cancellation(Created), Ok(Cancellation::Now));
+        assert_eq!(cancellation(Reserved), Ok(Cancellation::Now));
+        assert_eq!(cancellation(Paid), Ok(Cancellation::RefundAndRestock));
+        assert_eq!(cancellation(Cancelling), Ok(Cancellation::Finish));
+        for status in [Shipped, Delivered, Cancelled, Returned] {
+            assert!(matches!(cancellation(status), Err(DomainError::FailedPrecondition(_))), "{status:?}");
+        }
     }
 
     #[test]

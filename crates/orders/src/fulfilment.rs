@@ -3,9 +3,12 @@
 //! delay, and the `order.shipped` event written with that change delivers it.
 //! Delivery is at least once: a crash between a change and marking its event
 //! published replays the event, and the conditional transition then finds the
-//! order already moved on and only marks the event done.
+//! order already moved on and only marks the event done. The same worker
+//! finishes cancellations of paid orders (`order.cancelling`: refund, restock,
+//! CANCELLED) that could not be finished when they were asked for.
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use kit::error::DomainError;
 use kit::shutdown::CancellationToken;
 use serde::{Deserialize, Serialize};
@@ -33,6 +36,18 @@ impl Default for FulfilmentConfig {
     }
 }
 
+/// What finishes a paid order's cancellation (its refund and restock, then
+/// CANCELLED): `cancelling::Canceller`, over the other services.
+pub trait FinishCancel: Send + Sync {
+    fn finish_cancel<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+impl FinishCancel for crate::cancelling::Canceller {
+    fn finish_cancel<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.finish(order_id).await.map_err(|e| e.to_string()) })
+    }
+}
+
 /// What one event asks for.
 struct Effect {
     from: OrderStatus,
@@ -56,7 +71,12 @@ fn effect(event: &Event, config: &FulfilmentConfig) -> Option<Effect> {
 /// Handles the events due at `now`; returns how many were settled. Each is a
 /// consumer span continuing the trace that wrote the event, so an order's
 /// trace shows it shipped and delivered.
-pub async fn process_due(store: &OrderStore, config: &FulfilmentConfig, now: i64) -> Result<usize, StoreError> {
+pub async fn process_due(
+    store: &OrderStore,
+    config: &FulfilmentConfig,
+    cancels: &dyn FinishCancel,
+    now: i64,
+) -> Result<usize, StoreError> {
     let events = store.due_events(now, config.batch).await?;
     let mut settled = 0;
     for event in events {
@@ -70,7 +90,7 @@ pub async fn process_due(store: &OrderStore, config: &FulfilmentConfig, now: i64
             span_id = tracing::field::Empty,
         );
         kit::otel::continue_stored(&span, &event.traceparent);
-        if tracing::Instrument::instrument(handle(store, config, &event), span).await? {
+        if tracing::Instrument::instrument(handle(store, config, cancels, &event), span).await? {
             settled += 1;
         }
     }
@@ -79,7 +99,25 @@ pub async fn process_due(store: &OrderStore, config: &FulfilmentConfig, now: i64
 
 /// One event: the change it asks for, then marked published; `false` when it
 /// is to be retried later.
-async fn handle(store: &OrderStore, config: &FulfilmentConfig, event: &Event) -> Result<bool, StoreError> {
+async fn handle(
+    store: &OrderStore,
+    config: &FulfilmentConfig,
+    cancels: &dyn FinishCancel,
+    event: &Event,
+) -> Result<bool, StoreError> {
+    if event.kind == crate::cancelling::ORDER_CANCELLING {
+        return match cancels.finish_cancel(&event.order_id).await {
+            Ok(()) => {
+                store.mark_published(&event.id).await?;
+                Ok(true)
+            }
+            Err(error) => {
+                tracing::warn!(event_id = %event.id, order_id = %event.order_id, %error, "cancellation not finished; retrying later");
+                store.retry_later(&event.id, 1_000 * (event.attempts + 1).min(30)).await?;
+                Ok(false)
+            }
+        };
+    }
     let Some(Effect { from, to, next }) = effect(event, config) else {
         tracing::warn!(event_id = %event.id, kind = %event.kind, "unknown outbox event; skipped");
         store.mark_published(&event.id).await?;
@@ -104,13 +142,18 @@ async fn handle(store: &OrderStore, config: &FulfilmentConfig, event: &Event) ->
 }
 
 /// Polls the outbox until `shutdown`.
-pub async fn run(store: OrderStore, config: FulfilmentConfig, shutdown: CancellationToken) {
+pub async fn run(
+    store: OrderStore,
+    config: FulfilmentConfig,
+    cancels: std::sync::Arc<dyn FinishCancel>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(config.poll_ms.max(10)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                if let Err(err) = process_due(&store, &config, kit::time::now_millis()).await {
+                if let Err(err) = process_due(&store, &config, cancels.as_ref(), kit::time::now_millis()).await {
                     tracing::warn!(error = %err, "fulfilment pass failed; retrying next tick");
                 }
             }

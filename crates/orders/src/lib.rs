@@ -3,8 +3,10 @@
 //! persisted through the `sagas` table, resumed on start), the transactional
 //! outbox and the fulfilment worker that reads it.
 pub mod api;
+pub mod cancelling;
 pub mod domain;
 pub mod fulfilment;
+pub mod placing;
 pub mod steps;
 pub mod store;
 
@@ -17,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use kit::config::ServiceCommon;
 use kit::db::{Db, DbOptions};
 use kit::discovery::Discovery;
-use kit::resilience::{Dependency, DependencyConfig, GuardLayer};
+use kit::resilience::guard::guard_balancer;
+use kit::resilience::{Dependency, DependencyConfig};
 use kit::server::{Host, RunningService, ServiceSpec, StartError};
 use kit::shutdown::CancellationToken;
-use tower::Layer;
 
 pub const SERVICE: &str = "orders";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -34,6 +36,15 @@ pub struct OrdersConfig {
     pub fulfilment: fulfilment::FulfilmentConfig,
     /// Deadline of each call a saga step makes.
     pub call_timeout_ms: u64,
+    /// How long CreateOrder waits for its saga before answering 202 with the
+    /// order pending (to poll at its Location) while the saga goes on.
+    pub answer_within_ms: u64,
+    /// Attempts at a saga step whose failure is the request's own (the card
+    /// processor's "try again") before the order is refused.
+    pub transient_attempts: u32,
+    /// How long a saga step keeps retrying while its service is unavailable
+    /// (restarting, breaker open) before the order is given up (retryable).
+    pub unavailable_budget_ms: u64,
     /// Breaker, bulkhead and retry settings per dependency (users, products, payments).
     pub dependencies: BTreeMap<String, DependencyConfig>,
 }
@@ -45,6 +56,9 @@ impl Default for OrdersConfig {
             pricing: Default::default(),
             fulfilment: Default::default(),
             call_timeout_ms: 5_000,
+            answer_within_ms: 3_000,
+            transient_attempts: 3,
+            unavailable_budget_ms: 120_000,
             dependencies: BTreeMap::new(),
         }
     }
@@ -70,40 +84,54 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
     for name in ["users", "products", "payments"] {
         let balancer = discovery.balancer(name, BTreeMap::new()).await;
         let dependency = Dependency::new(name, &config.dependencies.get(name).cloned().unwrap_or_default());
-        channels.insert(name, steps::channel(GuardLayer::new(dependency).layer(balancer)));
+        channels.insert(name, steps::channel(guard_balancer(dependency, balancer)));
     }
     let channel =
         |name: &str| channels.get(name).cloned().ok_or_else(|| StartError::Config(format!("no channel for {name}")));
-    let cards = Arc::new(steps::CardVault::default());
+    if config.answer_within_ms == 0 || config.transient_attempts == 0 {
+        return Err(StartError::Config("answer_within_ms and transient_attempts must be positive".into()));
+    }
+    let call_timeout = Duration::from_millis(config.call_timeout_ms);
     let payments = contracts::payments::v1::payment_service_client::PaymentServiceClient::new(channel("payments")?);
+    let products = contracts::products::v1::product_service_client::ProductServiceClient::new(channel("products")?);
     let deps = Arc::new(steps::Deps {
         users: contracts::users::v1::user_service_client::UserServiceClient::new(channel("users")?),
-        products: contracts::products::v1::product_service_client::ProductServiceClient::new(channel("products")?),
+        products: products.clone(),
         payments: payments.clone(),
         store: store.clone(),
         pricing: config.pricing.clone(),
-        cards: cards.clone(),
-        call_timeout: Duration::from_millis(config.call_timeout_ms),
+        call_timeout,
         ship_after_ms: config.fulfilment.ship_after_ms,
     });
-    // Forward: long enough to ride out a dependency's restart (and the
-    // in-progress claim its crash left, which lasts the call's deadline).
-    // Compensation keeps trying for minutes before asking for a person: an
+    // Forward: a few attempts at what the request itself hit (a processor's
+    // "try again"), and a time budget long enough to ride out a dependency's
+    // restart (and the in-progress claim its crash left, which lasts the
+    // call's deadline). Compensation never gives up on what may pass: an
     // undo must happen, and a person is the last resort, not the next one.
     let forward = saga::RetryPolicy {
-        max_attempts: 6,
+        max_attempts: config.transient_attempts,
         base_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(3),
+        max_backoff: Duration::from_secs(2),
+        give_up_after: Duration::from_millis(config.unavailable_budget_ms),
     };
     let compensation = saga::RetryPolicy {
-        max_attempts: 20,
+        max_attempts: 5,
         base_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(10),
+        give_up_after: Duration::ZERO,
     };
     let orchestrator =
         Arc::new(saga::Orchestrator::new(steps::steps(deps), Arc::new(store.clone()), forward, compensation));
-
-    let api = api::OrdersApi { store: store.clone(), orchestrator: orchestrator.clone(), cards, payments };
+    let canceller =
+        Arc::new(cancelling::Canceller { store: store.clone(), payments: payments.clone(), products, call_timeout });
+    let placing = placing::Placing {
+        store: store.clone(),
+        orchestrator: orchestrator.clone(),
+        payments,
+        answer_within: Duration::from_millis(config.answer_within_ms),
+        call_timeout,
+    };
+    let api = api::OrdersApi { store: store.clone(), placing, canceller: canceller.clone() };
     let service = contracts::orders::v1::order_service_server::OrderServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
     // Sagas a crash left unfinished are driven to an end.
@@ -114,7 +142,7 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
             Err(err) => tracing::error!(error = %err, "resuming sagas failed"),
         }
     }));
-    running.attach(tokio::spawn(fulfilment::run(store, config.fulfilment.clone(), shutdown)));
+    running.attach(tokio::spawn(fulfilment::run(store, config.fulfilment.clone(), canceller, shutdown)));
     running.own_database(db);
     Ok(running)
 }

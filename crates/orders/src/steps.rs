@@ -3,9 +3,13 @@
 //! compensation. Every call carries the step's idempotency key, the user and
 //! a deadline. gRPC codes map to step errors: a client-side refusal
 //! (NOT_FOUND, FAILED_PRECONDITION, INVALID_ARGUMENT, ALREADY_EXISTS, …) is
-//! permanent, anything else may pass on a retry.
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+//! permanent; a failure the callee marked as the request's own (the card
+//! processor's trouble with this card) is transient, retried a few times; the
+//! rest — a call refused by our own breaker, no instance, a restart, a
+//! deadline — is the platform being unavailable, retried for a time budget.
+//! Compensations are essential calls: an open breaker lets them probe.
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::common::v1::Money;
@@ -78,31 +82,8 @@ pub mod context {
     pub const ADDRESS: &str = "address";
     pub const TOTAL: &str = "total_minor";
     pub const PAYMENT_ID: &str = "payment_id";
-}
-
-/// Card details, held in memory only — never in the persisted saga. A saga
-/// resumed after a restart has none, and its payment step fails for good.
-#[derive(Default)]
-pub struct CardVault {
-    cards: Mutex<HashMap<String, payments_pb::Card>>,
-}
-
-impl CardVault {
-    pub fn put(&self, saga_id: &str, card: payments_pb::Card) {
-        if let Ok(mut cards) = self.cards.lock() {
-            cards.insert(saga_id.to_string(), card);
-        }
-    }
-
-    fn get(&self, saga_id: &str) -> Option<payments_pb::Card> {
-        self.cards.lock().ok()?.get(saga_id).cloned()
-    }
-
-    pub fn forget(&self, saga_id: &str) {
-        if let Ok(mut cards) = self.cards.lock() {
-            cards.remove(saga_id);
-        }
-    }
+    /// The token Payments keeps the card under (the saga never holds the card).
+    pub const PAYMENT_METHOD: &str = "payment_method";
 }
 
 /// What the steps need.
@@ -112,7 +93,6 @@ pub struct Deps {
     pub payments: PaymentServiceClient<Channel>,
     pub store: OrderStore,
     pub pricing: Pricing,
-    pub cards: Arc<CardVault>,
     pub call_timeout: Duration,
     /// Delay before a paid order ships (the outbox event's due time).
     pub ship_after_ms: i64,
@@ -126,7 +106,7 @@ pub fn steps(deps: Arc<Deps>) -> Vec<Arc<dyn Step>> {
         .collect()
 }
 
-fn classify(status: tonic::Status) -> StepError {
+pub fn classify(status: tonic::Status) -> StepError {
     let text = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
         Code::NotFound
@@ -136,14 +116,22 @@ fn classify(status: tonic::Status) -> StepError {
         | Code::PermissionDenied
         | Code::Unauthenticated
         | Code::OutOfRange => StepError::Permanent(text),
-        _ => StepError::Transient(text),
+        _ if kit::resilience::guard::is_request_cause(status.metadata()) => StepError::Transient(text),
+        _ => StepError::Unavailable(text),
     }
+}
+
+/// Marks a call as one that must get through (a compensation): an open
+/// breaker lets it probe instead of refusing it.
+pub fn essential<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
+    request.extensions_mut().insert(kit::resilience::guard::Essential);
+    request
 }
 
 fn store_error(err: StoreError) -> StepError {
     match err {
         StoreError::Domain(e) => StepError::Permanent(e.to_string()),
-        other => StepError::Transient(other.to_string()),
+        other => StepError::Unavailable(other.to_string()),
     }
 }
 
@@ -196,7 +184,7 @@ impl OrderStep {
 
     async fn release(&self, saga: &SagaRecord, key: &str) -> Result<(), StepError> {
         let message = products_pb::ReleaseInventoryRequest { order_id: saga.order_id.clone() };
-        let request = self.request(saga, key, message);
+        let request = essential(self.request(saga, key, message));
         self.deps.products.clone().release_inventory(request).await.map_err(classify)?;
         Ok(())
     }
@@ -268,10 +256,11 @@ impl OrderStep {
     }
 
     async fn pay(&self, saga: &SagaRecord, key: &str) -> Result<Output, StepError> {
-        let card =
-            self.deps.cards.get(&saga.id).ok_or_else(|| {
-                StepError::Permanent("payment details were lost in a restart; order not charged".into())
-            })?;
+        let token = saga
+            .context
+            .get(context::PAYMENT_METHOD)
+            .cloned()
+            .ok_or_else(|| StepError::Permanent("the order has no payment method; not charged".into()))?;
         let total: i64 = saga
             .context
             .get(context::TOTAL)
@@ -282,7 +271,8 @@ impl OrderStep {
             order_id: saga.order_id.clone(),
             user_id: saga.user_id.clone(),
             amount: Some(Money { currency_code: currency, minor_units: total }),
-            card: Some(card),
+            card: None,
+            payment_method_token: token,
         };
         let request = self.request(saga, key, message);
         let payment = self.deps.payments.clone().process_payment(request).await.map_err(classify)?.into_inner();
@@ -297,7 +287,7 @@ impl OrderStep {
             order_id: saga.order_id.clone(),
             reason: format!("order {} not completed", saga.order_id),
         };
-        let request = self.request(saga, key, message);
+        let request = essential(self.request(saga, key, message));
         self.deps.payments.clone().void_order_payments(request).await.map_err(classify)?;
         Ok(())
     }
@@ -370,10 +360,16 @@ pub fn address_json(a: &contracts::common::v1::Address) -> String {
 }
 
 /// The context a new order saga starts with.
-pub fn initial_context(items: &[(String, i64)], currency: &str, address: Option<String>) -> BTreeMap<String, String> {
+pub fn initial_context(
+    items: &[(String, i64)],
+    currency: &str,
+    address: Option<String>,
+    payment_method: &str,
+) -> BTreeMap<String, String> {
     let mut context = BTreeMap::from([
         (context::ITEMS.to_string(), serde_json::json!(items).to_string()),
         (context::CURRENCY.to_string(), currency.to_string()),
+        (context::PAYMENT_METHOD.to_string(), payment_method.to_string()),
     ]);
     if let Some(address) = address {
         context.insert(context::ADDRESS.to_string(), address);

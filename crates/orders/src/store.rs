@@ -323,6 +323,15 @@ impl OrderStore {
         rows.iter().map(decode_saga).collect()
     }
 
+    /// The latest saga placing `order_id`, if any.
+    pub async fn saga_for_order(&self, order_id: &str) -> Result<Option<SagaRecord>, StoreError> {
+        let row = sqlx::query("SELECT record FROM sagas WHERE order_id = $1 ORDER BY created_at DESC, id LIMIT 1")
+            .bind(order_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(decode_saga).transpose()
+    }
+
     pub async fn saga(&self, id: &str) -> Result<SagaRecord, StoreError> {
         let row = sqlx::query("SELECT record FROM sagas WHERE id = $1")
             .bind(id)

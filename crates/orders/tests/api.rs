@@ -43,16 +43,21 @@ async fn stack() -> Stack {
         products::start(products::ProductsConfig { common: common(1), ..Default::default() }, shutdown.clone())
             .await
             .unwrap();
-    let payments =
-        payments::start(payments::PaymentsConfig { common: common(2), ..Default::default() }, shutdown.clone())
-            .await
-            .unwrap();
+    let mut payments_config = payments::PaymentsConfig {
+        common: common(2),
+        card_key: Some(kit::config::Secret::new("dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=")),
+        ..Default::default()
+    };
+    // The slow test card takes longer than Orders waits before answering 202.
+    payments_config.processor.slow_ms = 1_500;
+    let payments = payments::start(payments_config, shutdown.clone()).await.unwrap();
     // Registration happens once each is ready; give the registry a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut config = orders::OrdersConfig { common: common(3), ..Default::default() };
     config.fulfilment.ship_after_ms = 100;
     config.fulfilment.deliver_after_ms = 100;
     config.fulfilment.poll_ms = 20;
+    config.answer_within_ms = 500;
     let orders_service = orders::start(config, shutdown).await.unwrap();
 
     let mut users_client = users_pb::user_service_client::UserServiceClient::connect(users.grpc_url()).await.unwrap();
@@ -117,6 +122,13 @@ impl Stack {
             .unwrap()
             .into_inner();
         page.products.into_iter().find(|p| p.available >= 20).unwrap().id
+    }
+
+    /// (stock, reserved, sold) of a product.
+    async fn stock(&mut self, id: &str) -> (i64, i64, i64) {
+        let request = products_pb::GetProductRequest { product_id: id.into() };
+        let p = self.products.get_product(request).await.unwrap().into_inner();
+        (p.stock, p.reserved, p.sold)
     }
 }
 
@@ -190,13 +202,19 @@ async fn orders_are_paid_refused_cancelled_and_fulfilled() {
         expect_code(orders.list_sagas(bad).await, Code::InvalidArgument);
     }
 
-    // Cancel a paid order: refunded, CANCELLED; a second cancel is refused.
+    // Cancel a paid order: refunded, its units back in stock and out of
+    // sold, CANCELLED; a second cancel is refused.
+    let before = s.stock(&product).await;
     let second =
-        s.orders.create_order(as_user(&me, create(&product, 1, "4242424242424242"))).await.unwrap().into_inner();
+        s.orders.create_order(as_user(&me, create(&product, 2, "4242424242424242"))).await.unwrap().into_inner();
+    let (stock, reserved, sold) = s.stock(&product).await;
+    assert_eq!((stock, reserved, sold), (before.0 - 2, before.1, before.2 + 2), "sold");
     let cancel = pb::CancelOrderRequest { order_id: second.id.clone(), reason: "changed my mind".into() };
     let done = s.orders.cancel_order(as_user(&me, cancel.clone())).await.unwrap().into_inner();
     assert_eq!(done.status, pb::OrderStatus::Cancelled as i32);
+    assert_eq!(s.stock(&product).await, before, "cancelling put the units back");
     expect_code(s.orders.cancel_order(as_user(&me, cancel)).await, Code::FailedPrecondition);
+    assert_eq!(s.stock(&product).await, before, "and only once");
 
     // Others cannot see or act on my orders.
     let other = "someone-else";
@@ -216,6 +234,61 @@ async fn orders_are_paid_refused_cancelled_and_fulfilled() {
         |status: pb::OrderStatus| pb::UpdateOrderStatusRequest { order_id: third.id.clone(), status: status as i32 };
     expect_code(s.orders.update_order_status(update(pb::OrderStatus::Delivered)).await, Code::FailedPrecondition);
     expect_code(s.orders.update_order_status(update(pb::OrderStatus::Cancelled)).await, Code::InvalidArgument);
+    expect_code(s.orders.update_order_status(update(pb::OrderStatus::Cancelling)).await, Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_answered_promptly_created_or_accepted_and_a_bad_card_changes_nothing() {
+    let mut s = stack().await;
+    let product = s.product_id().await;
+    let me = s.user_id.clone();
+
+    // Done in time: 201, with where the order is.
+    let paid = s.orders.create_order(as_user(&me, create(&product, 1, "4242424242424242"))).await.unwrap();
+    assert_eq!(paid.metadata().get("x-http-code").unwrap(), "201");
+    let location = format!("/v1/orders/{}", paid.get_ref().id);
+    assert_eq!(paid.metadata().get("location").unwrap().to_str().unwrap(), location);
+
+    // A slow processor (1.5 s) outlasts the answer window (0.5 s): 202, the
+    // order pending at its Location, and the saga goes on to pay it.
+    let started = std::time::Instant::now();
+    let accepted = s.orders.create_order(as_user(&me, create(&product, 1, "4000000000000077"))).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1_200), "answered in {:?}", started.elapsed());
+    assert_eq!(accepted.metadata().get("x-http-code").unwrap(), "202");
+    let pending = accepted.into_inner();
+    assert_eq!(pending.status, pb::OrderStatus::Pending as i32, "{pending:?}");
+    assert_eq!(pending.items[0].product_id, product);
+    let mut status = pending.status;
+    for _ in 0..100 {
+        let got = s.orders.get_order(as_user(&me, pb::GetOrderRequest { order_id: pending.id.clone() })).await;
+        status = got.unwrap().into_inner().status;
+        if status == pb::OrderStatus::Paid as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, pb::OrderStatus::Paid as i32, "paid after the processor answered");
+    // Someone else cannot see it while it is pending either.
+    expect_code(
+        s.orders.get_order(as_user("someone-else", pb::GetOrderRequest { order_id: pending.id.clone() })).await,
+        Code::NotFound,
+    );
+
+    // A malformed card is refused before anything happens: no saga, no
+    // reservation, no order.
+    let stock_before = s.stock(&product).await;
+    let sagas_before = s.orders.list_sagas(pb::ListSagasRequest::default()).await.unwrap().into_inner().sagas.len();
+    for number in ["4242424242424241", "not a card", ""] {
+        let refused = s.orders.create_order(as_user(&me, create(&product, 1, number))).await;
+        let message = expect_code(refused, Code::InvalidArgument);
+        assert!(message.contains("card"), "{message}");
+    }
+    let mut expired_cvc = create(&product, 1, "4242424242424242");
+    expired_cvc.payment_method.as_mut().unwrap().cvc = "x".into();
+    expect_code(s.orders.create_order(as_user(&me, expired_cvc)).await, Code::InvalidArgument);
+    assert_eq!(s.stock(&product).await, stock_before, "nothing reserved");
+    let sagas = s.orders.list_sagas(pb::ListSagasRequest::default()).await.unwrap().into_inner().sagas;
+    assert_eq!(sagas.len(), sagas_before, "no saga started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

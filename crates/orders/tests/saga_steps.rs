@@ -12,16 +12,18 @@ use contracts::users::v1 as users_pb;
 use kit::db::{Db, DbOptions};
 use kit::testing::{TestDb, service_common};
 use orders::domain::{OrderStatus, Pricing};
-use orders::steps::{CardVault, Channel, Deps, initial_context, steps};
+use orders::steps::{Channel, Deps, initial_context, steps};
 use orders::store::OrderStore;
 use saga::{Orchestrator, RetryPolicy, SagaState};
 
 static ORDERS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The test's card key for Payments (it has no built-in one).
+const CARD_KEY: &str = "dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=";
 
 struct World {
     orchestrator: Orchestrator,
     store: OrderStore,
-    cards: Arc<CardVault>,
+    payments: payments_pb::payment_service_client::PaymentServiceClient<tonic::transport::Channel>,
     products: products_pb::product_service_client::ProductServiceClient<tonic::transport::Channel>,
     payments_db: String,
     user_id: String,
@@ -49,7 +51,11 @@ async fn world() -> World {
     .await
     .unwrap();
     let payments = payments::start(
-        payments::PaymentsConfig { common: service_common(&dbs[2].url), ..Default::default() },
+        payments::PaymentsConfig {
+            common: service_common(&dbs[2].url),
+            card_key: Some(kit::config::Secret::new(CARD_KEY)),
+            ..Default::default()
+        },
         shutdown,
     )
     .await
@@ -66,26 +72,30 @@ async fn world() -> World {
         .unwrap()
         .into_inner();
     let store = OrderStore::new(Db::open(&dbs[3].url, &DbOptions::default(), &ORDERS).await.unwrap());
-    let cards = Arc::new(CardVault::default());
     let deps = Arc::new(Deps {
         users: users_pb::user_service_client::UserServiceClient::new(channel(users.grpc_url()).await),
         products: products_pb::product_service_client::ProductServiceClient::new(channel(products.grpc_url()).await),
         payments: payments_pb::payment_service_client::PaymentServiceClient::new(channel(payments.grpc_url()).await),
         store: store.clone(),
         pricing: Pricing::default(),
-        cards: cards.clone(),
         call_timeout: Duration::from_secs(5),
         ship_after_ms: 0,
     });
-    let policy =
-        RetryPolicy { max_attempts: 3, base_backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(20) };
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        give_up_after: Duration::from_secs(2),
+    };
     let orchestrator = Orchestrator::new(steps(deps), Arc::new(store.clone()), policy, policy);
     let products_client =
         products_pb::product_service_client::ProductServiceClient::connect(products.grpc_url()).await.unwrap();
+    let payments_client =
+        payments_pb::payment_service_client::PaymentServiceClient::connect(payments.grpc_url()).await.unwrap();
     World {
         orchestrator,
         store,
-        cards,
+        payments: payments_client,
         products: products_client,
         payments_db: dbs[2].url.clone(),
         user_id: user.id,
@@ -121,8 +131,11 @@ impl World {
 
     async fn order(&self, saga_id: &str, user: &str, items: Vec<(String, i64)>, number: &str) -> saga::SagaRecord {
         let order_id = format!("order-{saga_id}");
-        let saga = self.orchestrator.new_saga(saga_id, &order_id, user, initial_context(&items, "USD", None));
-        self.cards.put(saga_id, card(number));
+        // The card is tokenized first (for the user it will be charged for); the saga keeps the token.
+        let request = payments_pb::CreatePaymentMethodRequest { user_id: user.into(), card: Some(card(number)) };
+        let token = self.payments.clone().create_payment_method(request).await.unwrap().into_inner().token;
+        let context = initial_context(&items, "USD", None, &token);
+        let saga = self.orchestrator.new_saga(saga_id, &order_id, user, context);
         self.orchestrator.run(saga).await.unwrap()
     }
 

@@ -136,14 +136,18 @@ impl Step for Fake {
     }
 
     fn compensate<'a>(&'a self, _saga: &'a SagaRecord, _key: &'a str) -> BoxFuture<'a, Result<(), StepError>> {
-        Box::pin(async move { if self.fail_undo { Err(StepError::Transient("still down".into())) } else { Ok(()) } })
+        Box::pin(async move { if self.fail_undo { Err(StepError::Permanent("cannot undo".into())) } else { Ok(()) } })
     }
 }
 
 async fn sagas_persist_and_the_stuck_ones_are_listed(url: String) {
     let store = Arc::new(open(&url).await);
-    let policy =
-        RetryPolicy { max_attempts: 2, base_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(2) };
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+        give_up_after: Duration::from_millis(10),
+    };
     let steps = |fail_undo: bool| -> Vec<Arc<dyn Step>> {
         vec![
             Arc::new(Fake { name: "reserve", fail_run: false, fail_undo }),
@@ -178,22 +182,55 @@ async fn sagas_persist_and_the_stuck_ones_are_listed(url: String) {
     assert!(store.unfinished().await.unwrap().is_empty());
 }
 
+/// Finishes cancellations as the real one does, without the other services
+/// (their refund and restock are tested end to end); fails while `down`.
+struct FakeFinish {
+    store: OrderStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl orders::fulfilment::FinishCancel for FakeFinish {
+    fn finish_cancel<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("payments unavailable".into());
+            }
+            self.store
+                .transition(order_id, OrderStatus::Cancelling, OrderStatus::Cancelled, Change::default())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 async fn paid_orders_ship_and_deliver_from_the_outbox_at_least_once(url: String) {
-    use orders::fulfilment::{FulfilmentConfig, ORDER_PAID, process_due};
+    use orders::cancelling::ORDER_CANCELLING;
+    use orders::fulfilment::{FulfilmentConfig, ORDER_PAID, process_due as process};
     let store = open(&url).await;
+    let finish = FakeFinish { store: store.clone(), down: true.into() };
+    let process_due = |store: &OrderStore, config: &FulfilmentConfig, now: i64| {
+        let (store, config, finish) = (store.clone(), config.clone(), &finish);
+        async move { process(&store, &config, finish, now).await }
+    };
     let config = FulfilmentConfig { ship_after_ms: 0, deliver_after_ms: 60_000, ..Default::default() };
     for id in ["o1", "o2"] {
         store.create(&order(id, "alice", 1)).await.unwrap();
         let paid = Change { event: Some((ORDER_PAID, "{}", config.ship_after_ms)), ..Default::default() };
         store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
     }
-    // o2 is cancelled before it ships: its event is settled without shipping it.
-    store.transition("o2", OrderStatus::Paid, OrderStatus::Cancelled, Change::default()).await.unwrap();
+    // o2 is cancelled before it ships: its paid event is settled without
+    // shipping it, and its cancellation waits until it can be finished.
+    let cancelling = Change { event: Some((ORDER_CANCELLING, "{}", 0)), ..Default::default() };
+    store.transition("o2", OrderStatus::Paid, OrderStatus::Cancelling, cancelling).await.unwrap();
     let now = kit::time::now_millis() + 1;
-    assert_eq!(process_due(&store, &config, now).await.unwrap(), 2);
+    assert_eq!(process_due(&store, &config, now).await.unwrap(), 2, "o1 shipped, o2's paid event settled");
     assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Shipped);
+    assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelling, "its refund could not be done yet");
+    finish.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let retried = kit::time::now_millis() + 1_500;
+    assert_eq!(process_due(&store, &config, retried).await.unwrap(), 1, "the cancellation, retried");
     assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelled);
-    assert_eq!(process_due(&store, &config, now).await.unwrap(), 0, "delivery is not due yet");
+    assert_eq!(process_due(&store, &config, retried).await.unwrap(), 0, "delivery is not due yet");
     // Due a minute after the shipping pass (which ran after `now`).
     let later = kit::time::now_millis() + config.deliver_after_ms + 1_000;
     assert_eq!(process_due(&store, &config, later).await.unwrap(), 1);

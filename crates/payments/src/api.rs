@@ -10,22 +10,31 @@ use contracts::common::v1::Money;
 use contracts::payments::v1 as pb;
 use kit::grpc_telemetry::annotate;
 use kit::resilience::Deadline;
+use kit::resilience::guard::caused_by_request;
 use kit::time::{now_millis, timestamp_from_millis};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Status as PaymentStatus};
 use crate::processor::{ChargeCard, Processor, ProcessorError};
 use crate::recovery;
-use crate::store::{Change, NewPayment, Payment, PaymentStore};
+use crate::store::{Change, NewPayment, Payment, PaymentStore, StoredMethod};
+use crate::vault::{StoredCard, Vault};
 
 pub struct PaymentsApi {
     store: PaymentStore,
     processor: Arc<dyn Processor>,
+    methods: Methods,
+}
+
+/// Tokenized cards: how they are sealed and how long they last.
+pub struct Methods {
+    pub vault: Arc<Vault>,
+    pub ttl_ms: i64,
 }
 
 impl PaymentsApi {
-    pub fn new(store: PaymentStore, processor: Arc<dyn Processor>) -> Self {
-        Self { store, processor }
+    pub fn new(store: PaymentStore, processor: Arc<dyn Processor>, methods: Methods) -> Self {
+        Self { store, processor, methods }
     }
 }
 
@@ -117,8 +126,40 @@ impl PaymentsApi {
         metrics::counter!("payments_total", "outcome" => err.code()).increment(1);
         match err {
             ProcessorError::Declined(_) => Status::failed_precondition(format!("{err} (payment {})", payment.id)),
-            _ => Status::unavailable(format!("{err}; retry (payment {})", payment.id)),
+            // The processor failed on this card: worth a retry, but no sign
+            // that Payments is unhealthy — callers' breakers must not count it.
+            _ => caused_by_request(Status::unavailable(format!("{err}; retry (payment {})", payment.id))),
         }
+    }
+
+    /// The card to charge: given whole, or by the token CreatePaymentMethod
+    /// made for this user. Returns the number and what may be kept of it.
+    async fn card_to_charge(
+        &self,
+        card: Option<&pb::Card>,
+        token: &str,
+        user_id: &str,
+    ) -> Result<(String, domain::CardSummary), Status> {
+        if let Some(card) = card {
+            let summary = check_card(Some(card))?;
+            return Ok((card.number.chars().filter(|c| !c.is_whitespace()).collect(), summary));
+        }
+        if token.is_empty() {
+            return Err(Status::invalid_argument("card or payment_method_token is required"));
+        }
+        required(token, "payment_method_token")?;
+        let unknown = || Status::failed_precondition(format!("payment method {token} is unknown or expired"));
+        let method = self.store.method(token, now_millis()).await?.ok_or_else(unknown)?;
+        // Someone else's token does not exist, as far as they can tell.
+        if method.user_id != user_id {
+            return Err(unknown());
+        }
+        let card = self.methods.vault.open(token, &method.sealed).map_err(|err| {
+            tracing::error!(payment_method = token, error = %err, "stored card unreadable");
+            Status::internal("stored card unreadable")
+        })?;
+        let summary = domain::check_stored_card(&card.number, card.expiry_month, card.expiry_year, this_month())?;
+        Ok((card.number, summary))
     }
 }
 
@@ -136,9 +177,8 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         annotate("user_id", &request.user_id);
         let amount = request.amount.ok_or_else(|| Status::invalid_argument("amount is required"))?;
         domain::check_amount(amount.minor_units, &amount.currency_code)?;
-        let card = check_card(request.card.as_ref())?;
-        let number =
-            request.card.map(|c| c.number.chars().filter(|c| !c.is_whitespace()).collect()).unwrap_or_default();
+        let (number, card) =
+            self.card_to_charge(request.card.as_ref(), &request.payment_method_token, &request.user_id).await?;
         if self.store.is_voided(&request.order_id).await? {
             return Err(voided(&request.order_id));
         }
@@ -287,6 +327,44 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         }
         let payments = self.store.for_order(&request.order_id).await?.into_iter().map(to_pb).collect();
         Ok(Response::new(pb::VoidOrderPaymentsResponse { payments }))
+    }
+
+    async fn create_payment_method(
+        &self,
+        request: Request<pb::CreatePaymentMethodRequest>,
+    ) -> Result<Response<pb::PaymentMethod>, Status> {
+        let request = request.into_inner();
+        required(&request.user_id, "user_id")?;
+        annotate("user_id", &request.user_id);
+        let summary = check_card(request.card.as_ref())?;
+        let card = request.card.ok_or_else(|| Status::invalid_argument("card is required"))?;
+        let token = format!("pm_{}", uuid::Uuid::now_v7().simple());
+        let stored = StoredCard {
+            number: card.number.chars().filter(|c| !c.is_whitespace()).collect(),
+            expiry_month: card.expiry_month,
+            expiry_year: card.expiry_year,
+        };
+        let sealed = self.methods.vault.seal(&token, &stored).map_err(|err| {
+            tracing::error!(error = %err, "could not seal a card");
+            Status::internal("could not store the card")
+        })?;
+        let now = now_millis();
+        let method = StoredMethod {
+            token: token.clone(),
+            user_id: request.user_id,
+            sealed,
+            card_brand: summary.brand.to_string(),
+            card_last4: summary.last4.clone(),
+            expires_at: now + self.methods.ttl_ms,
+        };
+        self.store.save_method(&method, now).await?;
+        annotate("payment_method", &token);
+        Ok(Response::new(pb::PaymentMethod {
+            token,
+            card_brand: method.card_brand,
+            card_last4: method.card_last4,
+            expire_time: Some(timestamp_from_millis(method.expires_at)),
+        }))
     }
 
     async fn validate_payment_method(

@@ -159,6 +159,16 @@ pub fn check_card(
     cvc: &str,
     today: (i32, u32),
 ) -> Result<CardSummary, DomainError> {
+    let summary = check_stored_card(number, month, year, today)?;
+    if !(3..=4).contains(&cvc.len()) || !cvc.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DomainError::invalid("cvc must be 3 or 4 digits"));
+    }
+    Ok(summary)
+}
+
+/// A card without its CVC (as a payment method keeps it: the CVC was
+/// checked when it was tokenized and is never stored).
+pub fn check_stored_card(number: &str, month: i32, year: i32, today: (i32, u32)) -> Result<CardSummary, DomainError> {
     let number: String = number.chars().filter(|c| !c.is_whitespace()).collect();
     if !(12..=19).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_digit()) {
         return Err(DomainError::invalid("card number must be 12 to 19 digits"));
@@ -172,9 +182,6 @@ pub fn check_card(
     }
     if !(2000..=2100).contains(&year) {
         return Err(DomainError::invalid("expiry_year must be a four-digit year"));
-    }
-    if !(3..=4).contains(&cvc.len()) || !cvc.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(DomainError::invalid("cvc must be 3 or 4 digits"));
     }
     let expired = (year, month as u32) < today;
     Ok(CardSummary { brand: brand(&number), last4: number[number.len() - 4..].to_string(), expired })

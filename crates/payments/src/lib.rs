@@ -10,13 +10,14 @@ pub mod domain;
 pub mod processor;
 pub mod recovery;
 pub mod store;
+pub mod vault;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use kit::config::ServiceCommon;
+use kit::config::{Secret, ServiceCommon};
 use kit::db::{Db, DbOptions};
 use kit::server::{Host, RunningService, ServiceSpec, StartError};
 use kit::shutdown::CancellationToken;
@@ -30,17 +31,38 @@ pub struct PaymentsConfig {
     #[serde(flatten)]
     pub common: ServiceCommon,
     pub processor: processor::SimulatedConfig,
+    /// The key stored cards are sealed with: 32 bytes in base64. Required —
+    /// there is no built-in one; `shopfast up` makes one per data directory.
+    pub card_key: Option<Secret>,
+    /// How long a tokenized card (CreatePaymentMethod) may be charged.
+    pub payment_method_ttl_secs: u64,
 }
 
 impl Default for PaymentsConfig {
     fn default() -> Self {
-        Self { common: ServiceCommon::with_ports(9004, 9104), processor: Default::default() }
+        Self {
+            common: ServiceCommon::with_ports(9004, 9104),
+            processor: Default::default(),
+            card_key: None,
+            payment_method_ttl_secs: 86_400,
+        }
     }
 }
 
 pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
     if !(0.0..=1.0).contains(&config.processor.failure_rate) {
         return Err(StartError::Config("processor.failure_rate must be between 0 and 1".into()));
+    }
+    let key = config.card_key.as_ref().ok_or_else(|| {
+        StartError::Config(
+            "payments needs card_key to seal stored cards: 32 random bytes in base64 \
+             (SHOPFAST_PAYMENTS__CARD_KEY=$(openssl rand -base64 32)); `shopfast up` makes one per data directory"
+                .into(),
+        )
+    })?;
+    let vault = vault::Vault::from_base64(key.expose()).map_err(|e| StartError::Config(e.to_string()))?;
+    if config.payment_method_ttl_secs == 0 {
+        return Err(StartError::Config("payment_method_ttl_secs must be positive".into()));
     }
     let spec = ServiceSpec {
         name: SERVICE,
@@ -54,11 +76,13 @@ pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Resul
     let processor: Arc<dyn processor::Processor> =
         Arc::new(processor::SimulatedProcessor::new(config.processor.clone()));
     let store = store::PaymentStore::new(db.clone());
-    let api = api::PaymentsApi::new(store.clone(), processor.clone());
+    let methods = api::Methods { vault: Arc::new(vault), ttl_ms: config.payment_method_ttl_secs as i64 * 1_000 };
+    let api = api::PaymentsApi::new(store.clone(), processor.clone(), methods);
     let service = contracts::payments::v1::payment_service_server::PaymentServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
     // Payments a crash (or a spent deadline) left half done are settled.
-    running.attach(recovery::spawn(store, processor, Duration::from_secs(1), shutdown));
+    running.attach(recovery::spawn(store.clone(), processor, Duration::from_secs(1), shutdown.clone()));
+    running.attach(store::spawn_method_sweeper(store, shutdown));
     running.own_database(db);
     Ok(running)
 }

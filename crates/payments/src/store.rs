@@ -296,3 +296,82 @@ fn payment_of(row: &AnyRow) -> Result<Payment, StoreError> {
         abandon_at: row.try_get("abandon_at")?,
     })
 }
+
+/// A tokenized card as stored: sealed, with what may be shown of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMethod {
+    pub token: String,
+    pub user_id: String,
+    pub sealed: String,
+    pub card_brand: String,
+    pub card_last4: String,
+    pub expires_at: i64,
+}
+
+impl PaymentStore {
+    pub async fn save_method(&self, method: &StoredMethod, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO payment_methods (token, user_id, sealed, card_brand, card_last4, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&method.token)
+        .bind(&method.user_id)
+        .bind(&method.sealed)
+        .bind(&method.card_brand)
+        .bind(&method.card_last4)
+        .bind(now)
+        .bind(method.expires_at)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The method under `token` unless it expired by `now`.
+    pub async fn method(&self, token: &str, now: i64) -> Result<Option<StoredMethod>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token, user_id, sealed, card_brand, card_last4, expires_at FROM payment_methods \
+             WHERE token = $1 AND expires_at > $2",
+        )
+        .bind(token)
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StoredMethod {
+            token: row.try_get("token")?,
+            user_id: row.try_get("user_id")?,
+            sealed: row.try_get("sealed")?,
+            card_brand: row.try_get("card_brand")?,
+            card_last4: row.try_get("card_last4")?,
+            expires_at: row.try_get("expires_at")?,
+        }))
+    }
+
+    /// Deletes expired payment methods; returns how many.
+    pub async fn sweep_methods(&self, now: i64) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM payment_methods WHERE expires_at <= $1").bind(now).execute(self.db.pool()).await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Sweeps expired payment methods every minute until `shutdown`: the table
+/// holds at most a retention period's worth of cards.
+pub fn spawn_method_sweeper(
+    store: PaymentStore,
+    shutdown: kit::shutdown::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => match store.sweep_methods(now_millis()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(deleted = n, "expired payment methods swept"),
+                    Err(err) => tracing::warn!(error = %err, "payment method sweep failed; retrying next minute"),
+                },
+            }
+        }
+    })
+}

@@ -21,8 +21,15 @@ struct Harness {
     _service: kit::server::RunningService,
 }
 
+/// The test's card key (32 bytes, base64): Payments has no built-in one.
+const CARD_KEY: &str = "dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=";
+
 async fn start(url: &str) -> Harness {
-    let mut config = payments::PaymentsConfig { common: service_common(url), ..Default::default() };
+    let mut config = payments::PaymentsConfig {
+        common: service_common(url),
+        card_key: Some(kit::config::Secret::new(CARD_KEY)),
+        ..Default::default()
+    };
     config.processor.timeout_ms = 50;
     config.processor.slow_ms = 50;
     let service = payments::start(config, kit::shutdown::CancellationToken::new()).await.expect("start payments");
@@ -46,6 +53,7 @@ fn pay(order: &str, number: &str, amount: i64) -> pb::ProcessPaymentRequest {
         user_id: "user-1".into(),
         amount: usd(amount),
         card: card(number),
+        payment_method_token: String::new(),
     }
 }
 
@@ -99,7 +107,12 @@ async fn declines_are_permanent_and_errors_are_retryable(url: String) {
         ("o-transient", "4000000000000119", "processing_error"),
         ("o-timeout", "4000000000000127", "processor_timeout"),
     ] {
-        expect_code(h.client.process_payment(keyed(pay(order, number, 500), order)).await, Code::Unavailable);
+        let failed = h.client.process_payment(keyed(pay(order, number, 500), order)).await.unwrap_err();
+        assert_eq!(failed.code(), Code::Unavailable);
+        assert!(
+            kit::resilience::guard::is_request_cause(failed.metadata()),
+            "the processor's trouble with one card is marked as the request's own (callers' breakers skip it)"
+        );
         // The same key again is a new attempt, not a replay of the failure.
         expect_code(h.client.process_payment(keyed(pay(order, number, 500), order)).await, Code::Unavailable);
         let payments = h.store.for_order(order).await.unwrap();
@@ -342,7 +355,80 @@ async fn recovery_settles_payments_whose_call_died_or_ran_out_of_time(url: Strin
     assert_eq!(paid.status, pb::PaymentStatus::Completed as i32);
 }
 
+async fn a_tokenized_card_is_charged_by_its_token_only_for_its_user(url: String) {
+    let mut h = start(&url).await;
+    let tokenize =
+        |user: &str, number: &str| pb::CreatePaymentMethodRequest { user_id: user.into(), card: card(number) };
+    let method = h.client.create_payment_method(tokenize("user-1", "4242424242424242")).await.unwrap().into_inner();
+    assert!(method.token.starts_with("pm_"), "{}", method.token);
+    assert_eq!((method.card_brand.as_str(), method.card_last4.as_str()), ("visa", "4242"));
+    // At rest the number is sealed.
+    let sealed = h.store.method(&method.token, kit::time::now_millis()).await.unwrap().unwrap().sealed;
+    assert!(!sealed.contains("4242424242424242"));
+
+    let by_token = |order: &str, user: &str, token: &str| pb::ProcessPaymentRequest {
+        order_id: order.into(),
+        user_id: user.into(),
+        amount: usd(1_250),
+        card: None,
+        payment_method_token: token.into(),
+    };
+    let paid = h.client.process_payment(by_token("o-token", "user-1", &method.token)).await.unwrap().into_inner();
+    assert_eq!(paid.status, pb::PaymentStatus::Completed as i32);
+    assert_eq!(paid.card_last4, "4242");
+    // Another user's token, an unknown one: not chargeable, nothing recorded.
+    for (user, token) in [("user-2", method.token.as_str()), ("user-1", "pm_nonexistent")] {
+        let refused = h.client.process_payment(by_token("o-other", user, token)).await;
+        let message = expect_code(refused, Code::FailedPrecondition);
+        assert!(message.contains("unknown or expired"), "{message}");
+    }
+    assert!(h.store.for_order("o-other").await.unwrap().is_empty());
+    // A declining card tokenizes fine and declines when charged.
+    let declining = h.client.create_payment_method(tokenize("user-1", "4000000000000002")).await.unwrap().into_inner();
+    expect_code(
+        h.client.process_payment(by_token("o-decl", "user-1", &declining.token)).await,
+        Code::FailedPrecondition,
+    );
+    // Garbage: a malformed card, no card, no user, neither card nor token.
+    for bad in [
+        tokenize("user-1", "4242424242424241"),
+        pb::CreatePaymentMethodRequest { user_id: "user-1".into(), card: None },
+        tokenize("", "4242424242424242"),
+        pb::CreatePaymentMethodRequest {
+            user_id: "user-1".into(),
+            card: Some(pb::Card {
+                number: "4242424242424242".into(),
+                expiry_month: 13,
+                expiry_year: 2040,
+                cvc: "1".into(),
+            }),
+        },
+    ] {
+        expect_code(h.client.create_payment_method(bad).await, Code::InvalidArgument);
+    }
+    expect_code(h.client.process_payment(by_token("o-none", "user-1", "")).await, Code::InvalidArgument);
+    // Expired methods are swept.
+    assert_eq!(h.store.sweep_methods(kit::time::now_millis()).await.unwrap(), 0);
+    assert_eq!(h.store.sweep_methods(i64::MAX).await.unwrap(), 2);
+    expect_code(h.client.process_payment(by_token("o-late", "user-1", &method.token)).await, Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn payments_refuses_to_start_without_a_card_key_or_with_a_bad_one() {
+    for key in [None, Some("too short"), Some("AAAA")] {
+        let url = kit::db::sqlite_file_url(&tempfile::tempdir().unwrap().path().join("p.db"));
+        let config = payments::PaymentsConfig {
+            common: service_common(&url),
+            card_key: key.map(kit::config::Secret::new),
+            ..Default::default()
+        };
+        let err = payments::start(config, kit::shutdown::CancellationToken::new()).await.err().expect("refused");
+        assert!(err.to_string().contains("card_key"), "{err}");
+    }
+}
+
 kit::backend_tests!(
+    a_tokenized_card_is_charged_by_its_token_only_for_its_user,
     void_leaves_an_order_with_nothing_taken_or_held,
     recovery_settles_payments_whose_call_died_or_ran_out_of_time,
     an_approved_card_is_charged_once_with_every_step_recorded,

@@ -59,6 +59,7 @@ fn reservation_to_pb(r: Reservation) -> pb::Reservation {
         ReservationState::Committed => pb::ReservationState::Committed,
         ReservationState::Released => pb::ReservationState::Released,
         ReservationState::Expired => pb::ReservationState::Expired,
+        ReservationState::Restocked => pb::ReservationState::Restocked,
     };
     pb::Reservation {
         order_id: r.order_id,
@@ -211,6 +212,15 @@ impl ProductService for ProductsApi {
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
         let reservation = self.store.commit(&order_id, now_millis()).await?;
+        Ok(Response::new(reservation_to_pb(reservation)))
+    }
+
+    async fn restock_inventory(
+        &self,
+        request: Request<pb::RestockInventoryRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let order_id = request.into_inner().order_id;
+        let reservation = self.store.restock(&order_id, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 

@@ -155,6 +155,8 @@ pub enum ReservationState {
     Committed,
     Released,
     Expired,
+    /// A committed sale put back (its order was cancelled after payment).
+    Restocked,
 }
 
 impl ReservationState {
@@ -164,6 +166,15 @@ impl ReservationState {
             Self::Committed => "COMMITTED",
             Self::Released => "RELEASED",
             Self::Expired => "EXPIRED",
+            Self::Restocked => "RESTOCKED",
+        }
+    }
+
+    /// The state a reservation finishing in this one comes from.
+    pub fn comes_from(self) -> Self {
+        match self {
+            Self::Restocked => Self::Committed,
+            _ => Self::Active,
         }
     }
 
@@ -173,6 +184,7 @@ impl ReservationState {
             "COMMITTED" => Some(Self::Committed),
             "RELEASED" => Some(Self::Released),
             "EXPIRED" => Some(Self::Expired),
+            "RESTOCKED" => Some(Self::Restocked),
             _ => None,
         }
     }
@@ -184,6 +196,8 @@ impl ReservationState {
             Self::Active => (0, 1, 0),
             Self::Committed => (-1, -1, 1),
             Self::Released | Self::Expired => (0, -1, 0),
+            // From COMMITTED: the units come back to stock and leave sold.
+            Self::Restocked => (1, 0, -1),
         }
     }
 }
@@ -218,7 +232,7 @@ pub fn replay_reservation(existing: &Reservation, requested: &[(String, i64)]) -
 pub fn check_finish(order_id: &str, from: ReservationState, to: ReservationState) -> Result<(), DomainError> {
     use ReservationState::*;
     match (from, to) {
-        (Active, Committed | Released | Expired) => Ok(()),
+        (Active, Committed | Released | Expired) | (Committed, Restocked) => Ok(()),
         _ => Err(DomainError::FailedPrecondition(format!(
             "reservation for order {order_id} is {} and cannot become {}",
             from.as_str().to_ascii_lowercase(),

@@ -268,6 +268,12 @@ impl ProductStore {
         self.finish(order_id, ReservationState::Released, now, true).await
     }
 
+    /// Puts a committed sale back into stock. Idempotent.
+    pub async fn restock(&self, order_id: &str, now: i64) -> Result<Reservation> {
+        domain::validate_id("order_id", order_id)?;
+        self.finish(order_id, ReservationState::Restocked, now, false).await
+    }
+
     /// Turns an active reservation into a sale. Idempotent.
     pub async fn commit(&self, order_id: &str, now: i64) -> Result<Reservation> {
         domain::validate_id("order_id", order_id)?;
@@ -304,7 +310,8 @@ impl ProductStore {
         Ok(expired)
     }
 
-    /// Moves an ACTIVE reservation to `to` and applies its stock effect, in one
+    /// Moves a reservation to `to` from the state it comes from (ACTIVE, or
+    /// COMMITTED for a restock) and applies its stock effect, in one
     /// transaction. The conditional state update is the lock: of two racing
     /// finishes, exactly one sees a row change.
     async fn finish(
@@ -337,10 +344,11 @@ impl ProductStore {
     ) -> Result<Option<Reservation>> {
         let mut tx = self.db.begin_write().await?;
         let changed =
-            sqlx::query("UPDATE reservations SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = 'ACTIVE'")
+            sqlx::query("UPDATE reservations SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = $4")
                 .bind(to.as_str())
                 .bind(now)
                 .bind(order_id)
+                .bind(to.comes_from().as_str())
                 .execute(&mut *tx)
                 .await?;
         if changed.rows_affected() == 1 {

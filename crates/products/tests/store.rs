@@ -157,6 +157,27 @@ async fn commit_sells_once(url: String) {
     assert!(matches!(late_commit, DomainError::FailedPrecondition(_)), "{late_commit:?}");
 }
 
+async fn a_restock_puts_a_sale_back_once(url: String) {
+    let store = open(&url).await;
+    let a = store.create(product("A", 10, 100), 0).await.unwrap();
+    store.reserve("o1", &[(a.id.clone(), 3)], MIN, 10).await.unwrap();
+    // Only a committed sale can be put back.
+    let early = domain_err(store.restock("o1", 15).await);
+    assert!(matches!(early, DomainError::FailedPrecondition(_)), "{early:?}");
+    store.commit("o1", 20).await.unwrap();
+    let p = store.get(&a.id).await.unwrap().unwrap();
+    assert_eq!((p.stock, p.reserved, p.sold), (7, 0, 3));
+    for at in [30, 40] {
+        let restocked = store.restock("o1", at).await.unwrap();
+        assert_eq!(restocked.state, ReservationState::Restocked);
+        let p = store.get(&a.id).await.unwrap().unwrap();
+        assert_eq!((p.stock, p.reserved, p.sold), (10, 0, 0), "the units are back, once");
+    }
+    let missing = domain_err(store.restock("never", 50).await);
+    assert!(matches!(missing, DomainError::NotFound(_)), "{missing:?}");
+    assert!(store.commit("o1", 60).await.is_err(), "a restocked sale is not sold again");
+}
+
 async fn expiry_releases_stock(url: String) {
     let store = open(&url).await;
     let a = store.create(product("A", 5, 100), 0).await.unwrap();
@@ -234,6 +255,7 @@ kit::backend_tests!(
     reserve_is_all_or_nothing,
     reserve_and_release_are_idempotent,
     commit_sells_once,
+    a_restock_puts_a_sale_back_once,
     expiry_releases_stock,
     concurrent_reservations_never_oversell,
     seeding_happens_once,

@@ -8,6 +8,15 @@
 //! idempotency key (steps must be idempotent by key, which the services'
 //! idempotency layer guarantees).
 //!
+//! Two kinds of retryable failure get two budgets. A `Transient` one is the
+//! step's own business (a card processor that said "try again") and gets
+//! `max_attempts`. An `Unavailable` one is the platform's trouble — the
+//! service restarting, a breaker open, no instance, a deadline — and is
+//! retried for `give_up_after`, however many attempts that takes: a
+//! two-second restart must not fail an order. Compensation never gives up on
+//! either: it repeats, pass after pass with capped backoff, until every undo
+//! succeeded; only a permanent refusal asks for a person.
+//!
 //! The engine knows nothing of orders or gRPC: steps and the store are traits.
 mod record;
 
@@ -29,6 +38,11 @@ pub enum StepError {
     /// Will fail again (declined card, out of stock); it took no effect.
     #[error("{0}")]
     Permanent(String),
+    /// The step's service could not be reached or did not answer (restart,
+    /// breaker open, no instance, deadline): the platform's trouble, not the
+    /// request's. May also have taken effect.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What a step adds to the saga's context on success.
@@ -61,9 +75,14 @@ pub trait SagaStore: Send + Sync {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
+    /// Attempts at a step failing `Transient`ly (forward), or attempts per
+    /// pass at a compensation.
     pub max_attempts: u32,
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long a step failing because its service is `Unavailable` keeps
+    /// being tried, from its first attempt (forward only).
+    pub give_up_after: Duration,
 }
 
 impl RetryPolicy {
@@ -152,17 +171,28 @@ impl Orchestrator {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                if let Some(record) = saga.step_mut(name) {
-                    record.status = StepStatus::Running;
-                    record.attempts += 1;
-                    record.started_at_ms.get_or_insert(now_ms());
-                }
+                let started_at = match saga.step_mut(name) {
+                    Some(record) => {
+                        record.status = StepStatus::Running;
+                        record.attempts += 1;
+                        *record.started_at_ms.get_or_insert(now_ms())
+                    }
+                    None => now_ms(),
+                };
                 self.save(saga).await?;
                 let result = step.run(saga, &key).await;
                 let outcome = match &result {
                     Ok(_) => "ok",
                     Err(StepError::Transient(_)) => "transient",
+                    Err(StepError::Unavailable(_)) => "unavailable",
                     Err(StepError::Permanent(_)) => "permanent",
+                };
+                let within_budget = match &result {
+                    Err(StepError::Transient(_)) => attempt < self.forward.max_attempts,
+                    Err(StepError::Unavailable(_)) => {
+                        now_ms().saturating_sub(started_at) < self.forward.give_up_after.as_millis() as i64
+                    }
+                    _ => false,
                 };
                 metrics::counter!("saga_step_attempts_total", "step" => name, "outcome" => outcome).increment(1);
                 match result {
@@ -177,7 +207,9 @@ impl Orchestrator {
                         self.save(saga).await?;
                         break;
                     }
-                    Err(StepError::Transient(error)) if attempt < self.forward.max_attempts || step.after_pivot() => {
+                    Err(StepError::Transient(error) | StepError::Unavailable(error))
+                        if within_budget || step.after_pivot() =>
+                    {
                         may_have_taken_effect = true;
                         tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, attempt, %error, "step failed; retrying");
                         if let Some(record) = saga.step_mut(name) {
@@ -190,9 +222,13 @@ impl Orchestrator {
                         // A transient failure may have taken effect, and so may an
                         // earlier attempt: undo it too (compensations are
                         // idempotent and succeed when there is nothing to undo).
-                        if matches!(error, StepError::Transient(_)) || may_have_taken_effect {
+                        let retryable = !matches!(error, StepError::Permanent(_));
+                        if retryable || may_have_taken_effect {
                             saga.completed.push(name.to_string());
                         }
+                        // The platform's trouble outlasted the budget: the
+                        // request itself may well succeed if made again.
+                        saga.failure_retryable = matches!(error, StepError::Unavailable(_));
                         if let Some(record) = saga.step_mut(name) {
                             record.status = StepStatus::Failed;
                             record.finished_at_ms = Some(now_ms());
@@ -212,17 +248,56 @@ impl Orchestrator {
         self.save(saga).await
     }
 
+    /// Undoes what may have taken effect, last first. A compensation that
+    /// fails for a reason that may pass is left for the next pass (the others
+    /// still run); passes repeat with capped backoff until every undo has
+    /// succeeded — the saga stays `Compensating`, persisted, and a restart
+    /// resumes it. Only a permanent refusal gives up and asks for a person.
     async fn run_compensation(&self, saga: &mut SagaRecord) -> Result<(), StoreError> {
-        let mut gave_up = Vec::new();
+        let mut pass = 0;
+        loop {
+            pass += 1;
+            let pending = self.compensation_pass(saga).await?;
+            if pending == 0 {
+                break;
+            }
+            tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, pending, pass, "compensations still failing; trying again");
+            metrics::counter!("saga_compensation_passes_total").increment(1);
+            tokio::time::sleep(self.compensation.backoff(pass + self.compensation.max_attempts)).await;
+        }
+        let gave_up = saga.steps.iter().any(|s| s.status == StepStatus::CompensationFailed);
+        if gave_up {
+            saga.state = SagaState::Failed;
+            saga.manual_intervention = true;
+            metrics::counter!("saga_finished_total", "state" => "failed").increment(1);
+            metrics::counter!("saga_manual_intervention_total").increment(1);
+        } else {
+            saga.state = SagaState::Compensated;
+            metrics::counter!("saga_finished_total", "state" => "compensated").increment(1);
+        }
+        self.save(saga).await
+    }
+
+    /// One pass over the compensations not yet done; returns how many are
+    /// still to do (failed in a way that may pass).
+    async fn compensation_pass(&self, saga: &mut SagaRecord) -> Result<usize, StoreError> {
+        let mut pending = 0;
         let undo: Vec<String> = saga.completed.iter().rev().cloned().collect();
         for name in undo {
-            let Some(step) = self.steps.iter().find(|s| s.name() == name) else {
-                gave_up.push(name.clone());
-                continue;
-            };
-            if saga.step(&name).is_some_and(|s| s.status == StepStatus::Compensated) {
+            let done = saga
+                .step(&name)
+                .is_some_and(|s| matches!(s.status, StepStatus::Compensated | StepStatus::CompensationFailed));
+            if done {
                 continue;
             }
+            let Some(step) = self.steps.iter().find(|s| s.name() == name) else {
+                // A step this orchestrator does not know: nothing can undo it.
+                if let Some(record) = saga.step_mut(&name) {
+                    record.status = StepStatus::CompensationFailed;
+                    record.error = Some("unknown step".into());
+                }
+                continue;
+            };
             let key = saga.compensation_key(&name);
             let mut attempt = 0;
             loop {
@@ -242,36 +317,34 @@ impl Orchestrator {
                         self.save(saga).await?;
                         break;
                     }
-                    Err(StepError::Transient(error)) if attempt < self.compensation.max_attempts => {
-                        tracing::warn!(saga_id = %saga.id, step = %name, attempt, %error, "compensation failed; retrying");
-                        tokio::time::sleep(self.compensation.backoff(attempt)).await;
-                    }
-                    Err(error) => {
+                    Err(StepError::Permanent(error)) => {
                         metrics::counter!("saga_compensations_total", "step" => step.name(), "outcome" => "failed")
                             .increment(1);
-                        tracing::error!(saga_id = %saga.id, order_id = %saga.order_id, step = %name, %error, "compensation gave up; manual intervention needed");
+                        tracing::error!(saga_id = %saga.id, order_id = %saga.order_id, step = %name, %error, "compensation refused for good; manual intervention needed");
                         if let Some(record) = saga.step_mut(&name) {
                             record.status = StepStatus::CompensationFailed;
-                            record.error = Some(error.to_string());
+                            record.error = Some(error);
                         }
                         self.save(saga).await?;
                         // Never stop at the first failure: undo the rest.
-                        gave_up.push(name.clone());
                         break;
+                    }
+                    Err(StepError::Transient(error) | StepError::Unavailable(error)) => {
+                        tracing::warn!(saga_id = %saga.id, step = %name, attempt, %error, "compensation failed; retrying");
+                        if attempt >= self.compensation.max_attempts {
+                            if let Some(record) = saga.step_mut(&name) {
+                                record.error = Some(error);
+                            }
+                            self.save(saga).await?;
+                            pending += 1;
+                            break;
+                        }
+                        tokio::time::sleep(self.compensation.backoff(attempt)).await;
                     }
                 }
             }
         }
-        if gave_up.is_empty() {
-            saga.state = SagaState::Compensated;
-            metrics::counter!("saga_finished_total", "state" => "compensated").increment(1);
-        } else {
-            saga.state = SagaState::Failed;
-            saga.manual_intervention = true;
-            metrics::counter!("saga_finished_total", "state" => "failed").increment(1);
-            metrics::counter!("saga_manual_intervention_total").increment(1);
-        }
-        self.save(saga).await
+        Ok(pending)
     }
 }
 

@@ -62,6 +62,10 @@ pub struct SagaRecord {
     pub context: BTreeMap<String, String>,
     pub manual_intervention: bool,
     pub failure: Option<String>,
+    /// The saga failed because a service stayed unavailable past the retry
+    /// budget (not because the request was refused): asked again, it may pass.
+    #[serde(default)]
+    pub failure_retryable: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -89,6 +93,7 @@ impl SagaRecord {
             context: BTreeMap::new(),
             manual_intervention: false,
             failure: None,
+            failure_retryable: false,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         }

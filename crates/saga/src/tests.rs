@@ -105,7 +105,12 @@ impl Step for FakeStep {
 }
 
 fn fast() -> RetryPolicy {
-    RetryPolicy { max_attempts: 3, base_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(2) }
+    RetryPolicy {
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+        give_up_after: Duration::from_millis(300),
+    }
 }
 
 fn orchestrator(steps: Vec<Arc<FakeStep>>, store: Arc<MemoryStore>) -> Orchestrator {
@@ -123,6 +128,10 @@ fn transient(text: &str) -> Result<(), StepError> {
 
 fn permanent(text: &str) -> Result<(), StepError> {
     Err(StepError::Permanent(text.into()))
+}
+
+fn unavailable(text: &str) -> Result<(), StepError> {
+    Err(StepError::Unavailable(text.into()))
 }
 
 #[tokio::test]
@@ -233,11 +242,12 @@ async fn a_permanent_failure_after_an_attempt_that_may_have_taken_effect_is_undo
 }
 
 #[tokio::test]
-async fn compensation_never_stops_at_the_first_failure() {
+async fn compensation_never_stops_at_the_first_failure_and_never_gives_up_on_one_that_may_pass() {
     let log = Log::default();
     let steps = vec![
         Arc::new(FakeStep::new("a", &log)),
-        Arc::new(FakeStep::new("b", &log).undos(vec![transient("x"), transient("y"), transient("z")])),
+        // Three failures use up a pass (max_attempts 3); the next pass succeeds.
+        Arc::new(FakeStep::new("b", &log).undos(vec![transient("x"), unavailable("y"), transient("z")])),
         Arc::new(FakeStep::new("c", &log).undos(vec![transient("once")])),
         Arc::new(FakeStep::new("d", &log).runs(vec![permanent("no")])),
     ];
@@ -245,15 +255,67 @@ async fn compensation_never_stops_at_the_first_failure() {
     let saga = o.run(o.new_saga("s4", "o4", "u4", BTreeMap::new())).await.unwrap();
     assert_eq!(
         *log.lock().unwrap(),
-        ["run a", "run b", "run c", "run d", "undo c", "undo c", "undo b", "undo b", "undo b", "undo a"]
+        ["run a", "run b", "run c", "run d", "undo c", "undo c", "undo b", "undo b", "undo b", "undo a", "undo b"]
     );
-    assert_eq!(saga.state, SagaState::Failed);
-    assert!(saga.manual_intervention);
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert!(!saga.manual_intervention, "a short outage needs no person");
     assert_eq!(
         statuses(&saga),
-        [StepStatus::Compensated, StepStatus::CompensationFailed, StepStatus::Compensated, StepStatus::Failed]
+        [StepStatus::Compensated, StepStatus::Compensated, StepStatus::Compensated, StepStatus::Failed]
     );
-    assert_eq!(saga.step("b").unwrap().error.as_deref(), Some("z"));
+    assert_eq!(saga.step("b").unwrap().compensation_attempts, 4);
+}
+
+#[tokio::test]
+async fn only_a_compensation_refused_for_good_asks_for_a_person_and_the_others_still_run() {
+    let log = Log::default();
+    let steps = vec![
+        Arc::new(FakeStep::new("a", &log)),
+        Arc::new(FakeStep::new("b", &log).undos(vec![permanent("cannot undo")])),
+        Arc::new(FakeStep::new("c", &log).runs(vec![permanent("no")])),
+    ];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("s6", "o6", "u6", BTreeMap::new())).await.unwrap();
+    assert_eq!(*log.lock().unwrap(), ["run a", "run b", "run c", "undo b", "undo a"]);
+    assert_eq!(saga.state, SagaState::Failed);
+    assert!(saga.manual_intervention);
+    assert_eq!(statuses(&saga), [StepStatus::Compensated, StepStatus::CompensationFailed, StepStatus::Failed]);
+    assert_eq!(saga.step("b").unwrap().error.as_deref(), Some("cannot undo"));
+}
+
+#[tokio::test]
+async fn an_unavailable_service_is_retried_for_a_time_budget_not_an_attempt_count() {
+    // Five failures > max_attempts 3, within the 300 ms budget: done.
+    let log = Log::default();
+    let flaky = FakeStep::new("b", &log).runs(vec![unavailable("restarting"); 5]);
+    let steps = vec![Arc::new(FakeStep::new("a", &log)), Arc::new(flaky)];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("s7", "o7", "u7", BTreeMap::new())).await.unwrap();
+    assert_eq!(saga.state, SagaState::Completed);
+    assert_eq!(saga.step("b").unwrap().attempts, 6);
+
+    // Down for longer than the budget: compensated, and marked retryable
+    // (the request may pass if made again), unlike a refusal.
+    let log = Log::default();
+    let down = FakeStep::new("b", &log).runs(vec![unavailable("down"); 100_000]);
+    let steps = vec![Arc::new(FakeStep::new("a", &log)), Arc::new(down)];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let started = std::time::Instant::now();
+    let saga = o.run(o.new_saga("s8", "o8", "u8", BTreeMap::new())).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(290), "tried for the whole budget: {:?}", started.elapsed());
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert!(saga.failure_retryable);
+    assert_eq!(saga.failure.as_deref(), Some("b: down"));
+
+    // A transient (business) failure gets max_attempts, and is not retryable.
+    let log = Log::default();
+    let declined = FakeStep::new("b", &log).runs(vec![transient("processor error"); 3]);
+    let steps = vec![Arc::new(FakeStep::new("a", &log)), Arc::new(declined)];
+    let o = orchestrator(steps, Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("s9", "o9", "u9", BTreeMap::new())).await.unwrap();
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert_eq!(saga.step("b").unwrap().attempts, 3);
+    assert!(!saga.failure_retryable);
 }
 
 /// Kills the "process" at every save point in turn, resumes with a fresh

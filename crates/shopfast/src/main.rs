@@ -202,6 +202,13 @@ struct GatewayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Instance metadata for the registry, e.g. --meta version=v2.
+    #[arg(long = "meta", value_parser = parse_key_value)]
+    #[serde(skip)]
+    meta: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "is_empty_map")]
+    #[arg(skip)]
+    metadata: BTreeMap<String, String>,
     /// Serve POST /test/tracecontext for the W3C trace-context test suite
     /// (scripts/w3c-trace-context.sh); off by default.
     #[arg(long = "enable-trace-context-test-endpoint")]
@@ -312,8 +319,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             running.wait().await;
             Ok(())
         }
-        Command::Gateway(args) => {
+        Command::Gateway(mut args) => {
             kit::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
+            args.metadata = args.meta.iter().cloned().collect();
             let config: gateway::GatewayConfig = kit::config::load(gateway::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 gateway::start(config, kit::shutdown::on_signals()).await.context("gateway failed to start")?;

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -15,7 +17,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use kit::discovery::RegistryClient;
 
@@ -57,34 +59,78 @@ pub struct UpArgs {
     no_console: bool,
 }
 
-/// A child process, owned by a supervising task that reports when it exits on
-/// its own and stops it (SIGTERM, then SIGKILL after a grace) when asked.
+/// A child process, owned by a supervising task that restarts it when it
+/// dies on its own once the stack is up (with a backoff: 1 s, doubling to
+/// 30 s, back to 1 s after it ran for a minute — compose's `restart:
+/// unless-stopped`), on the addresses it announced so its callers and the
+/// terminal's URLs stay right, and stops it (SIGTERM, then SIGKILL after a
+/// grace) when asked. Exits and restarts are reported and logged.
 struct Proc {
     log: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Delay before the `n`th restart in a row (1-based).
+fn restart_backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+/// A child that ran this long before dying was healthy: its backoff starts over.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 impl Proc {
-    fn supervise(label: &str, log: PathBuf, mut child: Child, exited: mpsc::UnboundedSender<String>) -> Self {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let name = label.to_string();
+    fn supervise(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>, first: Launched) -> Self {
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let name = spec.label.to_string();
+        let log = supervisor.logs_dir.join(format!("{name}.log"));
+        let owned = OwnedSpec::from(supervisor, &spec);
         let done = tokio::spawn(async move {
-            tokio::select! {
-                status = child.wait() => {
-                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                    let _ = exited.send(format!("{name} ({status})"));
-                }
-                _ = stop_rx => {
-                    if let Some(pid) = child.id() {
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                    }
-                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                        Ok(Ok(status)) => eprintln!("shopfast up: {name} stopped ({status})"),
-                        _ => {
-                            eprintln!("shopfast up: {name} did not stop within {STOP_GRACE:?}; killing it");
-                            let _ = child.kill().await;
+            let Launched { mut child, mut announced } = first;
+            let (mut restarts, mut in_a_row) = (0u32, 0u32);
+            let mut started = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    status = child.wait() => {
+                        let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                        let _ = owned.exited.send(format!("{name} ({status})"));
+                        if !owned.restart.load(std::sync::atomic::Ordering::SeqCst) {
+                            break;
                         }
+                        in_a_row = if started.elapsed() >= HEALTHY_RUN { 1 } else { in_a_row + 1 };
+                        let pause = restart_backoff(in_a_row);
+                        eprintln!("shopfast up: {name} exited ({status}); restarting in {pause:?}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = &mut stop_rx => break,
+                        }
+                        restarts += 1;
+                        let flags = owned.restart_flags(&announced.borrow(), restarts);
+                        match owned.launch(&flags) {
+                            Ok(launched) => {
+                                eprintln!("shopfast up: {name} restarted (restart {restarts})");
+                                child = launched.child;
+                                announced = launched.announced;
+                                started = tokio::time::Instant::now();
+                            }
+                            Err(err) => {
+                                eprintln!("shopfast up: {name} could not be restarted: {err:#}");
+                                break;
+                            }
+                        }
+                    }
+                    _ = &mut stop_rx => {
+                        if let Some(pid) = child.id() {
+                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                        }
+                        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                            Ok(Ok(status)) => eprintln!("shopfast up: {name} stopped ({status})"),
+                            _ => {
+                                eprintln!("shopfast up: {name} did not stop within {STOP_GRACE:?}; killing it");
+                                let _ = child.kill().await;
+                            }
+                        }
+                        break;
                     }
                 }
             }
@@ -107,124 +153,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the shopfast executable")?;
     let shutdown = kit::shutdown::on_signals();
     let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<String>();
-
-    let secrets = Secrets::generate();
-    let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
-    let supervisor = Supervisor { exe: &exe, logs_dir: &logs_dir, quiet: args.quiet, exited: exited_tx.clone() };
-    let registry = ChildSpec {
-        command: "registry",
-        label: "registry",
-        flags: vec!["--addr".into(), format!("127.0.0.1:{registry_port}")],
-        colour: 0,
-        env: &[],
-        ready: None,
+    let secrets = Secrets::for_data_dir(&args.data_dir)?;
+    let supervisor = Supervisor {
+        exe: &exe,
+        logs_dir: &logs_dir,
+        quiet: args.quiet,
+        exited: exited_tx.clone(),
+        restart: Arc::new(AtomicBool::new(false)),
     };
-    let (registry, registry_url) =
-        spawn_listening(&supervisor, registry, "the registry", args.ready_timeout_secs).await?;
     let data_dir = args.data_dir.display().to_string();
 
-    // The console first, so the services' first spans have somewhere to go.
-    let console = if args.no_console {
-        None
-    } else {
-        match start_console(&supervisor, &registry_url, &data_dir, args.ephemeral, args.ready_timeout_secs).await {
-            Ok(started) => Some(started),
-            Err(err) => {
-                stop_all(Vec::new(), vec![registry]).await;
-                return Err(err);
-            }
-        }
-    };
-    let mut infrastructure: Vec<Proc> = Vec::new();
-    let console_url = console.map(|(proc, url)| {
-        infrastructure.push(proc);
-        url
-    });
-    infrastructure.push(registry);
+    let (infrastructure, registry_url, console_url) = start_infrastructure(&supervisor, &args, &data_dir).await?;
     let telemetry = telemetry_env(console_url.as_deref());
-    let service_env: Vec<(String, String)> = secrets.env.iter().cloned().chain(telemetry.iter().cloned()).collect();
-    let loadgen_env: Vec<(String, String)> = secrets.loadgen_env.iter().cloned().chain(telemetry).collect();
-
-    let mut services = Vec::new();
-    for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
-        let count = replicas.get(*name).copied().unwrap_or(1);
-        for replica in 1..=count {
-            // Only the first replica can have the fixed ports.
-            let (grpc, admin) = if args.ephemeral || replica > 1 { (0, 0) } else { (*grpc_port, *admin_port) };
-            let mut flags: Vec<String> = vec![
-                "--grpc-addr".into(),
-                format!("127.0.0.1:{grpc}"),
-                "--admin-addr".into(),
-                format!("127.0.0.1:{admin}"),
-                "--data-dir".into(),
-                data_dir.clone(),
-                "--registry-url".into(),
-                registry_url.clone(),
-                "--meta".into(),
-                format!("replica={replica}"),
-            ];
-            if args.enable_fault_injection {
-                flags.push("--enable-fault-injection".into());
-            }
-            let label = format!("{name}-{replica}");
-            let spec =
-                ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &service_env, ready: None };
-            services.push(spawn(&supervisor, spec)?);
-        }
-    }
-    let gateway_port = if args.ephemeral { 0 } else { GATEWAY_PORT };
-    let gateway_flags = vec![
-        "--addr".into(),
-        format!("127.0.0.1:{gateway_port}"),
-        "--registry-url".into(),
-        registry_url.clone(),
-        "--data-dir".into(),
-        data_dir.clone(),
-    ];
-    let spec = ChildSpec {
-        command: "gateway",
-        label: "gateway-1",
-        flags: gateway_flags,
-        colour: SERVICES.len() + 1,
-        env: &service_env,
-        ready: None,
-    };
-    services.push(spawn(&supervisor, spec)?);
-
-    let client = RegistryClient::new(&registry_url);
-    let mut expected: BTreeMap<&str, usize> =
-        SERVICES.iter().map(|(name, ..)| (*name, replicas.get(*name).copied().unwrap_or(1))).collect();
-    expected.insert("gateway", 1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout_secs);
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Err(anyhow::anyhow!("interrupted while starting")),
-            Some(which) = exited_rx.recv() => break Err(anyhow::anyhow!("{which} exited while starting; see the logs in {}", logs_dir.display())),
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
-        if let Ok(list) = client.all_instances().await {
-            let all_up = expected.iter().all(|(name, want)| {
-                list.instances.iter().filter(|i| i.name == *name && i.health.routable()).count() >= *want
-            });
-            if all_up {
-                break Ok(list);
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            break Err(anyhow::anyhow!("not every service was ready within {} s", args.ready_timeout_secs));
+    let services = match start_services(&supervisor, &args, &replicas, &data_dir, &registry_url, &secrets, &telemetry) {
+        Ok(services) => services,
+        Err(err) => {
+            stop_all(Vec::new(), infrastructure).await;
+            return Err(err);
         }
     };
-    let list = match outcome {
+    let list = match wait_until_ready(&args, &replicas, &registry_url, &shutdown, &mut exited_rx, &logs_dir).await {
         Ok(list) => list,
         Err(err) => {
             stop_all(services, infrastructure).await;
             return Err(err);
         }
-    };
-
-    let log_of = |i: &kit::discovery::wire::InstanceInfo| {
-        let replica = i.metadata.get("replica").cloned().unwrap_or_else(|| "1".into());
-        logs_dir.join(format!("{}-{replica}.log", i.name)).display().to_string()
     };
     let gateway_url = list
         .instances
@@ -235,7 +188,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let loadgen = if args.no_loadgen {
         None
     } else {
-        match start_loadgen(&supervisor, &gateway_url, &loadgen_env, args.ephemeral, args.ready_timeout_secs).await {
+        let env: Vec<(String, String)> = secrets.loadgen_env().into_iter().chain(telemetry).collect();
+        match start_loadgen(&supervisor, &gateway_url, &env, args.ephemeral, args.ready_timeout_secs).await {
             Ok(started) => Some(started),
             Err(err) => {
                 stop_all(services, infrastructure).await;
@@ -244,28 +198,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     if let (Some(console), Some((_, loadgen))) = (&console_url, &loadgen) {
-        // The console shows the generator's live numbers; it started first.
-        let told = reqwest::Client::new()
-            .put(format!("{console}/api/loadgen"))
-            .json(&serde_json::json!({ "url": loadgen }))
-            .send()
-            .await
-            .map(|r| r.status().is_success());
-        if !matches!(told, Ok(true)) {
-            eprintln!("shopfast up: could not tell the console where the traffic generator is ({told:?})");
-        }
+        tell_console_about_loadgen(console, loadgen).await;
     }
-    println!("\nshopfast is up. Registry: {registry_url}");
-    println!("Gateway: {gateway_url}   API key (professional tier, admin): {}", secrets.api_key);
-    println!("Try: curl -H 'X-API-Key: {}' '{gateway_url}/v1/products?category=books&pageSize=3'\n", secrets.api_key);
-    if let Some(url) = &console_url {
-        println!("Console: {url}   traces, logs, health, dependency map (OTLP in at {url}/v1/traces)");
-    }
-    if let Some((_, url)) = &loadgen {
-        println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
-    }
-    print!("{}", crate::status::table(&list.instances, log_of));
-    println!("\nLogs: {}   Status: shopfast status --registry-url {registry_url}   Stop: Ctrl-C\n", logs_dir.display());
+    // From here on a child that dies is restarted.
+    supervisor.restart.store(true, std::sync::atomic::Ordering::SeqCst);
+    print_banner(
+        &list,
+        &secrets,
+        &registry_url,
+        &gateway_url,
+        console_url.as_deref(),
+        loadgen.as_ref().map(|l| l.1.as_str()),
+        &logs_dir,
+    );
 
     loop {
         tokio::select! {
@@ -282,6 +227,163 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     stop_all(services, infrastructure).await;
     Ok(())
+}
+
+/// The registry, then the console (so the services' first spans have
+/// somewhere to go): their processes (console first, stopped first), the
+/// registry's URL and the console's.
+async fn start_infrastructure(
+    supervisor: &Supervisor<'_>,
+    args: &UpArgs,
+    data_dir: &str,
+) -> anyhow::Result<(Vec<Proc>, String, Option<String>)> {
+    let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
+    let registry = ChildSpec {
+        command: "registry",
+        label: "registry",
+        flags: vec!["--addr".into(), format!("127.0.0.1:{registry_port}")],
+        colour: 0,
+        env: &[],
+    };
+    let (registry, registry_url) =
+        spawn_listening(supervisor, registry, "the registry", args.ready_timeout_secs).await?;
+    if args.no_console {
+        return Ok((vec![registry], registry_url, None));
+    }
+    match start_console(supervisor, &registry_url, data_dir, args.ephemeral, args.ready_timeout_secs).await {
+        Ok((console, url)) => Ok((vec![console, registry], registry_url, Some(url))),
+        Err(err) => {
+            stop_all(Vec::new(), vec![registry]).await;
+            Err(err)
+        }
+    }
+}
+
+/// Every service's instances, then the gateway; each gets only the secrets it uses.
+fn start_services(
+    supervisor: &Supervisor<'_>,
+    args: &UpArgs,
+    replicas: &BTreeMap<String, usize>,
+    data_dir: &str,
+    registry_url: &str,
+    secrets: &Secrets,
+    telemetry: &[(String, String)],
+) -> anyhow::Result<Vec<Proc>> {
+    let mut services = Vec::new();
+    for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
+        let env: Vec<(String, String)> = secrets.env_of(name).into_iter().chain(telemetry.iter().cloned()).collect();
+        let count = replicas.get(*name).copied().unwrap_or(1);
+        for replica in 1..=count {
+            // Only the first replica can have the fixed ports.
+            let (grpc, admin) = if args.ephemeral || replica > 1 { (0, 0) } else { (*grpc_port, *admin_port) };
+            let mut flags: Vec<String> = vec![
+                "--grpc-addr".into(),
+                format!("127.0.0.1:{grpc}"),
+                "--admin-addr".into(),
+                format!("127.0.0.1:{admin}"),
+                "--data-dir".into(),
+                data_dir.to_string(),
+                "--registry-url".into(),
+                registry_url.to_string(),
+                "--meta".into(),
+                format!("replica={replica}"),
+            ];
+            if args.enable_fault_injection {
+                flags.push("--enable-fault-injection".into());
+            }
+            let label = format!("{name}-{replica}");
+            let spec = ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &env };
+            services.push(spawn(supervisor, spec)?);
+        }
+    }
+    let gateway_port = if args.ephemeral { 0 } else { GATEWAY_PORT };
+    let flags = vec![
+        "--addr".into(),
+        format!("127.0.0.1:{gateway_port}"),
+        "--registry-url".into(),
+        registry_url.to_string(),
+        "--data-dir".into(),
+        data_dir.to_string(),
+    ];
+    let env: Vec<(String, String)> = secrets.env_of("gateway").into_iter().chain(telemetry.iter().cloned()).collect();
+    let spec = ChildSpec { command: "gateway", label: "gateway-1", flags, colour: SERVICES.len() + 1, env: &env };
+    services.push(spawn(supervisor, spec)?);
+    Ok(services)
+}
+
+/// Waits until every instance is registered and routable; a child that
+/// exits meanwhile fails the start (its log says why).
+async fn wait_until_ready(
+    args: &UpArgs,
+    replicas: &BTreeMap<String, usize>,
+    registry_url: &str,
+    shutdown: &kit::shutdown::CancellationToken,
+    exited: &mut mpsc::UnboundedReceiver<String>,
+    logs_dir: &Path,
+) -> anyhow::Result<kit::discovery::wire::InstanceList> {
+    let client = RegistryClient::new(registry_url);
+    let mut expected: BTreeMap<&str, usize> =
+        SERVICES.iter().map(|(name, ..)| (*name, replicas.get(*name).copied().unwrap_or(1))).collect();
+    expected.insert("gateway", 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => bail!("interrupted while starting"),
+            Some(which) = exited.recv() => bail!("{which} exited while starting; see the logs in {}", logs_dir.display()),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if let Ok(list) = client.all_instances().await {
+            let all_up = expected.iter().all(|(name, want)| {
+                list.instances.iter().filter(|i| i.name == *name && i.health.routable()).count() >= *want
+            });
+            if all_up {
+                return Ok(list);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("not every service was ready within {} s", args.ready_timeout_secs);
+        }
+    }
+}
+
+/// The console shows the generator's live numbers; it started first.
+async fn tell_console_about_loadgen(console: &str, loadgen: &str) {
+    let told = reqwest::Client::new()
+        .put(format!("{console}/api/loadgen"))
+        .json(&serde_json::json!({ "url": loadgen }))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().is_success());
+    if !matches!(told, Ok(true)) {
+        eprintln!("shopfast up: could not tell the console where the traffic generator is ({told:?})");
+    }
+}
+
+fn print_banner(
+    list: &kit::discovery::wire::InstanceList,
+    secrets: &Secrets,
+    registry_url: &str,
+    gateway_url: &str,
+    console_url: Option<&str>,
+    loadgen_url: Option<&str>,
+    logs_dir: &Path,
+) {
+    let log_of = |i: &kit::discovery::wire::InstanceInfo| {
+        let replica = i.metadata.get("replica").cloned().unwrap_or_else(|| "1".into());
+        logs_dir.join(format!("{}-{replica}.log", i.name)).display().to_string()
+    };
+    println!("\nshopfast is up. Registry: {registry_url}");
+    println!("Gateway: {gateway_url}   API key (professional tier, admin): {}", secrets.api_key);
+    println!("Try: curl -H 'X-API-Key: {}' '{gateway_url}/v1/products?category=books&pageSize=3'\n", secrets.api_key);
+    if let Some(url) = console_url {
+        println!("Console: {url}   traces, logs, health, dependency map (OTLP in at {url}/v1/traces)");
+    }
+    if let Some(url) = loadgen_url {
+        println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
+    }
+    print!("{}", crate::status::table(&list.instances, log_of));
+    println!("\nLogs: {}   Status: shopfast status --registry-url {registry_url}   Stop: Ctrl-C\n", logs_dir.display());
 }
 
 /// Where the children send spans and logs: the console, unless an OTLP
@@ -326,7 +428,6 @@ async fn start_console(
         ],
         colour: SERVICES.len() + 3,
         env: &[],
-        ready: None,
     };
     spawn_listening(supervisor, spec, "the console", ready_timeout_secs).await
 }
@@ -347,7 +448,6 @@ async fn start_loadgen(
         flags: vec!["--addr".into(), format!("127.0.0.1:{port}"), "--gateway-url".into(), gateway_url.to_string()],
         colour: SERVICES.len() + 2,
         env,
-        ready: None,
     };
     spawn_listening(supervisor, spec, "the traffic generator", ready_timeout_secs).await
 }
@@ -360,55 +460,111 @@ async fn spawn_listening(
     what: &str,
     timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Value>();
-    let child = spawn(supervisor, ChildSpec { ready: Some(ready_tx), ..spec })?;
-    tokio::select! {
-        line = ready_rx.recv() => match line.and_then(|l| l["addr"].as_str().map(str::to_string)) {
-            Some(addr) => Ok((child, format!("http://{addr}"))),
-            None => bail!("{what} exited before it was ready; see {}", child.log.display()),
-        },
-        _ = tokio::time::sleep(Duration::from_secs(timeout_secs)) => bail!("{what} did not start"),
+    let launched = OwnedSpec::from(supervisor, &spec).launch(&spec.flags)?;
+    let mut announced = launched.announced.clone();
+    let child = Proc::supervise(supervisor, spec, launched);
+    let addr = tokio::time::timeout(Duration::from_secs(timeout_secs), async {
+        loop {
+            if let Some(addr) = announced.borrow_and_update()["addr"].as_str() {
+                return Some(addr.to_string());
+            }
+            // The sender goes when the child's output ends: it exited first.
+            announced.changed().await.ok()?;
+        }
+    })
+    .await;
+    match addr {
+        Ok(Some(addr)) => Ok((child, format!("http://{addr}"))),
+        Ok(None) => bail!("{what} exited before it was ready; see {}", child.log.display()),
+        Err(_) => bail!("{what} did not start"),
     }
 }
 
-/// Per-run secrets shared by the children: the token secret Users signs with
-/// and the gateway checks, and an API key to try the API with.
+/// The stack's secrets, made once per data directory (kept in
+/// `<data-dir>/secrets/`, readable by the owner only) so a restart of `up`
+/// keeps users' tokens valid and stored cards readable: the token secret
+/// Users signs with and the gateway checks, the key Payments seals cards
+/// with, and the API keys. Each child gets only the ones it uses, in its
+/// environment (never on its command line, where `ps` shows it).
 struct Secrets {
     api_key: String,
-    env: Vec<(String, String)>,
-    /// The traffic generator's: its own key, on a tier of its own.
-    loadgen_env: Vec<(String, String)>,
+    loadgen_key: String,
+    token_secret: String,
+    card_key: String,
 }
 
 impl Secrets {
-    fn generate() -> Self {
-        use rand::Rng;
-        let hex = |n: usize| -> String { (0..n).map(|_| format!("{:02x}", rand::rng().random::<u8>())).collect() };
-        let token_secret = hex(32);
-        // Lower case: config keys from the environment are lower-cased.
-        let api_key = format!("sf{}", hex(16));
-        let loadgen_key = format!("sf{}", hex(16));
-        let key_var =
-            |key: &str, field: &str| format!("SHOPFAST_GATEWAY__API_KEYS__{}__{field}", key.to_ascii_uppercase());
-        // The generator's own tier: its overload mode is meant to overload the
-        // services, not to measure the rate limiter.
-        let tier_var = |field: &str| format!("SHOPFAST_GATEWAY__TIERS__LOADGEN__{field}");
-        let env = vec![
-            ("SHOPFAST_USERS__TOKEN_SECRET".to_string(), token_secret.clone()),
-            ("SHOPFAST_GATEWAY__TOKEN_SECRET".to_string(), token_secret),
-            (key_var(&api_key, "CLIENT"), "shopfast-up".to_string()),
-            (key_var(&api_key, "TIER"), "professional".to_string()),
-            (key_var(&api_key, "ADMIN"), "true".to_string()),
-            (key_var(&loadgen_key, "CLIENT"), "loadgen".to_string()),
-            (key_var(&loadgen_key, "TIER"), "loadgen".to_string()),
-            (key_var(&loadgen_key, "ADMIN"), "false".to_string()),
-            (tier_var("PER_MINUTE"), "600000".to_string()),
-            (tier_var("BURST"), "20000".to_string()),
-            (tier_var("MONTHLY_QUOTA"), "0".to_string()),
-        ];
-        let loadgen_env = vec![("SHOPFAST_LOADGEN_API_KEY".to_string(), loadgen_key)];
-        Self { api_key, env, loadgen_env }
+    fn for_data_dir(data_dir: &Path) -> anyhow::Result<Self> {
+        use base64::Engine;
+        let dir = data_dir.join("secrets");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let random = |n: usize| -> Vec<u8> { (0..n).map(|_| rand::random::<u8>()).collect() };
+        let hex = |bytes: Vec<u8>| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+        let base64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        Ok(Self {
+            token_secret: kept_secret(&dir, "token_secret", || hex(random(32)))?,
+            card_key: kept_secret(&dir, "card_key", || base64(random(32)))?,
+            // Lower case: config keys from the environment are lower-cased.
+            api_key: kept_secret(&dir, "api_key", || format!("sf{}", hex(random(16))))?,
+            loadgen_key: kept_secret(&dir, "loadgen_key", || format!("sf{}", hex(random(16))))?,
+        })
     }
+
+    /// The environment of one service's processes: only its own secrets.
+    fn env_of(&self, service: &str) -> Vec<(String, String)> {
+        let var = |name: &str, value: &str| (name.to_string(), value.to_string());
+        match service {
+            "users" => vec![var("SHOPFAST_USERS__TOKEN_SECRET", &self.token_secret)],
+            "payments" => vec![var("SHOPFAST_PAYMENTS__CARD_KEY", &self.card_key)],
+            "gateway" => {
+                let key_var = |key: &str, field: &str| {
+                    format!("SHOPFAST_GATEWAY__API_KEYS__{}__{field}", key.to_ascii_uppercase())
+                };
+                // The generator's own tier: its overload mode is meant to
+                // overload the services, not to measure the rate limiter.
+                let tier_var = |field: &str| format!("SHOPFAST_GATEWAY__TIERS__LOADGEN__{field}");
+                vec![
+                    var("SHOPFAST_GATEWAY__TOKEN_SECRET", &self.token_secret),
+                    (key_var(&self.api_key, "CLIENT"), "shopfast-up".to_string()),
+                    (key_var(&self.api_key, "TIER"), "professional".to_string()),
+                    (key_var(&self.api_key, "ADMIN"), "true".to_string()),
+                    (key_var(&self.loadgen_key, "CLIENT"), "loadgen".to_string()),
+                    (key_var(&self.loadgen_key, "TIER"), "loadgen".to_string()),
+                    (key_var(&self.loadgen_key, "ADMIN"), "false".to_string()),
+                    (tier_var("PER_MINUTE"), "600000".to_string()),
+                    (tier_var("BURST"), "20000".to_string()),
+                    (tier_var("MONTHLY_QUOTA"), "0".to_string()),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn loadgen_env(&self) -> Vec<(String, String)> {
+        vec![("SHOPFAST_LOADGEN_API_KEY".to_string(), self.loadgen_key.clone())]
+    }
+}
+
+/// The secret in `dir/name`, made by `make` (and written, owner-only) the first time.
+fn kept_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if !kept.trim().is_empty() => return Ok(kept.trim().to_string()),
+        Ok(_) => bail!("{} is empty; delete it to make a new secret", path.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let secret = make();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    Ok(secret)
 }
 
 fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, usize>> {
@@ -436,8 +592,6 @@ struct ChildSpec<'a> {
     flags: Vec<String>,
     colour: usize,
     env: &'a [(String, String)],
-    /// Where to send its first `ready` log line, if wanted.
-    ready: Option<mpsc::UnboundedSender<Value>>,
 }
 
 /// Where children's output goes and who hears of their exits.
@@ -446,68 +600,147 @@ struct Supervisor<'a> {
     logs_dir: &'a Path,
     quiet: bool,
     exited: mpsc::UnboundedSender<String>,
+    /// Set once the stack is up: from then on a child that dies is restarted
+    /// (while starting, an exit fails `up` with its log instead).
+    restart: Arc<AtomicBool>,
 }
 
-/// Starts `exe <command> <flags>`; its stdout and stderr go to the log file
-/// and (unless quiet) to the terminal.
-fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Proc> {
-    let Supervisor { exe, logs_dir, quiet, .. } = *supervisor;
-    let ChildSpec { command, label, flags, colour, env, ready } = spec;
-    let log = logs_dir.join(format!("{label}.log"));
-    let mut child = Command::new(exe)
-        .arg(command)
-        .args(&flags)
-        .envs(env.iter().cloned())
-        .envs(ready_lines_logged())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        // Its own process group: a terminal's Ctrl-C reaches only `up`, which
-        // then stops the children in order.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {label}"))?;
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-    let file = tokio::fs::File::from_std(file);
-    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        child.stderr.take().map(|s| Box::new(s) as _),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = lines_tx.clone();
+/// A child as it started, and the `ready` line it announces (`Null` until then).
+struct Launched {
+    child: Child,
+    announced: watch::Receiver<Value>,
+}
+
+/// What a supervising task keeps to start its child again.
+struct OwnedSpec {
+    exe: PathBuf,
+    logs_dir: PathBuf,
+    quiet: bool,
+    command: String,
+    label: String,
+    flags: Vec<String>,
+    colour: usize,
+    env: Vec<(String, String)>,
+    exited: mpsc::UnboundedSender<String>,
+    restart: Arc<AtomicBool>,
+}
+
+/// Commands that take `--meta key=value` for their registry entry.
+const TAKES_META: &[&str] = &["users", "products", "payments", "orders", "gateway"];
+
+impl OwnedSpec {
+    fn from(supervisor: &Supervisor<'_>, spec: &ChildSpec<'_>) -> Self {
+        Self {
+            exe: supervisor.exe.to_path_buf(),
+            logs_dir: supervisor.logs_dir.to_path_buf(),
+            quiet: supervisor.quiet,
+            command: spec.command.to_string(),
+            label: spec.label.to_string(),
+            flags: spec.flags.clone(),
+            colour: spec.colour,
+            env: spec.env.to_vec(),
+            exited: supervisor.exited.clone(),
+            restart: supervisor.restart.clone(),
+        }
+    }
+
+    /// The flags of a restart: the addresses the first run announced (a
+    /// port 0 would move it, and its callers and the printed URLs with it),
+    /// and its restart count as registry metadata (`shopfast status` shows it).
+    fn restart_flags(&self, announced: &Value, restarts: u32) -> Vec<String> {
+        let mut flags = self.flags.clone();
+        for (flag, field) in [("--addr", "addr"), ("--grpc-addr", "grpc_addr"), ("--admin-addr", "admin_addr")] {
+            if let (Some(at), Some(addr)) = (flags.iter().position(|f| f == flag), announced[field].as_str()) {
+                flags[at + 1] = addr.to_string();
+            }
+        }
+        if TAKES_META.contains(&self.command.as_str()) {
+            flags.extend(["--meta".to_string(), format!("restarts={restarts}")]);
+        }
+        flags
+    }
+
+    /// Starts `exe <command> <flags>`; its stdout and stderr go to the log
+    /// file and (unless quiet) to the terminal. It gets SIGTERM if `up` dies,
+    /// even by SIGKILL (PR_SET_PDEATHSIG), so no orphan keeps its ports.
+    fn launch(&self, flags: &[String]) -> anyhow::Result<Launched> {
+        let label = &self.label;
+        let log = self.logs_dir.join(format!("{label}.log"));
+        let up_pid = std::process::id();
+        let mut command = Command::new(&self.exe);
+        command
+            .arg(&self.command)
+            .args(flags)
+            .envs(self.env.iter().cloned())
+            .envs(ready_lines_logged())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own process group: a terminal's Ctrl-C reaches only `up`,
+            // which then stops the children in order.
+            .process_group(0);
+        // SAFETY: between fork and exec only async-signal-safe calls: prctl
+        // and getppid. The parent-death signal follows the forking thread,
+        // a tokio worker that lives as long as `up`.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+                // `up` died before the signal was armed: do not run orphaned.
+                if nix::unistd::getppid().as_raw() as u32 != up_pid {
+                    return Err(std::io::Error::other("shopfast up is gone"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().with_context(|| format!("cannot start {label}"))?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let file = tokio::fs::File::from_std(file);
+        let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<String>();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = lines_tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(lines_tx);
+        let colour = COLOURS[self.colour % COLOURS.len()];
+        let prefix = format!("{colour}{label:<11}\x1b[0m |");
+        let quiet = self.quiet;
+        let (announce, announced) = watch::channel(Value::Null);
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
+            let mut file = file;
+            while let Some(line) = lines_rx.recv().await {
+                let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+                let parsed = serde_json::from_str::<Value>(&line).ok();
+                if let Some(json) = &parsed
+                    && json["message"] == "ready"
+                {
+                    announce.send_replace(json.clone());
+                }
+                if !quiet {
+                    println!("{prefix} {}", render(parsed.as_ref(), &line));
                 }
             }
         });
+        Ok(Launched { child, announced })
     }
-    drop(lines_tx);
-    let colour = COLOURS[colour % COLOURS.len()];
-    let prefix = format!("{colour}{label:<11}\x1b[0m |");
-    tokio::spawn(async move {
-        let mut file = file;
-        let mut ready = ready;
-        while let Some(line) = lines_rx.recv().await {
-            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
-            let parsed = serde_json::from_str::<Value>(&line).ok();
-            if let Some(json) = &parsed
-                && json["message"] == "ready"
-                && let Some(tx) = ready.take()
-            {
-                let _ = tx.send(json.clone());
-            }
-            if !quiet {
-                println!("{prefix} {}", render(parsed.as_ref(), &line));
-            }
-        }
-    });
-    Ok(Proc::supervise(label, log, child, supervisor.exited.clone()))
+}
+
+/// Starts a child under supervision.
+fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Proc> {
+    let launched = OwnedSpec::from(supervisor, &spec).launch(&spec.flags)?;
+    Ok(Proc::supervise(supervisor, spec, launched))
 }
 
 /// `up` learns where the registry, the console and the traffic generator

@@ -69,7 +69,7 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.status(), StatusCode::CREATED);
     let order: Value = response.json().await.unwrap();
     let order_id = order["id"].as_str().unwrap().to_string();
 

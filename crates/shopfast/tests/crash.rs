@@ -183,7 +183,19 @@ async fn place_order(
     loop {
         let mut client = client.clone();
         match client.create_order(keyed(message.clone(), &user_id, &key)).await {
-            Ok(order) => return Told::Paid(order.into_inner().id),
+            // Created: paid (by now perhaps shipped, for a late retry).
+            Ok(order) if order.metadata().get("x-http-code").is_some_and(|c| c == "201") => {
+                return Told::Paid(order.into_inner().id);
+            }
+            Ok(pending) => {
+                assert_eq!(pending.get_ref().status, orders_pb::OrderStatus::Pending as i32, "{pending:?}");
+                assert_eq!(pending.metadata().get("x-http-code").unwrap(), "202");
+                // Accepted: ask again (same key) until it is final.
+                if started.elapsed() > Duration::from_secs(90) {
+                    return Told::Unknown;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             Err(status) if status.code() == Code::FailedPrecondition => return Told::Refused,
             Err(status) if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::PermissionDenied) => {
                 panic!("a well-formed order was refused as bad input: {status:?}")

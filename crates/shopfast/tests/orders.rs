@@ -86,9 +86,12 @@ async fn an_order_through_the_gateway() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        // Created (201) with where it lives — the replay too.
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let location = response.headers()["location"].to_str().unwrap().to_string();
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["status"], "ORDER_STATUS_PAID", "{body}");
+        assert_eq!(location, format!("/v1/orders/{}", body["id"].as_str().unwrap()));
         assert_eq!(body["userId"], user["id"]);
         ids.push(body["id"].as_str().unwrap().to_string());
     }
@@ -112,7 +115,7 @@ async fn an_order_through_the_gateway() {
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         match status {
-            StatusCode::OK => {
+            StatusCode::CREATED => {
                 same.insert(body["id"].as_str().unwrap().to_string());
             }
             StatusCode::CONFLICT => assert!(body["message"].as_str().unwrap().contains("in progress"), "{body}"),

@@ -26,22 +26,32 @@ impl Default for BreakerPolicy {
 
 /// Closed / open / half-open.
 ///
-/// Opens on `failure_threshold` consecutive failures (a dead backend is
-/// caught within a handful of calls, whatever the volume), or once the window
-/// holds at least `volume_threshold` calls and their failure share reaches
-/// `failure_rate` (a backend failing often but not always).
+/// Opens once the window holds at least `volume_threshold` calls and their
+/// failure share reaches `failure_rate` (the design's RequestVolumeThreshold
+/// 20, 50 %): a handful of failures — one client's requests that fail for
+/// their own reasons — cannot open it for everyone. `failure_threshold`
+/// (consecutive failures, whatever the volume) is off unless configured.
+///
+/// The open time starts at `open_ms` (about a second: a restarted backend is
+/// back in two) and doubles with each failed probe up to `max_open_ms`, so a
+/// sustained outage is probed ever more rarely; closing resets it. The
+/// circuit also half-opens at once when discovery reports a new instance
+/// (`probe_now`), and calls that must get through (`admit_essential`, a
+/// saga's compensation) probe instead of being refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassicConfig {
-    pub failure_threshold: u32,
+    pub failure_threshold: Option<u32>,
     pub failure_rate: f64,
     pub volume_threshold: u64,
     pub window_ms: u64,
     pub window_buckets: usize,
     /// Consecutive successful probes in half-open that close the circuit.
     pub success_threshold: u32,
-    /// How long the circuit stays open before probing.
+    /// How long the circuit first stays open before probing.
     pub open_ms: u64,
+    /// The longest it stays open, however many probes failed.
+    pub max_open_ms: u64,
     /// Probes allowed in flight at once while half-open.
     pub half_open_max: u32,
     /// Calls slower than this count as failures.
@@ -51,13 +61,14 @@ pub struct ClassicConfig {
 impl Default for ClassicConfig {
     fn default() -> Self {
         Self {
-            failure_threshold: 5,
+            failure_threshold: None,
             failure_rate: 0.5,
             volume_threshold: 20,
             window_ms: 10_000,
             window_buckets: 10,
             success_threshold: 3,
-            open_ms: 60_000,
+            open_ms: 1_000,
+            max_open_ms: 30_000,
             half_open_max: 10,
             slow_call_ms: None,
         }
@@ -198,6 +209,27 @@ impl Breaker {
         }
     }
 
+    /// Admits a call that must get through (a compensation): never refused;
+    /// while open it ends the open period early and goes as a probe.
+    pub fn admit_essential(&mut self, now: Instant) -> (Permit, Option<Transition>) {
+        match self {
+            Self::Classic(b) => b.admit_essential(now),
+            Self::Adaptive(b) => b.admit_essential(now),
+        }
+    }
+
+    /// Discovery reports a new (or re-registered) instance: an open circuit
+    /// probes at once instead of waiting out its open time.
+    pub fn probe_now(&mut self, now: Instant) -> Option<Transition> {
+        match self {
+            Self::Classic(b) => b.probe_now(now),
+            Self::Adaptive(b) => {
+                b.probe_now(now);
+                None
+            }
+        }
+    }
+
     pub fn record(&mut self, permit: Permit, outcome: Outcome, now: Instant) -> Option<Transition> {
         match self {
             Self::Classic(b) => b.record(permit, outcome, now),
@@ -230,6 +262,8 @@ pub struct Classic {
     window: RollingWindow,
     consecutive_failures: u32,
     opened_at: Instant,
+    /// Times opened since it was last closed: the open time doubles with each.
+    opens: u32,
     probes_in_flight: u32,
     probe_successes: u32,
 }
@@ -244,13 +278,18 @@ impl Classic {
             window,
             consecutive_failures: 0,
             opened_at: now,
+            opens: 0,
             probes_in_flight: 0,
             probe_successes: 0,
         }
     }
 
+    /// `open_ms`, doubled for each reopening since the circuit last closed.
     fn open_for(&self) -> Duration {
-        Duration::from_millis(self.config.open_ms)
+        let doublings = self.opens.saturating_sub(1).min(20);
+        let ms =
+            self.config.open_ms.saturating_mul(1 << doublings).min(self.config.max_open_ms.max(self.config.open_ms));
+        Duration::from_millis(ms)
     }
 
     fn transition(&mut self, to: State, reason: String, now: Instant) -> Option<Transition> {
@@ -260,10 +299,14 @@ impl Classic {
         self.probes_in_flight = 0;
         self.probe_successes = 0;
         match to {
-            State::Open => self.opened_at = now,
+            State::Open => {
+                self.opened_at = now;
+                self.opens = self.opens.saturating_add(1);
+            }
             State::Closed => {
                 self.window.clear();
                 self.consecutive_failures = 0;
+                self.opens = 0;
             }
             State::HalfOpen | State::Throttling => {}
         }
@@ -288,6 +331,26 @@ impl Classic {
             self.probes_in_flight += 1;
         }
         (Ok(Permit { generation: self.generation, probe, started: now }), transition)
+    }
+
+    pub fn admit_essential(&mut self, now: Instant) -> (Permit, Option<Transition>) {
+        let transition = match self.state {
+            State::Open => self.transition(State::HalfOpen, "a call that must get through probes".into(), now),
+            _ => None,
+        };
+        let probe = self.state == State::HalfOpen;
+        if probe {
+            // Beyond `half_open_max` if need be: it is not refused.
+            self.probes_in_flight += 1;
+        }
+        (Permit { generation: self.generation, probe, started: now }, transition)
+    }
+
+    pub fn probe_now(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            State::Open => self.transition(State::HalfOpen, "a new instance registered; probing".into(), now),
+            _ => None,
+        }
     }
 
     pub fn record(&mut self, permit: Permit, outcome: Outcome, now: Instant) -> Option<Transition> {
@@ -322,7 +385,7 @@ impl Classic {
                         self.consecutive_failures += 1;
                         let counts = self.window.counts(now);
                         let rate = counts.failures() as f64 / counts.total.max(1) as f64;
-                        if self.consecutive_failures >= self.config.failure_threshold {
+                        if self.config.failure_threshold.is_some_and(|n| self.consecutive_failures >= n) {
                             let reason = format!("{} consecutive failures", self.consecutive_failures);
                             self.transition(State::Open, reason, now)
                         } else if counts.total >= self.config.volume_threshold && rate >= self.config.failure_rate {
@@ -393,6 +456,18 @@ impl Adaptive {
         (Err(Rejected { state: State::Throttling, retry_after }), transition)
     }
 
+    pub fn admit_essential(&mut self, now: Instant) -> (Permit, Option<Transition>) {
+        let probe = self.drop_probability(now) > 0.0;
+        self.last_pass = now;
+        (Permit { generation: 0, probe, started: now }, None)
+    }
+
+    /// The next call is let through whatever the drop rate.
+    pub fn probe_now(&mut self, now: Instant) {
+        let force_probe = Duration::from_millis(self.config.force_probe_ms);
+        self.last_pass = now.checked_sub(force_probe).unwrap_or(self.last_pass);
+    }
+
     pub fn record(&mut self, permit: Permit, outcome: Outcome, now: Instant) -> Option<Transition> {
         let outcome = slow(self.config.slow_call_ms, &permit, outcome, now);
         self.window.record(outcome == Outcome::Success, now);
@@ -422,7 +497,7 @@ mod tests {
 
     #[test]
     fn classic_opens_after_consecutive_failures_and_a_success_resets_the_count() {
-        let (mut b, t0) = classic(ClassicConfig { failure_threshold: 3, ..Default::default() });
+        let (mut b, t0) = classic(ClassicConfig { failure_threshold: Some(3), ..Default::default() });
         assert!(call(&mut b, t0, Outcome::Failure).is_none());
         assert!(call(&mut b, t0, Outcome::Failure).is_none());
         assert!(call(&mut b, t0, Outcome::Success).is_none(), "a success resets the run");
@@ -432,13 +507,17 @@ mod tests {
         assert_eq!((opened.from, opened.to), (State::Closed, State::Open));
         assert_eq!(opened.reason, "3 consecutive failures");
         let (refused, _) = b.admit(t0 + ms(10));
-        assert_eq!(refused.unwrap_err(), Rejected { state: State::Open, retry_after: ms(60_000 - 10) });
+        assert_eq!(refused.unwrap_err(), Rejected { state: State::Open, retry_after: ms(1_000 - 10) });
     }
 
     #[test]
     fn classic_failure_rate_needs_the_volume_threshold() {
-        let config =
-            ClassicConfig { failure_threshold: 100, failure_rate: 0.5, volume_threshold: 10, ..Default::default() };
+        let config = ClassicConfig {
+            failure_threshold: Some(100),
+            failure_rate: 0.5,
+            volume_threshold: 10,
+            ..Default::default()
+        };
         let (mut b, t0) = classic(config);
         // Alternate: 50 % failures, never two in a row.
         for i in 0..9 {
@@ -453,7 +532,7 @@ mod tests {
     #[test]
     fn classic_failures_age_out_of_the_window() {
         let config = ClassicConfig {
-            failure_threshold: 100,
+            failure_threshold: Some(100),
             volume_threshold: 4,
             window_ms: 1_000,
             window_buckets: 10,
@@ -473,7 +552,7 @@ mod tests {
     #[test]
     fn classic_half_open_limits_probes_then_closes_after_the_success_threshold() {
         let config = ClassicConfig {
-            failure_threshold: 1,
+            failure_threshold: Some(1),
             success_threshold: 2,
             half_open_max: 2,
             open_ms: 1_000,
@@ -500,7 +579,8 @@ mod tests {
 
     #[test]
     fn classic_failed_probe_reopens_and_restarts_the_timer() {
-        let config = ClassicConfig { failure_threshold: 1, open_ms: 1_000, ..Default::default() };
+        let config =
+            ClassicConfig { failure_threshold: Some(1), open_ms: 1_000, max_open_ms: 1_000, ..Default::default() };
         let (mut b, t0) = classic(config);
         call(&mut b, t0, Outcome::Failure);
         let t1 = t0 + ms(1_000);
@@ -513,7 +593,7 @@ mod tests {
 
     #[test]
     fn classic_ignores_outcomes_from_before_a_transition_and_counts_slow_calls() {
-        let config = ClassicConfig { failure_threshold: 2, slow_call_ms: Some(100), ..Default::default() };
+        let config = ClassicConfig { failure_threshold: Some(2), slow_call_ms: Some(100), ..Default::default() };
         let (mut b, t0) = classic(config);
         let early = b.admit(t0).0.expect("closed");
         call(&mut b, t0, Outcome::Failure);
@@ -523,6 +603,81 @@ mod tests {
         assert_eq!(opened.to, State::Open);
         assert!(b.record(early, Outcome::Failure, t0 + ms(1)).is_none(), "stale permit ignored");
         assert_eq!(b.state, State::Open);
+    }
+
+    #[test]
+    fn by_default_a_few_failures_among_many_calls_never_open_it_but_half_of_twenty_do() {
+        let (mut b, t0) = classic(ClassicConfig::default());
+        // One client's five failing requests, in a row, among others' successes.
+        for _ in 0..5 {
+            assert!(call(&mut b, t0, Outcome::Failure).is_none(), "five failures in a row do not open it");
+        }
+        for _ in 0..30 {
+            assert!(call(&mut b, t0, Outcome::Success).is_none());
+        }
+        assert_eq!(b.state, State::Closed);
+        // A backend failing half its calls over the volume threshold does.
+        let (mut b, t0) = classic(ClassicConfig::default());
+        for i in 0..19 {
+            let outcome = if i % 2 == 0 { Outcome::Failure } else { Outcome::Success };
+            assert!(call(&mut b, t0, outcome).is_none(), "below 20 calls at call {i}");
+        }
+        let opened = call(&mut b, t0, Outcome::Failure).expect("20 calls, 55 % failed");
+        assert_eq!(opened.reason, "55% of 20 calls failed");
+    }
+
+    /// Opens the default breaker at `at` with twenty failures.
+    fn open_default(b: &mut Classic, at: Instant) {
+        for _ in 0..20 {
+            call(b, at, Outcome::Failure);
+        }
+        assert_eq!(b.state, State::Open);
+    }
+
+    #[test]
+    fn the_open_time_starts_near_a_second_and_doubles_while_probes_fail() {
+        let (mut b, t0) = classic(ClassicConfig { max_open_ms: 4_000, ..Default::default() });
+        open_default(&mut b, t0);
+        assert_eq!(b.admit(t0 + ms(999)).0.unwrap_err().retry_after, ms(1), "first open: 1 s");
+        let mut now = t0 + ms(1_000);
+        for expected in [2_000, 4_000, 4_000] {
+            let probe = b.admit(now).0.expect("probe");
+            b.record(probe, Outcome::Failure, now).expect("reopens");
+            assert_eq!(b.admit(now).0.unwrap_err().retry_after, ms(expected), "open for {expected} ms");
+            now += ms(expected);
+        }
+        // The backend is back: three probes close it, and the next opening is short again.
+        for _ in 0..3 {
+            let probe = b.admit(now).0.expect("probe");
+            b.record(probe, Outcome::Success, now);
+        }
+        assert_eq!(b.state, State::Closed);
+        open_default(&mut b, now);
+        assert_eq!(b.admit(now).0.unwrap_err().retry_after, ms(1_000), "closing reset the open time");
+    }
+
+    #[test]
+    fn a_new_instance_or_an_essential_call_probes_an_open_circuit_at_once() {
+        let (mut b, t0) = classic(ClassicConfig::default());
+        assert!(b.probe_now(t0).is_none(), "closed: nothing to do");
+        open_default(&mut b, t0);
+        let half = b.probe_now(t0 + ms(10)).expect("half-opens");
+        assert_eq!((half.from, half.to), (State::Open, State::HalfOpen));
+        assert!(b.admit(t0 + ms(10)).0.expect("probe").is_probe());
+
+        let (mut b, t0) = classic(ClassicConfig { half_open_max: 1, ..Default::default() });
+        open_default(&mut b, t0);
+        assert!(b.admit(t0).0.is_err(), "an ordinary call is refused");
+        let (first, to_half) = b.admit_essential(t0);
+        assert_eq!(to_half.expect("half-opens").to, State::HalfOpen);
+        assert!(first.is_probe());
+        let (second, none) = b.admit_essential(t0);
+        assert!(none.is_none() && second.is_probe(), "never refused, even past half_open_max");
+        assert!(b.admit(t0).0.is_err(), "ordinary calls still wait for a slot");
+        b.record(first, Outcome::Success, t0);
+        b.record(second, Outcome::Success, t0);
+        let third = b.admit_essential(t0).0;
+        assert_eq!(b.record(third, Outcome::Success, t0).expect("closes").to, State::Closed);
     }
 
     fn adaptive() -> (Adaptive, Instant) {

@@ -3,6 +3,7 @@
 //! outcome read from the gRPC status (a header for errors, a trailer for
 //! successes) and fed back to the breaker.
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -17,11 +18,33 @@ use tower::{Layer, Service};
 
 use super::breaker::{Breaker, Outcome, Permit, Rejected, State, Transition};
 use super::{BoxError, DependencyConfig};
+use crate::balance::InstanceOutcome;
 
 /// Metadata key on a status this layer made itself, without calling.
 pub const REFUSED_BY: &str = "x-shopfast-refused-by";
 /// Metadata key on a breaker refusal: when it lets a probe through again.
 pub const RETRY_AFTER_MS: &str = "x-shopfast-retry-after-ms";
+/// Metadata a server puts on a failure that is this request's own, not a
+/// sign of its health (`request`): Payments' answer when the card processor
+/// failed on one card. Callers' breakers count such an answer as a success.
+pub const FAILURE_CAUSE: &str = "x-shopfast-cause";
+pub const CAUSE_REQUEST: &str = "request";
+
+/// A request extension for calls that must get through (a saga's
+/// compensation): the breaker lets them probe instead of refusing them.
+#[derive(Debug, Clone, Copy)]
+pub struct Essential;
+
+/// Marks a failure as the request's own (see [`FAILURE_CAUSE`]).
+pub fn caused_by_request(mut status: Status) -> Status {
+    status.metadata_mut().insert(FAILURE_CAUSE, tonic::metadata::MetadataValue::from_static(CAUSE_REQUEST));
+    status
+}
+
+/// Whether a status (or response headers) says the failure was the request's own.
+pub fn is_request_cause(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata.get(FAILURE_CAUSE).is_some_and(|v| v == CAUSE_REQUEST)
+}
 
 /// Whether `code` says the backend (not the request) is in trouble.
 pub fn server_failure(code: Code) -> bool {
@@ -57,8 +80,14 @@ pub struct Dependency {
     name: String,
     breaker: Mutex<Breaker>,
     bulkhead: Option<(usize, Arc<Semaphore>)>,
+    /// The deadline of a call that comes without one.
+    default_timeout: Duration,
     /// RED metrics of finished calls, `[ok, error]`.
     meters: OnceLock<[CallMeters; 2]>,
+    /// Discovery's count of new instances (see `Balancer::new_instances`),
+    /// and the count this breaker last saw: a new instance ends an open period.
+    new_instances: OnceLock<Arc<AtomicU64>>,
+    seen_instances: AtomicU64,
 }
 
 /// A call outcome's metric handles, registered once: looking them up by
@@ -80,7 +109,10 @@ impl Dependency {
             name: name.to_string(),
             breaker: Mutex::new(Breaker::new(&config.breaker, Instant::now())),
             bulkhead: config.max_concurrency.map(|n| (n, Arc::new(Semaphore::new(n)))),
+            default_timeout: Duration::from_millis(config.timeout_ms.max(1)),
             meters: OnceLock::new(),
+            new_instances: OnceLock::new(),
+            seen_instances: AtomicU64::new(0),
         };
         metrics::gauge!("circuit_breaker_state", "service" => dependency.name.clone()).set(State::Closed.gauge());
         Arc::new(dependency)
@@ -88,6 +120,21 @@ impl Dependency {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Follows a balancer's count of new instances: when discovery reports
+    /// one (a restarted backend registering again), an open breaker probes
+    /// at once instead of waiting out its open time.
+    pub fn follow_instances(&self, new_instances: Arc<AtomicU64>) {
+        self.seen_instances.store(new_instances.load(Ordering::Relaxed), Ordering::Relaxed);
+        let _ = self.new_instances.set(new_instances);
+    }
+
+    /// Whether discovery reported a new instance since the last look.
+    fn new_instance_seen(&self) -> bool {
+        let Some(counter) = self.new_instances.get() else { return false };
+        let now = counter.load(Ordering::Relaxed);
+        now != self.seen_instances.load(Ordering::Relaxed) && self.seen_instances.swap(now, Ordering::Relaxed) != now
     }
 
     fn meters(&self, outcome: Outcome) -> &CallMeters {
@@ -104,9 +151,22 @@ impl Dependency {
         self.breaker.lock().map(|b| b.state()).unwrap_or(State::Closed)
     }
 
-    fn admit(&self) -> Result<Permit, Rejected> {
+    fn admit(&self, essential: bool) -> Result<Permit, Rejected> {
+        let new_instance = self.new_instance_seen();
         let (result, transition) = match self.breaker.lock() {
-            Ok(mut breaker) => breaker.admit(Instant::now(), rand::random()),
+            Ok(mut breaker) => {
+                let now = Instant::now();
+                if new_instance {
+                    let probing = breaker.probe_now(now);
+                    self.log(probing);
+                }
+                if essential {
+                    let (permit, transition) = breaker.admit_essential(now);
+                    (Ok(permit), transition)
+                } else {
+                    breaker.admit(now, rand::random())
+                }
+            }
             // A poisoned lock means a panic mid-update; fail open rather than refuse everything.
             Err(_) => return Err(Rejected { state: State::Open, retry_after: Duration::from_secs(1) }),
         };
@@ -152,6 +212,16 @@ impl Dependency {
             _ => tracing::info!(service, from, to, reason, "circuit breaker state changed"),
         }
     }
+}
+
+/// A balanced channel behind its dependency's guard, the breaker following
+/// the balancer's new instances (a re-registered backend is probed at once).
+pub fn guard_balancer(
+    dependency: Arc<Dependency>,
+    balancer: crate::balance::Balancer,
+) -> Guarded<crate::balance::Balancer> {
+    dependency.follow_instances(balancer.new_instances());
+    GuardLayer::new(dependency).layer(balancer)
 }
 
 /// Puts a `Dependency` in front of a gRPC channel.
@@ -234,6 +304,12 @@ fn outcome_of(code: Code) -> Outcome {
     if server_failure(code) { Outcome::Failure } else { Outcome::Success }
 }
 
+/// The outcome of an answer with `code` and these headers (or trailers): a
+/// failure the server marked as the request's own is a healthy answer.
+fn answered(code: Code, headers: &http::HeaderMap) -> Outcome {
+    if headers.get(FAILURE_CAUSE).is_some_and(|v| v == CAUSE_REQUEST) { Outcome::Success } else { outcome_of(code) }
+}
+
 impl<S> Service<http::Request<Body>> for Guarded<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError> + Clone + Send + 'static,
@@ -249,7 +325,7 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let dependency = self.dependency.clone();
         // The call is a span of its own, a child of whatever is calling; the
         // callee continues it from the injected `traceparent`.
@@ -262,93 +338,121 @@ where
             otel.status_code = tracing::field::Empty,
         );
         crate::otel::inject(&span, request.headers_mut());
-        Box::pin(tracing::Instrument::instrument(
-            async move {
-                let name = dependency.name.clone();
-                let deadline = grpc_timeout(request.headers());
-                if deadline.is_some_and(|d| d.is_zero()) {
-                    metrics::counter!("client_deadline_spent_total", "service" => name.clone()).increment(1);
-                    mark_failed();
-                    return Err(refusal(
-                        Code::DeadlineExceeded,
-                        "deadline",
-                        format!("deadline spent before calling {name}"),
-                    ));
-                }
-                let seat = match &dependency.bulkhead {
-                    None => None,
-                    Some((limit, seats)) => match seats.clone().try_acquire_owned() {
-                        Ok(seat) => Some(seat),
-                        Err(_) => {
-                            metrics::counter!("bulkhead_rejected_total", "service" => name.clone()).increment(1);
-                            mark_failed();
-                            let message = format!("{name} has {limit} calls in flight already; try again shortly");
-                            return Err(refusal(Code::ResourceExhausted, "bulkhead", message));
-                        }
-                    },
-                };
-                let permit = match dependency.admit() {
-                    Ok(permit) => Admitted {
-                        dependency: dependency.clone(),
-                        permit: Some(permit),
-                        _seat: seat,
-                        started: std::time::Instant::now(),
-                    },
-                    Err(rejected) => {
-                        let retry_ms = rejected.retry_after.as_millis().max(1);
-                        let message = format!(
-                            "{name} is failing; circuit breaker {} (retry in {retry_ms} ms)",
-                            rejected.state.name()
-                        );
-                        let mut refused = Status::new(Code::Unavailable, message);
-                        mark_failed();
-                        let metadata = refused.metadata_mut();
-                        metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
-                        if let Ok(value) = retry_ms.to_string().parse() {
-                            metadata.insert(RETRY_AFTER_MS, value);
-                        }
-                        return Err(Box::new(refused));
-                    }
-                };
-                let mut permit = permit;
-                let call = inner.call(request);
-                let result = match deadline {
-                    Some(deadline) => match tokio::time::timeout(deadline, call).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            permit.finish(Outcome::Failure);
-                            mark_failed();
-                            return Err(Box::new(Status::deadline_exceeded(format!("{name} did not answer in time"))));
-                        }
-                    },
-                    None => call.await,
-                };
-                match result {
-                    Err(err) => {
-                        permit.finish(Outcome::Failure);
-                        mark_failed();
-                        Err(err)
-                    }
-                    Ok(response) => {
-                        if response.status().is_server_error() {
-                            permit.finish(Outcome::Failure);
-                            mark_failed();
-                            return Ok(response);
-                        }
-                        if let Some(code) = header_code(response.headers()) {
-                            // Trailers-only: the status is already here.
-                            if server_failure(code) {
-                                mark_failed();
-                            }
-                            permit.finish(outcome_of(code));
-                            return Ok(response);
-                        }
-                        Ok(response.map(|body| Body::new(Observed { inner: body, permit })))
-                    }
-                }
-            },
-            span,
-        ))
+        Box::pin(tracing::Instrument::instrument(guarded_call(dependency, inner, request), span))
+    }
+}
+
+/// The checks in their order — spent deadline, bulkhead, breaker — then the
+/// call under its deadline (the caller's, else the dependency's default).
+async fn guarded_call<S>(
+    dependency: Arc<Dependency>,
+    inner: S,
+    mut request: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
+{
+    let deadline = match grpc_timeout(request.headers()) {
+        Some(left) if left.is_zero() => return Err(dependency.refuse_spent()),
+        Some(left) => left,
+        None => {
+            // Every call across processes has a deadline, and the callee learns it.
+            let default = dependency.default_timeout;
+            if let Ok(value) = http::HeaderValue::from_str(&encode_grpc_timeout(default)) {
+                request.headers_mut().insert("grpc-timeout", value);
+            }
+            default
+        }
+    };
+    let seat = dependency.take_seat()?;
+    let essential = request.extensions().get::<Essential>().is_some();
+    let permit = match dependency.admit(essential) {
+        Ok(permit) => permit,
+        Err(rejected) => return Err(dependency.refuse_open(rejected)),
+    };
+    let admitted = Admitted { dependency, permit: Some(permit), _seat: seat, started: Instant::now(), instance: None };
+    run_admitted(admitted, inner, request, deadline).await
+}
+
+/// Runs an admitted call and hands its outcome to the breaker (and to the
+/// instance that answered) — from the headers of a trailers-only answer, else
+/// from the trailers, as the body ends.
+async fn run_admitted<S>(
+    mut admitted: Admitted,
+    mut inner: S,
+    request: http::Request<Body>,
+    deadline: Duration,
+) -> Result<http::Response<Body>, BoxError>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
+{
+    let name = admitted.dependency.name.clone();
+    let result = match tokio::time::timeout(deadline, inner.call(request)).await {
+        Ok(result) => result,
+        Err(_) => {
+            admitted.finish(Outcome::Failure);
+            mark_failed();
+            return Err(Box::new(Status::deadline_exceeded(format!("{name} did not answer in time"))));
+        }
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(err) => {
+            admitted.finish(Outcome::Failure);
+            mark_failed();
+            return Err(err);
+        }
+    };
+    admitted.instance = response.extensions_mut().remove::<InstanceOutcome>();
+    if response.status().is_server_error() {
+        admitted.finish(Outcome::Failure);
+        mark_failed();
+        return Ok(response);
+    }
+    if let Some(code) = header_code(response.headers()) {
+        // Trailers-only: the status is already here.
+        if server_failure(code) {
+            mark_failed();
+        }
+        admitted.finish(answered(code, response.headers()));
+        return Ok(response);
+    }
+    Ok(response.map(|body| Body::new(Observed { inner: body, permit: admitted })))
+}
+
+impl Dependency {
+    fn refuse_spent(&self) -> BoxError {
+        metrics::counter!("client_deadline_spent_total", "service" => self.name.clone()).increment(1);
+        mark_failed();
+        refusal(Code::DeadlineExceeded, "deadline", format!("deadline spent before calling {}", self.name))
+    }
+
+    /// A bulkhead seat, held until the response ends; refused when all are taken.
+    fn take_seat(&self) -> Result<Option<OwnedSemaphorePermit>, BoxError> {
+        let Some((limit, seats)) = &self.bulkhead else { return Ok(None) };
+        match seats.clone().try_acquire_owned() {
+            Ok(seat) => Ok(Some(seat)),
+            Err(_) => {
+                metrics::counter!("bulkhead_rejected_total", "service" => self.name.clone()).increment(1);
+                mark_failed();
+                let message = format!("{} has {limit} calls in flight already; try again shortly", self.name);
+                Err(refusal(Code::ResourceExhausted, "bulkhead", message))
+            }
+        }
+    }
+
+    fn refuse_open(&self, rejected: Rejected) -> BoxError {
+        let retry_ms = rejected.retry_after.as_millis().max(1);
+        let message =
+            format!("{} is failing; circuit breaker {} (retry in {retry_ms} ms)", self.name, rejected.state.name());
+        let mut refused = Status::new(Code::Unavailable, message);
+        mark_failed();
+        let metadata = refused.metadata_mut();
+        metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
+        if let Ok(value) = retry_ms.to_string().parse() {
+            metadata.insert(RETRY_AFTER_MS, value);
+        }
+        Box::new(refused)
     }
 }
 
@@ -359,7 +463,9 @@ struct Admitted {
     permit: Option<Permit>,
     /// The bulkhead seat is held until the response ends.
     _seat: Option<OwnedSemaphorePermit>,
-    started: std::time::Instant,
+    started: Instant,
+    /// The instance that answered, told the outcome too (outlier ejection).
+    instance: Option<InstanceOutcome>,
 }
 
 impl Admitted {
@@ -368,6 +474,9 @@ impl Admitted {
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
             self.dependency.record(permit, outcome);
+            if let Some(instance) = self.instance.take() {
+                instance.report(outcome == Outcome::Failure);
+            }
             let meters = self.dependency.meters(outcome);
             meters.calls.increment(1);
             meters.latency.record(self.started.elapsed().as_secs_f64());
@@ -400,7 +509,7 @@ impl HttpBody for Observed {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let code = header_code(trailers).unwrap_or(Code::Unknown);
-                    this.permit.finish(outcome_of(code));
+                    this.permit.finish(answered(code, trailers));
                 }
             }
             Some(Err(_)) => this.permit.finish(Outcome::Failure),

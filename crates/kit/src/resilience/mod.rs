@@ -47,6 +47,9 @@ pub struct DependencyConfig {
     pub fallback: Fallback,
     /// Cached fallbacks older than this are not served.
     pub fallback_max_age_ms: u64,
+    /// The deadline of a call sent without one (the caller's own deadline,
+    /// from `grpc-timeout`, wins when it has one).
+    pub timeout_ms: u64,
 }
 
 impl Default for DependencyConfig {
@@ -57,6 +60,7 @@ impl Default for DependencyConfig {
             retry: RetryPolicy::default(),
             fallback: Fallback::None,
             fallback_max_age_ms: 300_000,
+            timeout_ms: 10_000,
         }
     }
 }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const SHOPFAST: &str = env!("CARGO_BIN_EXE_shopfast");
+/// The card key test processes of Payments seal cards with (32 bytes,
+/// base64): Payments has no built-in one and refuses to start without it.
+pub const TEST_CARD_KEY: &str = "dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=";
 
 /// A child process; killed if the test ends without stopping it.
 pub struct Proc {
@@ -29,6 +32,7 @@ impl Proc {
     pub fn try_start(args: &[&str]) -> Option<Self> {
         let mut child = Command::new(SHOPFAST)
             .args(args)
+            .env("SHOPFAST_PAYMENTS__CARD_KEY", TEST_CARD_KEY)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
