@@ -661,3 +661,28 @@ fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, Failure>
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_that_timed_out_is_a_504_never_a_499() {
+        // tonic's answer when a server's own deadline passes.
+        let failure = Failure::from(tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(
+            (failure.code, errors::http_status(failure.code)),
+            (Code::DeadlineExceeded, StatusCode::GATEWAY_TIMEOUT)
+        );
+        assert_eq!(failure.message, "the service did not answer in time");
+    }
+
+    #[test]
+    fn every_503_says_when_to_come_back() {
+        assert_eq!(Failure::from(tonic::Status::unavailable("restarting")).retry_after, Some(1));
+        let mut hinted = tonic::Status::unavailable("breaker open");
+        hinted.metadata_mut().insert(kit::resilience::guard::RETRY_AFTER_MS, "2500".parse().unwrap());
+        assert_eq!(Failure::from(hinted).retry_after, Some(3), "rounded up to whole seconds");
+        assert_eq!(Failure::from(tonic::Status::not_found("no")).retry_after, None);
+    }
+}

@@ -28,6 +28,10 @@ enum Answer {
     Ok,
     NotFound,
     Unavailable,
+    /// OK, with `kit::reply`'s 202 hint: the work goes on.
+    Accepted,
+    /// OK, with the 201 hint and a location.
+    Created,
 }
 
 /// A gRPC-shaped method that counts its calls and echoes the request body.
@@ -43,7 +47,7 @@ fn method(
             tokio::time::sleep(delay).await;
             let body = request.into_body().collect().await.unwrap().to_bytes();
             Ok::<_, BoxError>(match answer {
-                Answer::Ok => {
+                Answer::Ok | Answer::Accepted | Answer::Created => {
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().unwrap());
                     let echo = Bytes::from(format!("answer {n}: {}", String::from_utf8_lossy(&body)));
@@ -51,7 +55,17 @@ fn method(
                         Ok::<_, tonic::Status>(Frame::data(echo)),
                         Ok(Frame::trailers(trailers)),
                     ]);
-                    http::Response::new(Body::new(StreamBody::new(frames)))
+                    let mut response = http::Response::new(Body::new(StreamBody::new(frames)));
+                    let hint = match answer {
+                        Answer::Accepted => Some("202"),
+                        Answer::Created => Some("201"),
+                        _ => None,
+                    };
+                    if let Some(code) = hint {
+                        response.headers_mut().insert("x-http-code", code.parse().unwrap());
+                        response.headers_mut().insert("location", format!("/things/{n}").parse().unwrap());
+                    }
+                    response
                 }
                 Answer::NotFound => tonic::Status::not_found("no such thing").into_http(),
                 Answer::Unavailable => tonic::Status::unavailable("busy").into_http(),
@@ -151,6 +165,28 @@ async fn server_failures_free_the_key_and_client_errors_are_kept(url: String) {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+async fn an_accepted_answer_frees_the_key_and_a_created_one_replays_with_its_hints(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
+    let answers = vec![Answer::Accepted, Answer::Accepted, Answer::Created];
+    let mut service = layer.layer(method(calls.clone(), answers, Duration::ZERO));
+    // 202: not final, so not kept — each retry asks again.
+    for _ in 0..2 {
+        let response = service.ready().await.unwrap().call(request(Some("k9"), "order")).await.unwrap();
+        assert_eq!(response.headers()["x-http-code"], "202");
+        assert!(!response.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // 201: final, kept, and replayed with its status and location.
+    for replayed in [false, true] {
+        let response = service.ready().await.unwrap().call(request(Some("k9"), "order")).await.unwrap();
+        assert_eq!(response.headers()["x-http-code"], "201");
+        assert_eq!(response.headers()["location"], "/things/2");
+        assert_eq!(response.headers().contains_key("idempotent-replayed"), replayed);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the created answer ran once");
+}
+
 async fn keys_expire_and_abandoned_claims_are_taken_over(url: String) {
     let config = IdempotencyConfig { retention: Duration::from_secs(3600), lease: Duration::from_secs(60) };
     let store = store(&url, config).await;
@@ -186,4 +222,5 @@ kit::backend_tests!(
     concurrent_duplicates_run_once_and_the_rest_hear_in_progress,
     server_failures_free_the_key_and_client_errors_are_kept,
     keys_expire_and_abandoned_claims_are_taken_over,
+    an_accepted_answer_frees_the_key_and_a_created_one_replays_with_its_hints,
 );

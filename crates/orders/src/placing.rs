@@ -157,7 +157,8 @@ impl Placing {
         let until = tokio::time::Instant::now() + wait;
         loop {
             let saga = self.store.saga(saga_id).await?;
-            if saga.state.is_terminal() {
+            // Compensating: the outcome is decided, only the undo goes on.
+            if saga.state.is_terminal() || saga.state == SagaState::Compensating {
                 return self.answer(saga).await;
             }
             if tokio::time::Instant::now() >= until {
@@ -167,13 +168,13 @@ impl Placing {
         }
     }
 
-    /// A finished saga's answer.
+    /// A decided saga's answer (completed, or failed and being or done undoing).
     async fn answer(&self, saga: SagaRecord) -> Result<Placed, StoreError> {
         let reason = || saga.failure.clone().unwrap_or_else(|| "the order could not be completed".into());
         Ok(match saga.state {
             SagaState::Completed => Placed::Done(Box::new(self.store.get(&saga.order_id).await?)),
+            SagaState::Running => Placed::Pending(Box::new(saga)),
             _ if saga.failure_retryable => Placed::Unavailable(reason()),
-            SagaState::Running | SagaState::Compensating => Placed::Pending(Box::new(saga)),
             _ => Placed::Refused(reason()),
         })
     }

@@ -108,6 +108,7 @@ pub fn steps(deps: Arc<Deps>) -> Vec<Arc<dyn Step>> {
 
 pub fn classify(status: tonic::Status) -> StepError {
     let text = format!("{:?}: {}", status.code(), status.message());
+    let request_cause = kit::resilience::guard::is_request_cause(status.metadata());
     match status.code() {
         Code::NotFound
         | Code::FailedPrecondition
@@ -116,7 +117,8 @@ pub fn classify(status: tonic::Status) -> StepError {
         | Code::PermissionDenied
         | Code::Unauthenticated
         | Code::OutOfRange => StepError::Permanent(text),
-        _ if kit::resilience::guard::is_request_cause(status.metadata()) => StepError::Transient(text),
+        // The callee's own words: its trouble with this request, not a code.
+        _ if request_cause => StepError::Transient(status.message().to_string()),
         _ => StepError::Unavailable(text),
     }
 }

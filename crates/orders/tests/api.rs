@@ -17,13 +17,40 @@ use tonic::transport::Channel;
 struct Stack {
     orders: OrderServiceClient<Channel>,
     products: products_pb::product_service_client::ProductServiceClient<Channel>,
+    payments: contracts::payments::v1::payment_service_client::PaymentServiceClient<Channel>,
     user_id: String,
     _services: Vec<kit::server::RunningService>,
     _registry: registry::RunningRegistry,
     _dbs: Vec<TestDb>,
 }
 
+/// How the stack differs from the defaults.
+struct Options {
+    answer_within_ms: u64,
+    unavailable_budget_ms: u64,
+    /// Start Products later (`start_products`), not with the rest.
+    products_later: bool,
+    /// From PAID to SHIPPED by the fulfilment worker.
+    ship_after_ms: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { answer_within_ms: 500, unavailable_budget_ms: 120_000, products_later: false, ship_after_ms: 100 }
+    }
+}
+
 async fn stack() -> Stack {
+    stack_with(Options::default()).await
+}
+
+fn products_config(db: &TestDb, registry: &registry::RunningRegistry) -> products::ProductsConfig {
+    let mut common = service_common(&db.url);
+    common.registry_url = Some(registry.url());
+    products::ProductsConfig { common, ..Default::default() }
+}
+
+async fn stack_with(options: Options) -> Stack {
     let shutdown = kit::shutdown::CancellationToken::new();
     let registry = registry::start(
         registry::RegistryConfig { addr: "127.0.0.1:0".parse().unwrap(), ..Default::default() },
@@ -39,10 +66,6 @@ async fn stack() -> Stack {
     };
     let users =
         users::start(users::UsersConfig { common: common(0), ..Default::default() }, shutdown.clone()).await.unwrap();
-    let products =
-        products::start(products::ProductsConfig { common: common(1), ..Default::default() }, shutdown.clone())
-            .await
-            .unwrap();
     let mut payments_config = payments::PaymentsConfig {
         common: common(2),
         card_key: Some(kit::config::Secret::new("dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=")),
@@ -51,16 +74,27 @@ async fn stack() -> Stack {
     // The slow test card takes longer than Orders waits before answering 202.
     payments_config.processor.slow_ms = 1_500;
     let payments = payments::start(payments_config, shutdown.clone()).await.unwrap();
+    let mut services = vec![users, payments];
+    let products_addr = if options.products_later {
+        None
+    } else {
+        let products = products::start(products_config(&dbs[1], &registry), shutdown.clone()).await.unwrap();
+        let url = products.grpc_url();
+        services.push(products);
+        Some(url)
+    };
     // Registration happens once each is ready; give the registry a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut config = orders::OrdersConfig { common: common(3), ..Default::default() };
-    config.fulfilment.ship_after_ms = 100;
+    config.fulfilment.ship_after_ms = options.ship_after_ms;
     config.fulfilment.deliver_after_ms = 100;
     config.fulfilment.poll_ms = 20;
-    config.answer_within_ms = 500;
+    config.answer_within_ms = options.answer_within_ms;
+    config.unavailable_budget_ms = options.unavailable_budget_ms;
     let orders_service = orders::start(config, shutdown).await.unwrap();
 
-    let mut users_client = users_pb::user_service_client::UserServiceClient::connect(users.grpc_url()).await.unwrap();
+    let mut users_client =
+        users_pb::user_service_client::UserServiceClient::connect(services[0].grpc_url()).await.unwrap();
     let user = users_client
         .create_user(users_pb::CreateUserRequest {
             email: "orders@example.com".into(),
@@ -71,13 +105,20 @@ async fn stack() -> Stack {
         .await
         .unwrap()
         .into_inner();
+    // Without Products yet, the client connects when it is first used.
+    let products_endpoint = products_addr.unwrap_or_else(|| "http://127.0.0.1:9".into());
+    let products_channel = Channel::from_shared(products_endpoint).unwrap().connect_lazy();
+    services.push(orders_service);
     Stack {
-        orders: OrderServiceClient::connect(orders_service.grpc_url()).await.unwrap(),
-        products: products_pb::product_service_client::ProductServiceClient::connect(products.grpc_url())
-            .await
-            .unwrap(),
+        orders: OrderServiceClient::connect(services.last().unwrap().grpc_url()).await.unwrap(),
+        products: products_pb::product_service_client::ProductServiceClient::new(products_channel),
+        payments: contracts::payments::v1::payment_service_client::PaymentServiceClient::connect(
+            services[1].grpc_url(),
+        )
+        .await
+        .unwrap(),
         user_id: user.id,
-        _services: vec![users, products, payments, orders_service],
+        _services: services,
         _registry: registry,
         _dbs: dbs,
     }
@@ -110,6 +151,17 @@ fn create(product_id: &str, quantity: i64, card: &str) -> pb::CreateOrderRequest
 }
 
 impl Stack {
+    /// Products, started now (it registers; Orders finds it through the registry).
+    async fn start_products(&mut self) {
+        let products =
+            products::start(products_config(&self._dbs[1], &self._registry), kit::shutdown::CancellationToken::new())
+                .await
+                .unwrap();
+        self.products =
+            products_pb::product_service_client::ProductServiceClient::connect(products.grpc_url()).await.unwrap();
+        self._services.push(products);
+    }
+
     async fn product_id(&mut self) -> String {
         let page = self
             .products
@@ -346,4 +398,107 @@ async fn one_idempotency_key_makes_one_order_and_garbage_is_refused() {
     );
     let bad_status = pb::ListOrdersRequest { status: 99, ..Default::default() };
     expect_code(s.orders.list_orders(as_user(&me, bad_status)).await, Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platforms_own_trouble_is_a_503_that_frees_the_key_never_a_stored_refusal() {
+    // Products is not there yet; a step waits 0.8 s for it, then the order is given up.
+    let options =
+        Options { answer_within_ms: 5_000, unavailable_budget_ms: 800, products_later: true, ..Default::default() };
+    let mut s = stack_with(options).await;
+    let me = s.user_id.clone();
+    // The catalog's first product is known by its seeded id only once Products runs; use a made-up
+    // id now (the reservation never gets that far) and the same request after.
+    let request = || {
+        let mut request = as_user(&me, create("00000000-0000-7000-8000-00000000000a", 1, "4242424242424242"));
+        request.metadata_mut().insert("idempotency-key", "while-products-is-away".parse().unwrap());
+        request
+    };
+    let first = s.orders.create_order(request()).await.unwrap_err();
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    assert!(first.metadata().get(kit::resilience::guard::RETRY_AFTER_MS).is_some(), "a Retry-After hint");
+    // Asked again while Products is still away: the same answer, not a replayed refusal.
+    let again = s.orders.create_order(request()).await.unwrap_err();
+    assert_eq!(again.code(), Code::Unavailable, "{again:?}");
+
+    // Products comes back: the same key places the order now (the made-up
+    // product is unknown: a refusal for the order's own reason this time).
+    s.start_products().await;
+    let started = std::time::Instant::now();
+    let last = loop {
+        match s.orders.create_order(request()).await {
+            Err(status) if status.code() == Code::Unavailable && started.elapsed() < Duration::from_secs(15) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other,
+        }
+    };
+    let message = expect_code(last, Code::FailedPrecondition);
+    assert!(message.contains("not found"), "{message}");
+
+    // And a real product under a new key goes through.
+    let product = s.product_id().await;
+    let mut good = as_user(&me, create(&product, 1, "4242424242424242"));
+    good.metadata_mut().insert("idempotency-key", "after-products-is-back".parse().unwrap());
+    let paid = s.orders.create_order(good).await.unwrap();
+    assert_eq!(paid.metadata().get("x-http-code").unwrap(), "201");
+    // No saga needed a person: the compensations waited for Products.
+    let stuck = pb::ListSagasRequest { needs_intervention: true, ..Default::default() };
+    assert!(s.orders.list_sagas(stuck).await.unwrap().into_inner().sagas.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_races_shipping_and_exactly_one_wins_with_money_and_stock_to_match() {
+    // Only the racers move the orders: the fulfilment worker waits a minute.
+    let mut s = stack_with(Options { ship_after_ms: 60_000, ..Default::default() }).await;
+    let product = s.product_id().await;
+    let me = s.user_id.clone();
+    let before = s.stock(&product).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let order = s.orders.create_order(as_user(&me, create(&product, 1, "4242424242424242"))).await.unwrap();
+        ids.push(order.into_inner().id);
+    }
+    // Each paid order is cancelled and shipped at the same moment.
+    let races = ids.iter().map(|id| {
+        let (mut cancel_client, mut ship_client) = (s.orders.clone(), s.orders.clone());
+        let cancel = as_user(&me, pb::CancelOrderRequest { order_id: id.clone(), reason: "race".into() });
+        let ship = pb::UpdateOrderStatusRequest { order_id: id.clone(), status: pb::OrderStatus::Shipped as i32 };
+        async move {
+            let (cancelled, shipped) =
+                tokio::join!(cancel_client.cancel_order(cancel), ship_client.update_order_status(ship));
+            (cancelled.is_ok(), shipped.is_ok())
+        }
+    });
+    let outcomes = futures::future::join_all(races).await;
+    for (id, (cancelled, shipped)) in ids.iter().zip(&outcomes) {
+        assert!(cancelled ^ shipped, "order {id}: exactly one of cancel ({cancelled}) and ship ({shipped}) wins");
+    }
+    // Settled: every cancelled order is refunded and restocked, every shipped one neither.
+    use contracts::payments::v1 as payments_pb;
+    let mut cancelled_count = 0;
+    for id in &ids {
+        let order = s.orders.get_order(as_user(&me, pb::GetOrderRequest { order_id: id.clone() })).await.unwrap();
+        let order = order.into_inner();
+        let status = order.status;
+        let payment = payments_pb::GetPaymentRequest { payment_id: order.payment_id.clone() };
+        let payment = s.payments.get_payment(payment).await.unwrap().into_inner();
+        let expected = if status == pb::OrderStatus::Cancelled as i32 {
+            payments_pb::PaymentStatus::Refunded
+        } else {
+            payments_pb::PaymentStatus::Completed
+        };
+        assert_eq!(payment.status, expected as i32, "order {id} ({status}): payment {payment:?}");
+        if status == pb::OrderStatus::Cancelled as i32 {
+            cancelled_count += 1;
+        } else {
+            assert!(
+                [pb::OrderStatus::Shipped as i32, pb::OrderStatus::Delivered as i32].contains(&status),
+                "order {id} is {status}"
+            );
+        }
+    }
+    let (stock, reserved, sold) = s.stock(&product).await;
+    let shipped_count = ids.len() as i64 - cancelled_count;
+    assert_eq!((stock, reserved, sold), (before.0 - shipped_count, before.1, before.2 + shipped_count));
 }

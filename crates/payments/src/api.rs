@@ -128,7 +128,7 @@ impl PaymentsApi {
             ProcessorError::Declined(_) => Status::failed_precondition(format!("{err} (payment {})", payment.id)),
             // The processor failed on this card: worth a retry, but no sign
             // that Payments is unhealthy — callers' breakers must not count it.
-            _ => caused_by_request(Status::unavailable(format!("{err}; retry (payment {})", payment.id))),
+            _ => caused_by_request(Status::unavailable(format!("{err} ({}, payment {})", err.code(), payment.id))),
         }
     }
 

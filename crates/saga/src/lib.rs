@@ -235,7 +235,10 @@ impl Orchestrator {
                             record.error = Some(error.to_string());
                         }
                         tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, %error, "step failed for good; compensating");
-                        saga.failure = Some(format!("{name}: {error}"));
+                        saga.failure = Some(match &error {
+                            StepError::Transient(_) => format!("{name}: gave up after {attempt} attempts: {error}"),
+                            _ => format!("{name}: {error}"),
+                        });
                         saga.state = SagaState::Compensating;
                         self.save(saga).await?;
                         return Ok(());

@@ -87,3 +87,74 @@ fn up_starts_with_a_quiet_log_level() {
     let (clean, stderr) = up.stop();
     assert!(clean, "{stderr}");
 }
+
+/// The environment of a running process, as `NAME=value` entries.
+fn environment_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_restarts_a_dead_child_keeps_secrets_to_those_that_use_them_and_takes_its_children_along() {
+    let data = tempfile::tempdir().unwrap();
+    let up = support::Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
+
+    // Secrets are made once per data directory, owner-only, and each child
+    // gets only its own: the card key reaches Payments alone, the token
+    // secret Users and the gateway, never Products or Orders.
+    use std::os::unix::fs::PermissionsExt;
+    let card_key_file = data.path().join("secrets").join("card_key");
+    assert_eq!(std::fs::metadata(&card_key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let card_key = std::fs::read_to_string(&card_key_file).unwrap();
+    let has = |service: &str, var: &str| {
+        let pid = support::child_pids(data.path(), service)[0];
+        environment_of(pid).iter().any(|e| e.starts_with(&format!("{var}=")))
+    };
+    assert!(has("payments", "SHOPFAST_PAYMENTS__CARD_KEY"));
+    assert!(has("users", "SHOPFAST_USERS__TOKEN_SECRET") && has("gateway", "SHOPFAST_GATEWAY__TOKEN_SECRET"));
+    for other in ["products", "orders", "users", "gateway"] {
+        assert!(!has(other, "SHOPFAST_PAYMENTS__CARD_KEY"), "{other} has the card key");
+    }
+    for other in ["products", "orders", "payments"] {
+        assert!(!has(other, "SHOPFAST_USERS__TOKEN_SECRET"), "{other} has the token secret");
+        assert!(!has(other, "SHOPFAST_GATEWAY__TOKEN_SECRET"), "{other} has the token secret");
+    }
+    // Never on a command line, where `ps` shows it.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains(card_key.trim()));
+
+    // A child killed with SIGKILL is restarted, on its ports, and says so in `shopfast status`.
+    let products = support::child_pids(data.path(), "products")[0];
+    let before = support::instances(&up.registry, "products").await[0]["address"].clone();
+    support::signal(products, "-KILL");
+    let started = Instant::now();
+    loop {
+        let listed = support::instances(&up.registry, "products").await;
+        if listed.iter().any(|i| i["metadata"]["restarts"] == "1") {
+            assert_eq!(listed[0]["address"], before, "the same address");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "products not restarted: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = Command::new(SHOPFAST).args(["status", "--registry-url", &up.registry]).output().unwrap();
+    let status = String::from_utf8(status.stdout).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("products") && l.contains("restarts=1")), "{status}");
+
+    // `up` killed with SIGKILL: its children go too (parent-death signal),
+    // none is left holding a port.
+    let mut children: Vec<u32> = ["users", "products", "payments", "orders", "gateway"]
+        .iter()
+        .flat_map(|s| support::child_pids(data.path(), s))
+        .collect();
+    let up_pid = up.pid().to_string();
+    let registry = Command::new("pgrep").args(["-P", &up_pid, "-f", "shopfast registry"]).output().unwrap();
+    children.extend(String::from_utf8_lossy(&registry.stdout).lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    assert_eq!(children.len(), 6, "{children:?}");
+    up.kill9();
+    let started = Instant::now();
+    while children.iter().any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+        assert!(started.elapsed() < Duration::from_secs(20), "orphans left: {children:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const SHOPFAST: &str = env!("CARGO_BIN_EXE_shopfast");
+
+/// The binary processes are started from: `SHOPFAST_BIN` when set (to run a
+/// test against another build — an A/B of a baseline), else this build's.
+pub fn shopfast_bin() -> String {
+    std::env::var("SHOPFAST_BIN").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| SHOPFAST.to_string())
+}
 /// The card key test processes of Payments seal cards with (32 bytes,
 /// base64): Payments has no built-in one and refuses to start without it.
 pub const TEST_CARD_KEY: &str = "dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=";
@@ -30,7 +36,7 @@ impl Proc {
     /// Starts it and waits for its `ready` line; `None` if it exits first
     /// (say, a port picked for it was taken meanwhile).
     pub fn try_start(args: &[&str]) -> Option<Self> {
-        let mut child = Command::new(SHOPFAST)
+        let mut child = Command::new(shopfast_bin())
             .args(args)
             .env("SHOPFAST_PAYMENTS__CARD_KEY", TEST_CARD_KEY)
             .stdout(Stdio::piped())
@@ -202,6 +208,16 @@ impl Up {
         Self { child, gateway, api_key, loadgen, console, registry, stderr: Some(stderr) }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL of `up` alone: no orderly stop.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Ctrl-C, as a user stops it: whether it exited cleanly, and what it said on stderr.
     pub fn stop(mut self) -> (bool, String) {
         Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().expect("kill");
@@ -301,4 +317,33 @@ pub fn promtool_accepts(metrics: &str) {
     let out = child.wait_with_output().unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool check metrics: {report}");
+}
+
+/// The pids of `shopfast <command>` children of an `up` whose data dir is `data`.
+pub fn child_pids(data: &std::path::Path, command: &str) -> Vec<u32> {
+    let pattern = format!("shopfast {command} .*--data-dir {}", data.display());
+    let out = Command::new("pgrep").args(["-f", &pattern]).output().expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Sends `signal` (`-KILL`, `-STOP`, `-CONT`) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+}
+
+/// The value of the Prometheus sample `name{labels}` in `metrics` (labels as written, e.g. `service="orders"`).
+pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The routable instances of `name` the registry lists, with their metadata.
+pub async fn instances(registry: &str, name: &str) -> Vec<Value> {
+    let url = format!("{registry}/v1/services/{name}");
+    let Ok(response) = reqwest::get(url).await else { return Vec::new() };
+    let list: Value = response.json().await.unwrap_or_default();
+    list["instances"].as_array().cloned().unwrap_or_default()
 }
