@@ -222,6 +222,12 @@ impl OrdersApi {
         }
     }
 
+    /// The saga placing an order not recorded yet, if the caller may see it.
+    async fn placing_saga(&self, order_id: &str, caller: Option<&str>) -> Result<Option<SagaRecord>, Status> {
+        let saga = self.store.saga_for_order(order_id).await?;
+        Ok(saga.filter(|saga| caller.is_none_or(|c| c == saga.user_id)))
+    }
+
     async fn owned(&self, order_id: &str, caller: Option<&str>) -> Result<Order, Status> {
         kit::grpc_telemetry::annotate("order_id", order_id);
         if order_id.trim().is_empty() {
@@ -332,7 +338,21 @@ impl pb::order_service_server::OrderService for OrdersApi {
     async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        let order = self.owned(&request.order_id, caller.as_deref()).await?;
+        let order = match self.owned(&request.order_id, caller.as_deref()).await {
+            Ok(order) => order,
+            // Accepted but not recorded yet: its saga is still placing it.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return match self.placing_saga(&request.order_id, caller.as_deref()).await? {
+                    Some(saga) if !saga.state.is_terminal() => Err(DomainError::FailedPrecondition(format!(
+                        "order {} is still being placed; cancel it once it is placed",
+                        request.order_id
+                    ))
+                    .into()),
+                    _ => Err(status),
+                };
+            }
+            Err(status) => return Err(status),
+        };
         let reason = if request.reason.is_empty() { "cancelled by the customer".to_string() } else { request.reason };
         if reason.len() > 500 {
             return Err(Status::invalid_argument("reason is at most 500 characters"));
