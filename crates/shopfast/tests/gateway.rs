@@ -296,6 +296,12 @@ async fn a_shopper_journey_and_the_errors_around_it() {
     assert!(doc["paths"]["/v1/products/{product_id}"]["get"].is_object());
     assert!(doc["paths"]["/v1/users/{user_id}"]["patch"].is_object());
     assert!(doc["paths"].get("/v1/inventory/reservations").is_none(), "internal methods stay out");
+    // Placing an order answers 201 or 202 (async request-reply), each with a Location; cancelling 200 or 202.
+    let create = &doc["paths"]["/v1/orders"]["post"]["responses"];
+    assert!(create["201"]["headers"]["Location"].is_object() && create["202"]["headers"]["Location"].is_object());
+    assert!(create.get("200").is_none(), "{create}");
+    let cancel = &doc["paths"]["/v1/orders/{order_id}:cancel"]["post"]["responses"];
+    assert!(cancel["200"].is_object() && cancel["202"].is_object(), "{cancel}");
 
     // No products instance left: 503 at once, not a hang.
     stack.products.take().unwrap().kill9();
