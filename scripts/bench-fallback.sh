@@ -8,6 +8,10 @@
 #
 #   scripts/bench-fallback.sh            # DURATION=5 seconds per run
 set -euo pipefail
+# No built-in secrets: this run's own (in the environment, never on a command line).
+SHOPFAST_USERS__TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)
+export SHOPFAST_USERS__TOKEN_SECRET SHOPFAST_GATEWAY__TOKEN_SECRET=$SHOPFAST_USERS__TOKEN_SECRET
+export SHOPFAST_PAYMENTS__CARD_KEY=${SHOPFAST_PAYMENTS__CARD_KEY:-$(head -c 32 /dev/urandom | base64)}
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 command -v wrk > /dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }

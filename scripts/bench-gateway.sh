@@ -27,6 +27,10 @@
 #   HTTP1=1 scripts/bench-gateway.sh   # also HTTP/1.1 (wrk): the gateway, and nginx proxying
 #                                      # to an nginx that serves the same JSON from a file
 set -euo pipefail
+# No built-in secrets: this run's own (in the environment, never on a command line).
+SHOPFAST_USERS__TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)
+export SHOPFAST_USERS__TOKEN_SECRET SHOPFAST_GATEWAY__TOKEN_SECRET=$SHOPFAST_USERS__TOKEN_SECRET
+export SHOPFAST_PAYMENTS__CARD_KEY=${SHOPFAST_PAYMENTS__CARD_KEY:-$(head -c 32 /dev/urandom | base64)}
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}
 ROUNDS=${ROUNDS:-5}

@@ -12,6 +12,10 @@
 #   scripts/bench-overload.sh                  # FACTOR=3 DURATION=10 (seconds)
 #   FACTOR=5 DURATION=20 scripts/bench-overload.sh
 set -euo pipefail
+# No built-in secrets: this run's own (in the environment, never on a command line).
+SHOPFAST_USERS__TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)
+export SHOPFAST_USERS__TOKEN_SECRET SHOPFAST_GATEWAY__TOKEN_SECRET=$SHOPFAST_USERS__TOKEN_SECRET
+export SHOPFAST_PAYMENTS__CARD_KEY=${SHOPFAST_PAYMENTS__CARD_KEY:-$(head -c 32 /dev/urandom | base64)}
 cd "$(dirname "$0")/.."
 FACTOR=${FACTOR:-3}
 SECONDS_PER_RUN=${DURATION:-10}

@@ -10,6 +10,10 @@
 #   SHOPFAST_BIN=target/release/shopfast scripts/w3c-trace-context.sh
 #   scripts/w3c-trace-context.sh TraceContext2Test   # only some tests
 set -euo pipefail
+# No built-in secrets: this run's own (in the environment, never on a command line).
+SHOPFAST_USERS__TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)
+export SHOPFAST_USERS__TOKEN_SECRET SHOPFAST_GATEWAY__TOKEN_SECRET=$SHOPFAST_USERS__TOKEN_SECRET
+export SHOPFAST_PAYMENTS__CARD_KEY=${SHOPFAST_PAYMENTS__CARD_KEY:-$(head -c 32 /dev/urandom | base64)}
 cd "$(dirname "$0")/.."
 python3 -c 'import aiohttp' 2> /dev/null || python3 -m pip install -q --disable-pip-version-check 'aiohttp>=3.9,<4'
 bin=${SHOPFAST_BIN:-}

@@ -47,13 +47,17 @@ pub struct GatewayConfig {
     pub database_url: Option<String>,
     pub data_dir: PathBuf,
     /// HMAC secret for user tokens; must match the Users service's.
-    pub token_secret: Option<String>,
+    pub token_secret: Option<kit::config::Secret>,
     /// Enables shared limits across gateways, e.g. `redis://127.0.0.1:6379`.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
     pub tiers: BTreeMap<String, ratelimit::Tier>,
     /// API key → client, tier, admin.
-    pub api_keys: BTreeMap<String, auth::ApiKey>,
+    pub api_keys: auth::ApiKeys,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded`
+    /// names the client: anonymous clients behind them are limited by their
+    /// own address, not the proxy's. Nobody's header is believed otherwise.
+    pub trusted_proxies: Vec<String>,
     /// Method full name → policy override.
     pub routes: BTreeMap<String, policy::PolicyOverride>,
     /// Backend name (`products`) → breaker, bulkhead, retries, fallback.
@@ -79,7 +83,8 @@ impl Default for GatewayConfig {
             redis_url: None,
             redis_prefix: "shopfast:ratelimit:".into(),
             tiers: ratelimit::default_tiers(),
-            api_keys: BTreeMap::new(),
+            api_keys: auth::ApiKeys::default(),
+            trusted_proxies: Vec::new(),
             routes: BTreeMap::new(),
             dependencies: BTreeMap::new(),
             max_body_bytes: 1024 * 1024,
@@ -126,16 +131,18 @@ impl RunningGateway {
 }
 
 pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result<RunningGateway, StartError> {
-    for (key, api_key) in &config.api_keys {
+    for (key, api_key) in &config.api_keys.0 {
         if !config.tiers.contains_key(&api_key.tier) {
-            return Err(StartError::Config(format!("API key {key:?} names unknown tier {:?}", api_key.tier)));
+            let key = auth::redacted(key);
+            return Err(StartError::Config(format!("API key {key} names unknown tier {:?}", api_key.tier)));
         }
     }
     if !config.tiers.contains_key(auth::ANONYMOUS_TIER) {
         return Err(StartError::Config("the anonymous tier must be configured".into()));
     }
-    let signer = kit::token::signer_from_config(config.token_secret.as_deref())
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let signer =
+        kit::token::signer_from_config(config.token_secret.as_ref()).map_err(|e| StartError::Config(e.to_string()))?;
+    let trusted_proxies = auth::TrustedProxies::parse(&config.trusted_proxies).map_err(StartError::Config)?;
     let pool = prost_reflect::DescriptorPool::decode(contracts::FILE_DESCRIPTOR_SET)
         .map_err(|e| StartError::Config(format!("descriptor set: {e}")))?;
     let routes = routes::build(&pool, |method| policy::resolve(method, &config.routes))?;
@@ -174,7 +181,8 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
         backends,
         deferred: deferred::DeferredQueue::new(db.clone()),
         limiter,
-        keys: config.api_keys.clone(),
+        keys: config.api_keys.0.clone(),
+        trusted_proxies,
         signer,
         openapi,
         limits: server::Limits {

@@ -97,6 +97,14 @@ fn operation(route: &Route, needed: &mut BTreeMap<String, MessageDescriptor>) ->
             }
         }
     }
+    // Writes take an Idempotency-Key (the gateway passes it on; the services keep the answer).
+    if route.http_method != http::Method::GET {
+        parameters.push(json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Makes a retry return the first answer instead of acting twice (24 h).",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$" }
+        }));
+    }
     let request_body = match &route.body {
         BodyTarget::None => None,
         BodyTarget::Whole => Some(message_schema(&route.input, needed)),
@@ -137,12 +145,27 @@ fn responses(route: &Route, needed: &mut BTreeMap<String, MessageDescriptor>) ->
         "headers": location("Where to poll for the outcome."),
         "content": content,
     });
-    let error = json!({ "description": "An error (503 comes with Retry-After)", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
-    match route.policy.replies {
+    let error_body = json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } });
+    let error = json!({ "description": "An error (503 comes with Retry-After)", "content": error_body });
+    let mut responses = match route.policy.replies {
         Replies::Plain => json!({ "200": ok, "default": error }),
         Replies::CreatedOrAccepted => json!({ "201": created, "202": accepted, "default": error }),
         Replies::OkOrAccepted => json!({ "200": ok, "202": accepted, "default": error }),
+    };
+    if route.http_method != http::Method::GET
+        && let Some(object) = responses.as_object_mut()
+    {
+        object.insert(
+            "409".into(),
+            json!({ "description": "Conflict: the resource's state forbids the request, or a request with this \
+                                    Idempotency-Key is still in progress (retry shortly)", "content": error_body }),
+        );
+        object.insert(
+            "422".into(),
+            json!({ "description": "This Idempotency-Key was used with a different request", "content": error_body }),
+        );
     }
+    responses
 }
 
 fn scalar_ref(desc: &MessageDescriptor, needed: &mut BTreeMap<String, MessageDescriptor>) -> Value {
@@ -175,7 +198,7 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
             "type": "object",
             "required": ["code", "message", "trace_id"],
             "properties": {
-                "code": { "type": "string", "description": "The gRPC status name, e.g. NOT_FOUND" },
+                "code": { "type": "string", "description": "The gRPC status name, e.g. NOT_FOUND; METHOD_NOT_ALLOWED for a method the path does not take (405)" },
                 "message": { "type": "string" },
                 "trace_id": { "type": "string" },
                 "field": { "type": "string", "description": "JSON pointer or parameter at fault, for 400s" }

@@ -40,6 +40,7 @@ pub struct Gateway {
     pub deferred: DeferredQueue,
     pub limiter: Limiter,
     pub keys: BTreeMap<String, ApiKey>,
+    pub trusted_proxies: auth::TrustedProxies,
     pub signer: TokenSigner,
     pub openapi: Bytes,
     pub limits: Limits,
@@ -57,11 +58,13 @@ struct Failure {
     status: Option<StatusCode>,
     /// Seconds for a Retry-After header.
     retry_after: Option<u64>,
+    /// The body's `code` when no gRPC code says it (METHOD_NOT_ALLOWED).
+    name: Option<&'static str>,
 }
 
 impl Failure {
     fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), field: None, status: None, retry_after: None }
+        Self { code, message: message.into(), field: None, status: None, retry_after: None, name: None }
     }
 
     fn with_status(mut self, status: StatusCode) -> Self {
@@ -72,7 +75,7 @@ impl Failure {
 
 impl From<BadRequest> for Failure {
     fn from(bad: BadRequest) -> Self {
-        Self { code: Code::InvalidArgument, message: bad.message, field: bad.pointer, status: None, retry_after: None }
+        Self { field: bad.pointer, ..Self::new(Code::InvalidArgument, bad.message) }
     }
 }
 
@@ -113,7 +116,16 @@ impl From<tonic::Status> for Failure {
         };
         // A backend shedding load or a full bulkhead is the server side's
         // trouble, not the client's rate: 503, not 429 (kept for our own limits).
-        if code == Code::ResourceExhausted { failure.with_status(StatusCode::SERVICE_UNAVAILABLE) } else { failure }
+        if code == Code::ResourceExhausted {
+            return failure.with_status(StatusCode::SERVICE_UNAVAILABLE);
+        }
+        // An idempotency key reused for another request: 422, as the IETF
+        // idempotency-key draft says (the backend's hint, see `kit::reply`).
+        let unprocessable = status.metadata().get(kit::reply::HTTP_CODE).is_some_and(|v| v == "422");
+        if code == Code::InvalidArgument && unprocessable {
+            return failure.with_status(StatusCode::UNPROCESSABLE_ENTITY);
+        }
+        failure
     }
 }
 
@@ -149,7 +161,7 @@ fn json_reply(status: StatusCode, body: Bytes) -> Reply {
 fn failure_reply(failure: Failure, trace_id: &str) -> Reply {
     let status = failure.status.unwrap_or_else(|| errors::http_status(failure.code));
     let mut body = serde_json::json!({
-        "code": errors::code_name(failure.code),
+        "code": failure.name.unwrap_or_else(|| errors::code_name(failure.code)),
         "message": failure.message,
         "trace_id": trace_id,
     });
@@ -295,7 +307,8 @@ impl Gateway {
         }
 
         // Identify and limit before anything else costs us.
-        let caller = auth::identify(request.headers(), peer.ip(), &self.keys)
+        let client_ip = self.trusted_proxies.client_ip(request.headers(), peer.ip());
+        let caller = auth::identify(request.headers(), client_ip, &self.keys)
             .map_err(|e| (Failure::new(Code::Unauthenticated, e.to_string()), unmatched()))?;
         let decision = self.limit(&caller).await.map_err(|f| (f, unmatched()))?;
         if !decision.allowed() {
@@ -320,8 +333,11 @@ impl Gateway {
             }
             Matched::WrongMethod(allowed) => {
                 let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-                let failure = Failure::new(Code::Unimplemented, format!("{method} is not allowed here; use {allow}"))
-                    .with_status(StatusCode::METHOD_NOT_ALLOWED);
+                let failure = Failure {
+                    name: Some("METHOD_NOT_ALLOWED"),
+                    ..Failure::new(Code::Unimplemented, format!("{method} is not allowed here; use {allow}"))
+                }
+                .with_status(StatusCode::METHOD_NOT_ALLOWED);
                 let mut reply = failure_reply(failure, &ids.trace_id);
                 if let Ok(value) = HeaderValue::from_str(&allow) {
                     reply.headers_mut().insert(ALLOW, value);
@@ -637,6 +653,7 @@ fn status_label(status: StatusCode) -> &'static str {
         408 => "408",
         409 => "409",
         413 => "413",
+        422 => "422",
         415 => "415",
         429 => "429",
         499 => "499",
@@ -684,5 +701,13 @@ mod tests {
         hinted.metadata_mut().insert(kit::resilience::guard::RETRY_AFTER_MS, "2500".parse().unwrap());
         assert_eq!(Failure::from(hinted).retry_after, Some(3), "rounded up to whole seconds");
         assert_eq!(Failure::from(tonic::Status::not_found("no")).retry_after, None);
+    }
+
+    #[test]
+    fn an_idempotency_key_reused_for_another_request_is_422() {
+        let mut reused = tonic::Status::invalid_argument("this idempotency key was used with a different request");
+        reused.metadata_mut().insert(kit::reply::HTTP_CODE, "422".parse().unwrap());
+        assert_eq!(Failure::from(reused).status, Some(StatusCode::UNPROCESSABLE_ENTITY));
+        assert_eq!(Failure::from(tonic::Status::invalid_argument("bad")).status, None, "other 400s stay 400");
     }
 }

@@ -156,9 +156,11 @@ pub fn request_message(
                 None,
             ));
         }
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (key, value) = (query_text(key)?, query_text(value)?);
             if bindings.iter().any(|(bound, _)| *bound == key) {
-                return Err(BadRequest::new(format!("{key} is set by the path"), Some(key.into_owned())));
+                return Err(BadRequest::new(format!("{key} is set by the path"), Some(key)));
             }
             set_text(&mut message, &key, &value)?;
         }
@@ -167,6 +169,16 @@ pub fn request_message(
         set_text(&mut message, path, value)?;
     }
     Ok(message)
+}
+
+/// One percent-encoded query component (`+` is a space), which must decode
+/// to UTF-8: proto strings cannot hold anything else, and a lossy decode
+/// would silently search for something the client did not send.
+fn query_text(component: &str) -> Result<String, BadRequest> {
+    let spaced = component.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().map(|text| text.into_owned()).map_err(|_| {
+        BadRequest::new(format!("query parameter {component:?} is not valid UTF-8 once percent-decoded"), None)
+    })
 }
 
 /// Reads a string field (for ownership checks); `None` if absent or empty.
@@ -248,6 +260,16 @@ mod tests {
         );
         let by_number = transcode(http::Method::GET, "/v1/products?sort=2", "").unwrap();
         assert_eq!(by_number["sort"], "SORT_ORDER_PRICE_ASC");
+    }
+
+    #[test]
+    fn query_text_is_percent_decoded_utf8_or_refused() {
+        let m = transcode(http::Method::GET, "/v1/products?query=caf%C3%A9+au+lait&pageSize=2", "").unwrap();
+        assert_eq!(m["query"], "café au lait");
+        for bad in ["/v1/products?query=%FF", "/v1/products?query=%C3", "/v1/products?%FF=1"] {
+            let err = transcode(http::Method::GET, bad, "").unwrap_err();
+            assert!(err.message.contains("not valid UTF-8"), "{bad}: {}", err.message);
+        }
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!   past its lease is taken over (its process died): the lease is the
 //!   caller's deadline plus a second (the server drops a call at its
 //!   deadline, so none runs longer), at most `lease`;
-//! - same key, different request: INVALID_ARGUMENT.
+//! - same key, different request: INVALID_ARGUMENT, with the HTTP hint 422
+//!   (the IETF idempotency-key draft's "Unprocessable Content");
+//! - a request body over `max_body_bytes` is refused before it is read whole:
+//!   the layer buffers what it hashes, and that must stay bounded.
 //!
 //! Keys are scoped to the caller (`x-client-id`, `x-user-id` metadata, as the
 //! gateway sends them): one client's key never replays another's answer.
@@ -66,11 +69,13 @@ pub struct IdempotencyConfig {
     /// A claim not finished within this is considered abandoned (sooner when
     /// the call carries a shorter deadline).
     pub lease: Duration,
+    /// The largest request body an idempotent call may have.
+    pub max_body_bytes: usize,
 }
 
 impl Default for IdempotencyConfig {
     fn default() -> Self {
-        Self { retention: Duration::from_secs(24 * 3600), lease: Duration::from_secs(60) }
+        Self { retention: Duration::from_secs(24 * 3600), lease: Duration::from_secs(60), max_body_bytes: 256 * 1024 }
     }
 }
 
@@ -413,7 +418,17 @@ where
             // key must not see each other's answers.
             let key = scoped_key(request.headers(), &key);
             let (parts, body) = request.into_parts();
-            let body = body.collect().await.map_err(|e| Box::new(e) as BoxError)?.to_bytes();
+            let limit = store.config.max_body_bytes;
+            let body = match http_body_util::Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    metrics::counter!("idempotency_requests_total", "outcome" => "too_large").increment(1);
+                    return Ok(refuse(Status::invalid_argument(format!(
+                        "request larger than {limit} bytes: too large for an idempotent call"
+                    ))));
+                }
+                Err(err) => return Err(err),
+            };
             let hash = request_hash(parts.uri.path(), &body);
             let deadline = crate::resilience::guard::grpc_timeout(&parts.headers);
             let claim = match store.claim(&key, &hash, now_millis(), deadline).await {
@@ -437,9 +452,11 @@ where
                 }
                 Claim::Mismatch => {
                     metrics::counter!("idempotency_requests_total", "outcome" => "mismatch").increment(1);
-                    return Ok(refuse(Status::invalid_argument(
-                        "this idempotency key was used with a different request",
-                    )));
+                    let mut status = Status::invalid_argument("this idempotency key was used with a different request");
+                    status
+                        .metadata_mut()
+                        .insert(crate::reply::HTTP_CODE, tonic::metadata::MetadataValue::from_static("422"));
+                    return Ok(refuse(status));
                 }
             };
             metrics::counter!("idempotency_requests_total", "outcome" => outcome).increment(1);

@@ -117,6 +117,14 @@ macro_rules! backend_tests {
     };
 }
 
+/// The token secret of services under test (there is no built-in one).
+pub const TEST_TOKEN_SECRET: &str = "shopfast-test-token-secret-0123456789abcdef";
+
+/// [`TEST_TOKEN_SECRET`] as config takes it.
+pub fn test_token_secret() -> Option<crate::config::Secret> {
+    Some(crate::config::Secret::new(TEST_TOKEN_SECRET))
+}
+
 /// Settings for a service under test: ephemeral ports on loopback, the given
 /// database, a short shutdown grace.
 pub fn service_common(database_url: &str) -> crate::config::ServiceCommon {

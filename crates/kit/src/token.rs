@@ -22,7 +22,14 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at, seconds since the epoch.
     pub exp: i64,
+    /// Not valid before, seconds since the epoch (optional, RFC 7519 §4.1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
+
+/// How far a token's `nbf` or `iat` may be ahead of our clock: clocks of
+/// different machines disagree by a little, never by minutes.
+pub const CLOCK_SKEW_SECS: i64 = 30;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -34,23 +41,23 @@ pub enum TokenError {
     Signature,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
     #[error("token issuer is not shopfast-users")]
     Issuer,
     #[error("token secret must be at least 32 bytes")]
     WeakSecret,
+    #[error(
+        "no token_secret configured: set one of at least 32 random bytes, the same for users and the gateway \
+         (SHOPFAST_USERS__TOKEN_SECRET, SHOPFAST_GATEWAY__TOKEN_SECRET); `shopfast up` makes one per data directory"
+    )]
+    NoSecret,
 }
 
-/// Used when no secret is configured, so a local stack works out of the box.
-/// Logged loudly; never use it beyond a laptop.
-pub const DEV_TOKEN_SECRET: &str = "shopfast-dev-token-secret-change-me-0123456789";
-
-/// The signer for a configured secret, or the development default (with a warning).
-pub fn signer_from_config(secret: Option<&str>) -> Result<TokenSigner, TokenError> {
-    let secret = secret.unwrap_or_else(|| {
-        tracing::warn!("no token_secret configured: using the built-in development secret");
-        DEV_TOKEN_SECRET
-    });
-    TokenSigner::new(secret.as_bytes())
+/// The signer for a configured secret. There is no built-in one: a process
+/// without a secret refuses to start rather than sign with a known key.
+pub fn signer_from_config(secret: Option<&crate::config::Secret>) -> Result<TokenSigner, TokenError> {
+    TokenSigner::new(secret.ok_or(TokenError::NoSecret)?.expose().as_bytes())
 }
 
 /// Signs and verifies tokens with one secret.
@@ -85,6 +92,7 @@ impl TokenSigner {
             iss: ISSUER.to_string(),
             iat: now_secs,
             exp: now_secs + ttl_secs,
+            nbf: None,
         };
         // Serialising a struct of strings and integers cannot fail.
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
@@ -122,6 +130,11 @@ impl TokenSigner {
         }
         if claims.exp <= now_secs {
             return Err(TokenError::Expired);
+        }
+        // Not valid yet, or issued in the future (beyond the clock skew).
+        let starts = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
+        if starts > now_secs + CLOCK_SKEW_SECS {
+            return Err(TokenError::NotYetValid);
         }
         Ok(claims)
     }
@@ -163,7 +176,36 @@ mod tests {
     }
 
     #[test]
-    fn short_secrets_are_refused() {
+    fn short_or_missing_secrets_are_refused() {
         assert_eq!(TokenSigner::new(b"short").unwrap_err(), TokenError::WeakSecret);
+        assert_eq!(signer_from_config(None).unwrap_err(), TokenError::NoSecret);
+        let secret = crate::config::Secret::new("0123456789abcdef0123456789abcdef");
+        assert!(signer_from_config(Some(&secret)).is_ok());
+    }
+
+    /// A token signed with our key whose claims are `claims`.
+    fn signed(claims: &serde_json::Value) -> String {
+        let input = format!("{}.{}", B64.encode(HEADER), B64.encode(claims.to_string()));
+        let mut mac = signer().mac();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_beyond_a_small_clock_skew() {
+        let claims = |iat: i64, nbf: Option<i64>| {
+            let mut c = serde_json::json!({ "sub": "u1", "email": "a@b.co", "iss": ISSUER, "iat": iat, "exp": 10_000 });
+            if let Some(nbf) = nbf {
+                c["nbf"] = nbf.into();
+            }
+            signed(&c)
+        };
+        let now = 1_000;
+        assert!(signer().verify(&claims(now, None), now).is_ok());
+        assert!(signer().verify(&claims(now + CLOCK_SKEW_SECS, None), now).is_ok(), "within the skew");
+        assert_eq!(signer().verify(&claims(now + 3_600, None), now), Err(TokenError::NotYetValid), "iat in the future");
+        assert_eq!(signer().verify(&claims(now, Some(now + 600)), now), Err(TokenError::NotYetValid), "nbf ahead");
+        assert!(signer().verify(&claims(now, Some(now + 600)), now + 600).is_ok(), "valid once nbf passed");
+        assert!(signer().verify(&claims(now - 10, Some(now - 5)), now).is_ok());
     }
 }

@@ -126,11 +126,29 @@ async fn a_key_reused_for_another_request_is_refused(url: String) {
     let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
     let mut service = layer.layer(method(calls.clone(), vec![], Duration::ZERO));
     send(&mut service, request(Some("k2"), "pay 10")).await;
-    let (status, _, _) = send(&mut service, request(Some("k2"), "pay 99")).await;
-    assert_eq!(status, "3", "INVALID_ARGUMENT");
+    let reused = service.ready().await.unwrap().call(request(Some("k2"), "pay 99")).await.unwrap();
+    assert_eq!(reused.headers()["grpc-status"], "3", "INVALID_ARGUMENT");
+    assert_eq!(reused.headers()["x-http-code"], "422", "Unprocessable Content at the gateway (the IETF draft)");
     let (status, _, _) = send(&mut service, request(Some("bad key with spaces"), "pay 1")).await;
     assert_eq!(status, "3");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn an_idempotent_body_over_the_limit_is_refused_without_being_read_whole(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let config = IdempotencyConfig { max_body_bytes: 64 * 1024, ..Default::default() };
+    let layer = IdempotencyLayer::new(store(&url, config).await);
+    let mut service = layer.layer(method(calls.clone(), vec![], Duration::ZERO));
+    // A megabyte, streamed: the layer stops reading at its limit.
+    let chunks =
+        futures::stream::iter((0..16).map(|_| Ok::<_, tonic::Status>(Frame::data(Bytes::from(vec![b'x'; 65_536])))));
+    let mut big = http::Request::builder().uri("/test.Service/Do").body(Body::new(StreamBody::new(chunks))).unwrap();
+    big.headers_mut().insert("idempotency-key", "k-big".parse().unwrap());
+    let (status, _, _) = send(&mut service, big).await;
+    assert_eq!(status, "3", "INVALID_ARGUMENT");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the method never ran");
+    // Nothing was claimed: the key is free for a request that fits.
+    assert_eq!(send(&mut service, request(Some("k-big"), "small")).await.0, "0");
 }
 
 async fn concurrent_duplicates_run_once_and_the_rest_hear_in_progress(url: String) {
@@ -188,7 +206,11 @@ async fn an_accepted_answer_frees_the_key_and_a_created_one_replays_with_its_hin
 }
 
 async fn keys_expire_and_abandoned_claims_are_taken_over(url: String) {
-    let config = IdempotencyConfig { retention: Duration::from_secs(3600), lease: Duration::from_secs(60) };
+    let config = IdempotencyConfig {
+        retention: Duration::from_secs(3600),
+        lease: Duration::from_secs(60),
+        ..Default::default()
+    };
     let store = store(&url, config).await;
     let t0 = 1_000_000_000;
     assert_eq!(store.claim("k6", "h", t0, None).await.unwrap(), Claim::Fresh);
@@ -223,4 +245,5 @@ kit::backend_tests!(
     server_failures_free_the_key_and_client_errors_are_kept,
     keys_expire_and_abandoned_claims_are_taken_over,
     an_accepted_answer_frees_the_key_and_a_created_one_replays_with_its_hints,
+    an_idempotent_body_over_the_limit_is_refused_without_being_read_whole,
 );

@@ -64,8 +64,12 @@ async fn stack_with(options: Options) -> Stack {
         common.registry_url = Some(registry.url());
         common
     };
-    let users =
-        users::start(users::UsersConfig { common: common(0), ..Default::default() }, shutdown.clone()).await.unwrap();
+    let users = users::start(
+        users::UsersConfig { common: common(0), token_secret: kit::testing::test_token_secret(), ..Default::default() },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let mut payments_config = payments::PaymentsConfig {
         common: common(2),
         card_key: Some(kit::config::Secret::new("dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=")),

@@ -39,7 +39,11 @@ async fn world() -> World {
     let shutdown = kit::shutdown::CancellationToken::new();
     let dbs: Vec<TestDb> = (0..4).map(|_| TestDb::sqlite()).collect();
     let users = users::start(
-        users::UsersConfig { common: service_common(&dbs[0].url), ..Default::default() },
+        users::UsersConfig {
+            common: service_common(&dbs[0].url),
+            token_secret: kit::testing::test_token_secret(),
+            ..Default::default()
+        },
         shutdown.clone(),
     )
     .await

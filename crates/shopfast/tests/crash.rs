@@ -57,7 +57,6 @@ const VALID_LAST4: [&str; 2] = ["4242", "0077"];
 /// Attempts a client makes with one key before it gives up (as the outside test did).
 const MAX_ATTEMPTS: u32 = 5;
 const API_KEY: &str = "crash-key";
-const TOKEN_SECRET: &str = "crash-test-token-secret-0123456789abcdef";
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -105,11 +104,7 @@ fn write_config(dir: &std::path::Path) -> String {
     let path = dir.join("shopfast.toml");
     let text = format!(
         r#"
-[users]
-token_secret = "{TOKEN_SECRET}"
-
 [gateway]
-token_secret = "{TOKEN_SECRET}"
 
 [gateway.tiers.chaos]
 per_minute = 600000

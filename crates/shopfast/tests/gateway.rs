@@ -11,8 +11,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Proc, eventually};
 
-const SECRET: &str = "gateway-test-secret-0123456789abcdef0123";
-
 /// A stack sharing one config file.
 struct Stack {
     _registry: Proc,
@@ -28,11 +26,7 @@ fn write_config(dir: &Path, gateway_keys: &str, tables: &str) -> std::path::Path
     let path = dir.join("shopfast.toml");
     let text = format!(
         r#"
-[users]
-token_secret = "{SECRET}"
-
 [gateway]
-token_secret = "{SECRET}"
 {gateway_keys}
 
 [gateway.tiers.tiny]
@@ -250,6 +244,18 @@ async fn a_shopper_journey_and_the_errors_around_it() {
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Over HTTP/2, a body sent to no route, or with the wrong method, gets its JSON answer, not a reset.
+    for (method, path, status, code) in [
+        (reqwest::Method::POST, "/v1/nowhere", StatusCode::NOT_FOUND, "NOT_FOUND"),
+        (reqwest::Method::PUT, "/v1/users", StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+    ] {
+        let sent = h2.request(method, format!("{url}{path}")).json(&json!({ "some": "x".repeat(900_000) })).send();
+        let (got, answer) = body(sent.await.unwrap()).await;
+        assert_eq!((got, answer["code"].as_str()), (status, Some(code)), "{path}: {answer}");
+    }
+    // A query that is not UTF-8 once percent-decoded: 400, not a search for something else.
+    let (status, bad) = body(http.get(format!("{url}/v1/products?query=%FF")).send().await.unwrap()).await;
+    assert_eq!((status, bad["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_ARGUMENT")), "{bad}");
     let (status, _) =
         body(http.post(format!("{url}/v1/users")).header("Idempotency-Key", "").json(&json!({})).send().await.unwrap())
             .await;
@@ -336,6 +342,40 @@ async fn burst(url: &str, key: Option<&str>, n: usize) -> (usize, usize, Option<
         }
     }
     (ok, limited, last_429)
+}
+
+/// Anonymous GETs as the client at `forwarded_for` (`X-Forwarded-For`); how many were allowed.
+async fn anonymous_allowed(url: &str, forwarded_for: &str, n: usize) -> usize {
+    let http = reqwest::Client::new();
+    let mut ok = 0;
+    for _ in 0..n {
+        let request = http.get(format!("{url}/v1/products?pageSize=1")).header("x-forwarded-for", forwarded_for);
+        match request.send().await.unwrap().status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_behind_a_trusted_proxy_are_limited_by_their_own_address() {
+    let tables = "[gateway.tiers.anonymous]\nper_minute = 1\nburst = 3\nmonthly_quota = 0\n";
+    let stack = Stack::start("trusted_proxies = [\"127.0.0.1/32\"]", tables).await;
+    let proxied = stack.gateway("proxied", &[]);
+    let behind_proxy = base(&proxied);
+    assert_eq!(anonymous_allowed(&behind_proxy, "198.51.100.1", 5).await, 3, "one client's burst");
+    assert_eq!(anonymous_allowed(&behind_proxy, "198.51.100.2", 5).await, 3, "another client: its own bucket");
+    // A client naming an address of its own left of what the proxy saw changes nothing.
+    assert_eq!(anonymous_allowed(&behind_proxy, "203.0.113.7, 198.51.100.1", 2).await, 0);
+
+    // Without trusted proxies the header is nobody's word: one bucket for the peer.
+    let stack = Stack::start("", tables).await;
+    let gateway = stack.gateway("direct", &[]);
+    let direct = base(&gateway);
+    assert_eq!(anonymous_allowed(&direct, "198.51.100.1", 5).await, 3);
+    assert_eq!(anonymous_allowed(&direct, "198.51.100.2", 5).await, 0, "spoofing does not buy a fresh bucket");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

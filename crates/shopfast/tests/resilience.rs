@@ -13,7 +13,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Proc, eventually, promtool_accepts};
 
-const SECRET: &str = "resilience-test-secret-0123456789abcdef";
 const GET_PRODUCT: &str = "/shopfast.products.v1.ProductService/GetProduct";
 
 /// Registry, users, products (fault injection enabled) and a gateway, from
@@ -33,11 +32,7 @@ fn write_config(dir: &Path, gateway_tables: &str) -> PathBuf {
     let path = dir.join("shopfast.toml");
     let text = format!(
         r#"
-[users]
-token_secret = "{SECRET}"
-
 [gateway]
-token_secret = "{SECRET}"
 
 [gateway.tiers.anonymous]
 per_minute = 600000

@@ -17,15 +17,13 @@ use kit::shutdown::CancellationToken;
 pub const SERVICE: &str = "users";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub use kit::token::DEV_TOKEN_SECRET;
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct UsersConfig {
     #[serde(flatten)]
     pub common: ServiceCommon,
     /// HMAC secret for access tokens (at least 32 bytes), shared with the gateway.
-    pub token_secret: Option<String>,
+    pub token_secret: Option<kit::config::Secret>,
     pub token_ttl_secs: u64,
 }
 
@@ -39,8 +37,8 @@ pub async fn start(config: UsersConfig, shutdown: CancellationToken) -> Result<R
     if config.token_ttl_secs == 0 {
         return Err(StartError::Config("token_ttl_secs must be positive".into()));
     }
-    let signer = kit::token::signer_from_config(config.token_secret.as_deref())
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let signer =
+        kit::token::signer_from_config(config.token_secret.as_ref()).map_err(|e| StartError::Config(e.to_string()))?;
     let spec = ServiceSpec {
         name: SERVICE,
         grpc_services: &[contracts::service_names::USERS],

@@ -15,9 +15,21 @@ struct Harness {
     _db: TestDb,
 }
 
-async fn start() -> Harness {
+#[tokio::test]
+async fn users_refuses_to_start_without_a_token_secret() {
     let db = TestDb::sqlite();
     let config = users::UsersConfig { common: service_common(&db.url), ..Default::default() };
+    let err = users::start(config, kit::shutdown::CancellationToken::new()).await.err().expect("refused");
+    assert!(err.to_string().contains("no token_secret configured"), "{err}");
+}
+
+async fn start() -> Harness {
+    let db = TestDb::sqlite();
+    let config = users::UsersConfig {
+        common: service_common(&db.url),
+        token_secret: kit::testing::test_token_secret(),
+        ..Default::default()
+    };
     let service = users::start(config, kit::shutdown::CancellationToken::new()).await.expect("start users");
     let client = UserServiceClient::connect(service.grpc_url()).await.expect("connect");
     Harness { client, service, _db: db }
@@ -55,7 +67,7 @@ async fn register_login_profile_and_validate() {
         .unwrap()
         .into_inner();
     assert_eq!(login.token_type, "Bearer");
-    let signer = TokenSigner::new(users::DEV_TOKEN_SECRET.as_bytes()).unwrap();
+    let signer = TokenSigner::new(kit::testing::TEST_TOKEN_SECRET.as_bytes()).unwrap();
     let claims = signer.verify(&login.access_token, kit::time::now_millis() / 1000).unwrap();
     assert_eq!(claims.sub, user.id);
     assert_eq!(login.expire_time.unwrap().seconds, claims.exp);

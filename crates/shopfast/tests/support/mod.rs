@@ -39,6 +39,9 @@ impl Proc {
         let mut child = Command::new(shopfast_bin())
             .args(args)
             .env("SHOPFAST_PAYMENTS__CARD_KEY", TEST_CARD_KEY)
+            // Users and the gateway have no built-in token secret either.
+            .env("SHOPFAST_USERS__TOKEN_SECRET", kit::testing::TEST_TOKEN_SECRET)
+            .env("SHOPFAST_GATEWAY__TOKEN_SECRET", kit::testing::TEST_TOKEN_SECRET)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
