@@ -248,6 +248,12 @@ async fn set_loadgen(State(console): State<Arc<Console>>, body: Bytes) -> ApiRes
         serde_json::from_slice(&body).map_err(|e| bad(format!("expected {{\"url\": \"http://…\"}}: {e}")))?;
     let url = parsed.url.trim_end_matches('/').to_string();
     crate::check_http_url(&url).map_err(bad)?;
+    if !console.config.is_loadgen_target(&url) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "not a configured traffic generator: the console relays only to loadgen_url and loadgen_targets",
+        ));
+    }
     if let Ok(mut slot) = console.loadgen_url.write() {
         *slot = Some(url.clone());
     }

@@ -47,6 +47,10 @@ pub struct ConsoleConfig {
     pub registry_url: Option<String>,
     /// The traffic generator's control URL, for its stats on the page.
     pub loadgen_url: Option<String>,
+    /// Other control URLs `PUT /api/loadgen` may switch to. The console
+    /// relays mode changes to its traffic generator: it must never fetch a
+    /// URL a caller made up (server-side request forgery).
+    pub loadgen_targets: Vec<String>,
     /// Spans and logs older than this are deleted.
     pub retention_ms: u64,
     /// And at most this many spans are kept (the oldest go first).
@@ -66,6 +70,7 @@ impl Default for ConsoleConfig {
             database_url: None,
             registry_url: None,
             loadgen_url: None,
+            loadgen_targets: Vec::new(),
             retention_ms: 3_600_000,
             max_spans: 500_000,
             scrape_interval_ms: 5_000,
@@ -83,10 +88,18 @@ impl ConsoleConfig {
         {
             return Err("retention_ms, max_spans, scrape_interval_ms and scrape_timeout_ms must be above 0".into());
         }
-        for url in [&self.registry_url, &self.loadgen_url].into_iter().flatten() {
+        for url in [&self.registry_url, &self.loadgen_url].into_iter().flatten().chain(&self.loadgen_targets) {
             check_http_url(url)?;
         }
         Ok(())
+    }
+}
+
+impl ConsoleConfig {
+    /// Whether `url` is a traffic generator this console was configured with.
+    pub(crate) fn is_loadgen_target(&self, url: &str) -> bool {
+        let same = |configured: &String| configured.trim_end_matches('/') == url;
+        self.loadgen_url.iter().chain(&self.loadgen_targets).any(same)
     }
 }
 

@@ -85,6 +85,14 @@ fn describe_all() {
     );
     describe_counter!("saga_compensations_total", "Saga compensations, by step and outcome.");
     describe_counter!(
+        "saga_compensation_passes_total",
+        "Passes over a saga's compensations that left some still to do (a dependency was away); they are retried."
+    );
+    describe_counter!(
+        "orders_cancelled_after_payment_total",
+        "Paid orders cancelled: refunded and restocked, then CANCELLED."
+    );
+    describe_counter!(
         "saga_manual_intervention_total",
         "Sagas whose compensation gave up: a person must look (see the saga record)."
     );

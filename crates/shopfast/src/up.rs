@@ -162,8 +162,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         restart: Arc::new(AtomicBool::new(false)),
     };
     let data_dir = args.data_dir.display().to_string();
+    // The traffic generator's address is settled first: the console is told
+    // it at start and relays to it alone.
+    let loadgen_addr = match (args.no_loadgen, args.ephemeral) {
+        (true, _) => None,
+        (false, false) => Some(format!("127.0.0.1:{LOADGEN_PORT}")),
+        (false, true) => Some(free_loopback_addr()?),
+    };
 
-    let (infrastructure, registry_url, console_url) = start_infrastructure(&supervisor, &args, &data_dir).await?;
+    let (infrastructure, registry_url, console_url) =
+        start_infrastructure(&supervisor, &args, &data_dir, loadgen_addr.as_deref()).await?;
     let telemetry = telemetry_env(console_url.as_deref());
     let services = match start_services(&supervisor, &args, &replicas, &data_dir, &registry_url, &secrets, &telemetry) {
         Ok(services) => services,
@@ -185,21 +193,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .find(|i| i.name == "gateway")
         .map(|i| format!("http://{}", i.address))
         .unwrap_or_default();
-    let loadgen = if args.no_loadgen {
-        None
-    } else {
-        let env: Vec<(String, String)> = secrets.loadgen_env().into_iter().chain(telemetry).collect();
-        match start_loadgen(&supervisor, &gateway_url, &env, args.ephemeral, args.ready_timeout_secs).await {
-            Ok(started) => Some(started),
-            Err(err) => {
-                stop_all(services, infrastructure).await;
-                return Err(err);
+    let loadgen = match &loadgen_addr {
+        None => None,
+        Some(addr) => {
+            let env: Vec<(String, String)> = secrets.loadgen_env().into_iter().chain(telemetry).collect();
+            match start_loadgen(&supervisor, &gateway_url, &env, addr, args.ready_timeout_secs).await {
+                Ok(started) => Some(started),
+                Err(err) => {
+                    stop_all(services, infrastructure).await;
+                    return Err(err);
+                }
             }
         }
     };
-    if let (Some(console), Some((_, loadgen))) = (&console_url, &loadgen) {
-        tell_console_about_loadgen(console, loadgen).await;
-    }
     // From here on a child that dies is restarted.
     supervisor.restart.store(true, std::sync::atomic::Ordering::SeqCst);
     print_banner(
@@ -236,6 +242,7 @@ async fn start_infrastructure(
     supervisor: &Supervisor<'_>,
     args: &UpArgs,
     data_dir: &str,
+    loadgen_addr: Option<&str>,
 ) -> anyhow::Result<(Vec<Proc>, String, Option<String>)> {
     let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
     let registry = ChildSpec {
@@ -250,7 +257,9 @@ async fn start_infrastructure(
     if args.no_console {
         return Ok((vec![registry], registry_url, None));
     }
-    match start_console(supervisor, &registry_url, data_dir, args.ephemeral, args.ready_timeout_secs).await {
+    let console =
+        start_console(supervisor, &registry_url, data_dir, loadgen_addr, args.ephemeral, args.ready_timeout_secs);
+    match console.await {
         Ok((console, url)) => Ok((vec![console, registry], registry_url, Some(url))),
         Err(err) => {
             stop_all(Vec::new(), vec![registry]).await;
@@ -346,18 +355,10 @@ async fn wait_until_ready(
     }
 }
 
-/// The console shows the generator's live numbers; it started first.
-async fn tell_console_about_loadgen(console: &str, loadgen: &str) {
-    let told = reqwest::Client::new()
-        .put(format!("{console}/api/loadgen"))
-        .json(&serde_json::json!({ "url": loadgen }))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map(|r| r.status().is_success());
-    if !matches!(told, Ok(true)) {
-        eprintln!("shopfast up: could not tell the console where the traffic generator is ({told:?})");
-    }
+/// A loopback address free right now (for a child started a little later).
+fn free_loopback_addr() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.to_string())
 }
 
 fn print_banner(
@@ -411,24 +412,23 @@ async fn start_console(
     supervisor: &Supervisor<'_>,
     registry_url: &str,
     data_dir: &str,
+    loadgen_addr: Option<&str>,
     ephemeral: bool,
     ready_timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
     let port = if ephemeral { 0 } else { CONSOLE_PORT };
-    let spec = ChildSpec {
-        command: "console",
-        label: "console",
-        flags: vec![
-            "--addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--registry-url".into(),
-            registry_url.to_string(),
-            "--data-dir".into(),
-            data_dir.to_string(),
-        ],
-        colour: SERVICES.len() + 3,
-        env: &[],
-    };
+    let mut flags = vec![
+        "--addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--registry-url".into(),
+        registry_url.to_string(),
+        "--data-dir".into(),
+        data_dir.to_string(),
+    ];
+    if let Some(addr) = loadgen_addr {
+        flags.extend(["--loadgen-url".to_string(), format!("http://{addr}")]);
+    }
+    let spec = ChildSpec { command: "console", label: "console", flags, colour: SERVICES.len() + 3, env: &[] };
     spawn_listening(supervisor, spec, "the console", ready_timeout_secs).await
 }
 
@@ -438,14 +438,13 @@ async fn start_loadgen(
     supervisor: &Supervisor<'_>,
     gateway_url: &str,
     env: &[(String, String)],
-    ephemeral: bool,
+    addr: &str,
     ready_timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
-    let port = if ephemeral { 0 } else { LOADGEN_PORT };
     let spec = ChildSpec {
         command: "loadgen",
         label: "loadgen-1",
-        flags: vec!["--addr".into(), format!("127.0.0.1:{port}"), "--gateway-url".into(), gateway_url.to_string()],
+        flags: vec!["--addr".into(), addr.to_string(), "--gateway-url".into(), gateway_url.to_string()],
         colour: SERVICES.len() + 2,
         env,
     };

@@ -367,6 +367,12 @@ async fn bad_requests_are_refused_clearly(http: &reqwest::Client, console: &str)
             http.put(format!("{console}/api/loadgen")).json(&json!({ "url": "http://x", "x": 1 })),
             StatusCode::BAD_REQUEST,
         ),
+        // The relay fetches only what it was configured with: no URL a caller makes up.
+        (
+            "loadgen not configured",
+            http.put(format!("{console}/api/loadgen")).json(&json!({ "url": "http://169.254.169.254/latest" })),
+            StatusCode::FORBIDDEN,
+        ),
         ("wrong method", http.delete(format!("{console}/api/traces")), StatusCode::METHOD_NOT_ALLOWED),
         ("unknown path", http.get(format!("{console}/api/nothing")), StatusCode::NOT_FOUND),
     ];
