@@ -2,7 +2,6 @@
 //! behind the resilience guard (bulkhead, circuit breaker, deadline), its retry
 //! budget, and its fallback — the last good responses for `cached`, and the
 //! deferred-call queue for `queue`.
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,39 +36,35 @@ impl Backend {
     }
 }
 
-/// Last good JSON bodies by request (method, path, query, user), bounded.
+/// Last good JSON bodies by request (method, path, query, user): an LRU of
+/// at most `capacity` entries (O(1) to insert, look up and evict), served
+/// only while younger than `max_age`.
 pub struct ResponseCache {
-    entries: Mutex<HashMap<String, (Bytes, Instant)>>,
-    capacity: usize,
+    entries: Mutex<lru::LruCache<String, (Bytes, Instant)>>,
     max_age: Duration,
 }
 
 impl ResponseCache {
     pub fn new(capacity: usize, max_age: Duration) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1), max_age }
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self { entries: Mutex::new(lru::LruCache::new(capacity)), max_age }
     }
 
     pub fn put(&self, key: String, body: Bytes) {
         let Ok(mut entries) = self.entries.lock() else { return };
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            // Make room: drop what is too old to serve, else the oldest.
-            let max_age = self.max_age;
-            entries.retain(|_, (_, at)| at.elapsed() <= max_age);
-            if entries.len() >= self.capacity
-                && let Some(oldest) = entries.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
-            {
-                entries.remove(&oldest);
-            }
-        }
-        entries.insert(key, (body, Instant::now()));
+        entries.put(key, (body, Instant::now()));
     }
 
     /// The stored body and its age, unless older than the limit.
     pub fn get(&self, key: &str) -> Option<(Bytes, Duration)> {
-        let entries = self.entries.lock().ok()?;
+        let mut entries = self.entries.lock().ok()?;
         let (body, at) = entries.get(key)?;
         let age = at.elapsed();
         (age <= self.max_age).then(|| (body.clone(), age))
+    }
+
+    pub fn entries(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 }
 
@@ -78,12 +73,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_flood_of_distinct_reads_keeps_the_cache_at_its_bound() {
+        let cache = ResponseCache::new(1_000, Duration::from_secs(60));
+        cache.put("hot".into(), Bytes::from_static(b"h"));
+        for i in 0..100_000 {
+            cache.put(format!("read-{i}"), Bytes::from_static(b"x"));
+            if i % 100 == 0 {
+                assert!(cache.get("hot").is_some(), "a read in use stays");
+            }
+        }
+        assert_eq!(cache.entries(), 1_000);
+    }
+
+    #[test]
     fn the_cache_is_bounded_and_serves_only_fresh_entries() {
         let cache = ResponseCache::new(2, Duration::from_secs(60));
         cache.put("a".into(), Bytes::from_static(b"1"));
         cache.put("b".into(), Bytes::from_static(b"2"));
         cache.put("c".into(), Bytes::from_static(b"3"));
-        assert!(cache.get("a").is_none(), "oldest evicted");
+        assert!(cache.get("a").is_none(), "least recently used evicted");
+        assert_eq!(cache.entries(), 2);
         assert_eq!(cache.get("c").map(|(b, _)| b), Some(Bytes::from_static(b"3")));
         let stale = ResponseCache::new(2, Duration::ZERO);
         stale.put("a".into(), Bytes::from_static(b"1"));

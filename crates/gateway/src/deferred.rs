@@ -32,16 +32,23 @@ pub enum QueueError {
     Db(#[from] sqlx::Error),
     #[error("stored call {0} is unreadable: {1}")]
     Corrupt(String, String),
+    #[error("the deferred-call queue is full ({0} calls pending)")]
+    Full(i64),
 }
+
+/// Settled calls are kept this long (for `status`), then deleted.
+const SETTLED_RETENTION_MS: i64 = 24 * 3_600_000;
 
 #[derive(Clone)]
 pub struct DeferredQueue {
     db: Db,
+    /// At most this many calls pending at once; more are refused.
+    max_pending: i64,
 }
 
 impl DeferredQueue {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, max_pending: usize) -> Self {
+        Self { db, max_pending: i64::try_from(max_pending).unwrap_or(i64::MAX) }
     }
 
     pub async fn push(
@@ -54,9 +61,11 @@ impl DeferredQueue {
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_millis();
         let metadata = serde_json::to_string(metadata).map_err(|e| QueueError::Corrupt(id.clone(), e.to_string()))?;
-        sqlx::query(
+        // One statement checks the bound and inserts: no window between the two.
+        let inserted = sqlx::query(
             "INSERT INTO deferred_calls (id, backend, grpc_path, message, metadata, state, attempts, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6)",
+             SELECT $1, $2, $3, $4, $5, 'pending', 0, $6, $6 \
+             WHERE (SELECT COUNT(*) FROM deferred_calls WHERE state = 'pending') < $7",
         )
         .bind(&id)
         .bind(backend)
@@ -64,8 +73,13 @@ impl DeferredQueue {
         .bind(STANDARD.encode(message))
         .bind(metadata)
         .bind(now)
+        .bind(self.max_pending)
         .execute(self.db.pool())
         .await?;
+        if inserted.rows_affected() == 0 {
+            metrics::counter!("deferred_calls_refused_total", "service" => backend.to_string()).increment(1);
+            return Err(QueueError::Full(self.max_pending));
+        }
         metrics::gauge!("deferred_calls_pending", "service" => backend.to_string()).increment(1.0);
         Ok(id)
     }
@@ -127,6 +141,15 @@ impl DeferredQueue {
             tracing::info!(deferred_id = %call.id, backend = %call.backend, state, attempts, error, "deferred call settled");
         }
         Ok(())
+    }
+
+    /// Deletes settled calls older than a day; returns how many.
+    pub async fn prune(&self, now_ms: i64) -> Result<u64, QueueError> {
+        let done = sqlx::query("DELETE FROM deferred_calls WHERE state <> 'pending' AND updated_at_ms < $1")
+            .bind(now_ms - SETTLED_RETENTION_MS)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// (state, attempts, last_error) of one call.

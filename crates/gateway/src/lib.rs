@@ -37,6 +37,25 @@ use kit::shutdown::CancellationToken;
 pub const SERVICE: &str = "gateway";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Every table a client can add to has a bound (a flood of addresses or
+/// writes must not grow memory or a table without limit).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateLimits {
+    /// Clients whose rate (per tier) and monthly quota counts are kept in
+    /// memory; beyond it a new client takes an idle one's place, or is
+    /// refused (503) when none is idle.
+    pub max_clients: usize,
+    /// Calls the `queue` fallback may hold undelivered; more are refused.
+    pub max_deferred_calls: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self { max_clients: 100_000, max_deferred_calls: 10_000 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct GatewayConfig {
@@ -54,6 +73,8 @@ pub struct GatewayConfig {
     pub tiers: BTreeMap<String, ratelimit::Tier>,
     /// API key → client, tier, admin.
     pub api_keys: auth::ApiKeys,
+    /// Bounds on what clients can make the gateway remember.
+    pub limits: StateLimits,
     /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded`
     /// names the client: anonymous clients behind them are limited by their
     /// own address, not the proxy's. Nobody's header is believed otherwise.
@@ -85,6 +106,7 @@ impl Default for GatewayConfig {
             tiers: ratelimit::default_tiers(),
             api_keys: auth::ApiKeys::default(),
             trusted_proxies: Vec::new(),
+            limits: StateLimits::default(),
             routes: BTreeMap::new(),
             dependencies: BTreeMap::new(),
             max_body_bytes: 1024 * 1024,
@@ -174,12 +196,13 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
         ),
         None => None,
     };
-    let limiter = ratelimit::Limiter::new(config.tiers.clone(), ratelimit::quota::QuotaCounter::new(db.clone()), redis);
+    let quotas = ratelimit::quota::QuotaCounter::new(db.clone(), config.limits.max_clients);
+    let limiter = ratelimit::Limiter::new(config.tiers.clone(), config.limits.max_clients, quotas, redis);
 
     let gateway = Arc::new(server::Gateway {
         routes,
         backends,
-        deferred: deferred::DeferredQueue::new(db.clone()),
+        deferred: deferred::DeferredQueue::new(db.clone(), config.limits.max_deferred_calls),
         limiter,
         keys: config.api_keys.0.clone(),
         trusted_proxies,
@@ -245,9 +268,13 @@ async fn serve(
                     _ = tick.tick() => {
                         gateway.limiter.flush_quotas().await;
                         gateway.deliver_deferred().await;
+                        gateway.export_state_sizes();
                         ticks += 1;
                         if ticks.is_multiple_of(60) {
                             gateway.limiter.evict_idle();
+                        }
+                        if ticks.is_multiple_of(3_600) {
+                            gateway.prune_deferred().await;
                         }
                     }
                 }

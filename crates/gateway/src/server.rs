@@ -414,10 +414,18 @@ impl Gateway {
     }
 
     async fn limit(&self, caller: &Caller) -> Result<Decision, Failure> {
-        self.limiter
-            .check(&caller.tier, &caller.client)
-            .await
-            .ok_or_else(|| Failure::new(Code::Internal, format!("API key tier {} is not configured", caller.tier)))
+        use crate::ratelimit::local::Refusal;
+        self.limiter.check(&caller.tier, &caller.client).await.map_err(|refusal| match refusal {
+            Refusal::UnknownTier => {
+                Failure::new(Code::Internal, format!("API key tier {} is not configured", caller.tier))
+            }
+            // The gateway's own bound, not this client's rate: 503, come back shortly.
+            Refusal::TooManyClients => {
+                metrics::counter!("ratelimit_refused_clients_total", "tier" => caller.tier.clone()).increment(1);
+                let failure = Failure::new(Code::Unavailable, "too many distinct clients right now; retry shortly");
+                Failure { retry_after: Some(1), ..failure }
+            }
+        })
     }
 
     /// Checks the route's access rule; returns the signed-in user, if any.
@@ -563,6 +571,14 @@ impl Gateway {
                 let encoded = prost::Message::encode_to_vec(message);
                 let id = match self.deferred.push(&route.backend, &route.grpc_path, &encoded, &stored).await {
                     Ok(id) => id,
+                    Err(crate::deferred::QueueError::Full(pending)) => {
+                        tracing::warn!(backend = %route.backend, pending, "deferred-call queue full; write refused");
+                        let message = format!(
+                            "{} is unavailable and the queue of deferred writes is full; retry later",
+                            route.backend
+                        );
+                        return Err(Failure { retry_after: Some(5), ..Failure::new(Code::Unavailable, message) });
+                    }
                     Err(err) => {
                         tracing::error!(error = %err, "could not queue a deferred call");
                         return Err(status.into());
@@ -586,6 +602,27 @@ impl Gateway {
             .record(started.elapsed().as_secs_f64());
         tracing::info!(backend = %route.backend, kind, code = ?status.code(), "answered by fallback");
         Ok(reply)
+    }
+
+    /// The sizes of what clients can make the gateway remember, as gauges
+    /// (each has a bound: see `StateLimits`).
+    pub fn export_state_sizes(&self) {
+        metrics::gauge!("ratelimit_quota_clients").set(self.limiter.quota_clients() as f64);
+        metrics::gauge!("ratelimit_local_clients").set(self.limiter.local_clients() as f64);
+        for (name, backend) in &self.backends {
+            if let Some(cache) = &backend.cache {
+                metrics::gauge!("fallback_cache_entries", "service" => name.clone()).set(cache.entries() as f64);
+            }
+        }
+    }
+
+    /// Deletes delivered and failed deferred calls older than a day.
+    pub async fn prune_deferred(&self) {
+        match self.deferred.prune(kit::time::now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "settled deferred calls pruned"),
+            Err(err) => tracing::warn!(error = %err, "pruning deferred calls failed"),
+        }
     }
 
     /// Delivers queued calls of every `queue` backend whose breaker lets

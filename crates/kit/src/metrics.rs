@@ -131,6 +131,19 @@ fn describe_all() {
     describe_counter!("retries_total", "Retries made, by service.");
     describe_counter!("retry_budget_exhausted_total", "Retries not made because the retry budget was spent.");
     describe_counter!("client_ejections_total", "Instances ejected from client-side load balancing.");
+    describe_gauge!(
+        "ratelimit_quota_clients",
+        "Clients whose monthly quota counts the gateway holds in memory (bounded)."
+    );
+    describe_gauge!(
+        "fallback_cache_entries",
+        "Last good responses the gateway keeps for the cached fallback (bounded)."
+    );
+    describe_counter!(
+        "ratelimit_refused_clients_total",
+        "Requests refused because the gateway already tracks as many clients as it may."
+    );
+    describe_counter!("deferred_calls_refused_total", "Writes the queue fallback refused because the queue was full.");
     describe_counter!("client_no_instance_total", "Calls with no healthy instance to go to.");
     describe_gauge!("client_instances", "Instances in a client's load-balancing pool.");
     // Discovery and registry

@@ -379,6 +379,49 @@ async fn anonymous_clients_behind_a_trusted_proxy_are_limited_by_their_own_addre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_distinct_client_addresses_keeps_the_gateways_state_bounded() {
+    // Every request a new anonymous client (behind a trusted proxy), each
+    // with a rate bucket and a quota count; the gateway may track 1,000.
+    let tables = "[gateway.tiers.anonymous]\nper_minute = 1\nburst = 1\nmonthly_quota = 1000000\n\n\
+                  [gateway.limits]\nmax_clients = 1000\n";
+    let stack = Stack::start("trusted_proxies = [\"127.0.0.1/32\"]", tables).await;
+    let gateway = stack.gateway("flood", &[]);
+    let url = base(&gateway);
+    let http = reqwest::Client::new();
+    let flood = 100_000;
+    let statuses: Vec<u16> = {
+        use futures::StreamExt;
+        futures::stream::iter(0..flood)
+            .map(|i: u32| {
+                let request = http
+                    .get(format!("{url}/v1/nowhere"))
+                    .header("x-forwarded-for", std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string());
+                async move { request.send().await.unwrap().status().as_u16() }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await
+    };
+    let admitted = statuses.iter().filter(|s| **s == 404).count();
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(admitted + refused, flood as usize, "every request answered: admitted (404 here) or refused");
+    assert!((1_000..=1_008).contains(&admitted), "{admitted} clients admitted within the bound");
+    // The sizes it exports (every second) stay at the bound.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let gauge = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap()
+    };
+    assert!(gauge("ratelimit_local_clients") <= 1_008.0 + 10.0, "{metrics}");
+    assert!(gauge("ratelimit_quota_clients") <= 1_000.0);
+    // A refusal says why, and when to come back.
+    let refusal = http.get(format!("{url}/v1/nowhere")).header("x-forwarded-for", "192.0.2.77").send().await.unwrap();
+    assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refusal.headers()["retry-after"], "1");
+    assert!(refusal.text().await.unwrap().contains("too many distinct clients"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_tier_bursts_are_cut_at_the_configured_number() {
     let stack = Stack::start("", "").await;
     let gateway = stack.gateway("gw", &[]);

@@ -421,6 +421,9 @@ policy = "classic"
 failure_threshold = 2
 open_ms = 500
 success_threshold = 1
+
+[gateway.limits]
+max_deferred_calls = 3
 "#,
     );
     stack.product_id().await;
@@ -430,8 +433,8 @@ success_threshold = 1
         json!({ "name": format!("Queued {sku}"), "description": "made while products was down", "sku": sku,
                 "price": { "minorUnits": "1234", "currencyCode": "USD" }, "stock": "7", "category": "queued", "active": true })
     };
-    let mut accepted = Vec::new();
-    for n in 0..4 {
+    let (mut accepted, mut full) = (Vec::new(), 0);
+    for n in 0..7 {
         let sku = format!("QUEUED-{n}");
         let response = stack
             .http
@@ -449,11 +452,17 @@ success_threshold = 1
             assert!(body["deferred_id"].is_string(), "{body}");
             accepted.push(sku);
         } else {
-            // Only a call that may have reached the dead instance is refused rather than queued.
+            // A call that may have reached the dead instance is refused rather
+            // than queued, and so is one past the queue's bound.
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            if body["message"].as_str().is_some_and(|m| m.contains("queue of deferred writes is full")) {
+                assert!(headers.contains_key("retry-after"));
+                full += 1;
+            }
         }
     }
-    assert!(accepted.len() >= 2, "writes refused by the open breaker are queued: {accepted:?}");
+    assert_eq!(accepted.len(), 3, "writes refused by the open breaker are queued, up to the bound: {accepted:?}");
+    assert!(full >= 2, "the rest are refused as the queue is full ({full})");
     // Reads are never queued.
     let (status, _, _) = stack.get("/v1/products?pageSize=1").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

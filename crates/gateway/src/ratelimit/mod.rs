@@ -1,6 +1,6 @@
 //! Rate limits before routing: each client (API key, else IP) gets its tier's
-//! per-minute GCRA with burst and a monthly quota. Local (governor + the
-//! gateway's database) by default; with Redis, one Lua script enforces both
+//! per-minute GCRA with burst and a monthly quota. Local (a bounded GCRA
+//! table + the gateway's database) by default; with Redis, one Lua script enforces both
 //! across every gateway, and if Redis fails the gateway falls back to local
 //! limits (and says so in logs and `ratelimit_redis_up`).
 pub mod calendar;
@@ -76,9 +76,14 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(tiers: BTreeMap<String, Tier>, quota: quota::QuotaCounter, redis: Option<redis::RedisLimiter>) -> Self {
+    pub fn new(
+        tiers: BTreeMap<String, Tier>,
+        max_clients: usize,
+        quota: quota::QuotaCounter,
+        redis: Option<redis::RedisLimiter>,
+    ) -> Self {
         Self {
-            local: local::LocalLimiter::new(&tiers),
+            local: local::LocalLimiter::new(&tiers, max_clients),
             tiers,
             quota,
             redis,
@@ -103,15 +108,15 @@ impl Limiter {
     }
 
     /// Decides one request of `client` in `tier` (which must exist).
-    pub async fn check(&self, tier_name: &str, client: &str) -> Option<Decision> {
-        let tier = self.tiers.get(tier_name)?;
+    pub async fn check(&self, tier_name: &str, client: &str) -> Result<Decision, local::Refusal> {
+        let tier = self.tiers.get(tier_name).ok_or(local::Refusal::UnknownTier)?;
         let (month, month_left) = self.month();
         if let Some(redis) = &self.redis
             // Boxed: the Redis client's future is large, and every request's
             // future would carry its size (copied on each move) otherwise.
             && let Some(shared) = Box::pin(redis.check(tier_name, tier, client, &month, month_left)).await
         {
-            return Some(Decision { rate: shared.rate, quota: shared.quota, shared: true });
+            return Ok(Decision { rate: shared.rate, quota: shared.quota, shared: true });
         }
         let rate = self.local.check(tier_name, client)?;
         let quota = if rate.allowed && tier.monthly_quota > 0 {
@@ -126,7 +131,7 @@ impl Limiter {
         } else {
             None
         };
-        Some(Decision { rate, quota, shared: false })
+        Ok(Decision { rate, quota, shared: false })
     }
 
     /// Forgets idle clients' local buckets (a walk over every client, so
@@ -134,6 +139,16 @@ impl Limiter {
     pub fn evict_idle(&self) {
         let clients = self.local.evict_idle();
         metrics::gauge!("ratelimit_local_clients").set(clients as f64);
+    }
+
+    /// Clients whose rate the local limiter tracks.
+    pub fn local_clients(&self) -> usize {
+        self.local.clients()
+    }
+
+    /// Clients whose quota counts are held in memory.
+    pub fn quota_clients(&self) -> usize {
+        self.quota.clients()
     }
 
     /// Persists quota counts.
