@@ -30,6 +30,10 @@ set -euo pipefail
 # No built-in secrets: this run's own (in the environment, never on a command line).
 SHOPFAST_USERS__TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)
 export SHOPFAST_USERS__TOKEN_SECRET SHOPFAST_GATEWAY__TOKEN_SECRET=$SHOPFAST_USERS__TOKEN_SECRET
+# Plain text between the processes unless MTLS=1 (certificates made below).
+if [ "${MTLS:-0}" != 1 ]; then
+  for svc in REGISTRY USERS PRODUCTS PAYMENTS ORDERS GATEWAY CONSOLE; do export "SHOPFAST_${svc}__TLS__INSECURE=true"; done
+fi
 export SHOPFAST_PAYMENTS__CARD_KEY=${SHOPFAST_PAYMENTS__CARD_KEY:-$(head -c 32 /dev/urandom | base64)}
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}

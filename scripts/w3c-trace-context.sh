@@ -30,9 +30,12 @@ registry_port=$(free_port)
 gateway_port=$(free_port)
 harness_port=$(free_port)
 
+# Mutual TLS between the gateway and the registry, as `shopfast up` runs them.
+"$bin" certs --dir "$work/tls" > /dev/null
+export SHOPFAST_TLS_DIR="$work/tls"
 RUST_LOG=warn "$bin" registry --addr "127.0.0.1:$registry_port" > "$work/registry.log" 2>&1 &
 pids+=($!)
-RUST_LOG=warn "$bin" gateway --addr "127.0.0.1:$gateway_port" --registry-url "http://127.0.0.1:$registry_port" \
+RUST_LOG=warn "$bin" gateway --addr "127.0.0.1:$gateway_port" --registry-url "https://127.0.0.1:$registry_port" \
   --data-dir "$work" --enable-trace-context-test-endpoint > "$work/gateway.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "shopfast/options/v1/options.proto",
     "shopfast/common/v1/common.proto",
     "shopfast/users/v1/users.proto",
     "shopfast/products/v1/products.proto",

@@ -51,6 +51,8 @@ pub struct ConsoleConfig {
     /// relays mode changes to its traffic generator: it must never fetch a
     /// URL a caller made up (server-side request forgery).
     pub loadgen_targets: Vec<String>,
+    /// Its identity towards the registry (mutual TLS); none in plain text.
+    pub tls: kit::tls::TlsConfig,
     /// Spans and logs older than this are deleted.
     pub retention_ms: u64,
     /// And at most this many spans are kept (the oldest go first).
@@ -71,6 +73,7 @@ impl Default for ConsoleConfig {
             registry_url: None,
             loadgen_url: None,
             loadgen_targets: Vec::new(),
+            tls: kit::tls::TlsConfig::default(),
             retention_ms: 3_600_000,
             max_spans: 500_000,
             scrape_interval_ms: 5_000,
@@ -180,7 +183,9 @@ pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result
             .map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let mut tasks = vec![server, tokio::spawn(prune(console.clone(), shutdown.clone()))];
     if let Some(registry_url) = &config.registry_url {
-        tasks.push(tokio::spawn(scrape(console.clone(), RegistryClient::new(registry_url), shutdown.clone())));
+        let tls = kit::tls::Tls::optional(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
+        let registry = RegistryClient::with_tls(registry_url, tls);
+        tasks.push(tokio::spawn(scrape(console.clone(), registry, shutdown.clone())));
     }
     tracing::info!(service = SERVICE, %addr, registry = ?config.registry_url, "ready");
     Ok(RunningConsole { addr, shutdown, tasks, db })

@@ -75,6 +75,9 @@ pub struct GatewayConfig {
     pub api_keys: auth::ApiKeys,
     /// Bounds on what clients can make the gateway remember.
     pub limits: StateLimits,
+    /// Its identity towards the registry and the services (mutual TLS). Its
+    /// own port, the public edge, stays plain HTTP.
+    pub tls: kit::tls::TlsConfig,
     /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded`
     /// names the client: anonymous clients behind them are limited by their
     /// own address, not the proxy's. Nobody's header is believed otherwise.
@@ -107,6 +110,7 @@ impl Default for GatewayConfig {
             api_keys: auth::ApiKeys::default(),
             trusted_proxies: Vec::new(),
             limits: StateLimits::default(),
+            tls: kit::tls::TlsConfig::default(),
             routes: BTreeMap::new(),
             dependencies: BTreeMap::new(),
             max_body_bytes: 1024 * 1024,
@@ -172,7 +176,11 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
 
     // The recorder first: backends set their breaker gauges as they are made.
     let metrics = kit::metrics::prometheus();
-    let discovery = Discovery::new(&config.registry_url, shutdown.clone());
+    let tls = kit::tls::Tls::from_config(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
+    if let Some(tls) = &tls {
+        tls.spawn_reload(shutdown.clone());
+    }
+    let discovery = Discovery::new(&config.registry_url, tls.clone(), shutdown.clone());
     let mut backends = HashMap::new();
     for route in &routes {
         if !backends.contains_key(&route.backend) {
@@ -221,7 +229,7 @@ pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result
         TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let registration = Registration::start(
-        RegistryClient::new(&config.registry_url),
+        RegistryClient::with_tls(&config.registry_url, tls.clone()),
         kit::discovery::wire::RegisterRequest {
             id: None,
             name: SERVICE.into(),

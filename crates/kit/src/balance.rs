@@ -53,8 +53,10 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(instance: &InstanceInfo) -> Result<Self, http::uri::InvalidUri> {
-        let connection = Connection::new(&instance.address)?;
+    fn new(instance: &InstanceInfo, tls: Option<&Arc<crate::tls::Tls>>) -> Result<Self, http::uri::InvalidUri> {
+        // The instance must prove the identity of the service it registered as.
+        let tls = tls.map(|tls| (tls.clone(), instance.name.clone()));
+        let connection = Connection::with_tls(&instance.address, tls)?;
         Ok(Self {
             id: instance.id.clone(),
             address: instance.address.clone(),
@@ -156,6 +158,8 @@ pub struct Balancer {
 
 struct Inner {
     service: String,
+    /// Our identity, when instances are reached over mutual TLS.
+    tls: Option<Arc<crate::tls::Tls>>,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     /// How many instances joined the pool (new or re-registered) so far.
     new_instances: Arc<AtomicU64>,
@@ -169,9 +173,15 @@ impl Inner {
 
 impl Balancer {
     pub fn new(service: &str) -> Self {
+        Self::with_tls(service, None)
+    }
+
+    /// Instances reached over mutual TLS when `tls` is given.
+    pub fn with_tls(service: &str, tls: Option<Arc<crate::tls::Tls>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 service: service.to_string(),
+                tls,
                 backends: RwLock::new(Arc::new(Vec::new())),
                 new_instances: Arc::new(AtomicU64::new(0)),
             }),
@@ -199,7 +209,7 @@ impl Balancer {
             });
             match kept {
                 Some(backend) => next.push(backend.clone()),
-                None => match Backend::new(instance) {
+                None => match Backend::new(instance, self.inner.tls.as_ref()) {
                     Ok(backend) => {
                         next.push(Arc::new(backend));
                         self.inner.new_instances.fetch_add(1, Ordering::Relaxed);

@@ -65,6 +65,9 @@ pub struct ServiceCommon {
     /// Fault injection (off unless enabled).
     #[serde(default)]
     pub faults: crate::resilience::faults::FaultConfig,
+    /// Its identity and the CA it trusts (mutual TLS), or plain text on purpose.
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl ServiceCommon {
@@ -80,6 +83,7 @@ impl ServiceCommon {
             metadata: Default::default(),
             shedding: Default::default(),
             faults: Default::default(),
+            tls: Default::default(),
         }
     }
 

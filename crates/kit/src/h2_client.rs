@@ -51,9 +51,19 @@ struct Open {
     closed: Arc<AtomicBool>,
 }
 
+/// The connection's stream: plain, or TLS to a server proving an identity.
+enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+crate::tls::delegate_io!(ClientIo, Plain, Tls);
+
 pub struct Connection {
     address: String,
     authority: http::uri::Authority,
+    /// Our identity and the one the server must prove, when in TLS.
+    tls: Option<(Arc<crate::tls::Tls>, String)>,
     current: std::sync::Mutex<Option<Open>>,
     /// One connection attempt at a time; the other calls wait for its result.
     connecting: tokio::sync::Mutex<()>,
@@ -62,9 +72,16 @@ pub struct Connection {
 impl Connection {
     /// No connection is made until the first call.
     pub fn new(address: &str) -> Result<Self, http::uri::InvalidUri> {
+        Self::with_tls(address, None)
+    }
+
+    /// Over mutual TLS when `tls` is given: our certificate, and the
+    /// identity the server must prove (whatever address it is at).
+    pub fn with_tls(address: &str, tls: Option<(Arc<crate::tls::Tls>, String)>) -> Result<Self, http::uri::InvalidUri> {
         Ok(Self {
             address: address.to_string(),
             authority: address.parse()?,
+            tls,
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         })
@@ -76,7 +93,7 @@ impl Connection {
         let open = self.sender().await?;
         let (mut parts, body) = request.into_parts();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.scheme = Some(if self.tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
         uri.authority = Some(self.authority.clone());
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -123,6 +140,15 @@ impl Connection {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
+        let stream = match &self.tls {
+            None => ClientIo::Plain(stream),
+            Some((tls, identity)) => {
+                let secured = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(identity, stream))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                ClientIo::Tls(Box::new(secured))
+            }
+        };
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -1,6 +1,7 @@
 //! The platform kit every shopfast service links: layered config, JSON logs,
 //! server bootstrap (gRPC + health + reflection + admin HTTP + graceful
 //! shutdown), the database layer, user tokens, and test helpers.
+pub mod access;
 pub mod balance;
 pub mod coalesce;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod trace_context;
 

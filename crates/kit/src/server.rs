@@ -21,9 +21,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::access::{AccessLayer, AccessPolicy};
 use crate::config::ServiceCommon;
 use crate::grpc_telemetry::GrpcTelemetryLayer;
 use crate::idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
@@ -43,6 +43,10 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
     #[error("fault injection: {0}")]
     Faults(#[from] crate::resilience::faults::FaultError),
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
+    #[error("{0}")]
+    Access(#[from] crate::access::PolicyError),
 }
 
 /// What a service tells the host about itself.
@@ -125,6 +129,8 @@ pub struct Host {
     shedding: ShedConfig,
     faults: Faults,
     idempotency: Option<std::sync::Arc<IdempotencyStore>>,
+    /// Its identity (mutual TLS), or none in plain text.
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
 }
 
 /// The address others should dial for a listener bound to `bound`.
@@ -158,6 +164,7 @@ impl Host {
         let grpc_addr = bound(&grpc_listener, "gRPC", common.grpc_addr)?;
         let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
 
+        let tls = crate::tls::Tls::from_config(&common.tls, spec.name).map_err(ServerError::Tls)?;
         let readiness = Readiness::default();
         let faults = Faults::new(&common.faults)?;
         // Built here, not in the task: building it installs the metrics
@@ -173,7 +180,7 @@ impl Host {
                 metadata: common.metadata.clone(),
                 health: None,
             };
-            (crate::discovery::RegistryClient::new(url), request)
+            (crate::discovery::RegistryClient::with_tls(url, tls.clone()), request)
         });
         tracing::info!(service = spec.name, %grpc_addr, %admin_addr, "listeners bound");
         Ok(Self {
@@ -189,7 +196,13 @@ impl Host {
             shedding: common.shedding.clone(),
             faults,
             idempotency: None,
+            tls,
         })
+    }
+
+    /// Its identity, for its own calls to others (mutual TLS); none in plain text.
+    pub fn tls(&self) -> Option<std::sync::Arc<crate::tls::Tls>> {
+        self.tls.clone()
     }
 
     pub fn readiness(&self) -> &Readiness {
@@ -223,11 +236,14 @@ impl Host {
         let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha()?;
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
-        // Answers ready together leave together (see `coalesce`).
-        let incoming =
-            tokio_stream::StreamExt::map(TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)), |accepted| {
-                accepted.map(crate::coalesce::Coalescing)
-            });
+        // Mutual TLS (the caller's identity travels with each request as a
+        // `tls::Peer`); answers ready together leave together (see `coalesce`).
+        let accepted =
+            crate::tls::accept(self.grpc_listener, self.tls.clone().map(|tls| (tls, crate::tls::ClientAuth::Required)));
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(accepted), |conn| {
+            Ok::<_, std::io::Error>(crate::coalesce::Coalescing(conn))
+        });
+        let access = AccessPolicy::from_descriptors(self.spec.name, self.spec.descriptor_set, self.spec.grpc_services)?;
         let shutdown = self.shutdown.clone();
         let readiness = self.readiness.clone();
         let services = self.spec.grpc_services;
@@ -252,6 +268,7 @@ impl Host {
             // injected latency holds an in-flight slot like real slowness.
             // tonic itself enforces the caller's grpc-timeout.
             .layer(GrpcTelemetryLayer::new(self.spec.name))
+            .layer(AccessLayer::new(access))
             .layer(SpentDeadlineLayer)
             .layer(ShedLayer::new(self.spec.name, &self.shedding))
             .layer(tower::util::option_layer(self.idempotency.clone().map(IdempotencyLayer::new)))
@@ -284,7 +301,10 @@ impl Host {
             let _ = registered_tx.send(crate::discovery::Registration::start(client, request));
         }
         tracing::info!(service = name, grpc_addr = %self.grpc_addr, admin_addr = %self.admin_addr, "ready");
-        let background = self.idempotency.map(|store| store.spawn_sweeper(self.shutdown.clone())).into_iter().collect();
+        let mut background: Vec<JoinHandle<()>> =
+            self.idempotency.map(|store| store.spawn_sweeper(self.shutdown.clone())).into_iter().collect();
+        // Rotated certificates are picked up without a restart.
+        background.extend(self.tls.as_ref().map(|tls| tls.spawn_reload(self.shutdown.clone())));
         Ok(RunningService {
             name,
             grpc_addr: self.grpc_addr,
@@ -396,6 +416,62 @@ pub async fn serve_http(
         }
     });
     Ok((bound, task))
+}
+
+/// Like [`serve_http`], over TLS when `tls` is given, with each request
+/// knowing who sent it: handlers take `ConnectInfo<tls::Peer>` (the
+/// identity the caller's certificate proved, if any).
+pub async fn serve_http_with_peers(
+    addr: std::net::SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+    tls: Option<(Arc<crate::tls::Tls>, crate::tls::ClientAuth)>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let rx = crate::tls::accept(listener, tls);
+    let listener = PeerListener { rx, local: bound };
+    let task = tokio::spawn(async move {
+        let stopped = async move { shutdown.cancelled().await };
+        let app = app.into_make_service_with_connect_info::<crate::tls::Peer>();
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %err, "{what} server failed");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Connections from [`crate::tls::accept`], for axum.
+struct PeerListener {
+    rx: tokio::sync::mpsc::Receiver<crate::tls::ServerConn>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for PeerListener {
+    type Io = crate::tls::ServerConn;
+    type Addr = crate::tls::Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => {
+                let peer = conn.peer.clone();
+                (conn, peer)
+            }
+            // The acceptor stopped (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(crate::tls::Peer { addr: self.local, identity: None })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerListener>> for crate::tls::Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PeerListener>) -> Self {
+        stream.remote_addr().clone()
+    }
 }
 
 async fn serve_admin(listener: TcpListener, app: Router, shutdown: CancellationToken) {

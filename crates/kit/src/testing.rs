@@ -131,6 +131,9 @@ pub fn service_common(database_url: &str) -> crate::config::ServiceCommon {
     let mut common = crate::config::ServiceCommon::with_ports(0, 0);
     common.database_url = Some(database_url.to_string());
     common.shutdown_grace_ms = 2_000;
+    // In-process services under test talk plain text; mutual TLS is tested
+    // on its own (and `shopfast up` runs with it).
+    common.tls = crate::tls::TlsConfig::insecure();
     common
 }
 

@@ -79,7 +79,7 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
     host.readiness().require_database(&db);
     let store = store::OrderStore::new(db.clone());
 
-    let discovery = Discovery::new(&registry_url, shutdown.clone());
+    let discovery = Discovery::new(&registry_url, host.tls(), shutdown.clone());
     let mut channels = BTreeMap::new();
     for name in ["users", "products", "payments"] {
         let balancer = discovery.balancer(name, BTreeMap::new()).await;

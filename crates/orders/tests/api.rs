@@ -53,7 +53,11 @@ fn products_config(db: &TestDb, registry: &registry::RunningRegistry) -> product
 async fn stack_with(options: Options) -> Stack {
     let shutdown = kit::shutdown::CancellationToken::new();
     let registry = registry::start(
-        registry::RegistryConfig { addr: "127.0.0.1:0".parse().unwrap(), ..Default::default() },
+        registry::RegistryConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: kit::tls::TlsConfig::insecure(),
+            ..Default::default()
+        },
         shutdown.clone(),
     )
     .await

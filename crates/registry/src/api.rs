@@ -2,12 +2,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use kit::tls::Peer;
 use serde_json::json;
 
 use crate::core::{Registry, RegistryError};
@@ -25,6 +27,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match self.0 {
             StatusCode::BAD_REQUEST => "INVALID_ARGUMENT",
+            StatusCode::FORBIDDEN => "PERMISSION_DENIED",
             StatusCode::NOT_FOUND => "NOT_FOUND",
             StatusCode::CONFLICT => "ALREADY_EXISTS",
             StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
@@ -77,30 +80,79 @@ pub fn router(registry: Registry) -> Router {
         .with_state(registry)
 }
 
+/// Who may change an entry: over TLS, the service the instance registered
+/// as (its certificate's identity) or an operator; in plain text (an
+/// insecure registry, warned about at start) anyone.
+fn may_write(peer: &Peer, secured: bool, service: &str) -> ApiResult<()> {
+    if !secured {
+        return Ok(());
+    }
+    match peer.identity.as_deref() {
+        Some(identity) if identity == service || identity == kit::tls::OPERATOR => Ok(()),
+        Some(identity) => {
+            metrics::counter!("registry_writes_refused_total", "caller" => identity.to_string()).increment(1);
+            Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("{identity} may not register or change instances of {service}"),
+            ))
+        }
+        None => {
+            metrics::counter!("registry_writes_refused_total", "caller" => "anonymous").increment(1);
+            Err(ApiError(StatusCode::FORBIDDEN, "registering needs a client certificate naming the service".into()))
+        }
+    }
+}
+
+/// The instance `id`, for a write `peer` must be allowed to make.
+async fn writable(registry: &Registry, peer: &Peer, id: &str) -> ApiResult<()> {
+    if !registry.secured() {
+        return Ok(());
+    }
+    match registry.store().get(id).await.map_err(RegistryError::from)? {
+        Some(instance) => may_write(peer, true, &instance.name),
+        // Unknown: the registry's answer says so (a heartbeat then re-registers).
+        None => Ok(()),
+    }
+}
+
 async fn register(
     State(registry): State<Registry>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Json(request) = body?;
+    may_write(&peer, registry.secured(), &request.name)?;
     let response = registry.register(request, now_millis()).await?;
     Ok((StatusCode::OK, Json(response)))
 }
 
 async fn heartbeat(
     State(registry): State<Registry>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
     body: Option<Json<HeartbeatRequest>>,
 ) -> ApiResult<Json<Instance>> {
+    writable(&registry, &peer, &id).await?;
     let health = body.and_then(|Json(b)| b.health);
     Ok(Json(registry.heartbeat(&id, health, now_millis()).await?))
 }
 
-async fn deregister(State(registry): State<Registry>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn deregister(
+    State(registry): State<Registry>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    writable(&registry, &peer, &id).await?;
     registry.deregister(&id, now_millis()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn drain(State(registry): State<Registry>, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
+async fn drain(
+    State(registry): State<Registry>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Instance>> {
+    writable(&registry, &peer, &id).await?;
     Ok(Json(registry.drain(&id, "requested", now_millis()).await?))
 }
 

@@ -68,11 +68,23 @@ pub struct Registry {
     store: Arc<dyn Store>,
     prober: Arc<dyn Prober>,
     timing: Timing,
+    /// Writes need the identity of the service they concern (mutual TLS).
+    secured: bool,
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, prober: Arc<dyn Prober>, timing: Timing) -> Self {
-        Self { store, prober, timing }
+        Self { store, prober, timing, secured: false }
+    }
+
+    /// Registrations and changes accepted only from the service's own identity.
+    pub fn requiring_identities(mut self) -> Self {
+        self.secured = true;
+        self
+    }
+
+    pub fn secured(&self) -> bool {
+        self.secured
     }
 
     pub fn timing(&self) -> &Timing {

@@ -35,6 +35,8 @@ pub struct RegistryConfig {
     pub etcd_prefix: String,
     #[serde(flatten)]
     pub timing: core::Timing,
+    /// Its identity (TLS) and the CA whose certificates name who may register.
+    pub tls: kit::tls::TlsConfig,
 }
 
 impl Default for RegistryConfig {
@@ -45,6 +47,7 @@ impl Default for RegistryConfig {
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: "shopfast/registry".into(),
             timing: core::Timing::default(),
+            tls: kit::tls::TlsConfig::default(),
         }
     }
 }
@@ -97,12 +100,27 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Resul
     }
     let store = build_store(&config)?;
     let prober = Arc::new(core::HttpProber::new(Duration::from_millis(t.heartbeat_interval_ms.clamp(100, 2_000))));
-    let registry = core::Registry::new(store, prober, config.timing.clone());
-
-    let (addr, server) =
-        kit::server::serve_http(config.addr, api::router(registry.clone()), shutdown.clone(), "registry HTTP")
-            .await
-            .map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    let tls =
+        kit::tls::Tls::from_config(&config.tls, kit::tls::REGISTRY).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut registry = core::Registry::new(store, prober, config.timing.clone());
+    if tls.is_some() {
+        registry = registry.requiring_identities();
+    }
+    // Readers (dashboards, Prometheus, people) may come without a
+    // certificate; a registration needs one naming the service.
+    let listen = tls.clone().map(|tls| (tls, kit::tls::ClientAuth::Optional));
+    let (addr, server) = kit::server::serve_http_with_peers(
+        config.addr,
+        api::router(registry.clone()),
+        shutdown.clone(),
+        "registry HTTP",
+        listen,
+    )
+    .await
+    .map_err(|source| StartError::Bind { addr: config.addr, source })?;
+    if let Some(tls) = &tls {
+        tls.spawn_reload(shutdown.clone());
+    }
     let sweeper = tokio::spawn(sweep_forever(registry, shutdown.clone()));
     tracing::info!(service = SERVICE, %addr, backend = ?config.backend, "ready");
     Ok(RunningRegistry { addr, shutdown, server, sweeper })

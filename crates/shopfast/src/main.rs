@@ -33,6 +33,8 @@ enum Command {
     Up(up::UpArgs),
     /// Print the registry's view of the running services.
     Status(status::StatusArgs),
+    /// Make a development CA and a certificate per service identity (mutual TLS).
+    Certs(CertsArgs),
     /// Run the service registry.
     Registry(RegistryArgs),
     /// Run the API gateway (REST/JSON in front of the gRPC services).
@@ -50,6 +52,20 @@ enum Command {
     /// Run the console: OTLP traces and logs in, health from the registry's instances, a web page.
     Console(ConsoleArgs),
 }
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Where ca.pem, ca-key.pem, <identity>.pem and <identity>-key.pem go (kept if already there).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Identities to make certificates for (default: every process of the stack, and `operator`).
+    #[arg(long = "identity")]
+    identities: Vec<String>,
+}
+
+/// Every identity of the stack: the processes, and `operator` for people and their tools.
+pub const IDENTITIES: &[&str] =
+    &["registry", "users", "products", "payments", "orders", "gateway", "console", kit::tls::OPERATOR];
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
@@ -122,6 +138,12 @@ struct ServiceArgs {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     faults: Option<EnableFaults>,
+    #[command(flatten)]
+    #[serde(skip)]
+    tls_args: TlsArgs,
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsOverride>,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -132,6 +154,35 @@ struct EnableFaults {
     enabled: bool,
 }
 
+/// Mutual TLS between processes: where the certificates are, or plain text.
+#[derive(Args, Clone, Default)]
+struct TlsArgs {
+    /// Certificates for mutual TLS: ca.pem, <identity>.pem and <identity>-key.pem
+    /// (`shopfast certs --dir DIR` makes a development set).
+    #[arg(long, env = "SHOPFAST_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Plain text between processes: no service identity, no encryption
+    /// (for tests and debugging; logged as a warning at start).
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// What the TLS flags set in the config's `tls` table.
+#[derive(Clone, Serialize)]
+struct TlsOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    fn overrides(&self) -> Option<TlsOverride> {
+        (self.tls_dir.is_some() || self.insecure)
+            .then(|| TlsOverride { dir: self.tls_dir.clone(), insecure: self.insecure })
+    }
+}
+
 impl ServiceArgs {
     /// Loads the service's configuration with these flags on top.
     fn load<T>(mut self, service: &str) -> anyhow::Result<T>
@@ -140,6 +191,7 @@ impl ServiceArgs {
     {
         kit::telemetry::init_logging(service, "info", self.log_format.into());
         self.metadata = self.meta.iter().cloned().collect();
+        self.tls = self.tls_args.overrides();
         if self.enable_fault_injection {
             self.faults = Some(EnableFaults { enabled: true });
         }
@@ -173,6 +225,12 @@ struct RegistryArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_grace_ms: Option<u64>,
+    #[command(flatten)]
+    #[serde(skip)]
+    tls_args: TlsArgs,
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsOverride>,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -219,6 +277,12 @@ struct GatewayArgs {
     #[arg(long, default_value_t = 0)]
     #[serde(skip)]
     threads: usize,
+    #[command(flatten)]
+    #[serde(skip)]
+    tls_args: TlsArgs,
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsOverride>,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -279,6 +343,12 @@ struct ConsoleArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     retention_ms: Option<u64>,
+    #[command(flatten)]
+    #[serde(skip)]
+    tls_args: TlsArgs,
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsOverride>,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -311,8 +381,25 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
-        Command::Registry(args) => {
+        Command::Certs(args) => {
+            for identity in &args.identities {
+                let valid = !identity.is_empty()
+                    && identity.len() <= 63
+                    && identity.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                anyhow::ensure!(valid, "identity {identity:?}: use 1-63 lower-case letters, digits and dashes");
+            }
+            let identities: Vec<&str> = if args.identities.is_empty() {
+                IDENTITIES.to_vec()
+            } else {
+                args.identities.iter().map(String::as_str).collect()
+            };
+            kit::tls::ensure_dev_certs(&args.dir, &identities)?;
+            println!("certificates for {} in {}", identities.join(", "), args.dir.display());
+            Ok(())
+        }
+        Command::Registry(mut args) => {
             kit::telemetry::init_logging(registry::SERVICE, "info", args.log_format.into());
+            args.tls = args.tls_args.overrides();
             let config: registry::RegistryConfig = kit::config::load(registry::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 registry::start(config, kit::shutdown::on_signals()).await.context("registry failed to start")?;
@@ -322,6 +409,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(mut args) => {
             kit::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
             args.metadata = args.meta.iter().cloned().collect();
+            args.tls = args.tls_args.overrides();
             let config: gateway::GatewayConfig = kit::config::load(gateway::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 gateway::start(config, kit::shutdown::on_signals()).await.context("gateway failed to start")?;
@@ -348,8 +436,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             running.wait().await;
             Ok(())
         }
-        Command::Console(args) => {
+        Command::Console(mut args) => {
             kit::telemetry::init_logging(console::SERVICE, "info", args.log_format.into());
+            args.tls = args.tls_args.overrides();
             let config: console::ConsoleConfig = kit::config::load(console::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 console::start(config, kit::shutdown::on_signals()).await.context("console failed to start")?;

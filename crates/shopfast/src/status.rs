@@ -6,13 +6,22 @@ use kit::discovery::wire::InstanceInfo;
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// The registry to ask.
-    #[arg(long, env = "SHOPFAST_REGISTRY_URL", default_value = "http://127.0.0.1:8080")]
+    /// The registry to ask (`shopfast up` runs it on https://127.0.0.1:8080).
+    #[arg(long, env = "SHOPFAST_REGISTRY_URL", default_value = "https://127.0.0.1:8080")]
     registry_url: String,
+    /// Certificates to ask it with (the operator's, from `shopfast certs`; `shopfast up` keeps them in <data-dir>/tls).
+    #[arg(long, env = "SHOPFAST_TLS_DIR", default_value = "data/tls")]
+    tls_dir: std::path::PathBuf,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let client = RegistryClient::new(&args.registry_url);
+    let tls = if args.registry_url.starts_with("https://") {
+        let config = kit::tls::TlsConfig::in_dir(&args.tls_dir);
+        kit::tls::Tls::optional(&config, kit::tls::OPERATOR).map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        None
+    };
+    let client = RegistryClient::with_tls(&args.registry_url, tls);
     let list = client.all_instances().await.map_err(|e| anyhow::anyhow!("cannot read the registry: {e}"))?;
     print!("{}", table(&list.instances, |_| String::new()));
     Ok(())

@@ -154,6 +154,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = kit::shutdown::on_signals();
     let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<String>();
     let secrets = Secrets::for_data_dir(&args.data_dir)?;
+    // Mutual TLS between every process, with nothing to configure: a
+    // development CA and a certificate per identity, made once.
+    let tls_dir = args.data_dir.join("tls");
+    kit::tls::ensure_dev_certs(&tls_dir, crate::IDENTITIES)?;
+    let operator = kit::tls::Tls::from_config(&kit::tls::TlsConfig::in_dir(&tls_dir), kit::tls::OPERATOR)?;
     let supervisor = Supervisor {
         exe: &exe,
         logs_dir: &logs_dir,
@@ -170,17 +175,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (false, true) => Some(free_loopback_addr()?),
     };
 
+    let tls_flag = vec!["--tls-dir".to_string(), tls_dir.display().to_string()];
     let (infrastructure, registry_url, console_url) =
-        start_infrastructure(&supervisor, &args, &data_dir, loadgen_addr.as_deref()).await?;
+        start_infrastructure(&supervisor, &args, &data_dir, &tls_flag, loadgen_addr.as_deref()).await?;
     let telemetry = telemetry_env(console_url.as_deref());
-    let services = match start_services(&supervisor, &args, &replicas, &data_dir, &registry_url, &secrets, &telemetry) {
+    let launch = Launch { data_dir: &data_dir, registry_url: &registry_url, tls_flag: &tls_flag };
+    let services = match start_services(&supervisor, &args, &replicas, &launch, &secrets, &telemetry) {
         Ok(services) => services,
         Err(err) => {
             stop_all(Vec::new(), infrastructure).await;
             return Err(err);
         }
     };
-    let list = match wait_until_ready(&args, &replicas, &registry_url, &shutdown, &mut exited_rx, &logs_dir).await {
+    let registry = RegistryClient::with_tls(&registry_url, operator);
+    let list = match wait_until_ready(&args, &replicas, &registry, &shutdown, &mut exited_rx, &logs_dir).await {
         Ok(list) => list,
         Err(err) => {
             stop_all(services, infrastructure).await;
@@ -242,23 +250,28 @@ async fn start_infrastructure(
     supervisor: &Supervisor<'_>,
     args: &UpArgs,
     data_dir: &str,
+    tls_flag: &[String],
     loadgen_addr: Option<&str>,
 ) -> anyhow::Result<(Vec<Proc>, String, Option<String>)> {
     let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
-    let registry = ChildSpec {
-        command: "registry",
-        label: "registry",
-        flags: vec!["--addr".into(), format!("127.0.0.1:{registry_port}")],
-        colour: 0,
-        env: &[],
-    };
-    let (registry, registry_url) =
+    let mut flags = vec!["--addr".to_string(), format!("127.0.0.1:{registry_port}")];
+    flags.extend(tls_flag.iter().cloned());
+    let registry = ChildSpec { command: "registry", label: "registry", flags, colour: 0, env: &[] };
+    let (registry, registry_addr) =
         spawn_listening(supervisor, registry, "the registry", args.ready_timeout_secs).await?;
+    let registry_url = format!("https://{registry_addr}");
     if args.no_console {
         return Ok((vec![registry], registry_url, None));
     }
-    let console =
-        start_console(supervisor, &registry_url, data_dir, loadgen_addr, args.ephemeral, args.ready_timeout_secs);
+    let console = start_console(
+        supervisor,
+        &registry_url,
+        data_dir,
+        tls_flag,
+        loadgen_addr,
+        args.ephemeral,
+        args.ready_timeout_secs,
+    );
     match console.await {
         Ok((console, url)) => Ok((vec![console, registry], registry_url, Some(url))),
         Err(err) => {
@@ -269,15 +282,22 @@ async fn start_infrastructure(
 }
 
 /// Every service's instances, then the gateway; each gets only the secrets it uses.
+/// Where every child finds its data, the registry and its certificates.
+struct Launch<'a> {
+    data_dir: &'a str,
+    registry_url: &'a str,
+    tls_flag: &'a [String],
+}
+
 fn start_services(
     supervisor: &Supervisor<'_>,
     args: &UpArgs,
     replicas: &BTreeMap<String, usize>,
-    data_dir: &str,
-    registry_url: &str,
+    launch: &Launch<'_>,
     secrets: &Secrets,
     telemetry: &[(String, String)],
 ) -> anyhow::Result<Vec<Proc>> {
+    let Launch { data_dir, registry_url, tls_flag } = *launch;
     let mut services = Vec::new();
     for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
         let env: Vec<(String, String)> = secrets.env_of(name).into_iter().chain(telemetry.iter().cloned()).collect();
@@ -297,6 +317,7 @@ fn start_services(
                 "--meta".into(),
                 format!("replica={replica}"),
             ];
+            flags.extend(tls_flag.iter().cloned());
             if args.enable_fault_injection {
                 flags.push("--enable-fault-injection".into());
             }
@@ -306,7 +327,7 @@ fn start_services(
         }
     }
     let gateway_port = if args.ephemeral { 0 } else { GATEWAY_PORT };
-    let flags = vec![
+    let mut flags = vec![
         "--addr".into(),
         format!("127.0.0.1:{gateway_port}"),
         "--registry-url".into(),
@@ -314,6 +335,7 @@ fn start_services(
         "--data-dir".into(),
         data_dir.to_string(),
     ];
+    flags.extend(tls_flag.iter().cloned());
     let env: Vec<(String, String)> = secrets.env_of("gateway").into_iter().chain(telemetry.iter().cloned()).collect();
     let spec = ChildSpec { command: "gateway", label: "gateway-1", flags, colour: SERVICES.len() + 1, env: &env };
     services.push(spawn(supervisor, spec)?);
@@ -325,12 +347,11 @@ fn start_services(
 async fn wait_until_ready(
     args: &UpArgs,
     replicas: &BTreeMap<String, usize>,
-    registry_url: &str,
+    client: &RegistryClient,
     shutdown: &kit::shutdown::CancellationToken,
     exited: &mut mpsc::UnboundedReceiver<String>,
     logs_dir: &Path,
 ) -> anyhow::Result<kit::discovery::wire::InstanceList> {
-    let client = RegistryClient::new(registry_url);
     let mut expected: BTreeMap<&str, usize> =
         SERVICES.iter().map(|(name, ..)| (*name, replicas.get(*name).copied().unwrap_or(1))).collect();
     expected.insert("gateway", 1);
@@ -384,7 +405,12 @@ fn print_banner(
         println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
     }
     print!("{}", crate::status::table(&list.instances, log_of));
-    println!("\nLogs: {}   Status: shopfast status --registry-url {registry_url}   Stop: Ctrl-C\n", logs_dir.display());
+    let tls_dir = logs_dir.parent().unwrap_or(logs_dir).join("tls");
+    println!(
+        "\nLogs: {}   Status: shopfast status --registry-url {registry_url} --tls-dir {}   Stop: Ctrl-C\n",
+        logs_dir.display(),
+        tls_dir.display()
+    );
 }
 
 /// Where the children send spans and logs: the console, unless an OTLP
@@ -412,6 +438,7 @@ async fn start_console(
     supervisor: &Supervisor<'_>,
     registry_url: &str,
     data_dir: &str,
+    tls_flag: &[String],
     loadgen_addr: Option<&str>,
     ephemeral: bool,
     ready_timeout_secs: u64,
@@ -428,8 +455,10 @@ async fn start_console(
     if let Some(addr) = loadgen_addr {
         flags.extend(["--loadgen-url".to_string(), format!("http://{addr}")]);
     }
+    flags.extend(tls_flag.iter().cloned());
     let spec = ChildSpec { command: "console", label: "console", flags, colour: SERVICES.len() + 3, env: &[] };
-    spawn_listening(supervisor, spec, "the console", ready_timeout_secs).await
+    let (console, addr) = spawn_listening(supervisor, spec, "the console", ready_timeout_secs).await?;
+    Ok((console, format!("http://{addr}")))
 }
 
 /// The traffic generator against the gateway, with its own API key; its
@@ -448,11 +477,12 @@ async fn start_loadgen(
         colour: SERVICES.len() + 2,
         env,
     };
-    spawn_listening(supervisor, spec, "the traffic generator", ready_timeout_secs).await
+    let (loadgen, addr) = spawn_listening(supervisor, spec, "the traffic generator", ready_timeout_secs).await?;
+    Ok((loadgen, format!("http://{addr}")))
 }
 
 /// Starts a child that logs the `addr` it listens on in its `ready` line:
-/// its process and URL once it has.
+/// its process and that address once it has.
 async fn spawn_listening(
     supervisor: &Supervisor<'_>,
     spec: ChildSpec<'_>,
@@ -473,7 +503,7 @@ async fn spawn_listening(
     })
     .await;
     match addr {
-        Ok(Some(addr)) => Ok((child, format!("http://{addr}"))),
+        Ok(Some(addr)) => Ok((child, addr)),
         Ok(None) => bail!("{what} exited before it was ready; see {}", child.log.display()),
         Err(_) => bail!("{what} did not start"),
     }

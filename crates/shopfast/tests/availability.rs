@@ -160,7 +160,7 @@ async fn a_killed_service_serves_again_within_two_seconds_of_being_ready() {
         signal(pid, "-KILL");
         // `up` restarts it on the same ports; it is ready once registered again.
         let ready_at = loop {
-            let restarted = instances(&up.registry, victim).await.iter().any(|i| i["metadata"]["restarts"] == "1");
+            let restarted = instances(&up, victim).await.iter().any(|i| i["metadata"]["restarts"] == "1");
             if restarted {
                 break Instant::now();
             }

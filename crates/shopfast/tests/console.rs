@@ -32,8 +32,8 @@ fn random_hex(len: usize) -> String {
 }
 
 /// The products instance's admin address, from the registry.
-async fn products_admin(registry: &str) -> String {
-    let list = kit::discovery::RegistryClient::new(registry).all_instances().await.unwrap();
+async fn products_admin(up: &Up) -> String {
+    let list = up.registry_client().all_instances().await.unwrap();
     let products = list.instances.iter().find(|i| i.name == "products").unwrap();
     format!("http://{}", products.admin_address)
 }
@@ -212,11 +212,14 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
     .await;
     // Every /metrics of the stack — each instance the registry lists, the
     // registry's and the console's own — is valid for promtool.
-    let instances = kit::discovery::RegistryClient::new(&up.registry).all_instances().await.unwrap().instances;
+    let instances = up.registry_client().all_instances().await.unwrap().instances;
     assert_eq!(instances.len(), SERVICES.len());
     let admins = instances.iter().map(|i| format!("http://{}", i.admin_address));
+    let registry_http = up.registry_http();
     for admin in admins.chain([up.registry.clone(), console.clone()]) {
-        let text = http.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+        // The registry is HTTPS (mutual TLS in the stack); the admin ports are plain.
+        let client = if admin == up.registry { &registry_http } else { &http };
+        let text = client.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
         promtool_accepts(&text);
         if admin == console {
             assert!(text.contains("console_spans_received_total"), "{text}");
@@ -231,7 +234,7 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
 
     // Every Products call fails: the error-rate alert goes pending, then fires
     // once the condition has held for alert_for (2 s here).
-    let admin = products_admin(&up.registry).await;
+    let admin = products_admin(&up).await;
     let faults = json!({ "rules": [{ "method": "*", "error_rate": 1.0, "error_code": "UNAVAILABLE" }] });
     let set = http.put(format!("{admin}/admin/faults")).json(&faults).send().await.unwrap();
     assert_eq!(set.status(), StatusCode::OK);

@@ -81,7 +81,7 @@ async fn services_reregister_after_a_registry_restart_and_clients_survive_its_ab
     .await;
 
     let shutdown = CancellationToken::new();
-    let discovery = Discovery::new(&url, shutdown.clone());
+    let discovery = Discovery::new(&url, None, shutdown.clone());
     let balancer = discovery.balancer("products", BTreeMap::new()).await;
     let mut client = ProductServiceClient::new(balancer.clone());
 
@@ -157,7 +157,7 @@ async fn balancing_spreads_load_and_a_killed_instance_loses_no_silent_call() {
     eventually(Duration::from_secs(10), "three registered", || async { routable(&url, "products").await == 3 }).await;
 
     let shutdown = CancellationToken::new();
-    let discovery = Discovery::new(&url, shutdown.clone());
+    let discovery = Discovery::new(&url, None, shutdown.clone());
     let balancer: Balancer = discovery.balancer("products", BTreeMap::new()).await;
     assert_eq!(balancer.instances().len(), 3);
 

@@ -611,7 +611,16 @@ fn bad_resilience_config_stops_the_gateway_with_a_clear_message() {
     ] {
         let config = write_config(data.path(), tables);
         let out = std::process::Command::new(support::SHOPFAST)
-            .args(["gateway", "--addr", "127.0.0.1:0", "--registry-url", "http://127.0.0.1:9", "--config"])
+            .env("SHOPFAST_GATEWAY__TOKEN_SECRET", kit::testing::TEST_TOKEN_SECRET)
+            .args([
+                "gateway",
+                "--insecure",
+                "--addr",
+                "127.0.0.1:0",
+                "--registry-url",
+                "http://127.0.0.1:9",
+                "--config",
+            ])
             .arg(&config)
             .arg("--data-dir")
             .arg(data.path())
@@ -724,7 +733,7 @@ async fn an_idempotency_key_makes_a_write_happen_once() {
     assert_eq!(page["products"].as_array().unwrap().len(), 1);
     // The same key for a different request is refused, and nothing is created.
     let reused = post("create-once-1", create("ONCE-2")).await.unwrap();
-    assert_eq!(reused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY, "the IETF idempotency-key draft's answer");
     let (_, page, _) = stack.get("/v1/products?query=ONCE-2").await;
     assert_eq!(page["products"], json!([]));
 }

@@ -41,7 +41,9 @@ fn up_runs_the_stack_and_stops_it_in_order() {
     assert_eq!((rows("products"), rows("users"), rows("payments"), rows("orders")), (3, 1, 1, 1), "{table:#?}");
     assert!(table.iter().all(|l| !l.starts_with("products") || l.contains("healthy")), "{table:#?}");
 
-    let status = Command::new(SHOPFAST).args(["status", "--registry-url", &registry_url]).output().unwrap();
+    let tls_dir = data.path().join("tls");
+    let status_args = ["status", "--registry-url", &registry_url, "--tls-dir", tls_dir.to_str().unwrap()];
+    let status = Command::new(SHOPFAST).args(status_args).output().unwrap();
     assert!(status.status.success());
     let status = String::from_utf8(status.stdout).unwrap();
     assert_eq!(status.lines().filter(|l| l.starts_with("products")).count(), 3, "{status}");
@@ -62,10 +64,7 @@ fn up_runs_the_stack_and_stops_it_in_order() {
     }
     let registry_stop = stderr.find("registry stopped").unwrap();
     assert!(stderr.find("products-1 stopped").unwrap() < registry_stop, "services stop before the registry");
-    assert!(
-        Command::new(SHOPFAST).args(["status", "--registry-url", &registry_url]).output().unwrap().status.code()
-            != Some(0)
-    );
+    assert!(Command::new(SHOPFAST).args(status_args).output().unwrap().status.code() != Some(0));
 }
 
 #[test]
@@ -125,11 +124,11 @@ async fn up_restarts_a_dead_child_keeps_secrets_to_those_that_use_them_and_takes
 
     // A child killed with SIGKILL is restarted, on its ports, and says so in `shopfast status`.
     let products = support::child_pids(data.path(), "products")[0];
-    let before = support::instances(&up.registry, "products").await[0]["address"].clone();
+    let before = support::instances(&up, "products").await[0]["address"].clone();
     support::signal(products, "-KILL");
     let started = Instant::now();
     loop {
-        let listed = support::instances(&up.registry, "products").await;
+        let listed = support::instances(&up, "products").await;
         if listed.iter().any(|i| i["metadata"]["restarts"] == "1") {
             assert_eq!(listed[0]["address"], before, "the same address");
             break;
@@ -137,7 +136,9 @@ async fn up_restarts_a_dead_child_keeps_secrets_to_those_that_use_them_and_takes
         assert!(started.elapsed() < Duration::from_secs(15), "products not restarted: {listed:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = Command::new(SHOPFAST).args(["status", "--registry-url", &up.registry]).output().unwrap();
+    let tls_dir = up.tls_dir.to_str().unwrap();
+    let status =
+        Command::new(SHOPFAST).args(["status", "--registry-url", &up.registry, "--tls-dir", tls_dir]).output().unwrap();
     let status = String::from_utf8(status.stdout).unwrap();
     assert!(status.lines().any(|l| l.starts_with("products") && l.contains("restarts=1")), "{status}");
 

@@ -29,12 +29,29 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
+    /// A client of a registry in plain text.
     pub fn new(base_url: &str) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_tls(base_url, None)
+    }
+
+    /// With `tls`, our certificate goes with every call and the registry must
+    /// prove its identity (`registry.shopfast.internal`), whatever the URL's host.
+    pub fn with_tls(base_url: &str, tls: Option<std::sync::Arc<crate::tls::Tls>>) -> Self {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_default();
+            .pool_idle_timeout(Duration::from_secs(90));
+        let builder = match tls.as_ref().map(|tls| tls.client_config_for(crate::tls::REGISTRY)) {
+            Some(Ok(config)) => builder.tls_backend_preconfigured(config),
+            Some(Err(err)) => {
+                tracing::error!(error = %err, "cannot set up TLS to the registry; calls will fail");
+                builder
+            }
+            None => builder,
+        };
+        let http = builder.build().unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot build the registry client");
+            reqwest::Client::new()
+        });
         Self { base: base_url.trim_end_matches('/').to_string(), http }
     }
 

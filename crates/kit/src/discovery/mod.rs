@@ -25,14 +25,18 @@ const WATCH_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Discovery {
     client: RegistryClient,
+    /// Our identity, for the registry and the instances (mutual TLS).
+    tls: Option<Arc<crate::tls::Tls>>,
     balancers: Arc<Mutex<HashMap<String, Balancer>>>,
     shutdown: CancellationToken,
 }
 
 impl Discovery {
-    /// Watchers stop when `shutdown` is cancelled.
-    pub fn new(registry_url: &str, shutdown: CancellationToken) -> Self {
-        Self { client: RegistryClient::new(registry_url), balancers: Arc::default(), shutdown }
+    /// Watchers stop when `shutdown` is cancelled. With `tls`, the registry
+    /// and every instance are reached over mutual TLS.
+    pub fn new(registry_url: &str, tls: Option<Arc<crate::tls::Tls>>, shutdown: CancellationToken) -> Self {
+        let client = RegistryClient::with_tls(registry_url, tls.clone());
+        Self { client, tls, balancers: Arc::default(), shutdown }
     }
 
     pub fn client(&self) -> &RegistryClient {
@@ -47,7 +51,7 @@ impl Discovery {
         if let Some(existing) = self.balancers.lock().ok().and_then(|b| b.get(&key).cloned()) {
             return existing;
         }
-        let balancer = Balancer::new(name);
+        let balancer = Balancer::with_tls(name, self.tls.clone());
         let index =
             match tokio::time::timeout(Duration::from_secs(2), self.client.lookup(name, &filter, None, WATCH_WAIT))
                 .await

@@ -20,6 +20,17 @@ pub fn shopfast_bin() -> String {
 /// base64): Payments has no built-in one and refuses to start without it.
 pub const TEST_CARD_KEY: &str = "dGVzdCBjYXJkIGtleSwgMzIgYnl0ZXMgbG9uZyEhISE=";
 
+/// The `insecure` setting of every process, as the environment sets it.
+const PLAIN_TEXT: [&str; 7] = [
+    "SHOPFAST_REGISTRY__TLS__INSECURE",
+    "SHOPFAST_USERS__TLS__INSECURE",
+    "SHOPFAST_PRODUCTS__TLS__INSECURE",
+    "SHOPFAST_PAYMENTS__TLS__INSECURE",
+    "SHOPFAST_ORDERS__TLS__INSECURE",
+    "SHOPFAST_GATEWAY__TLS__INSECURE",
+    "SHOPFAST_CONSOLE__TLS__INSECURE",
+];
+
 /// A child process; killed if the test ends without stopping it.
 pub struct Proc {
     pub child: Child,
@@ -42,6 +53,10 @@ impl Proc {
             // Users and the gateway have no built-in token secret either.
             .env("SHOPFAST_USERS__TOKEN_SECRET", kit::testing::TEST_TOKEN_SECRET)
             .env("SHOPFAST_GATEWAY__TOKEN_SECRET", kit::testing::TEST_TOKEN_SECRET)
+            // Processes a test starts one by one talk plain text, unless it
+            // gives them certificates (`--tls-dir`);
+            // `shopfast up` runs with mutual TLS, and tests/identity.rs tests it.
+            .envs(PLAIN_TEXT.iter().filter(|_| !args.contains(&"--tls-dir")).map(|name| (*name, "true")))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -174,6 +189,8 @@ pub struct Up {
     /// The console's URL, unless started with `--no-console`.
     pub console: Option<String>,
     pub registry: String,
+    /// Where `up` keeps its certificates (`<data>/tls`).
+    pub tls_dir: std::path::PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -208,7 +225,24 @@ impl Up {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in stdout {});
-        Self { child, gateway, api_key, loadgen, console, registry, stderr: Some(stderr) }
+        Self { child, gateway, api_key, loadgen, console, registry, tls_dir: data.join("tls"), stderr: Some(stderr) }
+    }
+
+    /// An HTTP client that trusts the stack's CA and presents the operator's
+    /// certificate (the registry is HTTPS, and writes need an identity).
+    pub fn registry_http(&self) -> reqwest::Client {
+        let read = |name: &str| std::fs::read(self.tls_dir.join(name)).expect("up's certificates");
+        let ca = reqwest::Certificate::from_pem(&read("ca.pem")).expect("ca.pem");
+        let identity = reqwest::Identity::from_pem(&[read("operator.pem"), read("operator-key.pem")].concat())
+            .expect("operator certificate");
+        reqwest::Client::builder().add_root_certificate(ca).identity(identity).build().expect("client")
+    }
+
+    /// The registry's client (`kit::discovery`), as the operator.
+    pub fn registry_client(&self) -> kit::discovery::RegistryClient {
+        let config = kit::tls::TlsConfig::in_dir(&self.tls_dir);
+        let tls = kit::tls::Tls::from_config(&config, kit::tls::OPERATOR).expect("operator certificate");
+        kit::discovery::RegistryClient::with_tls(&self.registry, tls)
     }
 
     pub fn pid(&self) -> u32 {
@@ -343,10 +377,10 @@ pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// The routable instances of `name` the registry lists, with their metadata.
-pub async fn instances(registry: &str, name: &str) -> Vec<Value> {
-    let url = format!("{registry}/v1/services/{name}");
-    let Ok(response) = reqwest::get(url).await else { return Vec::new() };
+/// The routable instances of `name` the registry of `up` lists, with their metadata.
+pub async fn instances(up: &Up, name: &str) -> Vec<Value> {
+    let url = format!("{}/v1/services/{name}", up.registry);
+    let Ok(response) = up.registry_http().get(url).send().await else { return Vec::new() };
     let list: Value = response.json().await.unwrap_or_default();
     list["instances"].as_array().cloned().unwrap_or_default()
 }
