@@ -8,6 +8,13 @@
 #            auth, rate limiting (GCRA + monthly quota) and JSON transcoding on
 #   untraced the same through a second gateway with tracing off
 #            (OTEL_SDK_DISABLED=true): the cost of a span per request
+# and, unless MTLS=0, the same two proxies with TLS to their upstream — what
+# service identity costs, like for like:
+#   nginx_tls     nginx to a second products over grpcs:// (client certificate,
+#                 verified upstream, sessions reused)
+#   gateway_mtls  the gateway to that products over mutual TLS (as `shopfast up` runs)
+# The plain paths run with --insecure, the TLS ones with certificates from
+# `shopfast certs`, each against its own registry and products.
 # CPU per request is read from /proc for the proxy in the middle (nginx, the
 # gateway) and for the backend. Each path runs ROUNDS times, interleaved; the
 # table shows medians.
@@ -30,10 +37,12 @@ set -euo pipefail
 # No built-in secrets: this run's own (in the environment, never on a command line).
 SHOPFAST_USERS__TOKEN_SECRET=$(head -c 32 /dev/urandom | base64)
 export SHOPFAST_USERS__TOKEN_SECRET SHOPFAST_GATEWAY__TOKEN_SECRET=$SHOPFAST_USERS__TOKEN_SECRET
-# Plain text between the processes unless MTLS=1 (certificates made below).
-if [ "${MTLS:-0}" != 1 ]; then
-  for svc in REGISTRY USERS PRODUCTS PAYMENTS ORDERS GATEWAY CONSOLE; do export "SHOPFAST_${svc}__TLS__INSECURE=true"; done
-fi
+# The plain paths: plain text between the processes (the TLS paths unset this).
+plain_env=()
+for svc in REGISTRY USERS PRODUCTS PAYMENTS ORDERS GATEWAY CONSOLE; do
+  export "SHOPFAST_${svc}__TLS__INSECURE=true"; plain_env+=(-u "SHOPFAST_${svc}__TLS__INSECURE")
+done
+MTLS=${MTLS:-1}
 export SHOPFAST_PAYMENTS__CARD_KEY=${SHOPFAST_PAYMENTS__CARD_KEY:-$(head -c 32 /dev/urandom | base64)}
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-40000}
@@ -88,6 +97,23 @@ mkdir -p "$work/untraced"
 OTEL_SDK_DISABLED=true RUST_LOG=info $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$untraced_port" \
   --registry-url "http://127.0.0.1:$registry_port" --data-dir "$work/untraced" --config "$work/shopfast.toml" \
   > "$work/untraced.log" 2>&1 & untraced_pid=$!; pids+=($untraced_pid)
+# The TLS stack: its own registry and products (mutual TLS), a gateway to
+# them, and (below) nginx over grpcs://.
+tls_products_pid=""; mtls_pid=""; mtls_port=$(free_port); nginx_tls_port=$(free_port)
+if [ "$MTLS" = 1 ]; then
+  $bin certs --dir "$work/tls" > /dev/null
+  tls_registry_port=$(free_port); tls_products_port=$(free_port)
+  env "${plain_env[@]}" RUST_LOG=warn $bin registry --addr "127.0.0.1:$tls_registry_port" --tls-dir "$work/tls" \
+    > "$work/tls-registry.log" 2>&1 & pids+=($!)
+  sleep 0.5
+  mkdir -p "$work/tls-data" "$work/mtls"
+  env "${plain_env[@]}" SHOPFAST_PRODUCTS__SHEDDING__ENABLED=false RUST_LOG=warn $bin products --grpc-addr "127.0.0.1:$tls_products_port" \
+    --admin-addr 127.0.0.1:0 --data-dir "$work/tls-data" --registry-url "https://127.0.0.1:$tls_registry_port" --tls-dir "$work/tls" \
+    > "$work/tls-products.log" 2>&1 & tls_products_pid=$!; pids+=($tls_products_pid)
+  env "${plain_env[@]}" RUST_LOG=info $bin gateway --threads "${GATEWAY_THREADS:-1}" --addr "127.0.0.1:$mtls_port" \
+    --registry-url "https://127.0.0.1:$tls_registry_port" --tls-dir "$work/tls" --data-dir "$work/mtls" --config "$work/shopfast.toml" \
+    > "$work/mtls.log" 2>&1 & mtls_pid=$!; pids+=($mtls_pid)
+fi
 baseline_pid=""; baseline_port=$(free_port)
 if [ -n "${BASELINE_BIN:-}" ]; then
   mkdir -p "$work/baseline"
@@ -116,10 +142,34 @@ NGINX
 start_nginx nginx "
   upstream products { server 127.0.0.1:$products_port; keepalive 32; keepalive_requests 1000000000; }
   server { listen 127.0.0.1:$nginx_port http2; location / { grpc_pass grpc://products; } }"
+if [ "$MTLS" = 1 ]; then
+  # As the gateway does it: a client certificate (the gateway's identity),
+  # the upstream verified against the stack's CA under its service name,
+  # keep-alive connections and TLS sessions reused.
+  start_nginx nginx_tls "
+  upstream products_tls { server 127.0.0.1:$tls_products_port; keepalive 32; keepalive_requests 1000000000; }
+  server {
+    listen 127.0.0.1:$nginx_tls_port http2;
+    location / {
+      grpc_pass grpcs://products_tls;
+      grpc_ssl_certificate $work/tls/gateway.pem;
+      grpc_ssl_certificate_key $work/tls/gateway-key.pem;
+      grpc_ssl_trusted_certificate $work/tls/ca.pem;
+      grpc_ssl_verify on;
+      grpc_ssl_name products.shopfast.internal;
+      grpc_ssl_server_name on;
+      grpc_ssl_session_reuse on;
+    }
+  }"
+fi
 
 gateway_url="http://127.0.0.1:$gateway_port"
 untraced_url="http://127.0.0.1:$untraced_port"
 baseline_url="http://127.0.0.1:$baseline_port"
+mtls_url="http://127.0.0.1:$mtls_port"
+if [ "$MTLS" = 1 ]; then
+  for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$mtls_url/v1/products?pageSize=1" > "$work/tls-page.json" 2>/dev/null && break; sleep 0.2; done
+fi
 for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$gateway_url/v1/products?pageSize=1" > "$work/page.json" 2>/dev/null && break; sleep 0.2; done
 for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$untraced_url/v1/products?pageSize=1" > /dev/null 2>&1 && break; sleep 0.2; done
 if [ -n "$baseline_pid" ]; then
@@ -127,20 +177,30 @@ if [ -n "$baseline_pid" ]; then
 fi
 product_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["products"][0]["id"])' "$work/page.json")
 # gRPC frame of GetProductRequest{product_id}: 0 (uncompressed), 4-byte length, protobuf.
-python3 - "$product_id" "$work/get.bin" <<'PY'
+frame() { # product-id file: the GetProductRequest frame
+python3 - "$1" "$2" <<'PY'
 import struct, sys
 pid = sys.argv[1].encode()
 msg = b"\x0a" + bytes([len(pid)]) + pid
 open(sys.argv[2], "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 PY
+}
+frame "$product_id" "$work/get.bin"
 nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -n 1)
+nginx_tls_worker=""
+if [ "$MTLS" = 1 ]; then
+  nginx_tls_worker=$(pgrep -P "$(cat "$work/nginx_tls.pid")" | head -n 1)
+  # The TLS stack seeded its own catalog: its product's id, and its gRPC frame.
+  tls_product_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["products"][0]["id"])' "$work/tls-page.json")
+  frame "$tls_product_id" "$work/tls-get.bin"
+fi
 # PIN=1: every proxy on CPU 1, the backend and the load generator on CPU 0, so
 # the proxy in the middle has a core to itself (it idles between bursts, and
 # each burst starts on a cold cache) instead of sharing both with them.
 loadcpu=()
 if [ -n "${PIN:-}" ]; then
-  for pid in $gateway_pid $untraced_pid $baseline_pid $nginx_worker; do taskset -a -pc 1 "$pid" > /dev/null; done
-  taskset -a -pc 0 "$products_pid" > /dev/null
+  for pid in $gateway_pid $untraced_pid $baseline_pid $nginx_worker $mtls_pid $nginx_tls_worker; do taskset -a -pc 1 "$pid" > /dev/null; done
+  for pid in $products_pid $tls_products_pid; do taskset -a -pc 0 "$pid" > /dev/null; done
   loadcpu=(taskset -c 0)
 fi
 
@@ -148,11 +208,12 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 grpc_path=/shopfast.products.v1.ProductService/GetProduct
 run() { # name url [h2load args...] -> "name rps mean_ms proxy_us backend_us"
   local name=$1 url=$2; shift 2
-  local proxy_pid=""
-  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; untraced) proxy_pid=$untraced_pid;; baseline) proxy_pid=$baseline_pid;; esac
-  local p0=0 b0; b0=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p0=$(cpu_ticks "$proxy_pid")
+  local proxy_pid="" backend_pid=$products_pid
+  case $name in nginx) proxy_pid=$nginx_worker;; gateway) proxy_pid=$gateway_pid;; untraced) proxy_pid=$untraced_pid;; baseline) proxy_pid=$baseline_pid;;
+    nginx_tls) proxy_pid=$nginx_tls_worker; backend_pid=$tls_products_pid;; gateway_mtls) proxy_pid=$mtls_pid; backend_pid=$tls_products_pid;; esac
+  local p0=0 b0; b0=$(cpu_ticks "$backend_pid"); [ -n "$proxy_pid" ] && p0=$(cpu_ticks "$proxy_pid")
   local out; out=$("${loadcpu[@]}" h2load -n "$REQUESTS" -c "$CLIENTS" -m "$STREAMS" -t 1 "$@" "$url")
-  local p1=0 b1; b1=$(cpu_ticks "$products_pid"); [ -n "$proxy_pid" ] && p1=$(cpu_ticks "$proxy_pid")
+  local p1=0 b1; b1=$(cpu_ticks "$backend_pid"); [ -n "$proxy_pid" ] && p1=$(cpu_ticks "$proxy_pid")
   local ok; ok=$(echo "$out" | sed -n 's/.*status codes: \([0-9]*\) 2xx.*/\1/p')
   [ "$ok" = "$REQUESTS" ] || { echo "$out" >&2; echo "$name: only $ok of $REQUESTS succeeded" >&2; exit 1; }
   local rps mean; rps=$(echo "$out" | sed -n 's/.*finished in .*, \([0-9.]*\) req\/s.*/\1/p')
@@ -171,12 +232,19 @@ syscalls() { # name pid url [h2load args...]: system calls per request of the pr
 }
 
 grpc_args=(-d "$work/get.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+tls_grpc_args=(-d "$work/tls-get.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+run_tls_paths() { # the TLS paths, when on
+  [ "$MTLS" = 1 ] || return 0
+  run nginx_tls "http://127.0.0.1:$nginx_tls_port$grpc_path" "${tls_grpc_args[@]}"
+  run gateway_mtls "$mtls_url/v1/products/$tls_product_id" -H 'x-api-key: bench-key'
+}
 # Warm up every path once.
 REQUESTS=2000 run direct "http://127.0.0.1:$products_port$grpc_path" "${grpc_args[@]}" > /dev/null
 REQUESTS=2000 run nginx "http://127.0.0.1:$nginx_port$grpc_path" "${grpc_args[@]}" > /dev/null
 REQUESTS=2000 run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
 REQUESTS=2000 run untraced "$untraced_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null
 if [ -n "$baseline_pid" ]; then REQUESTS=2000 run baseline "$baseline_url/v1/products/$product_id" -H 'x-api-key: bench-key' > /dev/null; fi
+REQUESTS=2000 run_tls_paths > /dev/null
 
 for load in $LOADS; do
 CLIENTS=${load%x*}
@@ -199,6 +267,7 @@ for round in $(seq 1 "$ROUNDS"); do
   run gateway "$gateway_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
   run untraced "$untraced_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"
   if [ -n "$baseline_pid" ]; then run baseline "$baseline_url/v1/products/$product_id" -H 'x-api-key: bench-key' >> "$work/results"; fi
+  run_tls_paths >> "$work/results"
   echo "load $load: round $round done" >&2
 done
 python3 - "$work/results" "$REQUESTS" "$CLIENTS" "$STREAMS" "$ROUNDS" <<'PY'
@@ -214,16 +283,16 @@ def med(name, i):
 def mean_ms(text):
     return float(text[:-2]) / 1000 if text.endswith("us") else float(text[:-2]) if text.endswith("ms") else float(text[:-1]) * 1000
 print(f"\nGetProduct, {n} requests x {rounds} rounds, h2load -c {clients} -m {streams} -t 1 (medians)\n")
-print(f"{'path':<9}{'req/s':>10}{'mean latency':>15}{'proxy CPU/req':>16}{'backend CPU/req':>18}")
+print(f"{'path':<13}{'req/s':>10}{'mean latency':>15}{'proxy CPU/req':>16}{'backend CPU/req':>18}")
 stats = {}
-for name in [n for n in ("direct", "nginx", "gateway", "untraced", "baseline") if n in by]:
+for name in [n for n in ("direct", "nginx", "gateway", "untraced", "baseline", "nginx_tls", "gateway_mtls") if n in by]:
     rps = med(name, 0)
     latency = statistics.median(mean_ms(v[1]) for v in by[name])
     proxy = med(name, 2) / n
     backend = med(name, 3) / n
     stats[name] = (rps, latency, proxy, backend)
     proxy_text = "-" if name == "direct" else f"{proxy:.1f} us"
-    print(f"{name:<9}{rps:>10.0f}{latency:>12.3f} ms{proxy_text:>16}{backend:>15.1f} us")
+    print(f"{name:<13}{rps:>10.0f}{latency:>12.3f} ms{proxy_text:>16}{backend:>15.1f} us")
 (d, ng, gw) = (stats["direct"], stats["nginx"], stats["gateway"])
 print()
 print(f"gateway CPU per request / nginx CPU per request: {gw[2] / ng[2]:.2f}  (target <= 1.00)")
@@ -233,6 +302,10 @@ un = stats["untraced"]
 print(f"tracing: gateway CPU per request traced / untraced {gw[2] / un[2]:.2f}; untraced / nginx {un[2] / ng[2]:.2f}")
 if "baseline" in stats:
     print(f"A/B: gateway CPU per request / baseline build's {gw[2] / stats['baseline'][2]:.2f}; baseline / nginx {stats['baseline'][2] / ng[2]:.2f}")
+if "gateway_mtls" in stats:
+    mt, nt = stats["gateway_mtls"], stats["nginx_tls"]
+    print(f"mTLS: gateway CPU per request with / without {mt[2] / gw[2]:.2f} (target < 1.10); nginx with TLS upstream / without {nt[2] / ng[2]:.2f}")
+    print(f"mTLS: gateway / nginx, both with TLS upstream {mt[2] / nt[2]:.2f}; backend CPU per request with / without {mt[3] / gw[3]:.2f}")
 PY
 done
 

@@ -73,6 +73,10 @@ pub struct GatewayConfig {
     pub tiers: BTreeMap<String, ratelimit::Tier>,
     /// API key → client, tier, admin.
     pub api_keys: auth::ApiKeys,
+    /// More API keys, from a JSON file (`{"<key>": {"client": …, "tier": …,
+    /// "admin": …}}`): keys kept out of the environment, where a variable's
+    /// name (`…__API_KEYS__<KEY>__…`) would show them.
+    pub api_keys_file: Option<PathBuf>,
     /// Bounds on what clients can make the gateway remember.
     pub limits: StateLimits,
     /// Its identity towards the registry and the services (mutual TLS). Its
@@ -108,6 +112,7 @@ impl Default for GatewayConfig {
             redis_prefix: "shopfast:ratelimit:".into(),
             tiers: ratelimit::default_tiers(),
             api_keys: auth::ApiKeys::default(),
+            api_keys_file: None,
             trusted_proxies: Vec::new(),
             limits: StateLimits::default(),
             tls: kit::tls::TlsConfig::default(),
@@ -156,7 +161,14 @@ impl RunningGateway {
     }
 }
 
-pub async fn start(config: GatewayConfig, shutdown: CancellationToken) -> Result<RunningGateway, StartError> {
+pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Result<RunningGateway, StartError> {
+    if let Some(path) = &config.api_keys_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StartError::Config(format!("api_keys_file {}: {e}", path.display())))?;
+        let keys: std::collections::BTreeMap<String, auth::ApiKey> = serde_json::from_str(&text)
+            .map_err(|e| StartError::Config(format!("api_keys_file {}: {e}", path.display())))?;
+        config.api_keys.0.extend(keys);
+    }
     for (key, api_key) in &config.api_keys.0 {
         if !config.tiers.contains_key(&api_key.tier) {
             let key = auth::redacted(key);
@@ -290,26 +302,23 @@ async fn serve(
         })
     };
 
+    // The public edge: plain HTTP (TLS is for a load balancer in front).
+    let mut incoming = kit::tls::accept(listener, None);
     loop {
-        let (stream, peer) = tokio::select! {
+        let conn = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            conn = incoming.recv() => match conn {
+                Some(conn) => conn,
+                None => break,
             },
         };
-        let _ = stream.set_nodelay(true);
+        let peer = conn.peer.addr;
         let gateway = gateway.clone();
         let service = hyper::service::service_fn(move |request| {
             let gateway = gateway.clone();
             async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
         });
-        let connection =
-            builder.serve_connection(TokioIo::new(kit::coalesce::Coalescing(stream)), service).into_owned();
+        let connection = builder.serve_connection(TokioIo::new(kit::coalesce::Coalescing(conn)), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -320,7 +329,7 @@ async fn serve(
 
     // Leave the registry first, then drain connections, then persist counts.
     registration.deregister(Duration::from_secs(1)).await;
-    drop(listener);
+    drop(incoming);
     if tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections outlived the shutdown grace");
     }

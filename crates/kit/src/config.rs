@@ -18,6 +18,15 @@ pub enum ConfigError {
     Invalid(#[from] Box<figment::Error>),
 }
 
+/// Writes `text` to `path` (created or replaced), readable by its owner only:
+/// for keys and secrets a process keeps on disk.
+pub fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
 /// A secret from config (a key, a token secret): read with [`Secret::expose`],
 /// never shown by `Debug`, so a config printed or logged whole carries none.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

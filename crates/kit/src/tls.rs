@@ -563,16 +563,7 @@ fn ca_params() -> Result<rcgen::CertificateParams, TlsError> {
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| TlsError::Read { path: path.into(), source })?;
-    file.write_all(text.as_bytes()).map_err(|source| TlsError::Read { path: path.into(), source })
+    crate::config::write_owner_only(path, text).map_err(|source| TlsError::Read { path: path.into(), source })
 }
 
 /// Makes what is missing under `dir`: a development CA (`ca.pem`,

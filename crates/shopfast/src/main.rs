@@ -139,11 +139,8 @@ struct ServiceArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     faults: Option<EnableFaults>,
     #[command(flatten)]
-    #[serde(skip)]
-    tls_args: TlsArgs,
-    #[arg(skip)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<TlsOverride>,
+    #[serde(skip_serializing_if = "TlsArgs::is_unset")]
+    tls: TlsArgs,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -167,19 +164,24 @@ struct TlsArgs {
     insecure: bool,
 }
 
-/// What the TLS flags set in the config's `tls` table.
-#[derive(Clone, Serialize)]
-struct TlsOverride {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    insecure: bool,
+/// What the TLS flags set in the config's `tls` table (only what was given).
+impl Serialize for TlsArgs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(dir) = &self.tls_dir {
+            map.serialize_entry("dir", dir)?;
+        }
+        if self.insecure {
+            map.serialize_entry("insecure", &true)?;
+        }
+        map.end()
+    }
 }
 
 impl TlsArgs {
-    fn overrides(&self) -> Option<TlsOverride> {
-        (self.tls_dir.is_some() || self.insecure)
-            .then(|| TlsOverride { dir: self.tls_dir.clone(), insecure: self.insecure })
+    fn is_unset(&self) -> bool {
+        self.tls_dir.is_none() && !self.insecure
     }
 }
 
@@ -191,7 +193,6 @@ impl ServiceArgs {
     {
         kit::telemetry::init_logging(service, "info", self.log_format.into());
         self.metadata = self.meta.iter().cloned().collect();
-        self.tls = self.tls_args.overrides();
         if self.enable_fault_injection {
             self.faults = Some(EnableFaults { enabled: true });
         }
@@ -226,11 +227,8 @@ struct RegistryArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_grace_ms: Option<u64>,
     #[command(flatten)]
-    #[serde(skip)]
-    tls_args: TlsArgs,
-    #[arg(skip)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<TlsOverride>,
+    #[serde(skip_serializing_if = "TlsArgs::is_unset")]
+    tls: TlsArgs,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -278,11 +276,8 @@ struct GatewayArgs {
     #[serde(skip)]
     threads: usize,
     #[command(flatten)]
-    #[serde(skip)]
-    tls_args: TlsArgs,
-    #[arg(skip)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<TlsOverride>,
+    #[serde(skip_serializing_if = "TlsArgs::is_unset")]
+    tls: TlsArgs,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -344,11 +339,8 @@ struct ConsoleArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     retention_ms: Option<u64>,
     #[command(flatten)]
-    #[serde(skip)]
-    tls_args: TlsArgs,
-    #[arg(skip)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<TlsOverride>,
+    #[serde(skip_serializing_if = "TlsArgs::is_unset")]
+    tls: TlsArgs,
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
@@ -397,9 +389,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             println!("certificates for {} in {}", identities.join(", "), args.dir.display());
             Ok(())
         }
-        Command::Registry(mut args) => {
+        Command::Registry(args) => {
             kit::telemetry::init_logging(registry::SERVICE, "info", args.log_format.into());
-            args.tls = args.tls_args.overrides();
             let config: registry::RegistryConfig = kit::config::load(registry::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 registry::start(config, kit::shutdown::on_signals()).await.context("registry failed to start")?;
@@ -409,7 +400,6 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(mut args) => {
             kit::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
             args.metadata = args.meta.iter().cloned().collect();
-            args.tls = args.tls_args.overrides();
             let config: gateway::GatewayConfig = kit::config::load(gateway::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 gateway::start(config, kit::shutdown::on_signals()).await.context("gateway failed to start")?;
@@ -436,9 +426,8 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             running.wait().await;
             Ok(())
         }
-        Command::Console(mut args) => {
+        Command::Console(args) => {
             kit::telemetry::init_logging(console::SERVICE, "info", args.log_format.into());
-            args.tls = args.tls_args.overrides();
             let config: console::ConsoleConfig = kit::config::load(console::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 console::start(config, kit::shutdown::on_signals()).await.context("console failed to start")?;

@@ -520,6 +520,8 @@ struct Secrets {
     loadgen_key: String,
     token_secret: String,
     card_key: String,
+    /// The gateway's API keys, as its `api_keys_file` (owner-only).
+    api_keys_file: PathBuf,
 }
 
 impl Secrets {
@@ -530,12 +532,21 @@ impl Secrets {
         let random = |n: usize| -> Vec<u8> { (0..n).map(|_| rand::random::<u8>()).collect() };
         let hex = |bytes: Vec<u8>| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
         let base64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let api_key = kept_secret(&dir, "api_key", || format!("sf{}", hex(random(16))))?;
+        let loadgen_key = kept_secret(&dir, "loadgen_key", || format!("sf{}", hex(random(16))))?;
+        let keys = serde_json::json!({
+            api_key.as_str(): { "client": "shopfast-up", "tier": "professional", "admin": true },
+            loadgen_key.as_str(): { "client": "loadgen", "tier": "loadgen", "admin": false },
+        });
+        let api_keys_file = dir.join("gateway-api-keys.json");
+        kit::config::write_owner_only(&api_keys_file, &keys.to_string())
+            .with_context(|| format!("cannot write {}", api_keys_file.display()))?;
         Ok(Self {
             token_secret: kept_secret(&dir, "token_secret", || hex(random(32)))?,
             card_key: kept_secret(&dir, "card_key", || base64(random(32)))?,
-            // Lower case: config keys from the environment are lower-cased.
-            api_key: kept_secret(&dir, "api_key", || format!("sf{}", hex(random(16))))?,
-            loadgen_key: kept_secret(&dir, "loadgen_key", || format!("sf{}", hex(random(16))))?,
+            api_key,
+            loadgen_key,
+            api_keys_file,
         })
     }
 
@@ -546,20 +557,14 @@ impl Secrets {
             "users" => vec![var("SHOPFAST_USERS__TOKEN_SECRET", &self.token_secret)],
             "payments" => vec![var("SHOPFAST_PAYMENTS__CARD_KEY", &self.card_key)],
             "gateway" => {
-                let key_var = |key: &str, field: &str| {
-                    format!("SHOPFAST_GATEWAY__API_KEYS__{}__{field}", key.to_ascii_uppercase())
-                };
                 // The generator's own tier: its overload mode is meant to
                 // overload the services, not to measure the rate limiter.
                 let tier_var = |field: &str| format!("SHOPFAST_GATEWAY__TIERS__LOADGEN__{field}");
                 vec![
                     var("SHOPFAST_GATEWAY__TOKEN_SECRET", &self.token_secret),
-                    (key_var(&self.api_key, "CLIENT"), "shopfast-up".to_string()),
-                    (key_var(&self.api_key, "TIER"), "professional".to_string()),
-                    (key_var(&self.api_key, "ADMIN"), "true".to_string()),
-                    (key_var(&self.loadgen_key, "CLIENT"), "loadgen".to_string()),
-                    (key_var(&self.loadgen_key, "TIER"), "loadgen".to_string()),
-                    (key_var(&self.loadgen_key, "ADMIN"), "false".to_string()),
+                    // The keys themselves in a file: an environment variable's
+                    // name would show them to anything listing it.
+                    var("SHOPFAST_GATEWAY__API_KEYS_FILE", &self.api_keys_file.display().to_string()),
                     (tier_var("PER_MINUTE"), "600000".to_string()),
                     (tier_var("BURST"), "20000".to_string()),
                     (tier_var("MONTHLY_QUOTA"), "0".to_string()),

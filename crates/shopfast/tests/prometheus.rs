@@ -35,14 +35,30 @@ async fn prometheus_discovers_and_scrapes_every_instance() {
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let registry = Proc::registry("127.0.0.1:0", 500, 5_000, 1_000);
-    let url = registry.url();
-    let _users = Proc::service("users", data.path(), &url, &[]);
-    let _products = Proc::service("products", data.path(), &url, &["--meta", "version=v1"]);
+    // As `shopfast up` runs it: the registry over TLS, certificates in <data>/tls.
+    let tls_dir = data.path().join("tls");
+    kit::tls::ensure_dev_certs(&tls_dir, &["registry", "users", "products"]).unwrap();
+    let tls = tls_dir.to_str().unwrap();
+    let registry = Proc::start(&[
+        "registry",
+        "--addr",
+        "127.0.0.1:0",
+        "--heartbeat-interval-ms",
+        "500",
+        "--ttl-ms",
+        "5000",
+        "--drain-grace-ms",
+        "1000",
+        "--tls-dir",
+        tls,
+    ]);
+    let url = format!("https://{}", registry.addr("addr"));
+    let _users = Proc::service("users", data.path(), &url, &["--tls-dir", tls]);
+    let _products = Proc::service("products", data.path(), &url, &["--meta", "version=v1", "--tls-dir", tls]);
 
     let config = CONFIG
-        .replace("http://127.0.0.1:8080", &url)
-        .replace("127.0.0.1:8080", &registry.addr("addr"))
+        .replace("https://127.0.0.1:8080", &url)
+        .replace("../../data/tls/ca.pem", &tls_dir.join("ca.pem").display().to_string())
         .replace("5s", "1s");
     let config_path = data.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();

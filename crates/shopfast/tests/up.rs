@@ -118,9 +118,18 @@ async fn up_restarts_a_dead_child_keeps_secrets_to_those_that_use_them_and_takes
         assert!(!has(other, "SHOPFAST_USERS__TOKEN_SECRET"), "{other} has the token secret");
         assert!(!has(other, "SHOPFAST_GATEWAY__TOKEN_SECRET"), "{other} has the token secret");
     }
-    // Never on a command line, where `ps` shows it.
+    // Never on a command line, where `ps` shows it, nor in a variable's name.
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&ps.stdout).contains(card_key.trim()));
+    for service in ["users", "products", "payments", "orders", "gateway"] {
+        let pid = support::child_pids(data.path(), service)[0];
+        let names: Vec<String> =
+            environment_of(pid).iter().map(|e| e.split('=').next().unwrap_or("").to_string()).collect();
+        assert!(
+            names.iter().all(|n| !n.to_ascii_lowercase().contains(&up.api_key.to_ascii_lowercase())),
+            "{service}: an API key in a variable's name: {names:?}"
+        );
+    }
 
     // A child killed with SIGKILL is restarted, on its ports, and says so in `shopfast status`.
     let products = support::child_pids(data.path(), "products")[0];
