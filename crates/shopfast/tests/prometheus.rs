@@ -57,7 +57,7 @@ async fn prometheus_discovers_and_scrapes_every_instance() {
     let _products = Proc::service("products", data.path(), &url, &["--meta", "version=v1", "--tls-dir", tls]);
 
     let config = CONFIG
-        .replace("https://127.0.0.1:8080", &url)
+        .replace("127.0.0.1:8080", &registry.addr("addr"))
         .replace("../../data/tls/ca.pem", &tls_dir.join("ca.pem").display().to_string())
         .replace("5s", "1s");
     let config_path = data.path().join("prometheus.yml");
