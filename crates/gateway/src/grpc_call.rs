@@ -19,6 +19,7 @@ use tower::{Service, ServiceExt};
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 const HTTP_CODE: http::HeaderName = http::HeaderName::from_static(kit::reply::HTTP_CODE);
 const LOCATION: http::HeaderName = http::HeaderName::from_static(kit::reply::LOCATION);
+pub const SERVED_VERSION: http::HeaderName = http::HeaderName::from_static(kit::traffic::SERVED_VERSION);
 
 /// A unary call's answer: the message's bytes and the backend's HTTP hints
 /// (`kit::reply`), if it gave any.
@@ -27,15 +28,18 @@ pub struct Answer {
     pub message: Bytes,
     pub status: Option<http::StatusCode>,
     pub location: Option<HeaderValue>,
+    /// The version of the instance that answered.
+    pub served_version: Option<HeaderValue>,
 }
 
 impl Answer {
     fn new(message: Bytes, headers: &HeaderMap) -> Self {
+        let served_version = headers.get(&SERVED_VERSION).cloned();
         // Most answers carry no hint: nothing to look up beyond one header.
-        let Some(code) = headers.get(&HTTP_CODE) else { return Self { message, ..Default::default() } };
+        let Some(code) = headers.get(&HTTP_CODE) else { return Self { message, served_version, ..Default::default() } };
         let status =
             code.to_str().ok().and_then(|c| c.parse::<u16>().ok()).and_then(|c| http::StatusCode::from_u16(c).ok());
-        Self { message, status, location: headers.get(&LOCATION).cloned() }
+        Self { message, status, location: headers.get(&LOCATION).cloned(), served_version }
     }
 }
 

@@ -96,6 +96,10 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Labels registered with this instance.
     pub metadata: BTreeMap<String, String>,
+    /// The version it registers; unset: the build's own.
+    pub version: Option<String>,
+    /// The deployment track it registers; unset: `stable`.
+    pub track: Option<String>,
     /// Serve `POST /test/tracecontext` for the W3C trace-context test suite.
     pub trace_context_test_endpoint: bool,
 }
@@ -123,6 +127,8 @@ impl Default for GatewayConfig {
             body_read_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             metadata: BTreeMap::new(),
+            version: None,
+            track: None,
             trace_context_test_endpoint: false,
         }
     }
@@ -237,6 +243,8 @@ pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Re
         trace_context_test: config.trace_context_test_endpoint.then(reqwest::Client::new),
     });
 
+    let version = kit::traffic::configured_version(config.version.as_deref()).map_err(StartError::Config)?;
+    let track = kit::traffic::configured_track(config.track.as_deref()).map_err(StartError::Config)?;
     let listener =
         TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
@@ -247,6 +255,8 @@ pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Re
             name: SERVICE.into(),
             address: addr.to_string(),
             admin_address: addr.to_string(),
+            version,
+            track,
             metadata: config.metadata.clone(),
             health: None,
         },

@@ -131,6 +131,8 @@ impl From<tonic::Status> for Failure {
 
 const X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
 const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// Asks for a version by name (admin API keys only): see `kit::traffic`.
+const X_VERSION: HeaderName = HeaderName::from_static(kit::traffic::VERSION_OVERRIDE);
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// What a queued call keeps of its metadata, to send when it is delivered.
@@ -138,6 +140,22 @@ const DEFERRED_METADATA: [HeaderName; 4] = [TRACEPARENT, X_CLIENT_ID, X_USER_ID,
 
 /// gRPC metadata sent with a backend call: the entries that have a value,
 /// less any value that cannot be a header value.
+/// A version asked for by name: admin API keys only (a smoke test of a
+/// version no user is sent to yet), and well formed.
+fn version_override(headers: &http::HeaderMap, caller: &Caller) -> Result<Option<String>, Failure> {
+    let Some(value) = headers.get(&X_VERSION) else { return Ok(None) };
+    if !caller.admin {
+        return Err(Failure::new(Code::PermissionDenied, "x-shopfast-version needs an admin API key"));
+    }
+    match value.to_str() {
+        Ok(text) if kit::traffic::valid_override(text) => Ok(Some(text.trim().to_string())),
+        _ => Err(Failure::new(
+            Code::InvalidArgument,
+            "x-shopfast-version must be a version (v2) or service=version pairs (products=v2,orders=v3)",
+        )),
+    }
+}
+
 fn call_metadata<'a>(entries: impl IntoIterator<Item = (HeaderName, Option<&'a str>)>) -> http::HeaderMap {
     let mut metadata = http::HeaderMap::with_capacity(8);
     for (name, value) in entries {
@@ -351,6 +369,7 @@ impl Gateway {
 
         let user = self.authorise(&route, &caller, request.headers()).map_err(fail)?;
         let idempotency_key = idempotency_key(request.headers()).map_err(fail)?;
+        let version = version_override(request.headers(), &caller).map_err(fail)?;
         let query = request.uri().query().map(str::to_string);
         let body = self.read_body(request).await.map_err(fail)?;
         let mut message =
@@ -376,13 +395,15 @@ impl Gateway {
             (X_CLIENT_ID, Some(caller.client.as_str())),
             (X_USER_ID, user.as_deref()),
             (IDEMPOTENCY_KEY, idempotency_key.as_deref()),
+            (X_VERSION, version.as_deref()),
         ]);
         // The cached fallback answers a read with the last good answer to the
         // same read by the same user.
         let cache_key = backend
             .cache
             .as_ref()
-            .filter(|_| method == Method::GET)
+            // An answer from a version asked for by name is not everyone's answer.
+            .filter(|_| method == Method::GET && version.is_none())
             .map(|_| format!("{path}?{}#{}", query.as_deref().unwrap_or(""), user.as_deref().unwrap_or("")));
         let idempotent = method == Method::GET || idempotency_key.is_some();
         let answer = match self.call(backend, &route, &message, &metadata, idempotent).await {
@@ -408,6 +429,11 @@ impl Gateway {
         let mut reply = json_reply(status, json);
         if let (true, Some(location)) = (status != StatusCode::OK, answer.location) {
             reply.headers_mut().insert(http::header::LOCATION, location);
+        }
+        // Which version answered: for operators (smoke tests, deploys), not
+        // for everyone.
+        if let (true, Some(version)) = (caller.admin, answer.served_version) {
+            reply.headers_mut().insert(grpc_call::SERVED_VERSION, version);
         }
         insert_rate_headers(reply.headers_mut(), &decision);
         Ok((reply, label))

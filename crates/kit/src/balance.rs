@@ -12,6 +12,13 @@
 //! serve, is ejected the same way (Envoy's consecutive-5xx outlier
 //! detection): the state of a service with several instances is kept per
 //! instance, and one bad instance does not fail a share of every caller's calls.
+//!
+//! With a traffic policy (`traffic`), the version comes first: by the
+//! request's sticky key into the policy's weights, then p2c among that
+//! version's instances. A version that cannot serve (all its instances gone
+//! or ejected) falls back to the other weighted versions, then to any
+//! instance, rather than failing. A version asked for by name
+//! (`x-shopfast-version`) is that version or an error, never another.
 use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -25,10 +32,14 @@ use rand::Rng;
 use tonic::body::Body;
 use tower::Service;
 
+use arc_swap::ArcSwapOption;
+
 use crate::discovery::wire::InstanceInfo;
 use crate::h2_client::{ConnectError, Connection};
 use crate::resilience::guard::refusal;
+use crate::routing::CallRouting;
 use crate::time::now_millis;
+use crate::traffic::{Override, Router, TrafficPolicy};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,6 +54,7 @@ pub const OUTLIER_FAILURES: u32 = 5;
 pub struct Backend {
     pub id: String,
     pub address: String,
+    pub version: Arc<str>,
     registered_at_ms: i64,
     connection: Connection,
     in_flight: AtomicUsize,
@@ -60,6 +72,7 @@ impl Backend {
         Ok(Self {
             id: instance.id.clone(),
             address: instance.address.clone(),
+            version: Arc::from(instance.version.as_str()),
             registered_at_ms: instance.registered_at_ms,
             connection,
             in_flight: AtomicUsize::new(0),
@@ -84,6 +97,43 @@ impl Backend {
     fn succeeded(&self) {
         if self.ejections.load(Ordering::Relaxed) != 0 {
             self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a request asks of the pick: a version by name, and the keys that
+/// keep it on one version.
+struct Ask<'a> {
+    version: Override<'a>,
+    user: Option<&'a str>,
+    client: Option<&'a str>,
+}
+
+impl<'a> Ask<'a> {
+    fn of(headers: &'a http::HeaderMap, serving: Option<&'a CallRouting>, service: &str) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let user = header(crate::traffic::USER_ID).or_else(|| serving.and_then(|r| r.user.as_deref()));
+        let client = header(crate::traffic::CLIENT_ID).or_else(|| serving.and_then(|r| r.client.as_deref()));
+        let version = crate::traffic::override_for(header(crate::traffic::VERSION_OVERRIDE), service);
+        Self { version, user, client }
+    }
+}
+
+/// Power of two choices on in-flight calls among `candidates` not ejected;
+/// when every one is ejected, the one whose ejection ends first (better a
+/// probe than certain failure).
+fn p2c(candidates: &[&Arc<Backend>], now: i64) -> Option<Arc<Backend>> {
+    let healthy: Vec<&Arc<Backend>> = candidates.iter().copied().filter(|b| !b.is_ejected(now)).collect();
+    match healthy.len() {
+        0 => candidates.iter().min_by_key(|b| b.ejected_until_ms.load(Ordering::Relaxed)).map(|b| (*b).clone()),
+        1 => Some(healthy[0].clone()),
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let b = (a + rng.random_range(1..n)) % n;
+            let (a, b) = (healthy[a], healthy[b]);
+            let load = |x: &Backend| x.in_flight.load(Ordering::Relaxed);
+            Some(if load(b) < load(a) { b.clone() } else { a.clone() })
         }
     }
 }
@@ -115,6 +165,11 @@ pub struct InstanceOutcome {
 }
 
 impl InstanceOutcome {
+    /// The version of the instance that answered.
+    pub fn version(&self) -> &Arc<str> {
+        &self.backend.version
+    }
+
     /// The call's outcome on this instance: `OUTLIER_FAILURES` server-side
     /// failures in a row eject it — unless it is the only routable instance
     /// (ejecting it would only move the failures elsewhere: nowhere).
@@ -142,6 +197,7 @@ impl InstanceOutcome {
 pub struct PoolMember {
     pub id: String,
     pub address: String,
+    pub version: String,
     /// Ejected right now.
     pub ejected: bool,
     /// Ejections since its last success.
@@ -163,6 +219,8 @@ struct Inner {
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     /// How many instances joined the pool (new or re-registered) so far.
     new_instances: Arc<AtomicU64>,
+    /// The service's traffic policy, if it has one.
+    policy: ArcSwapOption<Router>,
 }
 
 impl Inner {
@@ -184,6 +242,7 @@ impl Balancer {
                 tls,
                 backends: RwLock::new(Arc::new(Vec::new())),
                 new_instances: Arc::new(AtomicU64::new(0)),
+                policy: ArcSwapOption::empty(),
             }),
         }
     }
@@ -230,6 +289,27 @@ impl Balancer {
         }
     }
 
+    /// Replaces the traffic policy (none: every instance alike).
+    pub fn set_policy(&self, policy: Option<TrafficPolicy>) {
+        let service = self.inner.service.clone();
+        let index = policy.as_ref().map_or(0, |p| p.index);
+        let current = self.inner.policy.load().as_ref().map(|r| r.policy().clone());
+        if current == policy {
+            return;
+        }
+        match &policy {
+            Some(p) => tracing::info!(service = %service, index, weights = ?p.weights, "traffic policy applied"),
+            None => tracing::info!(service = %service, "traffic policy removed; every instance alike"),
+        }
+        metrics::gauge!("client_traffic_policy_index", "service" => service).set(index as f64);
+        self.inner.policy.store(policy.map(|p| Arc::new(Router::new(p))));
+    }
+
+    /// The traffic policy in force, if any.
+    pub fn policy(&self) -> Option<TrafficPolicy> {
+        self.inner.policy.load().as_ref().map(|r| r.policy().clone())
+    }
+
     /// The instances in the pool and their ejection state.
     pub fn instances(&self) -> Vec<PoolMember> {
         let now = now_millis();
@@ -238,6 +318,7 @@ impl Balancer {
             .map(|b| PoolMember {
                 id: b.id.clone(),
                 address: b.address.clone(),
+                version: b.version.to_string(),
                 ejected: b.is_ejected(now),
                 consecutive_ejections: b.ejections.load(Ordering::Relaxed),
                 in_flight: b.in_flight.load(Ordering::Relaxed),
@@ -245,39 +326,88 @@ impl Balancer {
             .collect()
     }
 
-    /// Power of two choices among instances not ejected and not yet tried;
-    /// when every instance is ejected, the one whose ejection ends first
-    /// (better a probe than certain failure).
-    fn pick(&self, tried: &[String]) -> Option<Arc<Backend>> {
+    /// The instance for a call: its version first (the override, else the
+    /// policy), then power of two choices among that version's instances not
+    /// yet tried. Refused with a status when there is none.
+    fn pick(&self, tried: &[String], ask: &Ask<'_>) -> Result<Arc<Backend>, BoxError> {
         let now = now_millis();
         let backends = self.snapshot();
-        let untried: Vec<&Arc<Backend>> = backends.iter().filter(|b| !tried.contains(&b.id)).collect();
-        let healthy: Vec<&Arc<Backend>> = untried.iter().copied().filter(|b| !b.is_ejected(now)).collect();
-        match healthy.len() {
-            0 => untried.into_iter().min_by_key(|b| b.ejected_until_ms.load(Ordering::Relaxed)).cloned(),
-            1 => Some(healthy[0].clone()),
-            n => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let b = (a + rng.random_range(1..n)) % n;
-                let (a, b) = (healthy[a], healthy[b]);
-                let load = |x: &Backend| x.in_flight.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b.clone() } else { a.clone() })
+        let service = &self.inner.service;
+        let candidates = |version: Option<&str>| -> Vec<&Arc<Backend>> {
+            backends
+                .iter()
+                .filter(|b| !tried.contains(&b.id) && version.is_none_or(|v| *b.version == *v))
+                .collect()
+        };
+        let no_instance = |what: String| {
+            metrics::counter!("client_no_instance_total", "service" => service.clone()).increment(1);
+            refusal(tonic::Code::Unavailable, "no_instance", what)
+        };
+        let policy = self.inner.policy.load();
+        let router = policy.as_deref();
+        if let Some(version) = self.named_version(ask, router, &backends) {
+            if let Some(router) = router
+                && !router.may_override(version)
+            {
+                let allowed = router.policy().overridable.join(", ");
+                let message = format!("version {version} of {service} may not be asked for by name (allowed: {allowed})");
+                return Err(refusal(tonic::Code::FailedPrecondition, "version_override", message));
             }
+            return p2c(&candidates(Some(version)), now)
+                .ok_or_else(|| no_instance(format!("no instance of {service} at version {version}")));
+        }
+        let Some(router) = router else {
+            return p2c(&candidates(None), now).ok_or_else(|| no_instance(format!("no healthy instance of {service}")));
+        };
+        let point = Router::point(router.sticky_key(ask.user, ask.client), rand::rng().random());
+        let serves = |version: &str| candidates(Some(version)).iter().any(|b| !b.is_ejected(now));
+        let version = match router.choose(point) {
+            Some(chosen) if serves(chosen) => Some(chosen),
+            chosen => {
+                let fallback = router.fallback(point, serves);
+                let from = chosen.map_or_else(String::new, |v| v.to_string());
+                let to = fallback.map_or_else(|| "any".to_string(), |v| v.to_string());
+                metrics::counter!("client_version_fallbacks_total", "service" => service.clone(), "from" => from, "to" => to)
+                    .increment(1);
+                fallback
+            }
+        };
+        // No weighted version can serve: any instance rather than failing.
+        p2c(&candidates(version.map(|v| &**v)), now)
+            .or_else(|| p2c(&candidates(None), now))
+            .ok_or_else(|| no_instance(format!("no healthy instance of {service}")))
+    }
+
+    /// The version a request asks for by name, if it asks this service for one.
+    fn named_version<'a>(&self, ask: &Ask<'a>, router: Option<&Router>, backends: &[Arc<Backend>]) -> Option<&'a str> {
+        match ask.version {
+            Override::Named(version) => Some(version),
+            Override::IfKnown(version)
+                if router.is_some_and(|r| r.knows(version)) || backends.iter().any(|b| *b.version == *version) =>
+            {
+                Some(version)
+            }
+            _ => None,
         }
     }
 
     async fn dispatch(self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         // Unary gRPC bodies are small; buffering makes a refused call resendable.
         let body: Bytes = body.collect().await?.to_bytes();
+        // What the request says, else what the request being served said;
+        // an override travels on.
+        let serving = crate::routing::current();
+        if let Some(version) = serving.as_ref().and_then(|r| r.version.as_deref())
+            && !parts.headers.contains_key(crate::traffic::VERSION_OVERRIDE)
+            && let Ok(value) = http::HeaderValue::from_str(version)
+        {
+            parts.headers.insert(crate::traffic::VERSION_OVERRIDE, value);
+        }
+        let ask = Ask::of(&parts.headers, serving.as_ref(), &self.inner.service);
         let mut tried = Vec::new();
         loop {
-            let Some(backend) = self.pick(&tried) else {
-                metrics::counter!("client_no_instance_total", "service" => self.inner.service.clone()).increment(1);
-                let message = format!("no healthy instance of {}", self.inner.service);
-                return Err(refusal(tonic::Code::Unavailable, "no_instance", message));
-            };
+            let backend = self.pick(&tried, &ask)?;
             let mut attempt = http::Request::new(body.clone());
             *attempt.method_mut() = parts.method.clone();
             *attempt.uri_mut() = parts.uri.clone();
@@ -374,6 +504,8 @@ mod tests {
             address: address.into(),
             admin_address: String::new(),
             health: Health::Healthy,
+            version: "v1".into(),
+            track: "stable".into(),
             metadata: BTreeMap::new(),
             registered_at_ms,
         }
@@ -441,8 +573,9 @@ mod tests {
         }
         assert!(!balancer.instances().iter().find(|m| m.id == "b").expect("b").ejected);
         // Picks avoid the ejected instance.
+        let ask = Ask { version: Override::None, user: None, client: None };
         for _ in 0..20 {
-            assert_eq!(balancer.pick(&[]).expect("a pick").id, "b");
+            assert_eq!(balancer.pick(&[], &ask).ok().expect("a pick").id, "b");
         }
     }
 

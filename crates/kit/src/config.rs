@@ -66,7 +66,14 @@ pub struct ServiceCommon {
     /// Host to advertise in the registry; default: the bound address
     /// (127.0.0.1 when bound to 0.0.0.0).
     pub advertise_host: Option<String>,
-    /// Labels registered with the instance: version, color, zone, …
+    /// The version registered (traffic policies route by it); unset: the
+    /// build's own (`kit::build::version`).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The deployment track registered (`blue`, `green`, `canary`); unset: `stable`.
+    #[serde(default)]
+    pub track: Option<String>,
+    /// Labels registered with the instance: zone, replica, …
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Adaptive load shedding (on by default).
     #[serde(default)]
@@ -89,11 +96,23 @@ impl ServiceCommon {
             shutdown_grace_ms: 10_000,
             registry_url: None,
             advertise_host: None,
+            version: None,
+            track: None,
             metadata: Default::default(),
             shedding: Default::default(),
             faults: Default::default(),
             tls: Default::default(),
         }
+    }
+
+    /// The version this instance registers and reports, checked.
+    pub fn version(&self) -> Result<String, String> {
+        crate::traffic::configured_version(self.version.as_deref())
+    }
+
+    /// The track this instance registers, checked.
+    pub fn track(&self) -> Result<String, String> {
+        crate::traffic::configured_track(self.track.as_deref())
     }
 
     /// The database URL in force: the configured one, or the service's SQLite file.

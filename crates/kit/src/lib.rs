@@ -3,6 +3,7 @@
 //! shutdown), the database layer, user tokens, and test helpers.
 pub mod access;
 pub mod balance;
+pub mod build;
 pub mod coalesce;
 pub mod config;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod otel;
 pub mod pagination;
 pub mod reply;
 pub mod resilience;
+pub mod routing;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
@@ -23,6 +25,7 @@ pub mod time;
 pub mod tls;
 pub mod token;
 pub mod trace_context;
+pub mod traffic;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -47,6 +47,8 @@ pub enum ServerError {
     Tls(crate::tls::TlsError),
     #[error("{0}")]
     Access(#[from] crate::access::PolicyError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// What a service tells the host about itself.
@@ -131,6 +133,8 @@ pub struct Host {
     idempotency: Option<std::sync::Arc<IdempotencyStore>>,
     /// Its identity (mutual TLS), or none in plain text.
     tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    /// The version it registers and reports on every answer.
+    version: String,
 }
 
 /// The address others should dial for a listener bound to `bound`.
@@ -165,6 +169,8 @@ impl Host {
         let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
 
         let tls = crate::tls::Tls::from_config(&common.tls, spec.name).map_err(ServerError::Tls)?;
+        let version = common.version().map_err(ServerError::Config)?;
+        let track = common.track().map_err(ServerError::Config)?;
         let readiness = Readiness::default();
         let faults = Faults::new(&common.faults)?;
         // Built here, not in the task: building it installs the metrics
@@ -177,12 +183,14 @@ impl Host {
                 name: spec.name.to_string(),
                 address: advertised(grpc_addr, common.advertise_host.as_deref()),
                 admin_address: advertised(admin_addr, common.advertise_host.as_deref()),
+                version: version.clone(),
+                track,
                 metadata: common.metadata.clone(),
                 health: None,
             };
             (crate::discovery::RegistryClient::with_tls(url, tls.clone()), request)
         });
-        tracing::info!(service = spec.name, %grpc_addr, %admin_addr, "listeners bound");
+        tracing::info!(service = spec.name, %grpc_addr, %admin_addr, %version, "listeners bound");
         Ok(Self {
             spec,
             grpc_listener,
@@ -197,6 +205,7 @@ impl Host {
             faults,
             idempotency: None,
             tls,
+            version,
         })
     }
 
@@ -269,6 +278,7 @@ impl Host {
             // tonic itself enforces the caller's grpc-timeout.
             .layer(GrpcTelemetryLayer::new(self.spec.name))
             .layer(AccessLayer::new(access))
+            .layer(crate::routing::RoutingLayer::new(&self.version))
             .layer(SpentDeadlineLayer)
             .layer(ShedLayer::new(self.spec.name, &self.shedding))
             .layer(tower::util::option_layer(self.idempotency.clone().map(IdempotencyLayer::new)))

@@ -33,6 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub const TRUST_DOMAIN: &str = "shopfast.internal";
 /// People and their tools: may call every method.
 pub const OPERATOR: &str = "operator";
+/// The deploy controller's identity: it may change traffic policies.
+pub const DEPLOYER: &str = "deployer";
 /// The registry's identity.
 pub const REGISTRY: &str = "registry";
 /// A handshake not finished in this time is dropped (a slow client holds nothing longer).

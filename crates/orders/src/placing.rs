@@ -105,11 +105,12 @@ impl Placing {
         // The saga runs on its own task: a caller that gives up (or is told
         // "pending") does not stop it half way.
         let orchestrator = self.orchestrator.clone();
-        let mut run = tokio::spawn(tracing::Instrument::instrument(
+        // Still the request's trace (the steps' calls are its children) and
+        // its routing: its user's versions, a smoke test's override.
+        let mut run = tokio::spawn(kit::routing::carry(tracing::Instrument::instrument(
             async move { orchestrator.run(saga).await },
-            // Still the request's trace: the steps' calls are its children.
             tracing::info_span!("saga", order_id = %order_id),
-        ));
+        )));
         match tokio::time::timeout(wait, &mut run).await {
             Ok(Ok(Ok(saga))) => Ok(self.answer(saga).await?),
             Ok(outcome) => {

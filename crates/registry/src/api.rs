@@ -14,6 +14,8 @@ use serde_json::json;
 
 use crate::core::{Registry, RegistryError};
 use crate::model::{HeartbeatRequest, Instance, RegisterRequest};
+use crate::store::StoreError;
+use kit::traffic::{PolicyChange, TrafficPolicy};
 use kit::error::DomainError;
 use kit::time::now_millis;
 
@@ -21,18 +23,24 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const INDEX_HEADER: &str = "x-registry-index";
 
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(StatusCode, String, Option<&'static str>);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into(), None)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = match self.0 {
+        let code = self.2.unwrap_or(match self.0 {
             StatusCode::BAD_REQUEST => "INVALID_ARGUMENT",
             StatusCode::FORBIDDEN => "PERMISSION_DENIED",
             StatusCode::NOT_FOUND => "NOT_FOUND",
             StatusCode::CONFLICT => "ALREADY_EXISTS",
             StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
             _ => "INTERNAL",
-        };
+        });
         (self.0, Json(json!({ "code": code, "message": self.1 }))).into_response()
     }
 }
@@ -40,13 +48,18 @@ impl IntoResponse for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
         match err {
-            RegistryError::Domain(DomainError::Invalid(m)) => ApiError(StatusCode::BAD_REQUEST, m),
-            RegistryError::Domain(DomainError::NotFound(m)) => ApiError(StatusCode::NOT_FOUND, m),
-            RegistryError::Domain(DomainError::AlreadyExists(m)) => ApiError(StatusCode::CONFLICT, m),
-            RegistryError::Domain(other) => ApiError(StatusCode::BAD_REQUEST, other.to_string()),
+            RegistryError::Domain(DomainError::Invalid(m)) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            RegistryError::Domain(DomainError::NotFound(m)) => ApiError::new(StatusCode::NOT_FOUND, m),
+            RegistryError::Domain(DomainError::AlreadyExists(m)) => ApiError::new(StatusCode::CONFLICT, m),
+            RegistryError::Domain(DomainError::FailedPrecondition(m)) => {
+                ApiError(StatusCode::CONFLICT, m, Some("FAILED_PRECONDITION"))
+            }
+            RegistryError::Domain(other) => ApiError::new(StatusCode::BAD_REQUEST, other.to_string()),
+            // A compare-and-set that lost: read again and decide again.
+            RegistryError::Store(StoreError::Conflict(m)) => ApiError(StatusCode::CONFLICT, m, Some("ABORTED")),
             RegistryError::Store(e) => {
                 tracing::error!(error = %e, "registry storage failed");
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, "registry storage unavailable".into())
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "registry storage unavailable")
             }
         }
     }
@@ -54,7 +67,7 @@ impl From<RegistryError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {}", rejection.body_text()))
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {}", rejection.body_text()))
     }
 }
 
@@ -69,12 +82,14 @@ pub fn router(registry: Registry) -> Router {
         .route("/v1/instances/{id}/drain", post(drain))
         .route("/v1/services", get(services))
         .route("/v1/services/{name}", get(service))
+        .route("/v1/policies", get(policies))
+        .route("/v1/policies/{service}", get(policy).put(set_policy).delete(remove_policy))
         .route("/v1/audit", get(audit))
         .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
         .route("/health/ready", get(ready))
         .route("/metrics", kit::metrics::route())
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::from_fn(kit::otel::trace_http_if_traced))
         .with_state(registry)
@@ -91,14 +106,28 @@ fn may_write(peer: &Peer, secured: bool, service: &str) -> ApiResult<()> {
         Some(identity) if identity == service || identity == kit::tls::OPERATOR => Ok(()),
         Some(identity) => {
             metrics::counter!("registry_writes_refused_total", "caller" => identity.to_string()).increment(1);
-            Err(ApiError(
-                StatusCode::FORBIDDEN,
-                format!("{identity} may not register or change instances of {service}"),
-            ))
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("{identity} may not register or change instances of {service}")))
         }
         None => {
             metrics::counter!("registry_writes_refused_total", "caller" => "anonymous").increment(1);
-            Err(ApiError(StatusCode::FORBIDDEN, "registering needs a client certificate naming the service".into()))
+            Err(ApiError::new(StatusCode::FORBIDDEN, "registering needs a client certificate naming the service"))
+        }
+    }
+}
+
+/// Who may change traffic policies: over TLS, an operator or the deploy
+/// controller; in plain text anyone. Returns the name the audit log records.
+fn may_route(peer: &Peer, secured: bool) -> ApiResult<String> {
+    let identity = peer.identity.clone();
+    if !secured {
+        return Ok(identity.unwrap_or_else(|| "anonymous".into()));
+    }
+    match identity {
+        Some(identity) if identity == kit::tls::OPERATOR || identity == kit::tls::DEPLOYER => Ok(identity),
+        other => {
+            let caller = other.unwrap_or_else(|| "anonymous".into());
+            metrics::counter!("registry_writes_refused_total", "caller" => caller.clone()).increment(1);
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("{caller} may not change traffic policies (operator or deployer only)")))
         }
     }
 }
@@ -169,19 +198,22 @@ fn parse_wait(text: Option<&String>) -> ApiResult<Duration> {
     };
     parsed
         .map(|d| d.min(MAX_WAIT))
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("wait {text:?} is not like 30s or 500ms")))
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("wait {text:?} is not like 30s or 500ms")))
 }
 
 async fn block_until_changed(registry: &Registry, params: &BTreeMap<String, String>) -> ApiResult<u64> {
     let current = registry.store().revision().await.map_err(RegistryError::from)?;
     let Some(index) = params.get("index") else { return Ok(current) };
-    let index: u64 = index.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, "index must be a number".into()))?;
+    let index: u64 = index.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "index must be a number"))?;
     let wait = parse_wait(params.get("wait"))?;
     // Behind: answer now. Ahead: the registry restarted and its revision
     // started over; answer now too, or the watcher would miss changes.
     if index != current {
         return Ok(current);
     }
+    // While warming up, answer when it ends at the latest: the answer after
+    // it is the whole truth, and clients drop what they only remembered.
+    let wait = registry.warming(now_millis()).map_or(wait, |left| wait.min(left + Duration::from_millis(50)));
     Ok(registry.store().wait_for_change(index, wait).await.map_err(RegistryError::from)?)
 }
 
@@ -201,7 +233,42 @@ async fn service(
     let filter: BTreeMap<String, String> =
         params.into_iter().filter(|(k, _)| !matches!(k.as_str(), "index" | "wait" | "all")).collect();
     let instances = registry.lookup(&name, &filter, all).await?;
-    Ok(with_index(index, json!({ "index": index, "instances": instances })))
+    let policy = registry.store().get_policy(&name).await.map_err(RegistryError::from)?;
+    let warming = registry.warming(now_millis()).is_some();
+    Ok(with_index(index, json!({ "index": index, "instances": instances, "policy": policy, "warming": warming })))
+}
+
+async fn policies(State(registry): State<Registry>) -> ApiResult<impl IntoResponse> {
+    let policies = registry.store().list_policies().await.map_err(RegistryError::from)?;
+    Ok(Json(json!({ "policies": policies })))
+}
+
+async fn policy(State(registry): State<Registry>, Path(service): Path<String>) -> ApiResult<Json<TrafficPolicy>> {
+    match registry.store().get_policy(&service).await.map_err(RegistryError::from)? {
+        Some(policy) => Ok(Json(policy)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("service {service} has no traffic policy"))),
+    }
+}
+
+async fn set_policy(
+    State(registry): State<Registry>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(service): Path<String>,
+    body: Result<Json<PolicyChange>, JsonRejection>,
+) -> ApiResult<Json<TrafficPolicy>> {
+    let by = may_route(&peer, registry.secured())?;
+    let Json(change) = body?;
+    Ok(Json(registry.set_policy(&service, change, &by, now_millis()).await?))
+}
+
+async fn remove_policy(
+    State(registry): State<Registry>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(service): Path<String>,
+) -> ApiResult<StatusCode> {
+    let by = may_route(&peer, registry.secured())?;
+    registry.remove_policy(&service, &by, now_millis()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn instances(
@@ -223,7 +290,7 @@ async fn audit(
 ) -> ApiResult<impl IntoResponse> {
     let number = |key: &str, default: u64| -> ApiResult<u64> {
         params.get(key).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative number")))
+            v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative number")))
         })
     };
     let after = number("after", 0)?;

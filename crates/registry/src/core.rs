@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kit::discovery::wire::{DEFAULT_TRACK, UNKNOWN_VERSION};
 use kit::error::DomainError;
+use kit::traffic::{PolicyChange, TrafficPolicy};
 
-use crate::model::{Health, Instance, RegisterRequest, RegisterResponse, ServiceSummary, validate_registration};
+use crate::model::{
+    Health, Instance, RegisterRequest, RegisterResponse, ServiceSummary, valid_service_name, validate_registration,
+};
 use crate::store::{AuditEvent, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +36,35 @@ pub enum RegistryError {
     Domain(#[from] DomainError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A policy in one line, for the audit log: `v1=90 v2=10 sticky=user by operator: why`.
+fn describe(policy: &TrafficPolicy) -> String {
+    let weights: Vec<String> = policy.weights.iter().map(|(v, w)| format!("{v}={w}")).collect();
+    let sticky = serde_json::to_value(policy.sticky).ok().and_then(|v| v.as_str().map(str::to_string));
+    let mut text = format!("{} sticky={} by {}", weights.join(" "), sticky.unwrap_or_default(), policy.updated_by);
+    if !policy.reason.is_empty() {
+        text.push_str(": ");
+        text.push_str(&policy.reason);
+    }
+    text
+}
+
+/// The live policy as gauges, `traffic_policy_weight{service,version}`;
+/// versions of `before` no longer in it drop to 0 rather than linger at
+/// their last weight (a gauge cannot be deleted through the facade).
+fn export_weights(service: &str, before: Option<&TrafficPolicy>, now: Option<&TrafficPolicy>) {
+    let gauge = |version: &str| {
+        metrics::gauge!("traffic_policy_weight", "service" => service.to_string(), "version" => version.to_string())
+    };
+    for version in before.iter().flat_map(|p| p.weights.keys()) {
+        if now.is_none_or(|p| !p.weights.contains_key(version)) {
+            gauge(version).set(0.0);
+        }
+    }
+    for (version, weight) in now.iter().flat_map(|p| p.weights.iter()) {
+        gauge(version).set(f64::from(*weight));
+    }
 }
 
 /// Asks an instance's `/health/ready` once before it is expired.
@@ -70,11 +103,30 @@ pub struct Registry {
     timing: Timing,
     /// Writes need the identity of the service they concern (mutual TLS).
     secured: bool,
+    /// Until then (ms since the epoch) a freshly started registry without
+    /// durable storage is still hearing from the instances that were
+    /// registered before it started: its lookups say so (`warming`), and
+    /// clients add what they knew to what it says rather than dropping it.
+    warm_until_ms: i64,
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, prober: Arc<dyn Prober>, timing: Timing) -> Self {
-        Self { store, prober, timing, secured: false }
+        Self { store, prober, timing, secured: false, warm_until_ms: 0 }
+    }
+
+    /// Started at `now` without durable storage: instances come back within
+    /// a heartbeat interval (they register again when their heartbeat is
+    /// refused), and lookups answer `warming` until then.
+    pub fn warming_from(mut self, now: i64) -> Self {
+        self.warm_until_ms = now + self.timing.heartbeat_interval_ms as i64 + 1_000;
+        self
+    }
+
+    /// How long it is still warming up, if it is.
+    pub fn warming(&self, now: i64) -> Option<Duration> {
+        let left = self.warm_until_ms - now;
+        (left > 0).then(|| Duration::from_millis(left as u64))
     }
 
     /// Registrations and changes accepted only from the service's own identity.
@@ -138,6 +190,8 @@ impl Registry {
             address: request.address,
             admin_address: request.admin_address,
             health: request.health.unwrap_or(Health::Healthy),
+            version: Some(request.version).filter(|v| !v.is_empty()).unwrap_or_else(|| UNKNOWN_VERSION.into()),
+            track: Some(request.track).filter(|t| !t.is_empty()).unwrap_or_else(|| DEFAULT_TRACK.into()),
             metadata: request.metadata,
             registered_at_ms: now,
             last_seen_ms: now,
@@ -146,7 +200,8 @@ impl Registry {
         };
         self.store.put(&instance, self.lease()).await?;
         let event = if previous.is_some() { "reregistered" } else { "registered" };
-        self.audit(now, event, &instance, format!("address {}", instance.address)).await?;
+        let detail = format!("address {} version {} track {}", instance.address, instance.version, instance.track);
+        self.audit(now, event, &instance, detail).await?;
         Ok(RegisterResponse {
             id,
             heartbeat_interval_ms: self.timing.heartbeat_interval_ms,
@@ -235,11 +290,87 @@ impl Registry {
                 name: instance.name.clone(),
                 instances: 0,
                 routable: 0,
+                versions: BTreeMap::new(),
+                weights: None,
             });
             entry.instances += 1;
-            entry.routable += usize::from(instance.health.routable());
+            if instance.health.routable() {
+                entry.routable += 1;
+                *entry.versions.entry(instance.version.clone()).or_default() += 1;
+            }
+        }
+        for policy in self.store.list_policies().await? {
+            if let Some(entry) = summary.get_mut(&policy.service) {
+                entry.weights = Some(policy.weights);
+            }
         }
         Ok(summary.into_values().collect())
+    }
+
+    /// Sets a service's traffic policy: checked against the versions its
+    /// instances registered (any health: a version at weight 0 may be all
+    /// draining), audited, and delivered with the next lookups.
+    pub async fn set_policy(
+        &self,
+        service: &str,
+        change: PolicyChange,
+        by: &str,
+        now: i64,
+    ) -> Result<TrafficPolicy, RegistryError> {
+        if !valid_service_name(service) {
+            return Err(DomainError::invalid("service must be 1-64 characters of a-z, 0-9 and '-'").into());
+        }
+        let registered: std::collections::BTreeSet<String> =
+            self.store.list().await?.into_iter().filter(|i| i.name == service).map(|i| i.version).collect();
+        if registered.is_empty() {
+            return Err(DomainError::NotFound(format!("no instance of service {service} is registered")).into());
+        }
+        let overridable = kit::traffic::validate(&change, &registered)?;
+        let policy = TrafficPolicy {
+            service: service.to_string(),
+            weights: change.weights,
+            sticky: change.sticky,
+            overridable,
+            index: 0,
+            updated_at_ms: now,
+            updated_by: by.to_string(),
+            reason: change.reason,
+        };
+        let before = self.store.get_policy(service).await?;
+        let stored = self.store.put_policy(&policy, change.if_index).await?;
+        self.audit_policy(now, "policy", &stored, describe(&stored)).await?;
+        export_weights(service, before.as_ref(), Some(&stored));
+        Ok(stored)
+    }
+
+    /// Removes a service's policy: every routable instance alike again.
+    pub async fn remove_policy(&self, service: &str, by: &str, now: i64) -> Result<TrafficPolicy, RegistryError> {
+        let Some(removed) = self.store.remove_policy(service).await? else {
+            return Err(DomainError::NotFound(format!("service {service} has no traffic policy")).into());
+        };
+        self.audit_policy(now, "policy_removed", &removed, format!("by {by}")).await?;
+        export_weights(service, Some(&removed), None);
+        Ok(removed)
+    }
+
+    async fn audit_policy(
+        &self,
+        now: i64,
+        event: &'static str,
+        policy: &TrafficPolicy,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        tracing::info!(event, service = %policy.service, index = policy.index, detail = %detail, "traffic policy change");
+        metrics::counter!("registry_changes_total", "event" => event).increment(1);
+        self.store
+            .record(AuditEvent {
+                at_ms: now,
+                event,
+                instance_id: String::new(),
+                name: policy.service.clone(),
+                detail,
+            })
+            .await
     }
 
     /// One pass of expiry: silent instances are probed once and drained if

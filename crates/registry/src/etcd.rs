@@ -5,6 +5,8 @@
 //!
 //! Layout under a key prefix: `instances/<id>` → instance JSON, attached to a
 //! lease so an instance whose registry nodes all died still expires;
+//! `policies/<service>` → traffic policy JSON (its index is the key's
+//! `mod_revision`, and a compare-and-set compares that);
 //! `audit/<revision, 20 digits>` → audit entry (numbered by the etcd revision
 //! of the write, so entries from several registry nodes interleave in order).
 use std::collections::HashMap;
@@ -14,6 +16,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+
+use kit::traffic::TrafficPolicy;
 
 use crate::model::{AuditEntry, Instance};
 use crate::store::{AuditEvent, Store, StoreError};
@@ -76,6 +80,24 @@ impl EtcdStore {
 
     fn instance_key(&self, id: &str) -> String {
         format!("{}instances/{id}", self.prefix)
+    }
+
+    fn policy_key(&self, service: &str) -> String {
+        format!("{}policies/{service}", self.prefix)
+    }
+
+    /// The keys whose changes wake blocking queries: from `instances/` to the
+    /// end of `policies/` (nothing else is stored between them; the audit
+    /// log sorts before).
+    fn watched_range(&self) -> (String, String) {
+        (format!("{}instances/", self.prefix), prefix_end(&format!("{}policies/", self.prefix)))
+    }
+
+    fn decode_policy(kv: &Value) -> Result<TrafficPolicy, StoreError> {
+        let mut policy: TrafficPolicy = serde_json::from_slice(&unb64(&kv["value"])?)
+            .map_err(|e| StoreError::Corrupt(format!("bad policy JSON: {e}")))?;
+        policy.index = as_u64(&kv["mod_revision"]);
+        Ok(policy)
     }
 
     /// POSTs to the first endpoint that answers.
@@ -206,21 +228,58 @@ impl Store for EtcdStore {
             .collect()
     }
 
+    async fn put_policy(&self, policy: &TrafficPolicy, if_index: Option<u64>) -> Result<TrafficPolicy, StoreError> {
+        let key = b64(&self.policy_key(&policy.service));
+        let value = serde_json::to_string(policy).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let put = json!({ "request_put": { "key": key, "value": b64(&value) } });
+        let revision = match if_index {
+            None => as_u64(&self.kv("/v3/kv/put", put["request_put"].clone()).await?["header"]["revision"]),
+            Some(expected) => {
+                // A missing key's mod_revision compares as 0.
+                let compare = json!([{ "key": key, "target": "MOD", "result": "EQUAL", "mod_revision": expected.to_string() }]);
+                let done = self.kv("/v3/kv/txn", json!({ "compare": compare, "success": [put] })).await?;
+                if done["succeeded"].as_bool() != Some(true) {
+                    let current = self.get_policy(&policy.service).await?.map_or(0, |p| p.index);
+                    return Err(StoreError::Conflict(format!(
+                        "the policy of {} is at index {current}, not {expected}",
+                        policy.service
+                    )));
+                }
+                as_u64(&done["header"]["revision"])
+            }
+        };
+        Ok(TrafficPolicy { index: revision, ..policy.clone() })
+    }
+
+    async fn get_policy(&self, service: &str) -> Result<Option<TrafficPolicy>, StoreError> {
+        let found = self.kv("/v3/kv/range", json!({ "key": b64(&self.policy_key(service)) })).await?;
+        found["kvs"].as_array().and_then(|kvs| kvs.first()).map(Self::decode_policy).transpose()
+    }
+
+    async fn remove_policy(&self, service: &str) -> Result<Option<TrafficPolicy>, StoreError> {
+        let deleted =
+            self.kv("/v3/kv/deleterange", json!({ "key": b64(&self.policy_key(service)), "prev_kv": true })).await?;
+        deleted["prev_kvs"].as_array().and_then(|kvs| kvs.first()).map(Self::decode_policy).transpose()
+    }
+
+    async fn list_policies(&self) -> Result<Vec<TrafficPolicy>, StoreError> {
+        let prefix = format!("{}policies/", self.prefix);
+        let found =
+            self.kv("/v3/kv/range", json!({ "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)) })).await?;
+        found["kvs"].as_array().map(|kvs| kvs.iter().map(Self::decode_policy).collect()).unwrap_or(Ok(Vec::new()))
+    }
+
     async fn revision(&self) -> Result<u64, StoreError> {
-        let prefix = format!("{}instances/", self.prefix);
-        let found = self
-            .kv(
-                "/v3/kv/range",
-                json!({ "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)), "count_only": true }),
-            )
-            .await?;
+        let (start, end) = self.watched_range();
+        let found =
+            self.kv("/v3/kv/range", json!({ "key": b64(&start), "range_end": b64(&end), "count_only": true })).await?;
         Ok(as_u64(&found["header"]["revision"]))
     }
 
     async fn wait_for_change(&self, after: u64, timeout: Duration) -> Result<u64, StoreError> {
-        let prefix = format!("{}instances/", self.prefix);
+        let (start, end) = self.watched_range();
         let request = json!({ "create_request": {
-            "key": b64(&prefix), "range_end": b64(&prefix_end(&prefix)), "start_revision": after + 1
+            "key": b64(&start), "range_end": b64(&end), "start_revision": after + 1
         }});
         let waited = tokio::time::timeout(timeout, async {
             let mut last_error = String::new();

@@ -33,6 +33,10 @@ pub struct RegistryConfig {
     pub backend: Backend,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
+    /// With the memory backend: where traffic policies are kept, so a
+    /// restarted registry still has them (instances register again by
+    /// themselves; policies would not). Unset: policies live in memory only.
+    pub policy_file: Option<std::path::PathBuf>,
     #[serde(flatten)]
     pub timing: core::Timing,
     /// Its identity (TLS) and the CA whose certificates name who may register.
@@ -46,6 +50,7 @@ impl Default for RegistryConfig {
             backend: Backend::Memory,
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: "shopfast/registry".into(),
+            policy_file: None,
             timing: core::Timing::default(),
             tls: kit::tls::TlsConfig::default(),
         }
@@ -88,7 +93,10 @@ impl RunningRegistry {
 
 pub fn build_store(config: &RegistryConfig) -> Result<Arc<dyn store::Store>, StartError> {
     Ok(match config.backend {
-        Backend::Memory => Arc::new(store::MemoryStore::default()),
+        Backend::Memory => match &config.policy_file {
+            Some(path) => Arc::new(store::MemoryStore::with_policy_file(path.clone())?),
+            None => Arc::new(store::MemoryStore::default()),
+        },
         Backend::Etcd => Arc::new(etcd::EtcdStore::new(config.etcd_endpoints.clone(), &config.etcd_prefix)?),
     })
 }
@@ -103,6 +111,9 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Resul
     let tls =
         kit::tls::Tls::from_config(&config.tls, kit::tls::REGISTRY).map_err(|e| StartError::Config(e.to_string()))?;
     let mut registry = core::Registry::new(store, prober, config.timing.clone());
+    if config.backend == Backend::Memory {
+        registry = registry.warming_from(kit::time::now_millis());
+    }
     if tls.is_some() {
         registry = registry.requiring_identities();
     }

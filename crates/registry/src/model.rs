@@ -16,7 +16,13 @@ pub struct Instance {
     /// Where its admin HTTP listens (`/health/ready`, `/metrics`), `host:port`.
     pub admin_address: String,
     pub health: Health,
-    /// Free-form labels: version, color, zone, replica, …
+    /// The build it runs; traffic policies route by it.
+    #[serde(default = "unknown_version")]
+    pub version: String,
+    /// Its deployment track: stable, blue, green, canary, …
+    #[serde(default = "default_track")]
+    pub track: String,
+    /// Free-form labels: zone, replica, restarts, …
     pub metadata: BTreeMap<String, String>,
     pub registered_at_ms: i64,
     pub last_seen_ms: i64,
@@ -25,6 +31,14 @@ pub struct Instance {
     pub draining_since_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_reason: Option<String>,
+}
+
+fn unknown_version() -> String {
+    kit::discovery::wire::UNKNOWN_VERSION.to_string()
+}
+
+fn default_track() -> String {
+    kit::discovery::wire::DEFAULT_TRACK.to_string()
 }
 
 impl Instance {
@@ -50,6 +64,19 @@ pub struct ServiceSummary {
     pub name: String,
     pub instances: usize,
     pub routable: usize,
+    /// Routable instances by version.
+    #[serde(default)]
+    pub versions: BTreeMap<String, usize>,
+    /// Its traffic policy's weights, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, u32>>,
+}
+
+/// Whether `name` may name a service: 1-64 of a-z, 0-9 and '-'.
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn valid_host_port(text: &str) -> bool {
@@ -66,11 +93,14 @@ fn valid_host_port(text: &str) -> bool {
 
 /// Checks a registration: name, id, addresses, metadata and initial health.
 pub fn validate_registration(request: &RegisterRequest) -> Result<(), DomainError> {
-    let name_ok = !request.name.is_empty()
-        && request.name.len() <= 64
-        && request.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
+    if !valid_service_name(&request.name) {
         return Err(DomainError::invalid("name must be 1-64 characters of a-z, 0-9 and '-'"));
+    }
+    if !request.version.is_empty() && !kit::traffic::valid_version(&request.version) {
+        return Err(DomainError::invalid("version must be 1-64 of [A-Za-z0-9._+-]"));
+    }
+    if !request.track.is_empty() && !kit::traffic::valid_track(&request.track) {
+        return Err(DomainError::invalid("track must be 1-32 of [a-z0-9-]"));
     }
     if let Some(id) = &request.id
         && (id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) || id.contains('/'))
@@ -124,6 +154,9 @@ mod tests {
             RegisterRequest { id: Some(String::new()), ..ok() },
             RegisterRequest { metadata: [("bad key".to_string(), "v".to_string())].into(), ..ok() },
             RegisterRequest { health: Some(Health::Draining), ..ok() },
+            RegisterRequest { version: "v 2".into(), ..ok() },
+            RegisterRequest { version: "x".repeat(65), ..ok() },
+            RegisterRequest { track: "Blue".into(), ..ok() },
         ];
         for request in bad {
             assert!(validate_registration(&request).is_err(), "{request:?}");
@@ -138,6 +171,8 @@ mod tests {
             address: "a:1".into(),
             admin_address: String::new(),
             health: Health::Healthy,
+            version: "v2".into(),
+            track: "stable".into(),
             metadata: [("version".to_string(), "v2".to_string()), ("zone".to_string(), "a".to_string())].into(),
             registered_at_ms: 0,
             last_seen_ms: 0,

@@ -22,7 +22,7 @@ async fn start() -> (RunningRegistry, reqwest::Client) {
 
 fn instance(id: &str) -> Value {
     json!({ "id": id, "name": "products", "address": "127.0.0.1:9002", "admin_address": "127.0.0.1:9102",
-            "metadata": { "version": "v1", "zone": "eu-1" } })
+            "version": "v1", "track": "blue", "metadata": { "version": "v1", "zone": "eu-1" } })
 }
 
 #[tokio::test]
@@ -47,7 +47,11 @@ async fn register_heartbeat_lookup_drain_deregister() {
     assert_eq!(none["instances"], json!([]));
 
     let services: Value = http.get(format!("{url}/v1/services")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(services["services"], json!([{ "name": "products", "instances": 1, "routable": 1 }]));
+    assert_eq!(
+        services["services"],
+        json!([{ "name": "products", "instances": 1, "routable": 1, "versions": { "v1": 1 } }])
+    );
+    assert_eq!((found["instances"][0]["version"].as_str(), found["instances"][0]["track"].as_str()), (Some("v1"), Some("blue")));
 
     let targets: Value = http.get(format!("{url}/v1/prometheus/targets")).send().await.unwrap().json().await.unwrap();
     assert_eq!(targets[0]["targets"], json!(["127.0.0.1:9102"]));
@@ -180,6 +184,67 @@ async fn garbage_gets_clear_errors_and_changes_nothing() {
     assert_eq!(all["instances"], json!([]), "nothing was registered by garbage");
     let audit: Value = http.get(format!("{url}/v1/audit")).send().await.unwrap().json().await.unwrap();
     assert_eq!(audit["entries"], json!([]));
+    registry.stop().await;
+}
+
+/// Traffic policies over HTTP: set, read, delivered with lookups, removed;
+/// garbage refused with the right status and nothing changed.
+#[tokio::test]
+async fn traffic_policies_over_http() {
+    let (registry, http) = start().await;
+    let url = registry.url();
+    for (id, version) in [("p-1", "v1"), ("p-2", "v2")] {
+        let body = json!({ "id": id, "name": "products", "address": "127.0.0.1:9002", "version": version });
+        assert_eq!(http.post(format!("{url}/v1/register")).json(&body).send().await.unwrap().status(), StatusCode::OK);
+    }
+    let put = |service: &str, body: Value| http.put(format!("{url}/v1/policies/{service}")).json(&body).send();
+    let garbage = [
+        ("products", json!({}), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("products", json!({ "weights": { "v1": 50, "v2": 40 } }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("products", json!({ "weights": { "v1": -1, "v2": 101 } }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("products", json!({ "weights": { "v9": 100 } }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("products", json!({ "weights": { "v1": 100 }, "sticky": "sometimes" }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("products", json!({ "weights": { "v1": 100 }, "colour": "red" }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("products", json!({ "weights": "all" }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("orders", json!({ "weights": { "v1": 100 } }), StatusCode::NOT_FOUND, "NOT_FOUND"),
+        ("products", json!({ "weights": { "v1": 100 }, "if_index": 12345 }), StatusCode::CONFLICT, "ABORTED"),
+    ];
+    for (service, body, status, code) in garbage {
+        let response = put(service, body.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], code, "{body}: {error}");
+    }
+    let not_json = http
+        .put(format!("{url}/v1/policies/products"))
+        .header("content-type", "application/json")
+        .body("{weights")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+    let none: Value = http.get(format!("{url}/v1/policies")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(none["policies"], json!([]), "nothing stored by garbage");
+    assert_eq!(http.get(format!("{url}/v1/policies/products")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+
+    let body = json!({ "weights": { "v1": 75, "v2": 25 }, "sticky": "none", "reason": "canary" });
+    let set: Value = put("products", body).await.unwrap().json().await.unwrap();
+    assert_eq!(set["weights"], json!({ "v1": 75, "v2": 25 }));
+    assert_eq!(set["sticky"], "none");
+    assert_eq!(set["updated_by"], "anonymous", "a registry in plain text knows no identities");
+    let lookup: Value = http.get(format!("{url}/v1/services/products")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(lookup["policy"], set, "delivered with the instances");
+    assert_eq!(lookup["warming"], true, "a fresh registry without durable storage says it is warming up");
+    let summary: Value = http.get(format!("{url}/v1/services")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(summary["services"][0]["weights"], json!({ "v1": 75, "v2": 25 }));
+    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"traffic_policy_weight{service="products",version="v2"} 25"#), "{metrics}");
+
+    assert_eq!(http.delete(format!("{url}/v1/policies/products")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(http.delete(format!("{url}/v1/policies/products")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let audit: Value = http.get(format!("{url}/v1/audit")).send().await.unwrap().json().await.unwrap();
+    let events: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["registered", "registered", "policy", "policy_removed"]);
     registry.stop().await;
 }
 

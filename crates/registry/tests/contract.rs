@@ -12,7 +12,9 @@ use std::time::Duration;
 use registry::core::{Prober, Registry, RegistryError, Timing};
 use registry::etcd::EtcdStore;
 use registry::model::{Health, RegisterRequest};
-use registry::store::{MemoryStore, Store};
+use registry::store::{MemoryStore, Store, StoreError};
+use kit::error::DomainError;
+use kit::traffic::{PolicyChange, Sticky};
 
 /// Answers probes as told, so expiry can be driven both ways.
 #[derive(Default)]
@@ -33,6 +35,8 @@ fn request(name: &str, id: &str, version: &str) -> RegisterRequest {
         name: name.into(),
         address: "127.0.0.1:9002".into(),
         admin_address: "127.0.0.1:9102".into(),
+        version: version.into(),
+        track: String::new(),
         metadata: [("version".to_string(), version.to_string())].into(),
         health: None,
     }
@@ -158,6 +162,93 @@ async fn watchers_wake_on_change(store: Arc<dyn Store>) {
     assert!(started.elapsed() < Duration::from_secs(2), "woke at once, not at the timeout");
 }
 
+fn change(weights: &[(&str, u32)]) -> PolicyChange {
+    PolicyChange {
+        weights: weights.iter().map(|(v, w)| (v.to_string(), *w)).collect(),
+        sticky: Sticky::User,
+        overridable: None,
+        reason: "test".into(),
+        if_index: None,
+    }
+}
+
+async fn policies_are_validated_stored_audited_and_wake_watchers(store: Arc<dyn Store>) {
+    let registry = Registry::new(store.clone(), Arc::new(ScriptedProber::default()), TIMING);
+    registry.register(request("products", "p-1", "v1"), 1_000).await.unwrap();
+    registry.register(request("products", "p-2", "v2"), 1_000).await.unwrap();
+    let instance = registry.lookup("products", &none(), false).await.unwrap();
+    assert_eq!(instance.iter().map(|i| i.version.as_str()).collect::<Vec<_>>(), vec!["v1", "v2"]);
+    assert_eq!(instance[0].track, "stable", "the default track");
+
+    // Refused, and nothing stored.
+    let refused = [
+        ("orders", change(&[("v1", 100)]), "no instance of service orders"),
+        ("products", change(&[("v1", 50), ("v3", 50)]), "no instance of version v3"),
+        ("products", change(&[("v1", 50), ("v2", 49)]), "sum to 100"),
+        ("Products!", change(&[("v1", 100)]), "service must be"),
+    ];
+    for (service, bad, why) in refused {
+        let err = registry.set_policy(service, bad, "operator", 1_100).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{service}: {err}");
+    }
+    assert!(store.list_policies().await.unwrap().is_empty());
+
+    let before = store.revision().await.unwrap();
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.wait_for_change(before, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let set = registry.set_policy("products", change(&[("v1", 90), ("v2", 10)]), "operator", 1_200).await.unwrap();
+    assert!(waiter.await.unwrap().unwrap() > before, "a policy change wakes blocking queries");
+    assert!(set.index > before, "versioned by the registry index");
+    assert_eq!((set.overridable.clone(), set.updated_by.as_str()), (vec!["v1".into(), "v2".into()], "operator"));
+    assert_eq!(store.get_policy("products").await.unwrap(), Some(set.clone()));
+
+    // Compare-and-set: only on the index read.
+    let stale = PolicyChange { if_index: Some(set.index - 1), ..change(&[("v2", 100)]) };
+    assert!(matches!(
+        registry.set_policy("products", stale, "operator", 1_300).await,
+        Err(RegistryError::Store(StoreError::Conflict(_)))
+    ));
+    let fresh = PolicyChange { if_index: Some(set.index), ..change(&[("v1", 0), ("v2", 100)]) };
+    let switched = registry.set_policy("products", fresh, "deployer", 1_300).await.unwrap();
+    assert!(switched.index > set.index);
+    let only_new = PolicyChange { if_index: Some(0), ..change(&[("v1", 100)]) };
+    assert!(registry.set_policy("products", only_new, "operator", 1_300).await.is_err(), "0: only if none");
+    assert_eq!(store.list_policies().await.unwrap(), vec![switched.clone()]);
+
+    let events: Vec<String> = store.audit(0, 100).await.unwrap().into_iter().map(|e| format!("{} {}", e.event, e.detail)).collect();
+    assert!(events.iter().any(|e| e == "policy v1=90 v2=10 sticky=user by operator: test"), "{events:?}");
+    assert!(events.iter().any(|e| e.starts_with("policy v1=0 v2=100 sticky=user by deployer")), "{events:?}");
+
+    registry.remove_policy("products", "operator", 1_400).await.unwrap();
+    assert!(store.get_policy("products").await.unwrap().is_none());
+    assert!(matches!(
+        registry.remove_policy("products", "operator", 1_400).await,
+        Err(RegistryError::Domain(DomainError::NotFound(_)))
+    ));
+}
+
+/// The memory backend keeps policies in a file when told: a restarted
+/// registry has them, and its index continues after theirs.
+#[tokio::test]
+async fn memory_policies_survive_a_restart_in_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.json");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::with_policy_file(file.clone()).unwrap());
+    let registry = Registry::new(store.clone(), Arc::new(ScriptedProber::default()), TIMING);
+    registry.register(request("products", "p-1", "v1"), 1_000).await.unwrap();
+    let set = registry.set_policy("products", change(&[("v1", 100)]), "operator", 1_000).await.unwrap();
+    drop((registry, store));
+
+    let restarted = MemoryStore::with_policy_file(file.clone()).unwrap();
+    assert_eq!(restarted.get_policy("products").await.unwrap(), Some(set.clone()));
+    assert!(restarted.revision().await.unwrap() >= set.index);
+    std::fs::write(&file, "not json").unwrap();
+    assert!(matches!(MemoryStore::with_policy_file(file), Err(StoreError::Corrupt(_))), "a bad file stops the start");
+}
+
 // ---- backends ----
 
 fn memory() -> Arc<dyn Store> {
@@ -237,4 +328,5 @@ contract!(
     silent_instances_are_probed_drained_and_removed,
     every_change_is_audited_in_order,
     watchers_wake_on_change,
+    policies_are_validated_stored_audited_and_wake_watchers,
 );

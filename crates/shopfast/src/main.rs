@@ -21,7 +21,7 @@ use kit::server::RunningService;
 use kit::telemetry::LogFormat;
 
 #[derive(Parser)]
-#[command(name = "shopfast", version, about = "A microservices platform and the shop that runs on it")]
+#[command(name = "shopfast", version = env!("SHOPFAST_BUILD_VERSION"), about = "A microservices platform and the shop that runs on it")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +65,7 @@ struct CertsArgs {
 
 /// Every identity of the stack: the processes, and `operator` for people and their tools.
 pub const IDENTITIES: &[&str] =
-    &["registry", "users", "products", "payments", "orders", "gateway", "console", kit::tls::OPERATOR];
+    &["registry", "users", "products", "payments", "orders", "gateway", "console", "deployer", kit::tls::OPERATOR];
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
@@ -124,7 +124,10 @@ struct ServiceArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise_host: Option<String>,
-    /// Instance metadata for the registry, e.g. --meta version=v2 --meta zone=a.
+    #[command(flatten)]
+    #[serde(flatten)]
+    release: ReleaseArgs,
+    /// Instance metadata for the registry, e.g. --meta zone=a.
     #[arg(long = "meta", value_parser = parse_key_value)]
     #[serde(skip)]
     meta: Vec<(String, String)>,
@@ -144,6 +147,20 @@ struct ServiceArgs {
     #[arg(long, value_enum, default_value = "json")]
     #[serde(skip)]
     log_format: LogFormatArg,
+}
+
+/// What an instance registers as, for traffic policies and deploys.
+#[derive(Args, Serialize, Default)]
+struct ReleaseArgs {
+    /// The version to register (default: the build's, e.g. 0.1.0+1a2b3c4d5e6f);
+    /// traffic policies route by it. 1-64 of [A-Za-z0-9._+-].
+    #[arg(long = "version", env = "SHOPFAST_VERSION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    /// The deployment track to register: stable (default), blue, green, canary, …
+    #[arg(long, env = "SHOPFAST_TRACK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    track: Option<String>,
 }
 
 #[derive(Clone, Serialize)]
@@ -217,6 +234,10 @@ struct RegistryArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     etcd_endpoints: Option<Vec<String>>,
+    /// With the memory backend: keep traffic policies in this file across restarts.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_file: Option<PathBuf>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     heartbeat_interval_ms: Option<u64>,
@@ -258,7 +279,10 @@ struct GatewayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
-    /// Instance metadata for the registry, e.g. --meta version=v2.
+    #[command(flatten)]
+    #[serde(flatten)]
+    release: ReleaseArgs,
+    /// Instance metadata for the registry, e.g. --meta zone=a.
     #[arg(long = "meta", value_parser = parse_key_value)]
     #[serde(skip)]
     meta: Vec<(String, String)>,
@@ -347,6 +371,7 @@ struct ConsoleArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    kit::build::set_version(env!("SHOPFAST_BUILD_VERSION"));
     let cli = Cli::parse();
     // One thread runs the gateway the way one nginx worker runs: no wake-ups
     // across threads on the request path. More threads, more cores.

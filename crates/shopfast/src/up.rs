@@ -255,6 +255,9 @@ async fn start_infrastructure(
 ) -> anyhow::Result<(Vec<Proc>, String, Option<String>)> {
     let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
     let mut flags = vec!["--addr".to_string(), format!("127.0.0.1:{registry_port}")];
+    // Traffic policies outlive a restart of the registry (instances
+    // register again by themselves).
+    flags.extend(["--policy-file".to_string(), format!("{data_dir}/registry-policies.json")]);
     flags.extend(tls_flag.iter().cloned());
     let registry = ChildSpec { command: "registry", label: "registry", flags, colour: 0, env: &[] };
     let (registry, registry_addr) =

@@ -132,6 +132,44 @@ impl RegistryClient {
         response.json().await.map_err(DiscoveryError::BadAnswer)
     }
 
+    /// Every traffic policy.
+    pub async fn policies(&self) -> Result<Vec<crate::traffic::TrafficPolicy>, DiscoveryError> {
+        #[derive(serde::Deserialize)]
+        struct Policies {
+            policies: Vec<crate::traffic::TrafficPolicy>,
+        }
+        let response = self.send(self.http.get(format!("{}/v1/policies", self.base)), Duration::from_secs(5)).await?;
+        if !response.status().is_success() {
+            return Err(Self::refused(response).await);
+        }
+        Ok(response.json::<Policies>().await.map_err(DiscoveryError::BadAnswer)?.policies)
+    }
+
+    /// A service's traffic policy, if it has one.
+    pub async fn policy(&self, service: &str) -> Result<Option<crate::traffic::TrafficPolicy>, DiscoveryError> {
+        let url = format!("{}/v1/policies/{service}", self.base);
+        let response = self.send(self.http.get(url), Duration::from_secs(5)).await?;
+        match response.status().as_u16() {
+            404 => Ok(None),
+            200..=299 => response.json().await.map(Some).map_err(DiscoveryError::BadAnswer),
+            _ => Err(Self::refused(response).await),
+        }
+    }
+
+    /// Sets a service's traffic policy (operator or deployer identities).
+    pub async fn set_policy(
+        &self,
+        service: &str,
+        change: &crate::traffic::PolicyChange,
+    ) -> Result<crate::traffic::TrafficPolicy, DiscoveryError> {
+        let url = format!("{}/v1/policies/{service}", self.base);
+        let response = self.send(self.http.put(url).json(change), Duration::from_secs(5)).await?;
+        if !response.status().is_success() {
+            return Err(Self::refused(response).await);
+        }
+        response.json().await.map_err(DiscoveryError::BadAnswer)
+    }
+
     /// Every instance the registry knows, routable or not.
     pub async fn all_instances(&self) -> Result<InstanceList, DiscoveryError> {
         let response = self.send(self.http.get(format!("{}/v1/instances", self.base)), Duration::from_secs(5)).await?;

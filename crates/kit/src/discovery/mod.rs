@@ -4,7 +4,10 @@
 //! Each resolved service has a background watcher that long-polls the
 //! registry (blocking queries) and updates its `Balancer` at once on change.
 //! When the registry is unreachable the last known instances keep serving
-//! (stale cache), which the logs and `discovery_registry_reachable` say.
+//! (stale cache), which the logs and `discovery_registry_reachable` say. The
+//! service's traffic policy comes with its instances, in the same answers, so
+//! a change reaches every client as fast as an instance change does, and an
+//! unreachable registry leaves clients on the last policy they saw.
 pub mod client;
 pub mod registration;
 pub mod wire;
@@ -16,6 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{DiscoveryError, RegistryClient};
+use wire::InstanceList;
 pub use registration::Registration;
 
 use crate::balance::Balancer;
@@ -52,13 +56,14 @@ impl Discovery {
             return existing;
         }
         let balancer = Balancer::with_tls(name, self.tls.clone());
-        let index =
+        let first =
             match tokio::time::timeout(Duration::from_secs(2), self.client.lookup(name, &filter, None, WATCH_WAIT))
                 .await
             {
                 Ok(Ok(list)) => {
                     balancer.update(&list.instances);
-                    Some(list.index)
+                    balancer.set_policy(list.policy.clone());
+                    Some(list)
                 }
                 Ok(Err(err)) => {
                     tracing::warn!(service = name, error = %err, "first lookup failed; will keep trying");
@@ -77,11 +82,28 @@ impl Discovery {
             name.to_string(),
             filter,
             balancer.clone(),
-            index,
+            first,
             self.shutdown.clone(),
         ));
         balancer
     }
+}
+
+/// What a client knows of a service: the registry's answer, or while the
+/// registry warms up after a restart, that answer with what was known before
+/// (instances it has not heard from again yet, the policy it had).
+fn known(mut list: InstanceList, before: Option<&InstanceList>) -> InstanceList {
+    if let (true, Some(before)) = (list.warming, before) {
+        for instance in &before.instances {
+            if !list.instances.iter().any(|i| i.id == instance.id) {
+                list.instances.push(instance.clone());
+            }
+        }
+        if list.policy.is_none() {
+            list.policy = before.policy.clone();
+        }
+    }
+    list
 }
 
 async fn watch(
@@ -89,12 +111,13 @@ async fn watch(
     name: String,
     filter: BTreeMap<String, String>,
     balancer: Balancer,
-    mut index: Option<u64>,
+    mut last: Option<InstanceList>,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        let lookup = client.lookup(&name, &filter, Some(index.unwrap_or(0)), WATCH_WAIT);
+        let index = last.as_ref().map_or(0, |l| l.index);
+        let lookup = client.lookup(&name, &filter, Some(index), WATCH_WAIT);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = lookup => result,
@@ -106,8 +129,10 @@ async fn watch(
                 }
                 failures = 0;
                 metrics::gauge!("discovery_registry_reachable", "service" => name.clone()).set(1.0);
+                let list = known(list, last.as_ref());
                 balancer.update(&list.instances);
-                index = Some(list.index);
+                balancer.set_policy(list.policy.clone());
+                last = Some(list);
             }
             Err(err) => {
                 if failures == 0 {

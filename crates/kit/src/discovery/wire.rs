@@ -33,11 +33,23 @@ pub struct RegisterRequest {
     /// Where admin HTTP listens (`/health/ready`, `/metrics`), `host:port`.
     #[serde(default)]
     pub admin_address: String,
+    /// The build it runs (`0.1.0+1a2b3c4d5e6f`, or as deployed: `v2`);
+    /// traffic policies route by it. Empty: the registry records `unknown`.
+    #[serde(default)]
+    pub version: String,
+    /// Its deployment track (`stable`, `blue`, `green`, `canary`); empty: `stable`.
+    #[serde(default)]
+    pub track: String,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub health: Option<Health>,
 }
+
+/// What an instance that gives no version is recorded as.
+pub const UNKNOWN_VERSION: &str = "unknown";
+/// The track of an instance that gives none.
+pub const DEFAULT_TRACK: &str = "stable";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {
@@ -62,6 +74,10 @@ pub struct InstanceInfo {
     pub admin_address: String,
     pub health: Health,
     #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub track: String,
+    #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub registered_at_ms: i64,
@@ -71,4 +87,12 @@ pub struct InstanceInfo {
 pub struct InstanceList {
     pub index: u64,
     pub instances: Vec<InstanceInfo>,
+    /// The service's traffic policy (a service lookup only); none: every
+    /// routable instance alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::traffic::TrafficPolicy>,
+    /// The registry started moments ago without durable storage: instances
+    /// registered before are still coming back. What it lists is a part.
+    #[serde(default)]
+    pub warming: bool,
 }

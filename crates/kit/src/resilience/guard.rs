@@ -82,8 +82,9 @@ pub struct Dependency {
     bulkhead: Option<(usize, Arc<Semaphore>)>,
     /// The deadline of a call that comes without one.
     default_timeout: Duration,
-    /// RED metrics of finished calls, `[ok, error]`.
-    meters: OnceLock<[CallMeters; 2]>,
+    /// RED metrics of finished calls, `[ok, error]`, by the version that
+    /// answered (`none`: no instance did).
+    meters: std::sync::RwLock<Vec<(Arc<str>, Arc<[CallMeters; 2]>)>>,
     /// Discovery's count of new instances (see `Balancer::new_instances`),
     /// and the count this breaker last saw: a new instance ends an open period.
     new_instances: OnceLock<Arc<AtomicU64>>,
@@ -110,7 +111,7 @@ impl Dependency {
             breaker: Mutex::new(Breaker::new(&config.breaker, Instant::now())),
             bulkhead: config.max_concurrency.map(|n| (n, Arc::new(Semaphore::new(n)))),
             default_timeout: Duration::from_millis(config.timeout_ms.max(1)),
-            meters: OnceLock::new(),
+            meters: std::sync::RwLock::new(Vec::new()),
             new_instances: OnceLock::new(),
             seen_instances: AtomicU64::new(0),
         };
@@ -137,14 +138,36 @@ impl Dependency {
         now != self.seen_instances.load(Ordering::Relaxed) && self.seen_instances.swap(now, Ordering::Relaxed) != now
     }
 
-    fn meters(&self, outcome: Outcome) -> &CallMeters {
-        let meters = self.meters.get_or_init(|| {
-            ["ok", "error"].map(|outcome| CallMeters {
-                calls: metrics::counter!("grpc_client_requests_total", "service" => self.name.clone(), "outcome" => outcome),
-                latency: metrics::histogram!("grpc_client_request_duration_seconds", "service" => self.name.clone(), "outcome" => outcome),
-            })
-        });
-        &meters[usize::from(outcome != Outcome::Success)]
+    /// The meters of calls answered by `version`, registered once per
+    /// version: looking them up by their labels on every call showed in the
+    /// gateway's profile. A few versions live at a time; past
+    /// `MAX_METERED_VERSIONS`, calls count under `other`.
+    fn meters(&self, version: &str) -> Arc<[CallMeters; 2]> {
+        const MAX_METERED_VERSIONS: usize = 32;
+        let find = |list: &[(Arc<str>, Arc<[CallMeters; 2]>)], version: &str| {
+            list.iter().find(|(v, _)| **v == *version).map(|(_, m)| m.clone())
+        };
+        if let Some(found) = self.meters.read().ok().and_then(|list| find(&list, version)) {
+            return found;
+        }
+        let Ok(mut list) = self.meters.write() else { return Arc::new(self.register_meters("other")) };
+        let version = if list.len() >= MAX_METERED_VERSIONS { "other" } else { version };
+        if let Some(found) = find(&list, version) {
+            return found;
+        }
+        let meters = Arc::new(self.register_meters(version));
+        list.push((Arc::from(version), meters.clone()));
+        meters
+    }
+
+    fn register_meters(&self, version: &str) -> [CallMeters; 2] {
+        ["ok", "error"].map(|outcome| {
+            let labels = [("service", self.name.clone()), ("version", version.to_string()), ("outcome", outcome.to_string())];
+            CallMeters {
+                calls: metrics::counter!("grpc_client_requests_total", &labels),
+                latency: metrics::histogram!("grpc_client_request_duration_seconds", &labels),
+            }
+        })
     }
 
     pub fn state(&self) -> State {
@@ -398,8 +421,13 @@ where
     let mut response = match result {
         Ok(response) => response,
         Err(err) => {
-            admitted.finish(Outcome::Failure);
-            mark_failed();
+            // A refusal that is the request's own (a version it may not ask
+            // for) says nothing of the dependency's health.
+            let outcome = err.downcast_ref::<Status>().map_or(Outcome::Failure, |s| outcome_of(s.code()));
+            admitted.finish(outcome);
+            if outcome == Outcome::Failure {
+                mark_failed();
+            }
             return Err(err);
         }
     };
@@ -474,10 +502,12 @@ impl Admitted {
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
             self.dependency.record(permit, outcome);
-            if let Some(instance) = self.instance.take() {
+            let instance = self.instance.take();
+            if let Some(instance) = &instance {
                 instance.report(outcome == Outcome::Failure);
             }
-            let meters = self.dependency.meters(outcome);
+            let meters = self.dependency.meters(instance.as_ref().map_or("none", |i| i.version()));
+            let meters = &meters[usize::from(outcome != Outcome::Success)];
             meters.calls.increment(1);
             meters.latency.record(self.started.elapsed().as_secs_f64());
         }
