@@ -113,7 +113,11 @@ impl<'a> Ask<'a> {
     fn of(headers: &'a http::HeaderMap, serving: Option<&'a CallRouting>, service: &str) -> Self {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let user = header(crate::traffic::USER_ID).or_else(|| serving.and_then(|r| r.user.as_deref()));
-        let client = header(crate::traffic::CLIENT_ID).or_else(|| serving.and_then(|r| r.client.as_deref()));
+        // An anonymous caller's "client" is its address (`ip:…`, the
+        // gateway's rate-limit key): not an API client, so not sticky.
+        let client = header(crate::traffic::CLIENT_ID)
+            .or_else(|| serving.and_then(|r| r.client.as_deref()))
+            .filter(|c| !c.starts_with("ip:"));
         let version = crate::traffic::override_for(header(crate::traffic::VERSION_OVERRIDE), service);
         Self { version, user, client }
     }
@@ -351,7 +355,7 @@ impl Balancer {
             {
                 let allowed = router.policy().overridable.join(", ");
                 let message = format!("version {version} of {service} may not be asked for by name (allowed: {allowed})");
-                return Err(refusal(tonic::Code::FailedPrecondition, "version_override", message));
+                return Err(refusal(tonic::Code::InvalidArgument, "version_override", message));
             }
             return p2c(&candidates(Some(version)), now)
                 .ok_or_else(|| no_instance(format!("no instance of {service} at version {version}")));
@@ -590,6 +594,78 @@ mod tests {
         assert_eq!(counter.load(Ordering::Relaxed), 1, "the same registration is not new");
         balancer.update(&[instance("a", &a, 2)]);
         assert_eq!(counter.load(Ordering::Relaxed), 2, "re-registered after a restart");
+    }
+
+    fn versioned(id: &str, address: &str, version: &str) -> InstanceInfo {
+        InstanceInfo { version: version.into(), ..instance(id, address, 1) }
+    }
+
+    fn policy(weights: &[(&str, u32)], overridable: &[&str]) -> TrafficPolicy {
+        TrafficPolicy {
+            service: "svc".into(),
+            weights: weights.iter().map(|(v, w)| (v.to_string(), *w)).collect(),
+            sticky: crate::traffic::Sticky::User,
+            overridable: overridable.iter().map(|v| v.to_string()).collect(),
+            index: 7,
+            updated_at_ms: 0,
+            updated_by: "test".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn ask<'a>(version: Override<'a>, user: Option<&'a str>) -> Ask<'a> {
+        Ask { version, user, client: None }
+    }
+
+    #[tokio::test]
+    async fn the_policy_picks_the_version_then_the_instance() {
+        let balancer = Balancer::new("svc");
+        let (a, b, c) = (silent_listener().await, silent_listener().await, silent_listener().await);
+        balancer.update(&[versioned("a1", &a, "v1"), versioned("a2", &b, "v1"), versioned("b1", &c, "v2")]);
+        let version_of = |ask: &Ask<'_>| balancer.pick(&[], ask).ok().expect("a pick").version.to_string();
+
+        // No policy: every instance alike.
+        let seen: std::collections::BTreeSet<String> =
+            (0..200).map(|_| version_of(&ask(Override::None, None))).collect();
+        assert_eq!(seen.len(), 2);
+        let refused = balancer.pick(&[], &ask(Override::Named("v9"), None)).err().expect("no such version");
+        assert!(refused.to_string().contains("no instance of svc at version v9"), "{refused}");
+
+        balancer.set_policy(Some(policy(&[("v1", 0), ("v2", 100)], &["v1", "v2"])));
+        for user in 0..50 {
+            assert_eq!(version_of(&ask(Override::None, Some(&format!("u{user}")))), "v2");
+        }
+        // By name, even at weight 0; another service's name is not ours.
+        assert_eq!(version_of(&ask(Override::Named("v1"), None)), "v1");
+        assert_eq!(version_of(&ask(Override::IfKnown("v1"), None)), "v1");
+        assert_eq!(version_of(&ask(Override::IfKnown("v9"), None)), "v2", "a version we do not have: the policy's");
+
+        // Not overridable: refused, the request's own fault.
+        balancer.set_policy(Some(policy(&[("v1", 0), ("v2", 100)], &["v2"])));
+        let refused = balancer.pick(&[], &ask(Override::Named("v1"), None)).err().expect("not overridable");
+        let status = refused.downcast_ref::<tonic::Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+        // The chosen version gone: the other serves rather than nothing.
+        balancer.update(&[versioned("a1", &a, "v1"), versioned("a2", &b, "v1")]);
+        assert_eq!(version_of(&ask(Override::None, Some("u1"))), "v1");
+        // ... and tried instances are not picked again.
+        let tried = vec!["a1".to_string(), "a2".to_string()];
+        assert!(balancer.pick(&tried, &ask(Override::None, None)).is_err());
+        assert_eq!(balancer.policy().map(|p| p.index), Some(7));
+    }
+
+    #[test]
+    fn anonymous_callers_are_not_sticky_by_their_address() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-client-id", http::HeaderValue::from_static("ip:127.0.0.1"));
+        assert_eq!(Ask::of(&headers, None, "svc").client, None);
+        headers.insert("x-client-id", http::HeaderValue::from_static("acme"));
+        headers.insert("x-shopfast-version", http::HeaderValue::from_static("svc=v2"));
+        let ask = Ask::of(&headers, None, "svc");
+        assert_eq!((ask.client, ask.version), (Some("acme"), Override::Named("v2")));
+        let serving = CallRouting { user: Some(Arc::from("u7")), ..Default::default() };
+        assert_eq!(Ask::of(&http::HeaderMap::new(), Some(&serving), "svc").user, Some("u7"), "from the request served");
     }
 
     #[test]
