@@ -5,11 +5,8 @@
 //! p95 above twice its baseline, no traffic. Pure: time is an argument.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use kit::red::{Totals, quantile};
 use serde::{Deserialize, Serialize};
-
-/// gRPC codes that are the server's fault (the rest are the caller's).
-const SERVER_SIDE_CODES: &[&str] =
-    &["Unknown", "DeadlineExceeded", "ResourceExhausted", "Internal", "Unavailable", "DataLoss"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,76 +66,6 @@ impl HealthConfig {
     }
 }
 
-/// Cumulative request counters and latency buckets of one instance (or sums).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Totals {
-    pub requests: f64,
-    pub errors: f64,
-    /// (upper bound in seconds, cumulative count), ascending, +Inf last.
-    pub buckets: Vec<(f64, f64)>,
-}
-
-impl Totals {
-    /// `self - earlier`, or `self` when a counter went down (the process restarted).
-    fn since(&self, earlier: &Totals) -> Totals {
-        let reset = self.requests < earlier.requests
-            || self.errors < earlier.errors
-            || self.buckets.len() != earlier.buckets.len() && !earlier.buckets.is_empty();
-        if reset {
-            return self.clone();
-        }
-        let buckets = if earlier.buckets.is_empty() {
-            self.buckets.clone()
-        } else {
-            self.buckets
-                .iter()
-                .zip(&earlier.buckets)
-                .map(|(&(le, now), &(_, then))| (le, (now - then).max(0.0)))
-                .collect()
-        };
-        Totals { requests: self.requests - earlier.requests, errors: self.errors - earlier.errors, buckets }
-    }
-
-    fn add(&mut self, other: &Totals) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        add_buckets(&mut self.buckets, &other.buckets);
-    }
-}
-
-fn add_buckets(into: &mut Vec<(f64, f64)>, from: &[(f64, f64)]) {
-    for &(le, count) in from {
-        match into.iter_mut().find(|(l, _)| *l == le) {
-            Some((_, c)) => *c += count,
-            None => into.push((le, count)),
-        }
-    }
-    into.sort_by(|a, b| a.0.total_cmp(&b.0));
-}
-
-/// The q-quantile of cumulative buckets, interpolated within the bucket as
-/// Prometheus' `histogram_quantile` does; `None` without observations.
-pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut previous = (0.0, 0.0);
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(previous.0);
-            }
-            let width = count - previous.1;
-            let fraction = if width > 0.0 { (rank - previous.1) / width } else { 1.0 };
-            return Some(previous.0 + (le - previous.0) * fraction);
-        }
-        previous = (le, count);
-    }
-    Some(previous.0)
-}
-
 /// What one scrape of one instance said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceScrape {
@@ -152,49 +79,11 @@ pub struct InstanceScrape {
 
 /// RED totals and breakers out of a Prometheus text exposition.
 pub fn read_exposition(service: &str, instance_id: &str, text: &str) -> InstanceScrape {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
-        return InstanceScrape {
-            service: service.into(),
-            instance_id: instance_id.into(),
-            totals: None,
-            breakers: BTreeMap::new(),
-        };
+    let (totals, breakers) = match kit::red::read_exposition(service, text) {
+        Some(read) => (Some(read.totals), read.breakers),
+        None => (None, BTreeMap::new()),
     };
-    let gateway = service == "gateway";
-    let (requests, duration) = if gateway {
-        ("gateway_requests_total", "gateway_request_duration_seconds")
-    } else {
-        ("grpc_server_requests_total", "grpc_server_request_duration_seconds")
-    };
-    let mut totals = Totals::default();
-    let mut breakers = BTreeMap::new();
-    for sample in &scrape.samples {
-        match (&sample.value, sample.metric.as_str()) {
-            (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v), name) if name == requests => {
-                totals.requests += v;
-                let failed = if gateway {
-                    sample.labels.get("status").is_some_and(|s| s.starts_with('5'))
-                } else {
-                    sample.labels.get("code").is_some_and(|c| SERVER_SIDE_CODES.contains(&c))
-                };
-                if failed {
-                    totals.errors += v;
-                }
-            }
-            (prometheus_parse::Value::Histogram(counts), name) if name == duration => {
-                let buckets: Vec<(f64, f64)> = counts.iter().map(|c| (c.less_than, c.count)).collect();
-                add_buckets(&mut totals.buckets, &buckets);
-            }
-            (prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v), "circuit_breaker_state") => {
-                if let Some(dependency) = sample.labels.get("service") {
-                    breakers.insert(dependency.to_string(), *v);
-                }
-            }
-            _ => {}
-        }
-    }
-    InstanceScrape { service: service.into(), instance_id: instance_id.into(), totals: Some(totals), breakers }
+    InstanceScrape { service: service.into(), instance_id: instance_id.into(), totals, breakers }
 }
 
 /// One scrape round's change for one service.

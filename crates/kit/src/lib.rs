@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod otel;
 pub mod pagination;
+pub mod red;
 pub mod reply;
 pub mod resilience;
 pub mod routing;
