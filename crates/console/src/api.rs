@@ -42,6 +42,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/api/traces", get(search))
         .route("/api/traces/{trace_id}", get(trace))
         .route("/api/dependencies", get(dependencies))
+        .route("/api/deployments", get(deployments))
         .route("/api/loadgen", get(loadgen_stats).put(set_loadgen))
         .route("/api/loadgen/mode/{name}", post(loadgen_mode))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
@@ -212,6 +213,66 @@ async fn dependencies(State(console): State<Arc<Console>>, Query(params): Query<
         nodes.extend(monitor.overview(kit::time::now_millis()).into_iter().map(|h| h.service));
     }
     Ok(Json(json!({ "window_ms": window_ms, "outside": OUTSIDE, "nodes": nodes, "edges": edges })).into_response())
+}
+
+/// The deployments panel: every service's versions (instances, track, the
+/// share of traffic the registry's policy gives each) and the deploy
+/// controller's latest rollouts with their steps. Either part may be
+/// missing (`*_error` says why) without failing the other.
+async fn deployments(State(console): State<Arc<Console>>) -> ApiResult {
+    let mut answer = serde_json::Map::new();
+    match &console.registry {
+        None => {
+            answer.insert("versions_error".into(), json!("no registry configured"));
+        }
+        Some(registry) => match tokio::try_join!(registry.all_instances(), registry.policies()) {
+            Ok((list, policies)) => {
+                answer.insert("versions".into(), json!(version_rows(&list.instances, &policies)));
+            }
+            Err(err) => {
+                answer.insert("versions_error".into(), json!(format!("registry: {err}")));
+            }
+        },
+    }
+    match &console.deployer {
+        None => {
+            answer.insert("rollouts_error".into(), json!("no deploy controller configured"));
+        }
+        Some((url, http)) => {
+            let read = async {
+                let response =
+                    http.get(format!("{url}/v1/rollouts?limit=10")).send().await.map_err(|e| e.to_string())?;
+                let body: Value = response.json().await.map_err(|e| e.to_string())?;
+                Ok::<Value, String>(body["rollouts"].clone())
+            };
+            match read.await {
+                Ok(rollouts) => answer.insert("rollouts".into(), rollouts),
+                Err(err) => answer.insert("rollouts_error".into(), json!(format!("deploy controller: {err}"))),
+            };
+        }
+    }
+    Ok(Json(Value::Object(answer)).into_response())
+}
+
+/// One row per service and version: instances (routable of registered),
+/// tracks, and the policy's weight (`null`: no policy, all versions share).
+fn version_rows(
+    instances: &[kit::discovery::wire::InstanceInfo],
+    policies: &[kit::traffic::TrafficPolicy],
+) -> Vec<Value> {
+    let mut rows: std::collections::BTreeMap<(&str, &str), (usize, usize, BTreeSet<&str>)> = Default::default();
+    for instance in instances {
+        let row = rows.entry((instance.name.as_str(), instance.version.as_str())).or_default();
+        row.0 += 1;
+        row.1 += usize::from(instance.health.routable());
+        row.2.insert(instance.track.as_str());
+    }
+    rows.into_iter()
+        .map(|((service, version), (registered, routable, tracks))| {
+            let weight = policies.iter().find(|p| p.service == service).map(|p| p.weights.get(version).copied().unwrap_or(0));
+            json!({ "service": service, "version": version, "tracks": tracks, "instances": registered, "routable": routable, "weight": weight })
+        })
+        .collect()
 }
 
 fn loadgen_url(console: &Console) -> Result<String, ApiError> {

@@ -51,6 +51,8 @@ pub struct ConsoleConfig {
     /// relays mode changes to its traffic generator: it must never fetch a
     /// URL a caller made up (server-side request forgery).
     pub loadgen_targets: Vec<String>,
+    /// The deploy controller, for the deployments panel (its rollouts).
+    pub deployer_url: Option<String>,
     /// Its identity towards the registry (mutual TLS); none in plain text.
     pub tls: kit::tls::TlsConfig,
     /// Spans and logs older than this are deleted.
@@ -73,6 +75,7 @@ impl Default for ConsoleConfig {
             registry_url: None,
             loadgen_url: None,
             loadgen_targets: Vec::new(),
+            deployer_url: None,
             tls: kit::tls::TlsConfig::default(),
             retention_ms: 3_600_000,
             max_spans: 500_000,
@@ -91,7 +94,11 @@ impl ConsoleConfig {
         {
             return Err("retention_ms, max_spans, scrape_interval_ms and scrape_timeout_ms must be above 0".into());
         }
-        for url in [&self.registry_url, &self.loadgen_url].into_iter().flatten().chain(&self.loadgen_targets) {
+        for url in [&self.registry_url, &self.loadgen_url, &self.deployer_url]
+            .into_iter()
+            .flatten()
+            .chain(&self.loadgen_targets)
+        {
             check_http_url(url)?;
         }
         Ok(())
@@ -130,6 +137,10 @@ pub(crate) struct Console {
     pub(crate) monitor: Mutex<Monitor>,
     pub(crate) loadgen_url: RwLock<Option<String>>,
     pub(crate) http: reqwest::Client,
+    /// Versions and traffic policies, for the deployments panel.
+    pub(crate) registry: Option<RegistryClient>,
+    /// The deploy controller's URL and a client that trusts it.
+    pub(crate) deployer: Option<(String, reqwest::Client)>,
 }
 
 pub struct RunningConsole {
@@ -169,11 +180,29 @@ pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result
         .timeout(Duration::from_millis(config.scrape_timeout_ms))
         .build()
         .map_err(|e| StartError::Config(format!("HTTP client: {e}")))?;
+    let tls = kit::tls::Tls::optional(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
+    let registry = config.registry_url.as_ref().map(|url| RegistryClient::with_tls(url, tls.clone()));
+    let deployer = match &config.deployer_url {
+        None => None,
+        Some(url) => {
+            let builder = reqwest::Client::builder().timeout(Duration::from_millis(config.scrape_timeout_ms));
+            let builder = match &tls {
+                Some(tls) if url.starts_with("https://") => builder.tls_backend_preconfigured(
+                    tls.client_config_for(kit::tls::DEPLOYER).map_err(|e| StartError::Config(e.to_string()))?,
+                ),
+                _ => builder,
+            };
+            let client = builder.build().map_err(|e| StartError::Config(format!("HTTP client: {e}")))?;
+            Some((url.trim_end_matches('/').to_string(), client))
+        }
+    };
     let console = Arc::new(Console {
         store: TraceStore::new(db.clone()),
         monitor: Mutex::new(Monitor::new(config.health.clone())),
         loadgen_url: RwLock::new(config.loadgen_url.clone()),
         http,
+        registry: registry.clone(),
+        deployer,
         config: config.clone(),
     });
 
@@ -182,9 +211,7 @@ pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result
             .await
             .map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let mut tasks = vec![server, tokio::spawn(prune(console.clone(), shutdown.clone()))];
-    if let Some(registry_url) = &config.registry_url {
-        let tls = kit::tls::Tls::optional(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
-        let registry = RegistryClient::with_tls(registry_url, tls);
+    if let Some(registry) = registry {
         tasks.push(tokio::spawn(scrape(console.clone(), registry, shutdown.clone())));
     }
     tracing::info!(service = SERVICE, %addr, registry = ?config.registry_url, "ready");

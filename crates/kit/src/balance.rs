@@ -338,10 +338,7 @@ impl Balancer {
         let backends = self.snapshot();
         let service = &self.inner.service;
         let candidates = |version: Option<&str>| -> Vec<&Arc<Backend>> {
-            backends
-                .iter()
-                .filter(|b| !tried.contains(&b.id) && version.is_none_or(|v| *b.version == *v))
-                .collect()
+            backends.iter().filter(|b| !tried.contains(&b.id) && version.is_none_or(|v| *b.version == *v)).collect()
         };
         let no_instance = |what: String| {
             metrics::counter!("client_no_instance_total", "service" => service.clone()).increment(1);
@@ -354,7 +351,8 @@ impl Balancer {
                 && !router.may_override(version)
             {
                 let allowed = router.policy().overridable.join(", ");
-                let message = format!("version {version} of {service} may not be asked for by name (allowed: {allowed})");
+                let message =
+                    format!("version {version} of {service} may not be asked for by name (allowed: {allowed})");
                 return Err(refusal(tonic::Code::InvalidArgument, "version_override", message));
             }
             return p2c(&candidates(Some(version)), now)
@@ -579,7 +577,7 @@ mod tests {
         // Picks avoid the ejected instance.
         let ask = Ask { version: Override::None, user: None, client: None };
         for _ in 0..20 {
-            assert_eq!(balancer.pick(&[], &ask).ok().expect("a pick").id, "b");
+            assert_eq!(balancer.pick(&[], &ask).expect("a pick").id, "b");
         }
     }
 
@@ -622,7 +620,7 @@ mod tests {
         let balancer = Balancer::new("svc");
         let (a, b, c) = (silent_listener().await, silent_listener().await, silent_listener().await);
         balancer.update(&[versioned("a1", &a, "v1"), versioned("a2", &b, "v1"), versioned("b1", &c, "v2")]);
-        let version_of = |ask: &Ask<'_>| balancer.pick(&[], ask).ok().expect("a pick").version.to_string();
+        let version_of = |ask: &Ask<'_>| balancer.pick(&[], ask).expect("a pick").version.to_string();
 
         // No policy: every instance alike.
         let seen: std::collections::BTreeSet<String> =

@@ -10,12 +10,29 @@ pub const SERVER_SIDE_CODES: &[&str] =
     &["Unknown", "DeadlineExceeded", "ResourceExhausted", "Internal", "Unavailable", "DataLoss"];
 
 /// Cumulative request counters and latency buckets of one instance (or sums).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub requests: f64,
     pub errors: f64,
     /// (upper bound in seconds, cumulative count), ascending, +Inf last.
+    #[serde(with = "bounds")]
     pub buckets: Vec<(f64, f64)>,
+}
+
+/// Buckets in JSON, where +Inf has no number: its bound is written `null`.
+mod bounds {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(buckets: &[(f64, f64)], serializer: S) -> Result<S::Ok, S::Error> {
+        let finite: Vec<(Option<f64>, f64)> =
+            buckets.iter().map(|&(le, count)| (le.is_finite().then_some(le), count)).collect();
+        finite.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(f64, f64)>, D::Error> {
+        let finite: Vec<(Option<f64>, f64)> = Vec::deserialize(deserializer)?;
+        Ok(finite.into_iter().map(|(le, count)| (le.unwrap_or(f64::INFINITY), count)).collect())
+    }
 }
 
 impl Totals {
@@ -126,4 +143,17 @@ pub fn read_exposition(service: &str, text: &str) -> Option<Exposition> {
         }
     }
     Some(Exposition { totals, breakers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_go_through_json_with_their_infinite_bucket() {
+        let totals =
+            Totals { requests: 3.0, errors: 1.0, buckets: vec![(0.005, 1.0), (0.1, 2.0), (f64::INFINITY, 3.0)] };
+        let json = serde_json::to_string(&totals).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Totals>(&json).ok(), Some(totals));
+    }
 }

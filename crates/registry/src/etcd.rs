@@ -236,7 +236,8 @@ impl Store for EtcdStore {
             None => as_u64(&self.kv("/v3/kv/put", put["request_put"].clone()).await?["header"]["revision"]),
             Some(expected) => {
                 // A missing key's mod_revision compares as 0.
-                let compare = json!([{ "key": key, "target": "MOD", "result": "EQUAL", "mod_revision": expected.to_string() }]);
+                let compare =
+                    json!([{ "key": key, "target": "MOD", "result": "EQUAL", "mod_revision": expected.to_string() }]);
                 let done = self.kv("/v3/kv/txn", json!({ "compare": compare, "success": [put] })).await?;
                 if done["succeeded"].as_bool() != Some(true) {
                     let current = self.get_policy(&policy.service).await?.map_or(0, |p| p.index);

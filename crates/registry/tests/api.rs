@@ -51,7 +51,10 @@ async fn register_heartbeat_lookup_drain_deregister() {
         services["services"],
         json!([{ "name": "products", "instances": 1, "routable": 1, "versions": { "v1": 1 } }])
     );
-    assert_eq!((found["instances"][0]["version"].as_str(), found["instances"][0]["track"].as_str()), (Some("v1"), Some("blue")));
+    assert_eq!(
+        (found["instances"][0]["version"].as_str(), found["instances"][0]["track"].as_str()),
+        (Some("v1"), Some("blue"))
+    );
 
     let targets: Value = http.get(format!("{url}/v1/prometheus/targets")).send().await.unwrap().json().await.unwrap();
     assert_eq!(targets[0]["targets"], json!(["127.0.0.1:9102"]));
@@ -203,7 +206,12 @@ async fn traffic_policies_over_http() {
         ("products", json!({ "weights": { "v1": 50, "v2": 40 } }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
         ("products", json!({ "weights": { "v1": -1, "v2": 101 } }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
         ("products", json!({ "weights": { "v9": 100 } }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
-        ("products", json!({ "weights": { "v1": 100 }, "sticky": "sometimes" }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        (
+            "products",
+            json!({ "weights": { "v1": 100 }, "sticky": "sometimes" }),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+        ),
         ("products", json!({ "weights": { "v1": 100 }, "colour": "red" }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
         ("products", json!({ "weights": "all" }), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
         ("orders", json!({ "weights": { "v1": 100 } }), StatusCode::NOT_FOUND, "NOT_FOUND"),
@@ -240,8 +248,14 @@ async fn traffic_policies_over_http() {
     let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"traffic_policy_weight{service="products",version="v2"} 25"#), "{metrics}");
 
-    assert_eq!(http.delete(format!("{url}/v1/policies/products")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    assert_eq!(http.delete(format!("{url}/v1/policies/products")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        http.delete(format!("{url}/v1/policies/products")).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        http.delete(format!("{url}/v1/policies/products")).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
     let audit: Value = http.get(format!("{url}/v1/audit")).send().await.unwrap().json().await.unwrap();
     let events: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, vec!["registered", "registered", "policy", "policy_removed"]);

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use kit::error::DomainError;
+use kit::traffic::{PolicyChange, Sticky};
 use registry::core::{Prober, Registry, RegistryError, Timing};
 use registry::etcd::EtcdStore;
 use registry::model::{Health, RegisterRequest};
 use registry::store::{MemoryStore, Store, StoreError};
-use kit::error::DomainError;
-use kit::traffic::{PolicyChange, Sticky};
 
 /// Answers probes as told, so expiry can be driven both ways.
 #[derive(Default)]
@@ -218,7 +218,8 @@ async fn policies_are_validated_stored_audited_and_wake_watchers(store: Arc<dyn 
     assert!(registry.set_policy("products", only_new, "operator", 1_300).await.is_err(), "0: only if none");
     assert_eq!(store.list_policies().await.unwrap(), vec![switched.clone()]);
 
-    let events: Vec<String> = store.audit(0, 100).await.unwrap().into_iter().map(|e| format!("{} {}", e.event, e.detail)).collect();
+    let events: Vec<String> =
+        store.audit(0, 100).await.unwrap().into_iter().map(|e| format!("{} {}", e.event, e.detail)).collect();
     assert!(events.iter().any(|e| e == "policy v1=90 v2=10 sticky=user by operator: test"), "{events:?}");
     assert!(events.iter().any(|e| e.starts_with("policy v1=0 v2=100 sticky=user by deployer")), "{events:?}");
 

@@ -1,5 +1,7 @@
 //! `shopfast <command>`: every service of the platform from one binary, each run
 //! as its own process; `shopfast up` runs them all.
+mod control;
+mod deploy;
 mod status;
 mod up;
 
@@ -51,6 +53,14 @@ enum Command {
     Loadgen(LoadgenArgs),
     /// Run the console: OTLP traces and logs in, health from the registry's instances, a web page.
     Console(ConsoleArgs),
+    /// Run the deploy controller: blue-green rollouts through the registry's traffic policy.
+    Deployer(DeployerArgs),
+    /// Deploy a new version of a service (blue-green) and follow it to its end.
+    Deploy(deploy::DeployArgs),
+    /// A service's rollout: where it is, every step so far.
+    Rollout(deploy::RolloutArgs),
+    /// Send a service's traffic back to the version it had before its rollout, at once.
+    Rollback(deploy::RollbackArgs),
 }
 
 #[derive(Args)]
@@ -352,6 +362,10 @@ struct ConsoleArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loadgen_url: Option<String>,
+    /// The deploy controller, for the deployments panel.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployer_url: Option<String>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
@@ -362,6 +376,44 @@ struct ConsoleArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     retention_ms: Option<u64>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "TlsArgs::is_unset")]
+    tls: TlsArgs,
+    #[arg(long, value_enum, default_value = "json")]
+    #[serde(skip)]
+    log_format: LogFormatArg,
+}
+
+#[derive(Args, Serialize)]
+struct DeployerArgs {
+    /// TOML file; the [deployer] table (addresses, database).
+    #[arg(long, env = "SHOPFAST_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Its API: POST/GET /v1/rollouts, POST /v1/services/{service}/rollback.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<SocketAddr>,
+    #[arg(long, env = "SHOPFAST_REGISTRY_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_url: Option<String>,
+    /// The gateway the smoke suite goes through (with an admin key, in
+    /// SHOPFAST_DEPLOYER__API_KEY).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway_url: Option<String>,
+    /// The supervisor that starts and stops instances (`shopfast up`'s
+    /// control API); without one, deploys wait for instances others start.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supervisor_url: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Where rollouts are kept (default: a SQLite file in --data-dir).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
     #[command(flatten)]
     #[serde(skip_serializing_if = "TlsArgs::is_unset")]
     tls: TlsArgs,
@@ -459,6 +511,17 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             running.wait().await;
             Ok(())
         }
+        Command::Deployer(args) => {
+            kit::telemetry::init_logging(deployer::SERVICE, "info", args.log_format.into());
+            let config: deployer::DeployerConfig = kit::config::load(deployer::SERVICE, args.config.as_deref(), &args)?;
+            let running =
+                deployer::start(config, kit::shutdown::on_signals()).await.context("deployer failed to start")?;
+            running.wait().await;
+            Ok(())
+        }
+        Command::Deploy(args) => deploy::deploy(args).await,
+        Command::Rollout(args) => deploy::rollout(args).await,
+        Command::Rollback(args) => deploy::rollback(args).await,
         Command::Payments(args) => {
             let config: payments::PaymentsConfig = args.load(payments::SERVICE)?;
             serve(payments::start(config, kit::shutdown::on_signals()).await.context("payments failed to start")?).await

@@ -38,7 +38,13 @@ pub fn policy_lines(policies: &[kit::traffic::TrafficPolicy]) -> String {
     for policy in policies {
         let weights: Vec<String> = policy.weights.iter().map(|(v, w)| format!("{v}={w}%")).collect();
         let sticky = format!("{:?}", policy.sticky).to_lowercase();
-        let mut line = format!("{}: {} sticky={sticky} (index {} by {}", policy.service, weights.join(" "), policy.index, policy.updated_by);
+        let mut line = format!(
+            "{}: {} sticky={sticky} (index {} by {}",
+            policy.service,
+            weights.join(" "),
+            policy.index,
+            policy.updated_by
+        );
         if !policy.reason.is_empty() {
             line += &format!(": {}", policy.reason);
         }

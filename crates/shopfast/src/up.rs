@@ -28,6 +28,8 @@ const REGISTRY_PORT: u16 = 8080;
 const GATEWAY_PORT: u16 = 8000;
 const LOADGEN_PORT: u16 = 8089;
 const CONSOLE_PORT: u16 = 8090;
+const DEPLOYER_PORT: u16 = 8070;
+const CONTROL_PORT: u16 = 8071;
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const COLOURS: &[&str] = &["\x1b[36m", "\x1b[33m", "\x1b[35m", "\x1b[32m", "\x1b[34m", "\x1b[31m"];
 
@@ -65,7 +67,7 @@ pub struct UpArgs {
 /// unless-stopped`), on the addresses it announced so its callers and the
 /// terminal's URLs stay right, and stops it (SIGTERM, then SIGKILL after a
 /// grace) when asked. Exits and restarts are reported and logged.
-struct Proc {
+pub struct Proc {
     log: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
@@ -80,11 +82,10 @@ fn restart_backoff(n: u32) -> Duration {
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 impl Proc {
-    fn supervise(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>, first: Launched) -> Self {
+    fn supervise(owned: OwnedSpec, first: Launched) -> Self {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let name = spec.label.to_string();
-        let log = supervisor.logs_dir.join(format!("{name}.log"));
-        let owned = OwnedSpec::from(supervisor, &spec);
+        let name = owned.label.clone();
+        let log = owned.logs_dir.join(format!("{name}.log"));
         let done = tokio::spawn(async move {
             let Launched { mut child, mut announced } = first;
             let (mut restarts, mut in_a_row) = (0u32, 0u32);
@@ -138,7 +139,7 @@ impl Proc {
         Self { log, stop: Some(stop_tx), done }
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -160,8 +161,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     kit::tls::ensure_dev_certs(&tls_dir, crate::IDENTITIES)?;
     let operator = kit::tls::Tls::from_config(&kit::tls::TlsConfig::in_dir(&tls_dir), kit::tls::OPERATOR)?;
     let supervisor = Supervisor {
-        exe: &exe,
-        logs_dir: &logs_dir,
+        exe: exe.clone(),
+        logs_dir: logs_dir.clone(),
         quiet: args.quiet,
         exited: exited_tx.clone(),
         restart: Arc::new(AtomicBool::new(false)),
@@ -175,22 +176,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (false, true) => Some(free_loopback_addr()?),
     };
 
+    // So is the deploy controller's: the console shows its rollouts.
+    let deployer_addr = if args.ephemeral { free_loopback_addr()? } else { format!("127.0.0.1:{DEPLOYER_PORT}") };
     let tls_flag = vec!["--tls-dir".to_string(), tls_dir.display().to_string()];
+    let peers = Peers { loadgen: loadgen_addr.as_deref(), deployer: &deployer_addr };
     let (infrastructure, registry_url, console_url) =
-        start_infrastructure(&supervisor, &args, &data_dir, &tls_flag, loadgen_addr.as_deref()).await?;
+        start_infrastructure(&supervisor, &args, &data_dir, &tls_flag, peers).await?;
     let telemetry = telemetry_env(console_url.as_deref());
     let launch = Launch { data_dir: &data_dir, registry_url: &registry_url, tls_flag: &tls_flag };
-    let services = match start_services(&supervisor, &args, &replicas, &launch, &secrets, &telemetry) {
-        Ok(services) => services,
+    let (members, gateway) = match start_services(&supervisor, &args, &replicas, &launch, &secrets, &telemetry) {
+        Ok(started) => started,
         Err(err) => {
             stop_all(Vec::new(), infrastructure).await;
             return Err(err);
         }
     };
-    let registry = RegistryClient::with_tls(&registry_url, operator);
+    let fleet = Arc::new(tokio::sync::Mutex::new(crate::control::Fleet::new(members)));
+    let mut services = vec![gateway];
+    let registry = RegistryClient::with_tls(&registry_url, operator.clone());
     let list = match wait_until_ready(&args, &replicas, &registry, &shutdown, &mut exited_rx, &logs_dir).await {
         Ok(list) => list,
         Err(err) => {
+            services.extend(fleet.lock().await.take_all());
             stop_all(services, infrastructure).await;
             return Err(err);
         }
@@ -204,27 +211,51 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let loadgen = match &loadgen_addr {
         None => None,
         Some(addr) => {
-            let env: Vec<(String, String)> = secrets.loadgen_env().into_iter().chain(telemetry).collect();
+            let env: Vec<(String, String)> =
+                secrets.loadgen_env().into_iter().chain(telemetry.iter().cloned()).collect();
             match start_loadgen(&supervisor, &gateway_url, &env, addr, args.ready_timeout_secs).await {
                 Ok(started) => Some(started),
                 Err(err) => {
+                    services.extend(fleet.lock().await.take_all());
                     stop_all(services, infrastructure).await;
                     return Err(err);
                 }
             }
         }
     };
+    // The control API (starting and stopping instances), then the deploy
+    // controller that uses it.
+    // The smoke suite asks for versions by name: only admin keys may.
+    let deployer_env: Vec<(String, String)> = [("SHOPFAST_DEPLOYER__API_KEY".to_string(), secrets.api_key.clone())]
+        .into_iter()
+        .chain(telemetry.iter().cloned())
+        .collect();
+    let deployer_spec = DeployerSpec { gateway_url: &gateway_url, addr: &deployer_addr, env: &deployer_env };
+    let control = crate::control::ControlState {
+        launcher: Arc::new(launcher(&supervisor, &args, &launch, &secrets, &telemetry)),
+        fleet: fleet.clone(),
+    };
+    let deployer = match start_deployer(&args, &launch, control, operator, deployer_spec, &shutdown).await {
+        Ok(started) => started,
+        Err(err) => {
+            if let Some((proc, _)) = loadgen {
+                proc.stop().await;
+            }
+            services.extend(fleet.lock().await.take_all());
+            stop_all(services, infrastructure).await;
+            return Err(err);
+        }
+    };
     // From here on a child that dies is restarted.
     supervisor.restart.store(true, std::sync::atomic::Ordering::SeqCst);
-    print_banner(
-        &list,
-        &secrets,
-        &registry_url,
-        &gateway_url,
-        console_url.as_deref(),
-        loadgen.as_ref().map(|l| l.1.as_str()),
-        &logs_dir,
-    );
+    let urls = Urls {
+        registry: &registry_url,
+        gateway: &gateway_url,
+        console: console_url.as_deref(),
+        loadgen: loadgen.as_ref().map(|l| l.1.as_str()),
+        deployer: &deployer.1,
+    };
+    print_banner(&list, &secrets, urls, &logs_dir);
 
     loop {
         tokio::select! {
@@ -235,10 +266,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("shopfast up: stopping services, then the console and the registry");
-    // The traffic stops first.
+    // The traffic stops first, and deploys.
     if let Some((proc, _)) = loadgen {
         proc.stop().await;
     }
+    deployer.0.stop().await;
+    services.extend(fleet.lock().await.take_all());
     stop_all(services, infrastructure).await;
     Ok(())
 }
@@ -247,11 +280,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// somewhere to go): their processes (console first, stopped first), the
 /// registry's URL and the console's.
 async fn start_infrastructure(
-    supervisor: &Supervisor<'_>,
+    supervisor: &Supervisor,
     args: &UpArgs,
     data_dir: &str,
     tls_flag: &[String],
-    loadgen_addr: Option<&str>,
+    peers: Peers<'_>,
 ) -> anyhow::Result<(Vec<Proc>, String, Option<String>)> {
     let registry_port = if args.ephemeral { 0 } else { REGISTRY_PORT };
     let mut flags = vec!["--addr".to_string(), format!("127.0.0.1:{registry_port}")];
@@ -266,15 +299,8 @@ async fn start_infrastructure(
     if args.no_console {
         return Ok((vec![registry], registry_url, None));
     }
-    let console = start_console(
-        supervisor,
-        &registry_url,
-        data_dir,
-        tls_flag,
-        loadgen_addr,
-        args.ephemeral,
-        args.ready_timeout_secs,
-    );
+    let console =
+        start_console(supervisor, &registry_url, data_dir, tls_flag, peers, args.ephemeral, args.ready_timeout_secs);
     match console.await {
         Ok((console, url)) => Ok((vec![console, registry], registry_url, Some(url))),
         Err(err) => {
@@ -282,6 +308,13 @@ async fn start_infrastructure(
             Err(err)
         }
     }
+}
+
+/// Where the children started after the console will listen (it is told at start).
+#[derive(Clone, Copy)]
+struct Peers<'a> {
+    loadgen: Option<&'a str>,
+    deployer: &'a str,
 }
 
 /// Every service's instances, then the gateway; each gets only the secrets it uses.
@@ -292,41 +325,59 @@ struct Launch<'a> {
     tls_flag: &'a [String],
 }
 
+/// The flags of every instance of a service, on the given ports (0 = any).
+fn instance_flags(args: &UpArgs, launch: &Launch<'_>, grpc: u16, admin: u16) -> Vec<String> {
+    let mut flags: Vec<String> = vec![
+        "--grpc-addr".into(),
+        format!("127.0.0.1:{grpc}"),
+        "--admin-addr".into(),
+        format!("127.0.0.1:{admin}"),
+        "--data-dir".into(),
+        launch.data_dir.to_string(),
+        "--registry-url".into(),
+        launch.registry_url.to_string(),
+    ];
+    flags.extend(launch.tls_flag.iter().cloned());
+    if args.enable_fault_injection {
+        flags.push("--enable-fault-injection".into());
+    }
+    flags
+}
+
+/// A service's environment: only its own secrets, and the telemetry settings.
+fn service_env(secrets: &Secrets, service: &str, telemetry: &[(String, String)]) -> Vec<(String, String)> {
+    secrets.env_of(service).into_iter().chain(telemetry.iter().cloned()).collect()
+}
+
 fn start_services(
-    supervisor: &Supervisor<'_>,
+    supervisor: &Supervisor,
     args: &UpArgs,
     replicas: &BTreeMap<String, usize>,
     launch: &Launch<'_>,
     secrets: &Secrets,
     telemetry: &[(String, String)],
-) -> anyhow::Result<Vec<Proc>> {
+) -> anyhow::Result<(Vec<crate::control::Member>, Proc)> {
     let Launch { data_dir, registry_url, tls_flag } = *launch;
-    let mut services = Vec::new();
+    let version = kit::build::version();
+    let mut members = Vec::new();
     for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
-        let env: Vec<(String, String)> = secrets.env_of(name).into_iter().chain(telemetry.iter().cloned()).collect();
+        let env = service_env(secrets, name, telemetry);
         let count = replicas.get(*name).copied().unwrap_or(1);
         for replica in 1..=count {
             // Only the first replica can have the fixed ports.
             let (grpc, admin) = if args.ephemeral || replica > 1 { (0, 0) } else { (*grpc_port, *admin_port) };
-            let mut flags: Vec<String> = vec![
-                "--grpc-addr".into(),
-                format!("127.0.0.1:{grpc}"),
-                "--admin-addr".into(),
-                format!("127.0.0.1:{admin}"),
-                "--data-dir".into(),
-                data_dir.to_string(),
-                "--registry-url".into(),
-                registry_url.to_string(),
-                "--meta".into(),
-                format!("replica={replica}"),
-            ];
-            flags.extend(tls_flag.iter().cloned());
-            if args.enable_fault_injection {
-                flags.push("--enable-fault-injection".into());
-            }
+            let mut flags = instance_flags(args, launch, grpc, admin);
+            flags.extend(["--meta".to_string(), format!("replica={replica}")]);
             let label = format!("{name}-{replica}");
             let spec = ChildSpec { command: name, label: &label, flags, colour: index + 1, env: &env };
-            services.push(spawn(supervisor, spec)?);
+            let proc = spawn(supervisor, spec)?;
+            members.push(crate::control::Member {
+                service: name.to_string(),
+                version: version.to_string(),
+                track: kit::discovery::wire::DEFAULT_TRACK.to_string(),
+                label,
+                proc,
+            });
         }
     }
     let gateway_port = if args.ephemeral { 0 } else { GATEWAY_PORT };
@@ -339,10 +390,75 @@ fn start_services(
         data_dir.to_string(),
     ];
     flags.extend(tls_flag.iter().cloned());
-    let env: Vec<(String, String)> = secrets.env_of("gateway").into_iter().chain(telemetry.iter().cloned()).collect();
+    let env = service_env(secrets, "gateway", telemetry);
     let spec = ChildSpec { command: "gateway", label: "gateway-1", flags, colour: SERVICES.len() + 1, env: &env };
-    services.push(spawn(supervisor, spec)?);
-    Ok(services)
+    let gateway = spawn(supervisor, spec)?;
+    Ok((members, gateway))
+}
+
+/// What the control API needs to start more instances of any service.
+fn launcher(
+    supervisor: &Supervisor,
+    args: &UpArgs,
+    launch: &Launch<'_>,
+    secrets: &Secrets,
+    telemetry: &[(String, String)],
+) -> crate::control::Launcher {
+    crate::control::Launcher {
+        supervisor: supervisor.clone(),
+        common_flags: instance_flags(args, launch, 0, 0),
+        env: SERVICES.iter().map(|(name, ..)| (name.to_string(), service_env(secrets, name, telemetry))).collect(),
+        colour: SERVICES.iter().enumerate().map(|(index, (name, ..))| (name.to_string(), index + 1)).collect(),
+    }
+}
+
+/// Where the deploy controller listens, the gateway its smoke suite uses, its environment.
+struct DeployerSpec<'a> {
+    gateway_url: &'a str,
+    addr: &'a str,
+    env: &'a [(String, String)],
+}
+
+/// The control API (HTTPS, client certificates required) and the deploy
+/// controller pointed at it: its process and URL once ready.
+async fn start_deployer(
+    args: &UpArgs,
+    launch: &Launch<'_>,
+    control: crate::control::ControlState,
+    operator: Option<Arc<kit::tls::Tls>>,
+    deployer: DeployerSpec<'_>,
+    shutdown: &kit::shutdown::CancellationToken,
+) -> anyhow::Result<(Proc, String)> {
+    let DeployerSpec { gateway_url, addr: deployer_addr, env } = deployer;
+    let operator = operator.context("up runs everything over mutual TLS")?;
+    let control_port = if args.ephemeral { 0 } else { CONTROL_PORT };
+    let supervisor = control.launcher.supervisor.clone();
+    let (control_addr, _server) = kit::server::serve_http_with_peers(
+        std::net::SocketAddr::from(([127, 0, 0, 1], control_port)),
+        crate::control::router(control),
+        shutdown.child_token(),
+        "up control API",
+        Some((operator.clone(), kit::tls::ClientAuth::Required)),
+    )
+    .await
+    .with_context(|| format!("cannot listen for the control API on port {control_port}"))?;
+    operator.spawn_reload(shutdown.child_token());
+    let mut flags = vec![
+        "--addr".to_string(),
+        deployer_addr.to_string(),
+        "--registry-url".into(),
+        launch.registry_url.to_string(),
+        "--gateway-url".into(),
+        gateway_url.to_string(),
+        "--supervisor-url".into(),
+        format!("https://{control_addr}"),
+        "--data-dir".into(),
+        launch.data_dir.to_string(),
+    ];
+    flags.extend(launch.tls_flag.iter().cloned());
+    let spec = ChildSpec { command: "deployer", label: "deployer", flags, colour: SERVICES.len() + 4, env };
+    let (deployer, addr) = spawn_listening(&supervisor, spec, "the deploy controller", args.ready_timeout_secs).await?;
+    Ok((deployer, format!("https://{addr}")))
 }
 
 /// Waits until every instance is registered and routable; a child that
@@ -385,15 +501,23 @@ fn free_loopback_addr() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-fn print_banner(
-    list: &kit::discovery::wire::InstanceList,
-    secrets: &Secrets,
-    registry_url: &str,
-    gateway_url: &str,
-    console_url: Option<&str>,
-    loadgen_url: Option<&str>,
-    logs_dir: &Path,
-) {
+/// Where a user reaches each part of the running stack.
+struct Urls<'a> {
+    registry: &'a str,
+    gateway: &'a str,
+    console: Option<&'a str>,
+    loadgen: Option<&'a str>,
+    deployer: &'a str,
+}
+
+fn print_banner(list: &kit::discovery::wire::InstanceList, secrets: &Secrets, urls: Urls<'_>, logs_dir: &Path) {
+    let Urls {
+        registry: registry_url,
+        gateway: gateway_url,
+        console: console_url,
+        loadgen: loadgen_url,
+        deployer: deployer_url,
+    } = urls;
     let log_of = |i: &kit::discovery::wire::InstanceInfo| {
         let replica = i.metadata.get("replica").cloned().unwrap_or_else(|| "1".into());
         logs_dir.join(format!("{}-{replica}.log", i.name)).display().to_string()
@@ -407,8 +531,12 @@ fn print_banner(
     if let Some(url) = loadgen_url {
         println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
     }
-    print!("{}", crate::status::table(&list.instances, log_of));
     let tls_dir = logs_dir.parent().unwrap_or(logs_dir).join("tls");
+    println!(
+        "Deployer: {deployer_url}   shopfast deploy SERVICE --version V --deployer-url {deployer_url} --tls-dir {}",
+        tls_dir.display()
+    );
+    print!("{}", crate::status::table(&list.instances, log_of));
     println!(
         "\nLogs: {}   Status: shopfast status --registry-url {registry_url} --tls-dir {}   Stop: Ctrl-C\n",
         logs_dir.display(),
@@ -438,11 +566,11 @@ fn telemetry_env(console_url: Option<&str>) -> Vec<(String, String)> {
 
 /// The console, scraping the registry's instances; its process and URL once ready.
 async fn start_console(
-    supervisor: &Supervisor<'_>,
+    supervisor: &Supervisor,
     registry_url: &str,
     data_dir: &str,
     tls_flag: &[String],
-    loadgen_addr: Option<&str>,
+    peers: Peers<'_>,
     ephemeral: bool,
     ready_timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
@@ -455,9 +583,10 @@ async fn start_console(
         "--data-dir".into(),
         data_dir.to_string(),
     ];
-    if let Some(addr) = loadgen_addr {
+    if let Some(addr) = peers.loadgen {
         flags.extend(["--loadgen-url".to_string(), format!("http://{addr}")]);
     }
+    flags.extend(["--deployer-url".to_string(), format!("https://{}", peers.deployer)]);
     flags.extend(tls_flag.iter().cloned());
     let spec = ChildSpec { command: "console", label: "console", flags, colour: SERVICES.len() + 3, env: &[] };
     let (console, addr) = spawn_listening(supervisor, spec, "the console", ready_timeout_secs).await?;
@@ -467,7 +596,7 @@ async fn start_console(
 /// The traffic generator against the gateway, with its own API key; its
 /// process and control URL once it is ready.
 async fn start_loadgen(
-    supervisor: &Supervisor<'_>,
+    supervisor: &Supervisor,
     gateway_url: &str,
     env: &[(String, String)],
     addr: &str,
@@ -487,14 +616,15 @@ async fn start_loadgen(
 /// Starts a child that logs the `addr` it listens on in its `ready` line:
 /// its process and that address once it has.
 async fn spawn_listening(
-    supervisor: &Supervisor<'_>,
+    supervisor: &Supervisor,
     spec: ChildSpec<'_>,
     what: &str,
     timeout_secs: u64,
 ) -> anyhow::Result<(Proc, String)> {
-    let launched = OwnedSpec::from(supervisor, &spec).launch(&spec.flags)?;
+    let owned = OwnedSpec::from(supervisor, &spec);
+    let launched = owned.launch(&spec.flags)?;
     let mut announced = launched.announced.clone();
-    let child = Proc::supervise(supervisor, spec, launched);
+    let child = Proc::supervise(owned, launched);
     let addr = tokio::time::timeout(Duration::from_secs(timeout_secs), async {
         loop {
             if let Some(addr) = announced.borrow_and_update()["addr"].as_str() {
@@ -621,20 +751,21 @@ fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String,
 }
 
 /// One child to start.
-struct ChildSpec<'a> {
+pub struct ChildSpec<'a> {
     /// The subcommand: `users`, `registry`, …
-    command: &'a str,
+    pub command: &'a str,
     /// Its name in logs and the table: `products-2`.
-    label: &'a str,
-    flags: Vec<String>,
-    colour: usize,
-    env: &'a [(String, String)],
+    pub label: &'a str,
+    pub flags: Vec<String>,
+    pub colour: usize,
+    pub env: &'a [(String, String)],
 }
 
 /// Where children's output goes and who hears of their exits.
-struct Supervisor<'a> {
-    exe: &'a Path,
-    logs_dir: &'a Path,
+#[derive(Clone)]
+pub struct Supervisor {
+    exe: PathBuf,
+    logs_dir: PathBuf,
     quiet: bool,
     exited: mpsc::UnboundedSender<String>,
     /// Set once the stack is up: from then on a child that dies is restarted
@@ -666,10 +797,10 @@ struct OwnedSpec {
 const TAKES_META: &[&str] = &["users", "products", "payments", "orders", "gateway"];
 
 impl OwnedSpec {
-    fn from(supervisor: &Supervisor<'_>, spec: &ChildSpec<'_>) -> Self {
+    fn from(supervisor: &Supervisor, spec: &ChildSpec<'_>) -> Self {
         Self {
-            exe: supervisor.exe.to_path_buf(),
-            logs_dir: supervisor.logs_dir.to_path_buf(),
+            exe: supervisor.exe.clone(),
+            logs_dir: supervisor.logs_dir.clone(),
             quiet: supervisor.quiet,
             command: spec.command.to_string(),
             label: spec.label.to_string(),
@@ -775,9 +906,18 @@ impl OwnedSpec {
 }
 
 /// Starts a child under supervision.
-fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Proc> {
-    let launched = OwnedSpec::from(supervisor, &spec).launch(&spec.flags)?;
-    Ok(Proc::supervise(supervisor, spec, launched))
+fn spawn(supervisor: &Supervisor, spec: ChildSpec<'_>) -> anyhow::Result<Proc> {
+    spawn_from(supervisor, spec, None)
+}
+
+/// Starts a child under supervision, from `binary` instead of this executable if given.
+pub fn spawn_from(supervisor: &Supervisor, spec: ChildSpec<'_>, binary: Option<&Path>) -> anyhow::Result<Proc> {
+    let mut owned = OwnedSpec::from(supervisor, &spec);
+    if let Some(binary) = binary {
+        owned.exe = binary.to_path_buf();
+    }
+    let launched = owned.launch(&spec.flags)?;
+    Ok(Proc::supervise(owned, launched))
 }
 
 /// `up` learns where the registry, the console and the traffic generator
@@ -785,7 +925,7 @@ fn spawn(supervisor: &Supervisor<'_>, spec: ChildSpec<'_>) -> anyhow::Result<Pro
 /// (`warn`) keeps its level for everything else but not for those three.
 fn ready_lines_logged() -> Option<(String, String)> {
     let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty())?;
-    Some(("RUST_LOG".to_string(), format!("{filter},registry=info,console=info,loadgen=info")))
+    Some(("RUST_LOG".to_string(), format!("{filter},registry=info,console=info,loadgen=info,deployer=info")))
 }
 
 /// A JSON log line as `LEVEL message key=value …`.

@@ -44,6 +44,8 @@ fn channel(service: &str, address: &str, caller: Option<Arc<Tls>>) -> Balancer {
         admin_address: String::new(),
         health: Health::Healthy,
         metadata: BTreeMap::new(),
+        version: "v1".into(),
+        track: "stable".into(),
         registered_at_ms: 1,
     }]);
     balancer

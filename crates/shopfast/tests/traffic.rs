@@ -89,8 +89,15 @@ admin = true
         ]);
         let gateway_url = gateway.url();
         others.push(gateway);
-        let shop =
-            Self { registry, products, orders, gateway: gateway_url, http: reqwest::Client::new(), _others: others, _dir: dir };
+        let shop = Self {
+            registry,
+            products,
+            orders,
+            gateway: gateway_url,
+            http: reqwest::Client::new(),
+            _others: others,
+            _dir: dir,
+        };
         let expected = versions.len();
         eventually(Duration::from_secs(10), "every products version registered", || async {
             shop.lookup("products").await["instances"].as_array().map_or(0, Vec::len) == expected
@@ -117,7 +124,8 @@ admin = true
         let policy = self.put_policy(body).await;
         let index = policy["index"].as_f64().unwrap();
         eventually(Duration::from_secs(2), "the gateway applies the policy", || async {
-            let metrics = self.http.get(format!("{}/metrics", self.gateway)).send().await.unwrap().text().await.unwrap();
+            let metrics =
+                self.http.get(format!("{}/metrics", self.gateway)).send().await.unwrap().text().await.unwrap();
             sample(&metrics, "client_traffic_policy_index", r#"service="products""#) == Some(index)
         })
         .await;

@@ -110,6 +110,16 @@ impl RegistryClient {
         }
     }
 
+    /// Takes an instance out of routing (removed after the drain grace).
+    pub async fn drain(&self, id: &str) -> Result<(), DiscoveryError> {
+        let url = format!("{}/v1/instances/{id}/drain", self.base);
+        let response = self.send(self.http.post(url), Duration::from_secs(5)).await?;
+        match response.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(Self::refused(response).await),
+        }
+    }
+
     /// Routable instances of `name`. With `index`, a blocking query: answers
     /// when the registry changed after `index`, or after `wait`.
     pub async fn lookup(

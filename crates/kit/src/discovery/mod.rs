@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{DiscoveryError, RegistryClient};
-use wire::InstanceList;
 pub use registration::Registration;
+use wire::InstanceList;
 
 use crate::balance::Balancer;
 

@@ -84,12 +84,15 @@ pub struct Dependency {
     default_timeout: Duration,
     /// RED metrics of finished calls, `[ok, error]`, by the version that
     /// answered (`none`: no instance did).
-    meters: std::sync::RwLock<Vec<(Arc<str>, Arc<[CallMeters; 2]>)>>,
+    meters: std::sync::RwLock<Vec<VersionMeters>>,
     /// Discovery's count of new instances (see `Balancer::new_instances`),
     /// and the count this breaker last saw: a new instance ends an open period.
     new_instances: OnceLock<Arc<AtomicU64>>,
     seen_instances: AtomicU64,
 }
+
+/// One destination version's meters, `[ok, error]`.
+type VersionMeters = (Arc<str>, Arc<[CallMeters; 2]>);
 
 /// A call outcome's metric handles, registered once: looking them up by
 /// their labels on every call showed in the gateway's profile.
@@ -144,9 +147,8 @@ impl Dependency {
     /// `MAX_METERED_VERSIONS`, calls count under `other`.
     fn meters(&self, version: &str) -> Arc<[CallMeters; 2]> {
         const MAX_METERED_VERSIONS: usize = 32;
-        let find = |list: &[(Arc<str>, Arc<[CallMeters; 2]>)], version: &str| {
-            list.iter().find(|(v, _)| **v == *version).map(|(_, m)| m.clone())
-        };
+        let find =
+            |list: &[VersionMeters], version: &str| list.iter().find(|(v, _)| **v == *version).map(|(_, m)| m.clone());
         if let Some(found) = self.meters.read().ok().and_then(|list| find(&list, version)) {
             return found;
         }
@@ -162,7 +164,8 @@ impl Dependency {
 
     fn register_meters(&self, version: &str) -> [CallMeters; 2] {
         ["ok", "error"].map(|outcome| {
-            let labels = [("service", self.name.clone()), ("version", version.to_string()), ("outcome", outcome.to_string())];
+            let labels =
+                [("service", self.name.clone()), ("version", version.to_string()), ("outcome", outcome.to_string())];
             CallMeters {
                 calls: metrics::counter!("grpc_client_requests_total", &labels),
                 latency: metrics::histogram!("grpc_client_request_duration_seconds", &labels),

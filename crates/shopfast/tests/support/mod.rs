@@ -189,6 +189,8 @@ pub struct Up {
     /// The console's URL, unless started with `--no-console`.
     pub console: Option<String>,
     pub registry: String,
+    /// The deploy controller's URL.
+    pub deployer: String,
     /// Where `up` keeps its certificates (`<data>/tls`).
     pub tls_dir: std::path::PathBuf,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -205,7 +207,7 @@ impl Up {
         let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let (mut gateway, mut api_key, mut loadgen, mut console) = (String::new(), String::new(), None, None);
-        let mut registry = String::new();
+        let (mut registry, mut deployer) = (String::new(), String::new());
         let started = Instant::now();
         loop {
             let line = stdout.next().expect("up exited before it was ready").expect("stdout line");
@@ -216,6 +218,8 @@ impl Up {
                 loadgen = rest.split_whitespace().next().map(str::to_string);
             } else if let Some(rest) = line.strip_prefix("Console: ") {
                 console = rest.split_whitespace().next().map(str::to_string);
+            } else if let Some(rest) = line.strip_prefix("Deployer: ") {
+                deployer = rest.split_whitespace().next().unwrap_or_default().to_string();
             } else if let Some(rest) = line.strip_prefix("shopfast is up. Registry: ") {
                 registry = rest.trim().to_string();
             } else if line.starts_with("Logs:") {
@@ -225,7 +229,8 @@ impl Up {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in stdout {});
-        Self { child, gateway, api_key, loadgen, console, registry, tls_dir: data.join("tls"), stderr: Some(stderr) }
+        let tls_dir = data.join("tls");
+        Self { child, gateway, api_key, loadgen, console, registry, deployer, tls_dir, stderr: Some(stderr) }
     }
 
     /// An HTTP client that trusts the stack's CA and presents the operator's

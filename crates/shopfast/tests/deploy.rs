@@ -1,0 +1,403 @@
+//! Blue-green deploys against a running `shopfast up`, as an operator runs
+//! them: `shopfast deploy`, `shopfast rollout status`, `shopfast rollback`,
+//! under a steady open-loop load through the gateway that counts every
+//! answer (any 5xx, connection error or timeout is a failure). A green that
+//! fails its smoke suite, a green that is slow under real traffic, a
+//! controller killed mid-deploy, a registry killed mid-deploy, and garbage.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{SHOPFAST, Shopper, Up, child_pids, eventually, signal};
+
+/// One answer of the load.
+#[derive(Clone, Copy)]
+struct Outcome {
+    at: Instant,
+    /// When it was sent, wall clock (to line up with a rollout's steps).
+    wall_ms: i64,
+    /// 0: no answer (connection error or timeout).
+    status: u16,
+    took: Duration,
+}
+
+/// An open-loop load through the gateway: `rate` requests/s whatever the
+/// answers do, nine reads for each order.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: tokio::task::JoinHandle<Vec<Outcome>>,
+}
+
+impl Load {
+    /// `orders_every`: one request in that many is an order.
+    async fn start(up: &Up, key: &str, rate: u32) -> Self {
+        Self::start_mixed(up, key, rate, 10).await
+    }
+
+    async fn start_mixed(up: &Up, key: &str, rate: u32, orders_every: u64) -> Self {
+        let shopper =
+            Arc::new(Shopper::sign_up(&up.gateway, key, &format!("load-{}@test.invalid", std::process::id())).await);
+        let product = shopper.product_in_stock().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let done = tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut n = 0u64;
+            while !flag.load(Ordering::SeqCst) {
+                tick.tick().await;
+                n += 1;
+                let (shopper, product, tx) = (shopper.clone(), product.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let request = if n.is_multiple_of(orders_every) {
+                        shopper
+                            .request(Method::POST, "/v1/orders")
+                            .header("idempotency-key", format!("load-{n}-{}", std::process::id()))
+                            .json(&Shopper::order_of(&product, "4242424242424242"))
+                    } else {
+                        shopper.request(Method::GET, &format!("/v1/products/{product}"))
+                    };
+                    let (at, wall_ms) = (Instant::now(), kit::time::now_millis());
+                    let status = match request.timeout(Duration::from_secs(10)).send().await {
+                        Ok(response) => response.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    let _ = tx.send(Outcome { at, wall_ms, status, took: at.elapsed() });
+                });
+            }
+            drop(tx);
+            let mut outcomes = Vec::new();
+            while let Some(outcome) = rx.recv().await {
+                outcomes.push(outcome);
+            }
+            outcomes
+        });
+        Self { stop, done }
+    }
+
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.done.await.unwrap()
+    }
+}
+
+/// Failures (5xx, no answer) and a summary line.
+fn failures(outcomes: &[Outcome], what: &str) -> usize {
+    let failed: Vec<u16> = outcomes.iter().filter(|o| o.status == 0 || o.status >= 500).map(|o| o.status).collect();
+    let mut took: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
+    took.sort();
+    let at = |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied();
+    let span = match (outcomes.iter().map(|o| o.at).min(), outcomes.iter().map(|o| o.at).max()) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64().max(0.001),
+        _ => 0.001,
+    };
+    eprintln!(
+        "{what}: {} answers in {span:.1} s ({:.0}/s), {} failed {:?}, p50 {:?} p99 {:?}",
+        outcomes.len(),
+        outcomes.len() as f64 / span,
+        failed.len(),
+        &failed[..failed.len().min(10)],
+        at(0.5),
+        at(0.99)
+    );
+    failed.len()
+}
+
+fn loadgen_key(data: &std::path::Path) -> String {
+    std::fs::read_to_string(data.join("secrets/loadgen_key")).unwrap().trim().to_string()
+}
+
+/// `shopfast <args> --deployer-url … --tls-dir …` to its end.
+async fn shopfast(up: &Up, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(SHOPFAST);
+    command.args(args).args(["--deployer-url", &up.deployer, "--tls-dir", up.tls_dir.to_str().unwrap()]);
+    let out = command.output().await.unwrap();
+    eprintln!(
+        "$ shopfast {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Thresholds that CPU noise on a shared test box cannot trip; regressions
+/// the tests plant (hundreds of ms) still do.
+const CALM: &[&str] = &["--watch-secs", "3", "--standby-secs", "1", "--p95-tolerance", "3", "--p95-slack-ms", "50"];
+
+fn deploy_args<'a>(service: &'a str, version: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["deploy", service, "--strategy", "blue-green", "--version", version];
+    args.extend_from_slice(CALM);
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn rollout(up: &Up, service: &str) -> Value {
+    let url = format!("{}/v1/services/{service}/rollout", up.deployer);
+    up.registry_http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn policy(up: &Up, service: &str) -> Value {
+    let url = format!("{}/v1/policies/{service}", up.registry);
+    up.registry_http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The versions of `service`'s registered instances.
+async fn versions(up: &Up, service: &str) -> Vec<String> {
+    let mut versions: Vec<String> = support::instances(up, service)
+        .await
+        .iter()
+        .map(|i| i["version"].as_str().unwrap_or_default().to_string())
+        .collect();
+    versions.sort();
+    versions.dedup();
+    versions
+}
+
+async fn wait_for_phase(up: &Up, service: &str, phases: &[&str], within: Duration) -> Value {
+    let mut last = Value::Null;
+    let found = tokio::time::timeout(within, async {
+        loop {
+            last = rollout(up, service).await;
+            if phases.contains(&last["phase"].as_str().unwrap_or_default()) {
+                return last.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{service} not {phases:?} within {within:?}: {last:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_and_rolls_back_without_a_failed_request() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
+    let blue = versions(&up, "products").await;
+    assert_eq!(blue.len(), 1, "{blue:?}");
+    let load = Load::start(&up, &loadgen_key(data.path()), 200).await;
+
+    // A switch: green started beside blue, smoke-tested, all traffic moved.
+    let out = shopfast(&up, &deploy_args("products", "v2", &["--replicas", "2"])).await;
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for step in ["pinned blue", "started green", "smoke passed", "switched to green", "window passed", "stopped"] {
+        assert!(printed.contains(step), "{step} missing from:\n{printed}");
+    }
+    let now = policy(&up, "products").await;
+    assert_eq!(now["weights"], json!({ "v2": 100 }), "{now:#}");
+    eventually(Duration::from_secs(20), "blue retired", || async { versions(&up, "products").await == ["v2"] }).await;
+
+    // A rollback on request while v3 is watched: back to v2 at once.
+    let out = shopfast(&up, &deploy_args("products", "v3", &["--watch-secs", "120", "--detach"])).await;
+    assert!(out.status.success());
+    wait_for_phase(&up, "products", &["watching"], Duration::from_secs(60)).await;
+    let out = shopfast(&up, &["rollback", "products", "--reason", "operator changed their mind"]).await;
+    assert!(out.status.success());
+    // Back at once, in the rollback's own request (v3 leaves the policy once stopped).
+    assert_eq!(policy(&up, "products").await["weights"]["v2"], 100);
+    let ended = wait_for_phase(&up, "products", &["rolled_back"], Duration::from_secs(30)).await;
+    assert!(ended["reason"].as_str().unwrap().contains("operator changed their mind"), "{ended:#}");
+    eventually(Duration::from_secs(20), "green retired", || async { versions(&up, "products").await == ["v2"] }).await;
+
+    // A green that is slow under real traffic (it passes the smoke suite,
+    // only warned about) is rolled back automatically in the window.
+    let slow = data.path().join("slow.toml");
+    std::fs::write(
+        &slow,
+        // (Shedding off: this green is meant to be slow, not to refuse.)
+        "[products.shedding]\nenabled = false\n[products.faults]\nenabled = true\n[[products.faults.rules]]\n\
+         method = \"/shopfast.products.v1.ProductService/GetProduct\"\nlatency_ms = 150\n",
+    )
+    .unwrap();
+    let slow_arg = format!("--arg={}", slow.display());
+    let out = shopfast(
+        &up,
+        &deploy_args("products", "v4", &["--watch-secs", "60", "--min-requests", "30", "--arg=--config", &slow_arg]),
+    )
+    .await;
+    assert!(!out.status.success(), "a slow green must not succeed");
+    let ended = rollout(&up, "products").await;
+    assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
+    assert!(ended["reason"].as_str().unwrap().contains("rolled back automatically"), "{ended:#}");
+    assert_eq!(policy(&up, "products").await["weights"], json!({ "v2": 100 }));
+
+    let outcomes = load.finish().await;
+    assert_eq!(failures(&outcomes, "load across switch, rollback and automatic rollback"), 0);
+    assert!(outcomes.len() > 1_000, "the load ran: {}", outcomes.len());
+
+    // The record: status from the CLI, events in the metrics.
+    let out = shopfast(&up, &["rollout", "status", "products"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled_back"));
+    let metrics =
+        up.registry_http().get(format!("{}/metrics", up.deployer)).send().await.unwrap().text().await.unwrap();
+    for event in ["started", "switched", "succeeded", "rolled_back"] {
+        let labels = format!(r#"event="{event}",service="products""#);
+        assert!(
+            support::sample(&metrics, "deploy_events_total", &labels).is_some_and(|n| n >= 1.0),
+            "{event}: {metrics}"
+        );
+    }
+    support::promtool_accepts(&metrics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbage() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
+    let blue = versions(&up, "products").await.remove(0);
+    let load = Load::start(&up, &loadgen_key(data.path()), 100).await;
+    let operator = up.registry_http();
+    let rollouts = format!("{}/v1/rollouts", up.deployer);
+
+    // Garbage: clear errors, nothing started.
+    let bad: &[(Value, &str)] = &[
+        (json!({ "service": "nope", "strategy": "blue-green", "version": "v2" }), "service must be one of"),
+        (json!({ "service": "products", "strategy": "blue-green", "version": "v 2" }), "version must be"),
+        (json!({ "service": "products", "strategy": "yolo", "version": "v2" }), "strategy"),
+        (json!({ "service": "products", "strategy": "blue-green", "version": "v2", "replicas": 99 }), "replicas"),
+        (json!({ "service": "products", "strategy": "blue-green", "version": &blue }), "already serves"),
+        (json!({ "service": "products", "strategy": "blue-green", "version": "v2", "extra": 1 }), "unknown field"),
+    ];
+    for (body, expected) in bad {
+        let response = operator.post(&rollouts).json(body).send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT, "{body}: {status} {text}");
+        assert!(text.contains(expected), "{body}: {text}");
+    }
+    let response = operator.post(&rollouts).body("{not json").header("content-type", "application/json").send().await;
+    assert_eq!(response.unwrap().status(), StatusCode::BAD_REQUEST);
+    let rollback = format!("{}/v1/services/products/rollback", up.deployer);
+    assert_eq!(operator.post(&rollback).send().await.unwrap().status(), StatusCode::CONFLICT, "nothing to roll back");
+    // Without the operator's certificate: may read, may not deploy.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(up.tls_dir.join("ca.pem")).unwrap()).unwrap();
+    let stranger = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let body = json!({ "service": "products", "strategy": "blue-green", "version": "v2" });
+    assert_eq!(stranger.post(&rollouts).json(&body).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(stranger.get(&rollouts).send().await.unwrap().status(), StatusCode::OK);
+    // A binary that is not there: refused by the supervisor, the rollout aborted.
+    let out = shopfast(&up, &deploy_args("products", "v2", &["--binary", "/nonexistent/shopfast"])).await;
+    assert!(!out.status.success());
+    assert!(rollout(&up, "products").await["reason"].as_str().unwrap().contains("not an executable"));
+    assert_eq!(versions(&up, "products").await, std::slice::from_ref(&blue));
+
+    // A green whose orders fail: the smoke suite catches it, no user ever reaches it.
+    let faulty = data.path().join("faulty.toml");
+    std::fs::write(
+        &faulty,
+        "[products.faults]\nenabled = true\n[[products.faults.rules]]\n\
+         method = \"/shopfast.products.v1.ProductService/ReserveInventory\"\nerror_rate = 1.0\nerror_code = \"INTERNAL\"\n",
+    )
+    .unwrap();
+    let faulty_arg = format!("--arg={}", faulty.display());
+    let out = shopfast(&up, &deploy_args("products", "v-bad", &["--arg=--config", &faulty_arg])).await;
+    assert!(!out.status.success());
+    let ended = rollout(&up, "products").await;
+    assert_eq!(ended["phase"], "aborted", "{ended:#}");
+    assert!(ended["reason"].as_str().unwrap().contains("smoke test failed"), "{ended:#}");
+    let steps = ended["steps"].to_string();
+    assert!(!steps.contains("switched to green"), "{ended:#}");
+    assert_eq!(policy(&up, "products").await["weights"], json!({ &blue: 100 }));
+    eventually(Duration::from_secs(20), "the bad green stopped", || async {
+        versions(&up, "products").await == [blue.clone()]
+    })
+    .await;
+
+    // One deploy at a time per service; the controller killed mid-deploy
+    // comes back (up restarts it), resumes, and the deploy finishes.
+    let out = shopfast(&up, &deploy_args("products", "v2", &["--watch-secs", "8", "--detach"])).await;
+    assert!(out.status.success());
+    let second = operator.post(&rollouts).json(&body).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::CONFLICT, "{}", second.text().await.unwrap());
+    wait_for_phase(&up, "products", &["validating", "smoke"], Duration::from_secs(30)).await;
+    let pids = child_pids(data.path(), "deployer");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    signal(pids[0], "-KILL");
+    let watching = wait_for_phase(&up, "products", &["watching"], Duration::from_secs(60)).await;
+    // And the registry killed while green is watched: clients keep the last
+    // policy they saw; up restarts it; the deploy goes on.
+    let registry = child_pids(data.path(), "registry");
+    assert_eq!(registry.len(), 1);
+    signal(registry[0], "-KILL");
+    let out = shopfast(&up, &["rollout", "status", "products", "--watch"]).await;
+    assert!(out.status.success(), "{watching:#}");
+    assert_eq!(rollout(&up, "products").await["phase"], "succeeded");
+    eventually(Duration::from_secs(20), "v2 alone", || async { versions(&up, "products").await == ["v2"] }).await;
+
+    let outcomes = load.finish().await;
+    assert_eq!(failures(&outcomes, "load across aborts, controller and registry kills"), 0);
+}
+
+/// The answers sent in `[from, to)` (wall-clock ms): count, failures, p50/p99.
+fn window(outcomes: &[Outcome], from: i64, to: i64) -> String {
+    let mut took: Vec<f64> =
+        outcomes.iter().filter(|o| (from..to).contains(&o.wall_ms)).map(|o| o.took.as_secs_f64() * 1e3).collect();
+    let failed =
+        outcomes.iter().filter(|o| (from..to).contains(&o.wall_ms) && (o.status == 0 || o.status >= 500)).count();
+    took.sort_by(f64::total_cmp);
+    let q =
+        |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let secs = ((to - from) as f64 / 1e3).max(0.001);
+    format!("{:>7} {:>7.0} {:>6} {:>8.1} {:>8.1}", took.len(), took.len() as f64 / secs, failed, q(0.5), q(0.99))
+}
+
+/// When the rollout recorded `event` (wall-clock ms).
+fn step_at(rollout: &Value, event: &str) -> i64 {
+    rollout["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["event"] == event))
+        .and_then(|s| s["at_ms"].as_i64())
+        .unwrap_or_else(|| panic!("no step {event:?} in {rollout:#}"))
+}
+
+/// The figures of scripts/bench-bluegreen.sh: a switch and a rollback under
+/// BENCH_RATE requests/s (default 1000; one in BENCH_ORDERS_EVERY is an
+/// order, default 20), every answer counted, p50/p99 before, during (the two
+/// seconds around the policy change) and after. Run it from the script.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: scripts/bench-bluegreen.sh runs it"]
+async fn bench_blue_green_under_load() {
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (rate, orders_every) = (env("BENCH_RATE", 1_000) as u32, env("BENCH_ORDERS_EVERY", 20));
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
+    let load = Load::start_mixed(&up, &loadgen_key(data.path()), rate, orders_every).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let args = ["deploy", "products", "--version", "v2", "--watch-secs", "10", "--standby-secs", "5"];
+    assert!(shopfast(&up, &args).await.status.success());
+    let switched = rollout(&up, "products").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let args = ["deploy", "products", "--version", "v3", "--watch-secs", "300", "--detach"];
+    assert!(shopfast(&up, &args).await.status.success());
+    wait_for_phase(&up, "products", &["watching"], Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(shopfast(&up, &["rollback", "products", "--reason", "bench"]).await.status.success());
+    let rolled = wait_for_phase(&up, "products", &["rolled_back"], Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let outcomes = load.finish().await;
+    let total_failed = failures(&outcomes, "the whole run");
+    println!("\nrate {rate}/s, one order in {orders_every}; {} answers, {total_failed} failed", outcomes.len());
+    println!("{:<22} {:>7} {:>7} {:>6} {:>8} {:>8}", "window", "answers", "req/s", "failed", "p50 ms", "p99 ms");
+    for (what, rollout, event) in
+        [("switch", &switched, "switched to green"), ("rollback", &rolled, "switched back to blue")]
+    {
+        let at = step_at(rollout, event);
+        for (name, from, to) in [
+            ("before", at - 5_000, at - 1_000),
+            ("during (±1 s)", at - 1_000, at + 1_000),
+            ("after", at + 1_000, at + 5_000),
+        ] {
+            println!("{:<22} {}", format!("{what} {name}"), window(&outcomes, from, to));
+        }
+    }
+    assert_eq!(total_failed, 0);
+}
