@@ -25,6 +25,10 @@ use crate::store::{RolloutStore, StoreError};
 
 /// How often a waiting phase looks again.
 const TICK: Duration = Duration::from_millis(500);
+/// How long green may be missing from the registry (or not answer) in the
+/// window before that counts as a regression: a registry restart takes a
+/// heartbeat or two to be whole again.
+const GREEN_MISSING_GRACE_MS: i64 = 10_000;
 /// Finished rollouts kept per service.
 const KEEP_FINISHED: i64 = 50;
 
@@ -57,6 +61,11 @@ pub struct Controller {
     /// One writer at a time per rollout: its task, or a request from the API.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     shutdown: CancellationToken,
+}
+
+/// `12 ms`, or `unknown` without latency samples.
+fn p95_text(p95_ms: Option<f64>) -> String {
+    p95_ms.map_or_else(|| "unknown".into(), |ms| format!("{ms:.0} ms"))
 }
 
 fn event(service: &str, event: &'static str) {
@@ -102,6 +111,15 @@ impl Controller {
         let active = self.store.all_active().await?;
         for rollout in &active {
             tracing::info!(rollout = %rollout.id, service = %rollout.service, phase = rollout.phase.name(), "resuming rollout");
+            let mut resumed = rollout.clone();
+            resumed.record(
+                now_millis(),
+                "resumed",
+                format!("the controller restarted; going on at {}", rollout.phase.name()),
+            );
+            if let Err(err) = self.store.save(&resumed, rollout.phase).await {
+                tracing::warn!(rollout = %rollout.id, error = %err, "could not record the resumption");
+            }
             self.spawn(rollout.id.clone());
         }
         metrics::gauge!("deploy_rollouts_active").set(active.len() as f64);
@@ -504,10 +522,10 @@ impl Controller {
             || "no baseline from blue".to_string(),
             |b| {
                 format!(
-                    "blue's baseline: {} requests, {:.2} % errors, p95 {:?} ms",
+                    "blue's baseline: {} requests, {:.2} % errors, p95 {}",
                     b.requests,
                     b.error_rate() * 100.0,
-                    b.p95_ms.map(|p| p.round())
+                    p95_text(b.p95_ms)
                 )
             },
         );
@@ -525,8 +543,23 @@ impl Controller {
         };
         let now = now_millis();
         let totals = self.registry.totals(&green.iter().collect::<Vec<_>>()).await;
+        // Green missing for a moment is not yet a regression: a registry
+        // that restarted lists instances again only as they heartbeat.
+        let missing_for = match &totals {
+            None => now - *rollout.green_missing_since_ms.get_or_insert(now),
+            Some(_) => {
+                rollout.green_missing_since_ms = None;
+                0
+            }
+        };
         let verdict = match (&totals, &rollout.green_mark) {
-            (None, _) => Verdict::Regressed("no green instance answers (all gone or unreachable)".into()),
+            (None, _) if missing_for < GREEN_MISSING_GRACE_MS => {
+                Verdict::Inconclusive("no green instance listed or answering yet".into())
+            }
+            (None, _) => Verdict::Regressed(format!(
+                "no green instance has answered for {} s (all gone or unreachable)",
+                missing_for / 1_000
+            )),
             (Some(totals), Some(mark)) => {
                 let observed = Red::of(&totals.since(mark));
                 let verdict = judge(&observed, rollout.baseline.as_ref(), &rollout.analysis);
@@ -556,12 +589,9 @@ impl Controller {
         }
         let detail = match (&verdict, &rollout.observed) {
             (Verdict::Inconclusive(why), _) => format!("inconclusive, kept: {why}"),
-            (_, Some(o)) => format!(
-                "{} requests, {:.2} % errors, p95 {:?} ms",
-                o.requests,
-                o.error_rate() * 100.0,
-                o.p95_ms.map(|p| p.round())
-            ),
+            (_, Some(o)) => {
+                format!("{} requests, {:.2} % errors, p95 {}", o.requests, o.error_rate() * 100.0, p95_text(o.p95_ms))
+            }
             _ => String::new(),
         };
         rollout.record(now, "window passed", detail);

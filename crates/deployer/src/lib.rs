@@ -87,7 +87,19 @@ impl RunningDeployer {
     }
 }
 
+/// HELP text of the deployer's own metrics (the recorder first: a
+/// description given before it exists is lost).
+fn describe_metrics() {
+    kit::metrics::prometheus();
+    metrics::describe_counter!(
+        "deploy_events_total",
+        "Rollout events by service, strategy and event (started, switched, succeeded, rolled_back, aborted)."
+    );
+    metrics::describe_gauge!("deploy_rollouts_active", "Rollouts in progress.");
+}
+
 pub async fn start(config: DeployerConfig, shutdown: CancellationToken) -> Result<RunningDeployer, StartError> {
+    describe_metrics();
     let api_key = config.api_key.clone().ok_or_else(|| {
         StartError::Config(
             "no api_key: the smoke suite needs an admin API key of the gateway \

@@ -258,6 +258,9 @@ pub struct Rollout {
     pub green_mark: Option<Totals>,
     #[serde(default)]
     pub watch_until_ms: Option<i64>,
+    /// Since when no green instance has been listed or answered in the window.
+    #[serde(default)]
+    pub green_missing_since_ms: Option<i64>,
     #[serde(default)]
     pub standby_until_ms: Option<i64>,
     #[serde(default)]
@@ -294,6 +297,7 @@ impl Rollout {
             baseline: None,
             green_mark: None,
             watch_until_ms: None,
+            green_missing_since_ms: None,
             standby_until_ms: None,
             smoke_latency: None,
             observed: None,

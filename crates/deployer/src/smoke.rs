@@ -113,7 +113,8 @@ impl Smoke {
         )
         .await?;
         done.push("catalogue read".into());
-        let email = format!("smoke-{run_id}-{}@deploy.shopfast.invalid", uuid::Uuid::now_v7().simple());
+        // The local part stays within 64 bytes; the rollout is in the domain.
+        let email = format!("smoke-{}@{run_id}.deploy.shopfast.invalid", uuid::Uuid::now_v7().simple());
         let password = format!("smoke-{}", uuid::Uuid::now_v7().simple());
         let signup = json!({ "email": email, "password": password, "name": "Smoke Test" });
         let user = self
@@ -136,12 +137,20 @@ impl Smoke {
             let path = format!("/v1/orders/{order_id}");
             let order =
                 self.expect("read the order", self.request(Method::GET, &path, target, Some(token)), &[200]).await?;
-            match order["status"].as_str().unwrap_or_default() {
+            let status = order["status"].as_str().unwrap_or_default().trim_start_matches("ORDER_STATUS_");
+            match status {
                 "PAID" | "SHIPPED" | "DELIVERED" => return Ok(()),
                 "PENDING" | "CREATED" if started.elapsed() < ORDER_SETTLES_WITHIN => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                other => return Err(format!("the smoke order ended {other}: {order}")),
+                "PENDING" | "CREATED" => {
+                    let within = ORDER_SETTLES_WITHIN.as_secs();
+                    return Err(format!("the smoke order {order_id} was still {status} after {within} s"));
+                }
+                other => {
+                    let reason = order["failureReason"].as_str().unwrap_or_default();
+                    return Err(format!("the smoke order {order_id} ended {other}: {reason}"));
+                }
             }
         }
     }

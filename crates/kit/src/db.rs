@@ -141,7 +141,15 @@ impl Db {
 /// same migration (SQLite has no migration lock, PostgreSQL takes an advisory
 /// one); the loser sees "already exists", so it retries and then finds the
 /// migration applied.
+///
+/// Migrations the database has and this build does not know are accepted:
+/// blue and green share a database, and the old version must keep running —
+/// and restart — on a schema the new one expanded (see ARCHITECTURE.md,
+/// expand/contract). A migration both know must still match byte for byte.
 async fn run_migrations(pool: &AnyPool, backend: Backend, migrator: &Migrator) -> Result<(), DbError> {
+    let mut tolerant = Migrator::with_migrations(migrator.iter().cloned().collect());
+    tolerant.set_ignore_missing(true);
+    let migrator = &tolerant;
     let mut attempt = 0;
     loop {
         match migrator.run(pool).await {
