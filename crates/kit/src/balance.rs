@@ -305,7 +305,18 @@ impl Balancer {
             Some(p) => tracing::info!(service = %service, index, weights = ?p.weights, "traffic policy applied"),
             None => tracing::info!(service = %service, "traffic policy removed; every instance alike"),
         }
-        metrics::gauge!("client_traffic_policy_index", "service" => service).set(index as f64);
+        metrics::gauge!("client_traffic_policy_index", "service" => service.clone()).set(index as f64);
+        // The live weights; a version that left the policy reads 0.
+        let weights = |p: &Option<TrafficPolicy>| p.as_ref().map(|p| p.weights.clone()).unwrap_or_default();
+        let (before, after) = (weights(&current), weights(&policy));
+        for version in before.keys().filter(|v| !after.contains_key(*v)) {
+            metrics::gauge!("client_traffic_weight_percent", "service" => service.clone(), "version" => version.clone())
+                .set(0.0);
+        }
+        for (version, weight) in &after {
+            metrics::gauge!("client_traffic_weight_percent", "service" => service.clone(), "version" => version.clone())
+                .set(f64::from(*weight));
+        }
         self.inner.policy.store(policy.map(|p| Arc::new(Router::new(p))));
     }
 

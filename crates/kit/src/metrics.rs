@@ -52,12 +52,12 @@ fn describe_all() {
     // Clients (gateway → services, service → service), per dependency
     describe_counter!(
         "grpc_client_requests_total",
-        "Calls to a dependency that reached it, by service and outcome (error = a server-side failure)."
+        "Calls to a dependency that reached it, by service, the version that answered, and outcome (error = a server-side failure)."
     );
     describe_histogram!(
         "grpc_client_request_duration_seconds",
         Unit::Seconds,
-        "Latency of calls to a dependency until their status, by service and outcome."
+        "Latency of calls to a dependency until their status, by service, version and outcome."
     );
     describe_counter!(
         "idempotency_requests_total",
@@ -146,6 +146,14 @@ fn describe_all() {
     describe_counter!("deferred_calls_refused_total", "Writes the queue fallback refused because the queue was full.");
     describe_counter!("client_no_instance_total", "Calls with no healthy instance to go to.");
     describe_gauge!("client_instances", "Instances in a client's load-balancing pool.");
+    describe_gauge!(
+        "client_traffic_policy_index",
+        "The registry index of the traffic policy a client applies, by service."
+    );
+    describe_gauge!(
+        "client_traffic_weight_percent",
+        "The share of traffic a client's policy gives each version of a service (0 = reachable by override only)."
+    );
     // Discovery and registry
     describe_counter!("discovery_registrations_total", "Registrations with the registry, by outcome.");
     describe_counter!("discovery_heartbeat_failures_total", "Heartbeats the registry did not accept.");

@@ -212,6 +212,13 @@ async fn blue_green_switches_and_rolls_back_without_a_failed_request() {
     let now = policy(&up, "products").await;
     assert_eq!(now["weights"], json!({ "v2": 100 }), "{now:#}");
     eventually(Duration::from_secs(20), "blue retired", || async { versions(&up, "products").await == ["v2"] }).await;
+    // The gateway's view: the live weights, and calls counted by the version that answered.
+    let gateway = reqwest::get(format!("{}/metrics", up.gateway)).await.unwrap().text().await.unwrap();
+    let weight = support::sample(&gateway, "client_traffic_weight_percent", r#"version="v2""#);
+    assert_eq!(weight, Some(100.0), "{gateway}");
+    let by_version = support::sample(&gateway, "grpc_client_requests_total", r#"version="v2",outcome="ok""#);
+    let client_lines: Vec<&str> = gateway.lines().filter(|l| l.starts_with("grpc_client_requests_total")).collect();
+    assert!(by_version.is_some_and(|n| n > 0.0), "{client_lines:#?}");
 
     // A rollback on request while v3 is watched: back to v2 at once.
     let out = shopfast(&up, &deploy_args("products", "v3", &["--watch-secs", "120", "--detach"])).await;
@@ -356,6 +363,42 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
 
     let outcomes = load.finish().await;
     assert_eq!(failures(&outcomes, "load across aborts, controller and registry kills"), 0);
+}
+
+/// Where instances are started by someone else (compose, Kubernetes), a
+/// deploy waits for instances of the version to register, then goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waits_for_instances_someone_else_starts() {
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
+    let out = shopfast(&up, &deploy_args("products", "v9", &["--no-start", "--detach"])).await;
+    assert!(out.status.success());
+    let waiting = wait_for_phase(&up, "products", &["validating"], Duration::from_secs(20)).await;
+    assert!(!waiting["steps"].to_string().contains("started green"), "{waiting:#}");
+    // Someone else starts v9, as a deploy pipeline would.
+    let tls = up.tls_dir.to_str().unwrap();
+    let green = support::Proc::start(&[
+        "products",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--registry-url",
+        &up.registry,
+        "--tls-dir",
+        tls,
+        "--version",
+        "v9",
+        "--track",
+        "green",
+    ]);
+    let out = shopfast(&up, &["rollout", "status", "products", "--watch"]).await;
+    assert!(out.status.success());
+    assert_eq!(policy(&up, "products").await["weights"], json!({ "v9": 100 }));
+    eventually(Duration::from_secs(20), "v9 alone", || async { versions(&up, "products").await == ["v9"] }).await;
+    drop(green);
 }
 
 /// The answers sent in `[from, to)` (wall-clock ms): count, failures, p50/p99.
