@@ -29,6 +29,7 @@
 #   BIN=/tmp/other/shopfast scripts/bench-gateway.sh   # measure another build (A/B)
 #   BASELINE_BIN=/tmp/old/shopfast scripts/bench-gateway.sh   # also a gateway of another build,
 #                                      # interleaved in the same rounds: an A/B on equal terms
+#   POLICY=1 scripts/bench-gateway.sh   # with a traffic policy in force (the versioned pick's full cost)
 #   SYSCALLS=1 scripts/bench-gateway.sh   # also count the proxies' system calls per request (perf)
 #   PIN=1 scripts/bench-gateway.sh   # proxies on CPU 1, backend and h2load on CPU 0
 #   HTTP1=1 scripts/bench-gateway.sh   # also HTTP/1.1 (wrk): the gateway, and nginx proxying
@@ -176,6 +177,16 @@ if [ -n "$baseline_pid" ]; then
   for _ in $(seq 1 100); do curl -fs -H 'x-api-key: bench-key' "$baseline_url/v1/products?pageSize=1" > /dev/null 2>&1 && break; sleep 0.2; done
 fi
 product_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["products"][0]["id"])' "$work/page.json")
+# POLICY=1: a traffic policy in force for products (its one version at 100 %,
+# sticky by client), so the gateway hashes every request's key into the
+# weights before picking an instance — the versioned pick at its full cost.
+if [ "${POLICY:-0}" = 1 ]; then
+  version=$(curl -fs "http://127.0.0.1:$registry_port/v1/services/products" | python3 -c 'import json,sys; print(json.load(sys.stdin)["instances"][0]["version"])')
+  curl -fs -X PUT "http://127.0.0.1:$registry_port/v1/policies/products" -H 'content-type: application/json' \
+    -d "{\"weights\": {\"$version\": 100}, \"sticky\": \"client\", \"reason\": \"bench\"}" > /dev/null
+  sleep 1
+  echo "traffic policy: products $version at 100 %, sticky by client"
+fi
 # gRPC frame of GetProductRequest{product_id}: 0 (uncompressed), 4-byte length, protobuf.
 frame() { # product-id file: the GetProductRequest frame
 python3 - "$1" "$2" <<'PY'

@@ -309,6 +309,12 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
     let body = json!({ "service": "products", "strategy": "blue-green", "version": "v2" });
     assert_eq!(stranger.post(&rollouts).json(&body).send().await.unwrap().status(), StatusCode::FORBIDDEN);
     assert_eq!(stranger.get(&rollouts).send().await.unwrap().status(), StatusCode::OK);
+    for (path, status) in [("/v1/rollouts?limit=abc", 400), ("/v1/rollouts?limit=0", 400), ("/v1/rollouts/nope", 404)] {
+        let response = operator.get(format!("{}{path}", up.deployer)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+    }
+    control_api_refuses_strangers_and_garbage(&up, data.path()).await;
+
     // A binary that is not there: refused by the supervisor, the rollout aborted.
     let out = shopfast(&up, &deploy_args("products", "v2", &["--binary", "/nonexistent/shopfast"])).await;
     assert!(!out.status.success());
@@ -363,6 +369,59 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
 
     let outcomes = load.finish().await;
     assert_eq!(failures(&outcomes, "load across aborts, controller and registry kills"), 0);
+}
+
+/// A client presenting `identity`'s certificate from up's TLS directory.
+fn client_as(up: &Up, identity: &str) -> reqwest::Client {
+    let read = |name: String| std::fs::read(up.tls_dir.join(name)).unwrap();
+    let ca = reqwest::Certificate::from_pem(&read("ca.pem".into())).unwrap();
+    let pem = [read(format!("{identity}.pem")), read(format!("{identity}-key.pem"))].concat();
+    let identity = reqwest::Identity::from_pem(&pem).unwrap();
+    reqwest::Client::builder().add_root_certificate(ca).identity(identity).build().unwrap()
+}
+
+/// up's control API (it starts programs): only the operator and the deploy
+/// controller, clear errors for garbage, nothing started by it.
+async fn control_api_refuses_strangers_and_garbage(up: &Up, data: &std::path::Path) {
+    let pid = child_pids(data, "deployer")[0];
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    let at = args.iter().position(|a| *a == "--supervisor-url").unwrap();
+    let instances = format!("{}/v1/instances", args[at + 1]);
+    // No certificate: the handshake itself fails. Another service's: refused.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(up.tls_dir.join("ca.pem")).unwrap()).unwrap();
+    let anonymous = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    assert!(anonymous.get(&instances).send().await.is_err(), "a client without a certificate got through");
+    let gateway = client_as(up, "gateway");
+    let response = gateway.get(&instances).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let operator = client_as(up, "operator");
+    let listed: Value = operator.get(&instances).send().await.unwrap().json().await.unwrap();
+    let before = listed["instances"].as_array().unwrap().len();
+    assert!(before >= 4, "{listed:#}");
+    let bad: &[(Value, &str)] = &[
+        (json!({ "service": "gateway", "version": "v2", "key": "k" }), "service must be one of"),
+        (json!({ "service": "products", "version": "../v2", "key": "k" }), "version must be"),
+        (json!({ "service": "products", "version": "v2", "key": "k", "replicas": 0 }), "replicas"),
+        (json!({ "service": "products", "version": "v2", "key": "k", "track": "Green!" }), "track"),
+        (json!({ "service": "products", "version": "v2", "key": "" }), "key"),
+        (json!({ "service": "products", "version": "v2" }), "key"),
+        (json!({ "service": "products", "version": "v2", "key": "k", "args": ["a\u{0}b"] }), "args"),
+    ];
+    for (body, expected) in bad {
+        let response = operator.post(&instances).json(body).send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+        assert!(text.contains(expected), "{body}: {text}");
+    }
+    let response = operator.post(&instances).body("[1,").header("content-type", "application/json").send().await;
+    assert_eq!(response.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(operator.delete(&instances).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let gone = operator.delete(format!("{instances}?service=products&version=never-ran")).send().await.unwrap();
+    assert_eq!(gone.json::<Value>().await.unwrap()["stopped"], json!([]));
+    let after: Value = operator.get(&instances).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["instances"].as_array().unwrap().len(), before, "garbage started or stopped something");
 }
 
 /// Where instances are started by someone else (compose, Kubernetes), a
