@@ -278,15 +278,25 @@ open_ms = 1500
         r#"circuit_breaker_rejected_total{service="products",state="open"}"#,
         r#"circuit_breaker_failures_total{service="products"}"#,
         r#"circuit_breaker_probe_attempts_total{service="products"}"#,
-        r#"grpc_client_requests_total{service="products",outcome="ok"}"#,
-        r#"grpc_client_requests_total{service="products",outcome="error"}"#,
-        r#"grpc_client_request_duration_seconds_count{service="products",outcome="ok"}"#,
     ] {
         assert!(
             metrics.contains(expected),
             "missing {expected} in\n{}",
             metrics.lines().filter(|l| l.contains("circuit") || l.contains("client")).collect::<Vec<_>>().join("\n")
         );
+    }
+    // Client calls by the version that answered (`none`: no instance did).
+    for (name, outcome) in [
+        ("grpc_client_requests_total", "ok"),
+        ("grpc_client_requests_total", "error"),
+        ("grpc_client_request_duration_seconds_count", "ok"),
+    ] {
+        let counted = metrics.lines().any(|l| {
+            l.starts_with(&format!(r#"{name}{{service="products",version=""#))
+                && l.contains(&format!(r#"outcome="{outcome}""#))
+                && !l.ends_with(" 0")
+        });
+        assert!(counted, "no {name} with outcome {outcome} in\n{metrics}");
     }
     promtool_accepts(&metrics);
     let products_metrics = stack.metrics(&stack.products_admin()).await;
