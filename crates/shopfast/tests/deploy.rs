@@ -429,7 +429,7 @@ async fn control_api_refuses_strangers_and_garbage(up: &Up, data: &std::path::Pa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_waits_for_instances_someone_else_starts() {
     let data = tempfile::tempdir().unwrap();
-    let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
+    let up = Up::start(data.path(), &["--no-loadgen"], &[]);
     let out = shopfast(&up, &deploy_args("products", "v9", &["--no-start", "--detach"])).await;
     assert!(out.status.success());
     let waiting = wait_for_phase(&up, "products", &["validating"], Duration::from_secs(20)).await;
@@ -457,7 +457,40 @@ async fn a_deploy_waits_for_instances_someone_else_starts() {
     assert!(out.status.success());
     assert_eq!(policy(&up, "products").await["weights"], json!({ "v9": 100 }));
     eventually(Duration::from_secs(20), "v9 alone", || async { versions(&up, "products").await == ["v9"] }).await;
+    // The console's deployments panel: versions with their share, the rollout and its steps.
+    let console = up.console.clone().unwrap();
+    let panel: Value = reqwest::get(format!("{console}/api/deployments")).await.unwrap().json().await.unwrap();
+    let rows = panel["versions"].as_array().unwrap();
+    let v9 = rows.iter().find(|r| r["service"] == "products" && r["version"] == "v9").unwrap();
+    assert_eq!((v9["weight"].as_u64(), v9["tracks"].clone()), (Some(100), json!(["green"])), "{panel:#}");
+    assert_eq!(panel["rollouts"][0]["phase"], "succeeded", "{panel:#}");
+    assert!(panel["rollouts"][0]["steps"].as_array().unwrap().len() > 5);
     drop(green);
+}
+
+/// The commands' garbage: clear errors, before anything is asked of anyone.
+#[test]
+fn deploy_commands_refuse_garbage_clearly() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(SHOPFAST).args(args).envs(env.iter().copied()).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let no_key = run(&["deployer", "--addr", "127.0.0.1:0", "--data-dir", data, "--insecure"], &[]);
+    assert!(no_key.contains("no api_key"), "{no_key}");
+    let no_certs = ["--deployer-url", "https://127.0.0.1:1", "--tls-dir", "/nonexistent/tls"];
+    let stderr = run(&[&["deploy", "products", "--version", "v2"][..], &no_certs].concat(), &[]);
+    assert!(stderr.contains("certificates"), "{stderr}");
+    let stderr = run(&["deploy", "products", "--version", "v2", "--deployer-url", "http://127.0.0.1:1"], &[]);
+    assert!(stderr.contains("cannot reach the deploy controller"), "{stderr}");
+    let stderr = run(&["deploy", "products", "--version", "v2", "--replicas", "many"], &[]);
+    assert!(stderr.contains("--replicas"), "{stderr}");
+    let stderr = run(&["rollout", "status"], &[]);
+    assert!(stderr.contains("SERVICE") || stderr.contains("<SERVICE>"), "{stderr}");
+    let stderr = run(&["rollback"], &[]);
+    assert!(stderr.contains("SERVICE") || stderr.contains("<SERVICE>"), "{stderr}");
 }
 
 /// The answers sent in `[from, to)` (wall-clock ms): count, failures, p50/p99.
