@@ -120,6 +120,15 @@ impl Controller {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.deployer_url.trim_end_matches('/'))
     }
+
+    /// Sends `request`; the controller's answer as JSON, or why not.
+    async fn ask(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the deploy controller at {}", self.deployer_url))?;
+        answer(response).await
+    }
 }
 
 /// The controller's answer as JSON, or its message as the error.
@@ -167,13 +176,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "analysis": analysis,
     });
     let http = args.controller.client()?;
-    let response = http
-        .post(args.controller.url("/v1/rollouts"))
-        .json(&request)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the deploy controller at {}", args.controller.deployer_url))?;
-    let rollout = answer(response).await?;
+    let rollout = args.controller.ask(http.post(args.controller.url("/v1/rollouts")).json(&request)).await?;
     let id = rollout["id"].as_str().unwrap_or_default().to_string();
     println!("rollout {id}: {} {} → {}", rollout["service"], rollout["blue"], rollout["green"]);
     if args.detach {
@@ -240,12 +243,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     if watch {
         return follow(&http, &controller, &path).await;
     }
-    let response = http
-        .get(controller.url(&path))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the deploy controller at {}", controller.deployer_url))?;
-    let rollout = answer(response).await?;
+    let rollout = controller.ask(http.get(controller.url(&path))).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rollout)?);
         return Ok(());
@@ -268,13 +266,8 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
 pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let http = args.controller.client()?;
     let path = format!("/v1/services/{}/rollback", args.service);
-    let response = http
-        .post(args.controller.url(&path))
-        .json(&json!({ "reason": args.reason }))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the deploy controller at {}", args.controller.deployer_url))?;
-    let rollout = answer(response).await?;
+    let request = http.post(args.controller.url(&path)).json(&json!({ "reason": args.reason }));
+    let rollout = args.controller.ask(request).await?;
     println!(
         "{}: {} ({}); traffic on {}",
         rollout["id"].as_str().unwrap_or_default(),

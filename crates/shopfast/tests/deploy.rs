@@ -90,25 +90,45 @@ impl Load {
 }
 
 /// Failures (5xx, no answer) and a summary line.
+/// Answers, the statuses of the failed ones, p50 and p99 in ms.
+struct Summary {
+    answers: usize,
+    failed: Vec<u16>,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Summary {
+    fn of<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Self {
+        let (mut took, mut failed) = (Vec::new(), Vec::new());
+        for outcome in outcomes {
+            took.push(outcome.took.as_secs_f64() * 1e3);
+            if outcome.status == 0 || outcome.status >= 500 {
+                failed.push(outcome.status);
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        let at = |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied();
+        Self { answers: took.len(), failed, p50_ms: at(0.5).unwrap_or(0.0), p99_ms: at(0.99).unwrap_or(0.0) }
+    }
+}
+
 fn failures(outcomes: &[Outcome], what: &str) -> usize {
-    let failed: Vec<u16> = outcomes.iter().filter(|o| o.status == 0 || o.status >= 500).map(|o| o.status).collect();
-    let mut took: Vec<Duration> = outcomes.iter().map(|o| o.took).collect();
-    took.sort();
-    let at = |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied();
+    let summary = Summary::of(outcomes.iter());
     let span = match (outcomes.iter().map(|o| o.at).min(), outcomes.iter().map(|o| o.at).max()) {
         (Some(first), Some(last)) => last.duration_since(first).as_secs_f64().max(0.001),
         _ => 0.001,
     };
     eprintln!(
-        "{what}: {} answers in {span:.1} s ({:.0}/s), {} failed {:?}, p50 {:?} p99 {:?}",
-        outcomes.len(),
-        outcomes.len() as f64 / span,
-        failed.len(),
-        &failed[..failed.len().min(10)],
-        at(0.5),
-        at(0.99)
+        "{what}: {} answers in {span:.1} s ({:.0}/s), {} failed {:?}, p50 {:.1} ms p99 {:.1} ms",
+        summary.answers,
+        summary.answers as f64 / span,
+        summary.failed.len(),
+        &summary.failed[..summary.failed.len().min(10)],
+        summary.p50_ms,
+        summary.p99_ms
     );
-    failed.len()
+    summary.failed.len()
 }
 
 fn loadgen_key(data: &std::path::Path) -> String {
@@ -304,8 +324,7 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
     let rollback = format!("{}/v1/services/products/rollback", up.deployer);
     assert_eq!(operator.post(&rollback).send().await.unwrap().status(), StatusCode::CONFLICT, "nothing to roll back");
     // Without the operator's certificate: may read, may not deploy.
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(up.tls_dir.join("ca.pem")).unwrap()).unwrap();
-    let stranger = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let stranger = up.client_as(None);
     let body = json!({ "service": "products", "strategy": "blue-green", "version": "v2" });
     assert_eq!(stranger.post(&rollouts).json(&body).send().await.unwrap().status(), StatusCode::FORBIDDEN);
     assert_eq!(stranger.get(&rollouts).send().await.unwrap().status(), StatusCode::OK);
@@ -371,15 +390,6 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
     assert_eq!(failures(&outcomes, "load across aborts, controller and registry kills"), 0);
 }
 
-/// A client presenting `identity`'s certificate from up's TLS directory.
-fn client_as(up: &Up, identity: &str) -> reqwest::Client {
-    let read = |name: String| std::fs::read(up.tls_dir.join(name)).unwrap();
-    let ca = reqwest::Certificate::from_pem(&read("ca.pem".into())).unwrap();
-    let pem = [read(format!("{identity}.pem")), read(format!("{identity}-key.pem"))].concat();
-    let identity = reqwest::Identity::from_pem(&pem).unwrap();
-    reqwest::Client::builder().add_root_certificate(ca).identity(identity).build().unwrap()
-}
-
 /// up's control API (it starts programs): only the operator and the deploy
 /// controller, clear errors for garbage, nothing started by it.
 async fn control_api_refuses_strangers_and_garbage(up: &Up, data: &std::path::Path) {
@@ -389,13 +399,12 @@ async fn control_api_refuses_strangers_and_garbage(up: &Up, data: &std::path::Pa
     let at = args.iter().position(|a| *a == "--supervisor-url").unwrap();
     let instances = format!("{}/v1/instances", args[at + 1]);
     // No certificate: the handshake itself fails. Another service's: refused.
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(up.tls_dir.join("ca.pem")).unwrap()).unwrap();
-    let anonymous = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let anonymous = up.client_as(None);
     assert!(anonymous.get(&instances).send().await.is_err(), "a client without a certificate got through");
-    let gateway = client_as(up, "gateway");
+    let gateway = up.client_as(Some("gateway"));
     let response = gateway.get(&instances).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let operator = client_as(up, "operator");
+    let operator = up.registry_http();
     let listed: Value = operator.get(&instances).send().await.unwrap().json().await.unwrap();
     let before = listed["instances"].as_array().unwrap().len();
     assert!(before >= 4, "{listed:#}");
@@ -495,15 +504,16 @@ fn deploy_commands_refuse_garbage_clearly() {
 
 /// The answers sent in `[from, to)` (wall-clock ms): count, failures, p50/p99.
 fn window(outcomes: &[Outcome], from: i64, to: i64) -> String {
-    let mut took: Vec<f64> =
-        outcomes.iter().filter(|o| (from..to).contains(&o.wall_ms)).map(|o| o.took.as_secs_f64() * 1e3).collect();
-    let failed =
-        outcomes.iter().filter(|o| (from..to).contains(&o.wall_ms) && (o.status == 0 || o.status >= 500)).count();
-    took.sort_by(f64::total_cmp);
-    let q =
-        |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let s = Summary::of(outcomes.iter().filter(|o| (from..to).contains(&o.wall_ms)));
     let secs = ((to - from) as f64 / 1e3).max(0.001);
-    format!("{:>7} {:>7.0} {:>6} {:>8.1} {:>8.1}", took.len(), took.len() as f64 / secs, failed, q(0.5), q(0.99))
+    format!(
+        "{:>7} {:>7.0} {:>6} {:>8.1} {:>8.1}",
+        s.answers,
+        s.answers as f64 / secs,
+        s.failed.len(),
+        s.p50_ms,
+        s.p99_ms
+    )
 }
 
 /// When the rollout recorded `event` (wall-clock ms).

@@ -236,11 +236,23 @@ impl Up {
     /// An HTTP client that trusts the stack's CA and presents the operator's
     /// certificate (the registry is HTTPS, and writes need an identity).
     pub fn registry_http(&self) -> reqwest::Client {
+        self.client_as(Some(kit::tls::OPERATOR))
+    }
+
+    /// An HTTP client that trusts the stack's CA and presents `identity`'s
+    /// certificate from up's TLS directory (`None`: no certificate at all).
+    pub fn client_as(&self, identity: Option<&str>) -> reqwest::Client {
         let read = |name: &str| std::fs::read(self.tls_dir.join(name)).expect("up's certificates");
         let ca = reqwest::Certificate::from_pem(&read("ca.pem")).expect("ca.pem");
-        let identity = reqwest::Identity::from_pem(&[read("operator.pem"), read("operator-key.pem")].concat())
-            .expect("operator certificate");
-        reqwest::Client::builder().add_root_certificate(ca).identity(identity).build().expect("client")
+        let builder = reqwest::Client::builder().add_root_certificate(ca);
+        let builder = match identity {
+            Some(identity) => {
+                let pem = [read(&format!("{identity}.pem")), read(&format!("{identity}-key.pem"))].concat();
+                builder.identity(reqwest::Identity::from_pem(&pem).expect("a certificate of up's"))
+            }
+            None => builder,
+        };
+        builder.build().expect("client")
     }
 
     /// The registry's client (`kit::discovery`), as the operator.
