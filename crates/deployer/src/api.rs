@@ -15,7 +15,7 @@ use serde_json::json;
 use kit::error::DomainError;
 use kit::tls::Peer;
 
-use crate::controller::{ControlError, Controller};
+use crate::controller::{CanaryCommand, ControlError, Controller};
 use crate::model::{DeployRequest, Rollout};
 use crate::store::StoreError;
 
@@ -67,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rollouts/{id}", get(one))
         .route("/v1/services/{service}/rollout", get(current))
         .route("/v1/services/{service}/rollback", post(roll_back))
+        .route("/v1/services/{service}/rollout/{action}", post(act))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
         .route("/health/ready", get(ready))
         .route("/metrics", kit::metrics::route())
@@ -140,18 +141,53 @@ struct RollbackRequest {
     reason: String,
 }
 
+/// The optional `{"reason": …}` body of a rollback or a canary command.
+fn reason_of(body: &[u8]) -> ApiResult<String> {
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        let request: RollbackRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", format!("invalid JSON body: {e}")))?;
+        request.reason
+    };
+    let reason = if reason.trim().is_empty() { "operator".to_string() } else { reason };
+    if reason.len() > 256 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "reason must be at most 256 bytes".into()));
+    }
+    Ok(reason)
+}
+
 async fn roll_back(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(service): Path<String>,
-    body: Option<Json<RollbackRequest>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Rollout>> {
     operator_only(&state, &peer)?;
-    let reason = body.map(|Json(b)| b.reason).filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "operator".into());
-    if reason.len() > 256 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "reason must be at most 256 bytes".into()));
-    }
+    let reason = reason_of(&body)?;
     Ok(Json(state.controller.roll_back(&service, &reason).await?))
+}
+
+/// `pause`, `resume`, `promote` a canary; `abort` is a rollback.
+async fn act(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((service, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Rollout>> {
+    operator_only(&state, &peer)?;
+    let reason = reason_of(&body)?;
+    if action == "abort" {
+        return Ok(Json(state.controller.roll_back(&service, &format!("aborted: {reason}")).await?));
+    }
+    let Some(command) = CanaryCommand::parse(&action) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no action {action:?}; pause, resume, promote or abort"),
+        ));
+    };
+    Ok(Json(state.controller.command(&service, command, &reason).await?))
 }
 
 async fn ready(State(state): State<ApiState>) -> impl IntoResponse {

@@ -18,10 +18,15 @@ use kit::discovery::wire::InstanceInfo;
 use kit::error::DomainError;
 use kit::time::now_millis;
 
-use crate::model::{DeployRequest, Phase, Red, Rollout, SmokeLatency, Verdict, judge};
+use crate::model::{
+    CanaryConfig, CanaryState, DeployRequest, Phase, Red, Rollout, SmokeLatency, Strategy, Verdict, judge,
+};
 use crate::platform::{Registry, StartInstances, Supervisor, running_versions};
 use crate::smoke::Smoke;
 use crate::store::{RolloutStore, StoreError};
+
+mod canary;
+pub use canary::CanaryCommand;
 
 /// How often a waiting phase looks again.
 const TICK: Duration = Duration::from_millis(500);
@@ -56,6 +61,8 @@ pub struct Controller {
     registry: Registry,
     supervisor: Option<Supervisor>,
     smoke: Smoke,
+    /// Each service's canary settings (the TOML config's `[deployer.canary.<service>]`).
+    canary_settings: BTreeMap<String, CanaryConfig>,
     /// Wakes a rollout's task early (a rollback asked for).
     pokes: Mutex<HashMap<String, Arc<Notify>>>,
     /// One writer at a time per rollout: its task, or a request from the API.
@@ -68,8 +75,9 @@ fn p95_text(p95_ms: Option<f64>) -> String {
     p95_ms.map_or_else(|| "unknown".into(), |ms| format!("{ms:.0} ms"))
 }
 
-fn event(service: &str, event: &'static str) {
-    metrics::counter!("deploy_events_total", "service" => service.to_string(), "strategy" => "blue-green", "event" => event)
+fn event(rollout: &Rollout, event: &'static str) {
+    let (service, strategy) = (rollout.service.clone(), rollout.strategy.name());
+    metrics::counter!("deploy_events_total", "service" => service, "strategy" => strategy, "event" => event)
         .increment(1);
 }
 
@@ -79,6 +87,7 @@ impl Controller {
         registry: Registry,
         supervisor: Option<Supervisor>,
         smoke: Smoke,
+        canary_settings: BTreeMap<String, CanaryConfig>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -86,6 +95,7 @@ impl Controller {
             registry,
             supervisor,
             smoke,
+            canary_settings,
             pokes: Mutex::default(),
             locks: Mutex::default(),
             shutdown,
@@ -144,20 +154,38 @@ impl Controller {
                 DomainError::invalid("no supervisor is configured to start instances; start them yourself").into()
             );
         }
+        let canary = match request.strategy {
+            Strategy::Canary => {
+                let settings = self.canary_settings.get(&request.service).cloned().unwrap_or_default();
+                let config = settings.patched(request.canary.as_ref())?;
+                config.check()?;
+                Some(CanaryState::new(config))
+            }
+            Strategy::BlueGreen => None,
+        };
         let id = format!("{}-{}", request.service, uuid::Uuid::now_v7().simple());
         let now = now_millis();
         let mut rollout = Rollout::new(id, request, blue, self.supervisor.is_some(), now);
+        rollout.canary = canary;
         let how = if rollout.start_instances { "starting" } else { "waiting for" };
+        let steps = rollout.canary.as_ref().map_or_else(String::new, |c| {
+            let weights: Vec<String> = c.config.steps.iter().map(|s| format!("{} %", s.weight)).collect();
+            format!(" (steps {})", weights.join(" → "))
+        });
         rollout.record(
             now,
             "created",
             format!(
-                "blue-green of {} from {} to {}: {how} {} instance(s)",
-                rollout.service, rollout.blue, rollout.green, rollout.replicas
+                "{} of {} from {} to {}{steps}: {how} {} instance(s)",
+                rollout.strategy.name(),
+                rollout.service,
+                rollout.blue,
+                rollout.green,
+                rollout.replicas
             ),
         );
         self.store.create(&rollout).await?;
-        event(&rollout.service, "started");
+        event(&rollout, "started");
         tracing::info!(rollout = %rollout.id, service = %rollout.service, blue = %rollout.blue, green = %rollout.green, "rollout started");
         self.spawn(rollout.id.clone());
         Ok(rollout)
@@ -185,7 +213,7 @@ impl Controller {
                     .into())
             }
             many => Err(DomainError::FailedPrecondition(format!(
-                "{} serves {} at once; blue-green replaces one version (finish or roll back the other first)",
+                "{} serves {} at once; a deploy replaces one version (finish or roll back the other first)",
                 request.service,
                 many.join(" and ")
             ))
@@ -229,12 +257,12 @@ impl Controller {
                 rollout.record(now, "switched back to blue", why.clone());
                 rollout.reason = Some(format!("rolled back on request: {reason}"));
                 rollout.enter(Phase::RollingBack, now, why);
-                event(service, "rolled_back");
+                event(&rollout, "rolled_back");
             }
             _ => {
                 rollout.reason = Some(format!("aborted on request: {reason}"));
                 rollout.enter(Phase::Aborting, now, why);
-                event(service, "aborted");
+                event(&rollout, "aborted");
             }
         }
         self.store.save(&rollout, expected).await?;
@@ -302,6 +330,7 @@ impl Controller {
             Phase::Validating => self.validate_green(rollout).await,
             Phase::Smoke => self.smoke_green(rollout).await,
             Phase::Switching => self.switch(rollout).await,
+            Phase::Progressing => self.progress(rollout).await,
             Phase::Watching => self.watch(rollout).await,
             Phase::Standby => self.standby(rollout),
             Phase::Finishing => self.retire(rollout, true).await,
@@ -375,7 +404,7 @@ impl Controller {
                 Err(err) if err.contains("400") || err.contains("404") => {
                     rollout.reason = Some(format!("green could not be started: {err}"));
                     rollout.enter(Phase::Aborting, now, err);
-                    event(&rollout.service, "aborted");
+                    event(&rollout, "aborted");
                     return Step::Moved(rollout);
                 }
                 Err(err) => return Self::trouble(rollout, "cannot start green", err),
@@ -412,10 +441,14 @@ impl Controller {
                 );
                 rollout.reason = Some(why.clone());
                 rollout.enter(Phase::Aborting, now, why);
-                event(&rollout.service, "aborted");
+                event(&rollout, "aborted");
                 return Step::Moved(rollout);
             }
             return Step::Wait(TICK, None);
+        }
+        if rollout.canary.is_some() {
+            rollout.record(now, "green ready", format!("{ready} instance(s) ready"));
+            return self.begin_step(rollout, 0).await;
         }
         let both = [rollout.blue.as_str(), rollout.green.as_str()];
         if let Err(err) =
@@ -489,7 +522,7 @@ impl Controller {
 
     fn abort(&self, mut rollout: Rollout, why: String) -> Step {
         tracing::warn!(rollout = %rollout.id, %why, "rollout aborted");
-        event(&rollout.service, "aborted");
+        event(&rollout, "aborted");
         rollout.reason = Some(why.clone());
         rollout.enter(Phase::Aborting, now_millis(), why);
         Step::Moved(rollout)
@@ -517,7 +550,7 @@ impl Controller {
             return Self::trouble(rollout, "cannot switch", err);
         }
         let now = now_millis();
-        event(&rollout.service, "switched");
+        event(&rollout, "switched");
         let baseline = rollout.baseline.as_ref().map_or_else(
             || "no baseline from blue".to_string(),
             |b| {
@@ -576,7 +609,7 @@ impl Controller {
             if let Err(err) = self.route(&rollout, &rollout.blue.clone(), &both, "rollback: green regressed").await {
                 return Self::trouble(rollout, "cannot roll back", err);
             }
-            event(&rollout.service, "rolled_back");
+            event(&rollout, "rolled_back");
             tracing::warn!(rollout = %rollout.id, %why, "green regressed; rolled back");
             rollout.record(now, "switched back to blue", why.clone());
             rollout.reason = Some(format!("rolled back automatically: {why}"));
@@ -643,7 +676,7 @@ impl Controller {
             _ => (Phase::Aborted, format!("{keep} kept serving; {retire} never had user traffic")),
         };
         if phase == Phase::Succeeded {
-            event(&rollout.service, "succeeded");
+            event(&rollout, "succeeded");
             rollout.reason = Some(outcome.clone());
         }
         rollout.enter(phase, now, outcome);

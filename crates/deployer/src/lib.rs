@@ -1,12 +1,17 @@
-//! The deploy controller (`shopfast deployer`): blue-green rollouts driven
-//! through the registry's traffic policy. Green starts beside blue at weight
-//! 0 (through the supervisor — `shopfast up`'s control API — or by whoever
-//! runs the instances), is validated and smoke-tested through the version
-//! override, takes all traffic at once, is watched against blue's baseline and
-//! rolled back automatically on regression; blue stays on standby, then is
-//! retired. Every step is persisted: a controller killed mid-deploy resumes.
+//! The deploy controller (`shopfast deployer`): blue-green and canary
+//! rollouts driven through the registry's traffic policy. Green starts beside
+//! blue at weight 0 (through the supervisor — `shopfast up`'s control API — or
+//! by whoever runs the instances). Blue-green: validated and smoke-tested
+//! through the version override, all traffic at once, watched against blue's
+//! baseline and rolled back automatically on regression; blue stays on
+//! standby, then is retired. Canary: a growing share step by step, each step
+//! judged on live metrics against stable (`analysis`), rolled back the moment
+//! it is worse. Every step is persisted: a controller killed mid-deploy resumes.
+pub mod analysis;
 pub mod api;
+pub mod canary;
 pub mod controller;
+pub mod evidence;
 pub mod model;
 pub mod platform;
 pub mod smoke;
@@ -42,6 +47,9 @@ pub struct DeployerConfig {
     pub data_dir: PathBuf,
     /// Its identity (`deployer`) towards the registry and the supervisor.
     pub tls: kit::tls::TlsConfig,
+    /// Canary steps and thresholds per service (`[deployer.canary.products]`);
+    /// a service without a table takes the defaults.
+    pub canary: std::collections::BTreeMap<String, canary::CanaryConfig>,
 }
 
 impl Default for DeployerConfig {
@@ -55,6 +63,7 @@ impl Default for DeployerConfig {
             database_url: None,
             data_dir: PathBuf::from("data"),
             tls: kit::tls::TlsConfig::default(),
+            canary: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -93,13 +102,19 @@ fn describe_metrics() {
     kit::metrics::prometheus();
     metrics::describe_counter!(
         "deploy_events_total",
-        "Rollout events by service, strategy and event (started, switched, succeeded, rolled_back, aborted)."
+        "Rollout events by service, strategy and event (started, switched, promoted, succeeded, rolled_back, aborted)."
     );
     metrics::describe_gauge!("deploy_rollouts_active", "Rollouts in progress.");
 }
 
 pub async fn start(config: DeployerConfig, shutdown: CancellationToken) -> Result<RunningDeployer, StartError> {
     describe_metrics();
+    for (service, canary) in &config.canary {
+        if !model::DEPLOYABLE.contains(&service.as_str()) {
+            return Err(StartError::Config(format!("[deployer.canary.{service}]: not a deployable service")));
+        }
+        canary.check().map_err(|e| StartError::Config(format!("[deployer.canary.{service}]: {e}")))?;
+    }
     let api_key = config.api_key.clone().ok_or_else(|| {
         StartError::Config(
             "no api_key: the smoke suite needs an admin API key of the gateway \
@@ -119,7 +134,8 @@ pub async fn start(config: DeployerConfig, shutdown: CancellationToken) -> Resul
         .transpose()
         .map_err(StartError::Config)?;
     let smoke = smoke::Smoke::new(&config.gateway_url, api_key);
-    let controller = controller::Controller::new(store, registry, supervisor, smoke, shutdown.clone());
+    let controller =
+        controller::Controller::new(store, registry, supervisor, smoke, config.canary.clone(), shutdown.clone());
     let resumed = controller.resume().await?;
     let state = api::ApiState { controller, secured: tls.is_some() };
     let listen = tls.clone().map(|tls| (tls, kit::tls::ClientAuth::Optional));

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use kit::error::DomainError;
 use kit::red::Totals;
 
+pub use crate::canary::{CanaryConfig, CanaryState, CanaryStep};
+
 /// How the new version takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -15,6 +17,18 @@ pub enum Strategy {
     /// Green beside blue at weight 0, tested through the override, then all
     /// traffic at once; blue kept on standby, then stopped.
     BlueGreen,
+    /// Green takes a growing share of traffic step by step (5 → 10 → 25 →
+    /// 50 → 75 → 100 %), each step judged against blue on live metrics.
+    Canary,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::BlueGreen => "blue-green",
+            Strategy::Canary => "canary",
+        }
+    }
 }
 
 /// Where a rollout is. The order is the blue-green path; `RollingBack` and
@@ -30,6 +44,8 @@ pub enum Phase {
     Smoke,
     /// The policy moves all traffic to green at once.
     Switching,
+    /// A canary: green takes its step's share, judged against blue.
+    Progressing,
     /// The post-switch window: green's errors and p95 against blue's baseline.
     Watching,
     /// Blue kept running at weight 0, for an instant rollback.
@@ -52,7 +68,7 @@ impl Phase {
 
     /// Whether user traffic may already be on green (a way back is a rollback).
     pub fn switched(self) -> bool {
-        matches!(self, Phase::Switching | Phase::Watching | Phase::Standby)
+        matches!(self, Phase::Switching | Phase::Progressing | Phase::Watching | Phase::Standby)
     }
 
     pub fn name(self) -> &'static str {
@@ -61,6 +77,7 @@ impl Phase {
             Phase::Validating => "validating",
             Phase::Smoke => "smoke",
             Phase::Switching => "switching",
+            Phase::Progressing => "progressing",
             Phase::Watching => "watching",
             Phase::Standby => "standby",
             Phase::Finishing => "finishing",
@@ -156,6 +173,10 @@ pub struct DeployRequest {
     pub start_instances: Option<bool>,
     #[serde(default)]
     pub analysis: Analysis,
+    /// A canary's settings over the service's configured ones (any fields of
+    /// `CanaryConfig`).
+    #[serde(default)]
+    pub canary: Option<serde_json::Value>,
 }
 
 /// Services a deploy may replace: those the supervisor knows how to start.
@@ -181,6 +202,9 @@ impl DeployRequest {
         }
         if self.binary.as_ref().is_some_and(|b| b.is_empty() || b.len() > 4_096 || b.contains('\0')) {
             return Err(DomainError::invalid("binary must be a path"));
+        }
+        if self.canary.is_some() && self.strategy != Strategy::Canary {
+            return Err(DomainError::invalid("canary settings are for --strategy canary"));
         }
         self.analysis.check()
     }
@@ -268,6 +292,9 @@ pub struct Rollout {
     /// Green's figures in the window, last judged.
     #[serde(default)]
     pub observed: Option<Red>,
+    /// A canary's steps, analyses and history.
+    #[serde(default)]
+    pub canary: Option<CanaryState>,
 }
 
 /// At most this many steps are kept per rollout (a long standby waiting on
@@ -301,6 +328,7 @@ impl Rollout {
             standby_until_ms: None,
             smoke_latency: None,
             observed: None,
+            canary: None,
         }
     }
 
@@ -383,6 +411,7 @@ mod tests {
             args: Vec::new(),
             start_instances: None,
             analysis: Analysis::default(),
+            canary: None,
         }
     }
 
@@ -404,8 +433,10 @@ mod tests {
         for request in bad {
             assert!(request.check().is_err(), "{request:?}");
         }
-        let json = r#"{"service":"products","strategy":"canary","version":"v2"}"#;
+        let json = r#"{"service":"products","strategy":"linear","version":"v2"}"#;
         assert!(serde_json::from_str::<DeployRequest>(json).is_err(), "unknown strategy");
+        let canary_settings = DeployRequest { canary: Some(serde_json::json!({})), ..request() };
+        assert!(canary_settings.check().is_err(), "canary settings on a blue-green");
     }
 
     fn red(requests: f64, errors: f64, p95: Option<f64>) -> Red {

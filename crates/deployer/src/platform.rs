@@ -13,6 +13,10 @@ use kit::discovery::wire::InstanceInfo;
 use kit::red::Totals;
 use kit::traffic::{PolicyChange, Sticky, TrafficPolicy};
 
+use crate::analysis::Side;
+use crate::canary::Marks;
+use crate::evidence;
+
 /// What the supervisor is asked to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StartInstances {
@@ -164,6 +168,53 @@ impl Registry {
             sum.add(totals);
         }
         Some(sum)
+    }
+}
+
+/// Both sides of a canary now, and how many canary instances answered.
+pub struct Sides {
+    pub marks: Marks,
+    pub canary_instances: usize,
+}
+
+impl Registry {
+    /// Each version's figures now: its instances' server counters, and what
+    /// every caller (the gateway and the other services' instances) counted
+    /// for calls to `service` that version answered.
+    pub async fn sides(&self, service: &str, canary: &str, stable: &str) -> Result<Sides, String> {
+        let all = self.client.all_instances().await.map_err(|e| e.to_string())?.instances;
+        let scrapes = all.iter().filter(|i| !i.admin_address.is_empty()).map(|instance| async move {
+            let url = format!("http://{}/metrics", instance.admin_address);
+            let text = async { self.http.get(url).send().await.ok()?.text().await.ok() }.await;
+            (instance, text)
+        });
+        let read = futures::future::join_all(scrapes).await;
+        let (mut canary_sides, mut stable_sides) = (Vec::new(), Vec::new());
+        let mut marks = Marks::default();
+        for (instance, text) in &read {
+            let Some(text) = text else { continue };
+            if instance.name == service {
+                let side = evidence::read_server(text);
+                match instance.version.as_str() {
+                    v if v == canary => canary_sides.extend(side),
+                    v if v == stable => stable_sides.extend(side),
+                    _ => {}
+                }
+            } else {
+                let calls = evidence::read_calls(text, service);
+                if let Some(totals) = calls.get(canary) {
+                    marks.canary.calls.add(totals);
+                }
+                if let Some(totals) = calls.get(stable) {
+                    marks.stable.calls.add(totals);
+                }
+            }
+        }
+        let canary_instances = canary_sides.len();
+        let (canary_calls, stable_calls) = (marks.canary.calls.clone(), marks.stable.calls.clone());
+        marks.canary = Side { calls: canary_calls, ..evidence::sum(canary_sides) };
+        marks.stable = Side { calls: stable_calls, ..evidence::sum(stable_sides) };
+        Ok(Sides { marks, canary_instances })
     }
 }
 

@@ -22,7 +22,9 @@ pub struct Controller {
 pub struct DeployArgs {
     /// users, products, payments or orders.
     service: String,
-    /// blue-green: the new version beside the old at weight 0, tested, then all traffic at once.
+    /// blue-green: the new version beside the old at weight 0, tested, then
+    /// all traffic at once. canary: a growing share step by step, each step
+    /// judged against the old version on live metrics.
     #[arg(long, default_value = "blue-green")]
     strategy: String,
     /// The new version (its instances register with it).
@@ -62,6 +64,27 @@ pub struct DeployArgs {
     /// Its server-side error rate may exceed the old one's by this much (0.01 = one point).
     #[arg(long)]
     max_error_rate_increase: Option<f64>,
+    /// Canary: the weights of its steps, ending at 100 (default 5,10,25,50,75,100).
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<u32>,
+    /// Canary: how long each step is held with traffic (10m, 30s, 1500ms).
+    #[arg(long)]
+    step_interval: Option<String>,
+    /// Canary: how often it is analysed (default 5s).
+    #[arg(long)]
+    analysis_interval: Option<String>,
+    /// Canary: error rates at or below this never fail (0.001 = 0.1 %).
+    #[arg(long)]
+    error_floor: Option<f64>,
+    /// Canary: requests each version needs before any verdict (default: ln(20) / error floor).
+    #[arg(long)]
+    min_samples: Option<u64>,
+    /// Canary: its p95 may exceed the old version's by this share to pass a step (0.1 = 10 %).
+    #[arg(long)]
+    latency_margin: Option<f64>,
+    /// Canary: how long the old version stays after 100 % for a rollback (default 24h).
+    #[arg(long)]
+    rollback_window: Option<String>,
     /// Start it and return at once (follow it with `shopfast rollout status`).
     #[arg(long)]
     detach: bool,
@@ -89,6 +112,41 @@ enum RolloutCommand {
         #[command(flatten)]
         controller: Controller,
     },
+    /// Hold a canary at its step (its clock stops; a gross regression still rolls back).
+    Pause(ActArgs),
+    /// Let a paused canary go on.
+    Resume(ActArgs),
+    /// Skip a canary's remaining steps (100 % now); in the rollback window, end it now.
+    Promote(ActArgs),
+    /// Roll back at once (the same as `shopfast rollback`).
+    Abort(ActArgs),
+}
+
+/// `shopfast rollout pause|resume|promote|abort SERVICE`.
+#[derive(Args)]
+pub struct ActArgs {
+    service: String,
+    /// Why (recorded with the rollout).
+    #[arg(long, default_value = "operator")]
+    reason: String,
+    #[command(flatten)]
+    controller: Controller,
+}
+
+impl ActArgs {
+    async fn run(self, action: &str) -> anyhow::Result<()> {
+        let http = self.controller.client()?;
+        let path = format!("/v1/services/{}/rollout/{action}", self.service);
+        let request = http.post(self.controller.url(&path)).json(&json!({ "reason": self.reason }));
+        let rollout = self.controller.ask(request).await?;
+        println!(
+            "{}: {action} — {} ({})",
+            rollout["id"].as_str().unwrap_or_default(),
+            rollout["phase"].as_str().unwrap_or_default(),
+            rollout["steps"].as_array().and_then(|s| s.last()).map(step_line).unwrap_or_default()
+        );
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -165,6 +223,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             analysis.insert(field.into(), json!(value));
         }
     }
+    let canary = canary_settings(&args)?;
     let request = json!({
         "service": args.service,
         "strategy": args.strategy,
@@ -174,6 +233,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         "args": args.args,
         "start_instances": if args.no_start { Some(false) } else { None },
         "analysis": analysis,
+        "canary": canary,
     });
     let http = args.controller.client()?;
     let rollout = args.controller.ask(http.post(args.controller.url("/v1/rollouts")).json(&request)).await?;
@@ -183,6 +243,42 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     follow(&http, &args.controller, &format!("/v1/rollouts/{id}")).await
+}
+
+/// The canary flags as settings over the service's configured ones.
+fn canary_settings(args: &DeployArgs) -> anyhow::Result<Option<Value>> {
+    let mut settings = serde_json::Map::new();
+    let interval = args.step_interval.as_deref().map(duration_ms).transpose()?;
+    if !args.steps.is_empty() || interval.is_some() {
+        let weights = if args.steps.is_empty() { vec![5, 10, 25, 50, 75, 100] } else { args.steps.clone() };
+        let duration = interval.unwrap_or(600_000);
+        let steps: Vec<Value> = weights.iter().map(|w| json!({ "weight": w, "duration": duration })).collect();
+        settings.insert("steps".into(), json!(steps));
+    }
+    for (field, text) in [("analysis_interval", &args.analysis_interval), ("rollback_window", &args.rollback_window)] {
+        if let Some(text) = text {
+            settings.insert(field.into(), json!(duration_ms(text)?));
+        }
+    }
+    if let Some(n) = args.min_samples {
+        settings.insert("min_samples".into(), json!(n));
+    }
+    for (field, value) in [("error_floor", args.error_floor), ("latency_margin", args.latency_margin)] {
+        if let Some(value) = value {
+            settings.insert(field.into(), json!(value));
+        }
+    }
+    match (args.strategy.as_str(), settings.is_empty()) {
+        (_, true) => Ok(None),
+        ("canary", false) => Ok(Some(Value::Object(settings))),
+        (strategy, false) => {
+            bail!("--steps, --step-interval and the other canary flags are for --strategy canary, not {strategy}")
+        }
+    }
+}
+
+fn duration_ms(text: &str) -> anyhow::Result<u64> {
+    deployer::canary::parse_duration_ms(text).map_err(anyhow::Error::msg)
 }
 
 /// Prints each new step until the rollout ends; fails unless it succeeded.
@@ -211,6 +307,16 @@ async fn follow(http: &reqwest::Client, controller: &Controller, path: &str) -> 
         }
         printed = printed.max(steps.len());
         let phase = rollout["phase"].as_str().unwrap_or_default();
+        // A promoted canary keeps stable for its rollback window (a day by
+        // default): the deploy is done when the canary has all the traffic.
+        if phase == "standby" && rollout["strategy"] == "canary" {
+            println!(
+                "{}: promoted — rollback possible until {}",
+                rollout["id"].as_str().unwrap_or_default(),
+                clock(rollout["standby_until_ms"].as_i64().unwrap_or_default())
+            );
+            return Ok(());
+        }
         if matches!(phase, "succeeded" | "rolled_back" | "aborted") {
             let reason = rollout["reason"].as_str().unwrap_or_default();
             println!("{}: {phase} — {reason}", rollout["id"].as_str().unwrap_or_default());
@@ -225,9 +331,7 @@ async fn follow(http: &reqwest::Client, controller: &Controller, path: &str) -> 
 
 /// `12:00:01.250  smoke        smoke passed: …`
 fn step_line(step: &Value) -> String {
-    let at = step["at_ms"].as_i64().unwrap_or_default();
-    let (secs, millis) = (at.div_euclid(1_000), at.rem_euclid(1_000));
-    let clock = format!("{:02}:{:02}:{:02}.{millis:03}", secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    let clock = clock(step["at_ms"].as_i64().unwrap_or_default());
     let phase = step["phase"].as_str().unwrap_or_default();
     let event = step["event"].as_str().unwrap_or_default();
     match step["detail"].as_str().filter(|d| !d.is_empty()) {
@@ -236,8 +340,72 @@ fn step_line(step: &Value) -> String {
     }
 }
 
+/// `12:00:01.250` (UTC) of a time in milliseconds.
+fn clock(at_ms: i64) -> String {
+    let (secs, millis) = (at_ms.div_euclid(1_000), at_ms.rem_euclid(1_000));
+    format!("{:02}:{:02}:{:02}.{millis:03}", secs / 3_600 % 24, secs / 60 % 60, secs % 60)
+}
+
+/// A canary's step, weights, time to the next step and each check.
+fn print_canary(rollout: &Value) {
+    let canary = &rollout["canary"];
+    let steps = canary["config"]["steps"].as_array().cloned().unwrap_or_default();
+    let index = canary["step"].as_u64().unwrap_or_default() as usize;
+    let weight = steps.get(index).and_then(|s| s["weight"].as_u64()).unwrap_or(100);
+    let weights: Vec<String> = steps.iter().map(|s| s["weight"].to_string()).collect();
+    println!(
+        "canary step {}/{} at {weight} % ({} {} %, {} {} %); steps {}",
+        index + 1,
+        steps.len(),
+        rollout["green"].as_str().unwrap_or_default(),
+        weight,
+        rollout["blue"].as_str().unwrap_or_default(),
+        100 - weight,
+        weights.join(" → ")
+    );
+    if rollout["phase"] == "progressing" {
+        let duration = steps.get(index).and_then(|s| s["duration"].as_str()).unwrap_or("?");
+        let elapsed = canary["step_elapsed_ms"].as_u64().unwrap_or_default();
+        let step_ms = steps
+            .get(index)
+            .and_then(|s| s["duration"].as_str())
+            .and_then(|d| deployer::canary::parse_duration_ms(d).ok())
+            .unwrap_or_default();
+        println!(
+            "  step held {} s of {duration} with traffic; next step in {} s at the earliest",
+            elapsed / 1_000,
+            step_ms.saturating_sub(elapsed).div_ceil(1_000)
+        );
+    }
+    for (label, field) in [("paused", "paused"), ("waiting", "waiting")] {
+        if let Some(why) = canary[field].as_str() {
+            println!("  {label}: {why}");
+        }
+    }
+    for check in canary["checks"].as_array().into_iter().flatten() {
+        let figure = |side: &str| check[side].as_f64().map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+        println!(
+            "  {:<28} {:<9} canary {} / stable {} {}  (n {} / {}){}",
+            check["name"].as_str().unwrap_or_default(),
+            check["verdict"].as_str().unwrap_or_default(),
+            figure("canary"),
+            figure("stable"),
+            check["unit"].as_str().unwrap_or_default(),
+            check["canary_samples"],
+            check["stable_samples"],
+            check["p_value"].as_f64().map(|p| format!(", p = {p:.1e}")).unwrap_or_default()
+        );
+    }
+}
+
 pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
-    let RolloutCommand::Status { service, watch, json, controller } = args.command;
+    let (service, watch, json, controller) = match args.command {
+        RolloutCommand::Status { service, watch, json, controller } => (service, watch, json, controller),
+        RolloutCommand::Pause(act) => return act.run("pause").await,
+        RolloutCommand::Resume(act) => return act.run("resume").await,
+        RolloutCommand::Promote(act) => return act.run("promote").await,
+        RolloutCommand::Abort(act) => return act.run("abort").await,
+    };
     let http = controller.client()?;
     let path = format!("/v1/services/{service}/rollout");
     if watch {
@@ -259,6 +427,9 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     );
     for step in rollout["steps"].as_array().into_iter().flatten() {
         println!("{}", step_line(step));
+    }
+    if rollout["canary"].is_object() {
+        print_canary(&rollout);
     }
     Ok(())
 }

@@ -53,11 +53,11 @@ enum Command {
     Loadgen(LoadgenArgs),
     /// Run the console: OTLP traces and logs in, health from the registry's instances, a web page.
     Console(ConsoleArgs),
-    /// Run the deploy controller: blue-green rollouts through the registry's traffic policy.
+    /// Run the deploy controller: blue-green and canary rollouts through the registry's traffic policy.
     Deployer(DeployerArgs),
-    /// Deploy a new version of a service (blue-green) and follow it to its end.
+    /// Deploy a new version of a service (blue-green or canary) and follow it to its end.
     Deploy(deploy::DeployArgs),
-    /// A service's rollout: where it is, every step so far.
+    /// A service's rollout: where it is, every step so far; pause, resume, promote or abort a canary.
     Rollout(deploy::RolloutArgs),
     /// Send a service's traffic back to the version it had before its rollout, at once.
     Rollback(deploy::RollbackArgs),

@@ -11,7 +11,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -268,38 +268,19 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
 /// renders has the overview, the waterfall, the map, the generator's numbers
 /// and the alert. A screenshot goes to the test's target directory.
 async fn render_the_page(console: &str, trace_id: &str) {
-    let chromium =
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists());
-    let Some(chromium) = chromium else {
-        assert!(!kit::testing::running_in_ci(), "chromium is required in CI (apt-get install chromium)");
-        eprintln!("SKIPPED the browser part: no chromium (apt-get install chromium)");
-        return;
-    };
     let url = format!("{console}/#trace={trace_id}");
-    let profile = tempfile::tempdir().unwrap();
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
-    let run = |extra: &[String]| {
-        let output = Command::new(&chromium)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
-            .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(["--window-size=1400,2400", "--virtual-time-budget=6000", "--run-all-compositor-stages-before-draw"])
-            .args(extra)
-            .arg(&url)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "chromium: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).to_string()
-    };
+    let run = |extra: &[String]| support::chromium(&url, extra);
+    let dump = || tokio::task::block_in_place(|| run(&["--dump-dom".to_string()]));
     // The page fetches its data after it loads; on a loaded machine one
     // dump can come before the last fetch lands, so up to three dumps.
     let alert = "data-alert=\"HighErrorRate\" data-service=\"products\"";
-    let mut dom = String::new();
-    for _ in 0..3 {
-        dom = tokio::task::block_in_place(|| run(&["--dump-dom".to_string()]));
+    let Some(mut dom) = dump() else { return };
+    for _ in 0..2 {
         if dom.contains(alert) && dom.matches("class=\"span-row\"").count() >= 10 {
             break;
         }
+        dom = dump().unwrap_or_default();
     }
     for service in SERVICES {
         assert!(dom.contains(&format!("<tr data-service=\"{service}\"")), "overview row for {service} missing:\n{dom}");

@@ -8,146 +8,14 @@
 
 mod support;
 
-use std::process::Output;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{SHOPFAST, Shopper, Up, child_pids, eventually, signal};
-
-/// One answer of the load.
-#[derive(Clone, Copy)]
-struct Outcome {
-    at: Instant,
-    /// When it was sent, wall clock (to line up with a rollout's steps).
-    wall_ms: i64,
-    /// 0: no answer (connection error or timeout).
-    status: u16,
-    took: Duration,
-}
-
-/// An open-loop load through the gateway: `rate` requests/s whatever the
-/// answers do, nine reads for each order.
-struct Load {
-    stop: Arc<AtomicBool>,
-    done: tokio::task::JoinHandle<Vec<Outcome>>,
-}
-
-impl Load {
-    /// `orders_every`: one request in that many is an order.
-    async fn start(up: &Up, key: &str, rate: u32) -> Self {
-        Self::start_mixed(up, key, rate, 10).await
-    }
-
-    async fn start_mixed(up: &Up, key: &str, rate: u32, orders_every: u64) -> Self {
-        let shopper =
-            Arc::new(Shopper::sign_up(&up.gateway, key, &format!("load-{}@test.invalid", std::process::id())).await);
-        let product = shopper.product_in_stock().await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let done = tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut n = 0u64;
-            while !flag.load(Ordering::SeqCst) {
-                tick.tick().await;
-                n += 1;
-                let (shopper, product, tx) = (shopper.clone(), product.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let request = if n.is_multiple_of(orders_every) {
-                        shopper
-                            .request(Method::POST, "/v1/orders")
-                            .header("idempotency-key", format!("load-{n}-{}", std::process::id()))
-                            .json(&Shopper::order_of(&product, "4242424242424242"))
-                    } else {
-                        shopper.request(Method::GET, &format!("/v1/products/{product}"))
-                    };
-                    let (at, wall_ms) = (Instant::now(), kit::time::now_millis());
-                    let status = match request.timeout(Duration::from_secs(10)).send().await {
-                        Ok(response) => response.status().as_u16(),
-                        Err(_) => 0,
-                    };
-                    let _ = tx.send(Outcome { at, wall_ms, status, took: at.elapsed() });
-                });
-            }
-            drop(tx);
-            let mut outcomes = Vec::new();
-            while let Some(outcome) = rx.recv().await {
-                outcomes.push(outcome);
-            }
-            outcomes
-        });
-        Self { stop, done }
-    }
-
-    async fn finish(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.done.await.unwrap()
-    }
-}
-
-/// Failures (5xx, no answer) and a summary line.
-/// Answers, the statuses of the failed ones, p50 and p99 in ms.
-struct Summary {
-    answers: usize,
-    failed: Vec<u16>,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-impl Summary {
-    fn of<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> Self {
-        let (mut took, mut failed) = (Vec::new(), Vec::new());
-        for outcome in outcomes {
-            took.push(outcome.took.as_secs_f64() * 1e3);
-            if outcome.status == 0 || outcome.status >= 500 {
-                failed.push(outcome.status);
-            }
-        }
-        took.sort_by(f64::total_cmp);
-        let at = |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1))).copied();
-        Self { answers: took.len(), failed, p50_ms: at(0.5).unwrap_or(0.0), p99_ms: at(0.99).unwrap_or(0.0) }
-    }
-}
-
-fn failures(outcomes: &[Outcome], what: &str) -> usize {
-    let summary = Summary::of(outcomes.iter());
-    let span = match (outcomes.iter().map(|o| o.at).min(), outcomes.iter().map(|o| o.at).max()) {
-        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64().max(0.001),
-        _ => 0.001,
-    };
-    eprintln!(
-        "{what}: {} answers in {span:.1} s ({:.0}/s), {} failed {:?}, p50 {:.1} ms p99 {:.1} ms",
-        summary.answers,
-        summary.answers as f64 / span,
-        summary.failed.len(),
-        &summary.failed[..summary.failed.len().min(10)],
-        summary.p50_ms,
-        summary.p99_ms
-    );
-    summary.failed.len()
-}
-
-fn loadgen_key(data: &std::path::Path) -> String {
-    std::fs::read_to_string(data.join("secrets/loadgen_key")).unwrap().trim().to_string()
-}
-
-/// `shopfast <args> --deployer-url … --tls-dir …` to its end.
-async fn shopfast(up: &Up, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(SHOPFAST);
-    command.args(args).args(["--deployer-url", &up.deployer, "--tls-dir", up.tls_dir.to_str().unwrap()]);
-    let out = command.output().await.unwrap();
-    eprintln!(
-        "$ shopfast {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use support::rollouts::{
+    Load, Outcome, Summary, failures, loadgen_key, policy, rollout, shopfast, versions, wait_for_phase,
+};
+use support::{Up, child_pids, eventually, signal};
 
 /// Thresholds that CPU noise on a shared test box cannot trip; regressions
 /// the tests plant (hundreds of ms) still do.
@@ -163,55 +31,6 @@ fn deploy_args<'a>(service: &'a str, version: &'a str, extra: &[&'a str]) -> Vec
     }
     args.extend_from_slice(extra);
     args
-}
-
-/// The service's rollout, as the deploy controller tells it (waiting while
-/// the controller is away: a test kills it).
-async fn rollout(up: &Up, service: &str) -> Value {
-    let url = format!("{}/v1/services/{service}/rollout", up.deployer);
-    let started = Instant::now();
-    loop {
-        match up.registry_http().get(&url).send().await {
-            Ok(response) => return response.json().await.unwrap(),
-            Err(err) if started.elapsed() < Duration::from_secs(30) => {
-                eprintln!("deploy controller away ({err}); asking again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(err) => panic!("the deploy controller is gone: {err}"),
-        }
-    }
-}
-
-async fn policy(up: &Up, service: &str) -> Value {
-    let url = format!("{}/v1/policies/{service}", up.registry);
-    up.registry_http().get(url).send().await.unwrap().json().await.unwrap()
-}
-
-/// The versions of `service`'s registered instances.
-async fn versions(up: &Up, service: &str) -> Vec<String> {
-    let mut versions: Vec<String> = support::instances(up, service)
-        .await
-        .iter()
-        .map(|i| i["version"].as_str().unwrap_or_default().to_string())
-        .collect();
-    versions.sort();
-    versions.dedup();
-    versions
-}
-
-async fn wait_for_phase(up: &Up, service: &str, phases: &[&str], within: Duration) -> Value {
-    let mut last = Value::Null;
-    let found = tokio::time::timeout(within, async {
-        loop {
-            last = rollout(up, service).await;
-            if phases.contains(&last["phase"].as_str().unwrap_or_default()) {
-                return last.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("{service} not {phases:?} within {within:?}: {last:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,7 +300,7 @@ async fn a_deploy_waits_for_instances_someone_else_starts() {
 #[test]
 fn deploy_commands_refuse_garbage_clearly() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = std::process::Command::new(SHOPFAST).args(args).envs(env.iter().copied()).output().unwrap();
+        let out = std::process::Command::new(support::SHOPFAST).args(args).envs(env.iter().copied()).output().unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).to_string()
     };

@@ -2,6 +2,8 @@
 //! addresses from its `ready` log line, SIGTERM or SIGKILL it.
 #![allow(dead_code)] // each test binary uses its own part of this
 
+pub mod rollouts;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -400,4 +402,31 @@ pub async fn instances(up: &Up, name: &str) -> Vec<Value> {
     let Ok(response) = up.registry_http().get(url).send().await else { return Vec::new() };
     let list: Value = response.json().await.unwrap_or_default();
     list["instances"].as_array().cloned().unwrap_or_default()
+}
+
+/// Runs headless Chromium on `url` with `extra` flags (`--dump-dom`,
+/// `--screenshot=…`); its standard output. `None` without Chromium, which
+/// fails instead in CI.
+pub fn chromium(url: &str, extra: &[String]) -> Option<String> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    let Some(chromium) = found else {
+        assert!(!kit::testing::running_in_ci(), "chromium is required in CI (apt-get install chromium)");
+        eprintln!("SKIPPED the browser part: no chromium (apt-get install chromium)");
+        return None;
+    };
+    let profile = tempfile::tempdir().expect("a profile directory");
+    let output = Command::new(&chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--window-size=1400,2400", "--virtual-time-budget=6000", "--run-all-compositor-stages-before-draw"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(output.status.success(), "chromium: {}", String::from_utf8_lossy(&output.stderr));
+    Some(String::from_utf8_lossy(&output.stdout).to_string())
 }
