@@ -175,14 +175,19 @@ fn error_check(name: &str, canary: &Totals, stable: &Totals, min: f64, config: &
             String::new()
         }
     );
+    rate_check(name, verdict, (rc, rs), (nc, ns), p, detail)
+}
+
+/// A check of two rates (shown in %), judged with a test's p-value.
+fn rate_check(name: &str, verdict: Verdict, rates: (f64, f64), samples: (f64, f64), p: f64, detail: String) -> Check {
     Check {
         name: name.into(),
         verdict,
-        canary: Some(rc * 100.0),
-        stable: Some(rs * 100.0),
+        canary: Some(rates.0 * 100.0),
+        stable: Some(rates.1 * 100.0),
         unit: "%".into(),
-        canary_samples: nc,
-        stable_samples: ns,
+        canary_samples: samples.0,
+        stable_samples: samples.1,
         p_value: Some(p),
         detail,
         advisory: false,
@@ -256,21 +261,11 @@ fn completion_check(canary: (f64, f64), stable: (f64, f64), config: &CanaryConfi
     // Fewer completions is more non-completions: the same one-sided test.
     let p = fisher_greater(nc - cc, nc, ns - cs, ns);
     let verdict = if p < config.alpha && rs - rc > config.business_margin { Verdict::Fail } else { Verdict::Pass };
-    Check {
-        name: name.into(),
-        verdict,
-        canary: Some(rc * 100.0),
-        stable: Some(rs * 100.0),
-        unit: "%".into(),
-        canary_samples: nc,
-        stable_samples: ns,
-        p_value: Some(p),
-        detail: format!(
-            "{cc} of {nc} completed on the canary, {cs} of {ns} on stable; {:.0} points worse fails; p = {p:.2e}",
-            config.business_margin * 100.0
-        ),
-        advisory: false,
-    }
+    let detail = format!(
+        "{cc} of {nc} completed on the canary, {cs} of {ns} on stable; {:.0} points worse fails; p = {p:.2e}",
+        config.business_margin * 100.0
+    );
+    rate_check(name, verdict, (rc, rs), (nc, ns), p, detail)
 }
 
 fn normal_quantile(p: f64) -> f64 {

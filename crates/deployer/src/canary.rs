@@ -263,9 +263,7 @@ mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         match Text::deserialize(deserializer)? {
             Text::Millis(ms) => Ok(ms),
-            Text::Human(text) => humantime::parse_duration(text.trim())
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .map_err(|e| D::Error::custom(format!("{text:?} is not a duration like 10m, 30s, 1500ms: {e}"))),
+            Text::Human(text) => super::parse_duration_ms(&text).map_err(D::Error::custom),
         }
     }
 }

@@ -221,17 +221,23 @@ impl Controller {
         }
     }
 
-    /// Back to blue at once (after the switch: a rollback), or an abort
-    /// (before it: green never had users).
-    pub async fn roll_back(&self, service: &str, reason: &str) -> Result<Rollout, ControlError> {
+    /// The service's rollout in progress, read again under its lock (the
+    /// guard keeps its task from moving it meanwhile).
+    async fn active_locked(&self, service: &str) -> Result<(Rollout, tokio::sync::OwnedMutexGuard<()>), ControlError> {
         let Some(found) = self.store.active(service).await? else {
             return Err(DomainError::FailedPrecondition(format!("no rollout of {service} is in progress")).into());
         };
-        let lock = self.lock_of(&found.id);
-        let _held = lock.lock().await;
-        let Some(mut rollout) = self.store.get(&found.id).await? else {
-            return Err(DomainError::NotFound(found.id).into());
-        };
+        let held = self.lock_of(&found.id).lock_owned().await;
+        match self.store.get(&found.id).await? {
+            Some(rollout) => Ok((rollout, held)),
+            None => Err(DomainError::NotFound(found.id).into()),
+        }
+    }
+
+    /// Back to blue at once (after the switch: a rollback), or an abort
+    /// (before it: green never had users).
+    pub async fn roll_back(&self, service: &str, reason: &str) -> Result<Rollout, ControlError> {
+        let (mut rollout, _held) = self.active_locked(service).await?;
         let expected = rollout.phase;
         let now = now_millis();
         let why = format!("requested: {reason}");

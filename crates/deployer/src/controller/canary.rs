@@ -305,18 +305,12 @@ impl Controller {
 
     /// Pause, resume or promote the service's canary.
     pub async fn command(&self, service: &str, command: CanaryCommand, reason: &str) -> Result<Rollout, ControlError> {
-        let Some(found) = self.store.active(service).await? else {
-            return Err(DomainError::FailedPrecondition(format!("no rollout of {service} is in progress")).into());
-        };
-        let lock = self.lock_of(&found.id);
-        let _held = lock.lock().await;
-        let Some(mut rollout) = self.store.get(&found.id).await? else {
-            return Err(DomainError::NotFound(found.id).into());
-        };
+        let (mut rollout, _held) = self.active_locked(service).await?;
         let expected = rollout.phase;
         let now = now_millis();
+        let id = rollout.id.clone();
         let refuse = |what: &str| -> Result<Rollout, ControlError> {
-            Err(DomainError::FailedPrecondition(format!("{what} (rollout {} is {})", found.id, expected.name())).into())
+            Err(DomainError::FailedPrecondition(format!("{what} (rollout {id} is {})", expected.name())).into())
         };
         if rollout.canary.is_none() {
             return refuse("only a canary can be paused, resumed or promoted");
