@@ -96,6 +96,9 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Labels registered with this instance.
     pub metadata: BTreeMap<String, String>,
+    /// Host to advertise in the registry (a container's name); default the
+    /// bound address (127.0.0.1 when bound to 0.0.0.0).
+    pub advertise_host: Option<String>,
     /// The version it registers; unset: the build's own.
     pub version: Option<String>,
     /// The deployment track it registers; unset: `stable`.
@@ -127,6 +130,7 @@ impl Default for GatewayConfig {
             body_read_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             metadata: BTreeMap::new(),
+            advertise_host: None,
             version: None,
             track: None,
             trace_context_test_endpoint: false,
@@ -253,8 +257,8 @@ pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Re
         kit::discovery::wire::RegisterRequest {
             id: None,
             name: SERVICE.into(),
-            address: addr.to_string(),
-            admin_address: addr.to_string(),
+            address: kit::server::advertised(addr, config.advertise_host.as_deref()),
+            admin_address: kit::server::advertised(addr, config.advertise_host.as_deref()),
             version,
             track,
             metadata: config.metadata.clone(),

@@ -16,6 +16,27 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    #[error("{var}: cannot read the secret file {path}: {source}")]
+    SecretFile { var: String, path: PathBuf, source: std::io::Error },
+}
+
+/// Settings read from files named by `SHOPFAST_<SECTION>__<KEY>__FILE`
+/// (Docker's `_FILE` convention: compose and Kubernetes secrets are files,
+/// and a value in the environment shows to anything that can list it). The
+/// file's content, without a trailing newline, is `<section>.<key>`.
+fn settings_from_files() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut settings = Vec::new();
+    for (var, path) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, PathBuf::from(v)))) {
+        let Some(key) = var.strip_prefix("SHOPFAST_").and_then(|k| k.strip_suffix("__FILE")) else { continue };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+            var: var.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let dotted = key.to_ascii_lowercase().replace("__", ".");
+        settings.push((dotted, text.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    Ok(settings)
 }
 
 /// Writes `text` to `path` (created or replaced), readable by its owner only:
@@ -140,7 +161,11 @@ where
         sources = sources.merge(Toml::file(path));
     }
     // SHOPFAST_PRODUCTS__RESERVATION_TTL_SECS -> products.reservation_ttl_secs
-    sources = sources.merge(Env::prefixed("SHOPFAST_").split("__"));
+    let from_env = Env::prefixed("SHOPFAST_").filter(|key| !key.as_str().to_ascii_uppercase().ends_with("__FILE"));
+    sources = sources.merge(from_env.split("__"));
+    for (key, value) in settings_from_files()? {
+        sources = sources.merge(Serialized::default(&key, value));
+    }
     Figment::from(Serialized::defaults(T::default()))
         .merge(sources.focus(section))
         .merge(Serialized::defaults(overrides))
@@ -178,6 +203,23 @@ mod tests {
             let defaults: Sample = load("sample", None, &Flags { name: None }).unwrap();
             assert_eq!(defaults.ttl_secs, 60, "env applies without a file");
             assert_eq!(defaults.port, 0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn secrets_come_from_files_named_in_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("name");
+        std::fs::write(&secret, "from a file\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOPFAST_SAMPLE__NAME__FILE", secret.display().to_string());
+            let got: Sample = load("sample", None, &Flags { name: None }).unwrap();
+            assert_eq!(got.name, "from a file");
+            jail.set_env("SHOPFAST_SAMPLE__NAME__FILE", "/nonexistent/secret");
+            let err = load::<Sample, _>("sample", None, &Flags { name: None }).unwrap_err();
+            assert!(err.to_string().contains("SHOPFAST_SAMPLE__NAME__FILE"), "{err}");
             Ok(())
         });
     }

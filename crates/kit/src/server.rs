@@ -138,7 +138,7 @@ pub struct Host {
 }
 
 /// The address others should dial for a listener bound to `bound`.
-fn advertised(bound: SocketAddr, host: Option<&str>) -> String {
+pub fn advertised(bound: SocketAddr, host: Option<&str>) -> String {
     match host {
         Some(host) => format!("{host}:{}", bound.port()),
         None if bound.ip().is_unspecified() => format!("127.0.0.1:{}", bound.port()),

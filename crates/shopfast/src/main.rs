@@ -37,6 +37,10 @@ enum Command {
     Status(status::StatusArgs),
     /// Make a development CA and a certificate per service identity (mutual TLS).
     Certs(CertsArgs),
+    /// Make the stack's secrets (token secret, card key, API keys) in <data-dir>/secrets, as `up` does.
+    Secrets(SecretsArgs),
+    /// Exit 0 if URL answers 2xx within the timeout (container health checks: no curl needed).
+    Healthcheck(HealthcheckArgs),
     /// Run the service registry.
     Registry(RegistryArgs),
     /// Run the API gateway (REST/JSON in front of the gRPC services).
@@ -61,6 +65,50 @@ enum Command {
     Rollout(deploy::RolloutArgs),
     /// Send a service's traffic back to the version it had before its rollout, at once.
     Rollback(deploy::RollbackArgs),
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// e.g. http://127.0.0.1:9002/health/ready, or https://… with --tls-dir.
+    url: String,
+    /// For https://: the certificates to connect with (the CA, and this identity's certificate).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// For https://: who connects (its certificate in --tls-dir) …
+    #[arg(long, default_value = kit::tls::OPERATOR)]
+    identity: String,
+    /// … and who must answer.
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long, default_value_t = 2_000)]
+    timeout_ms: u64,
+}
+
+/// `shopfast healthcheck`: one GET, 2xx or a non-zero exit with the reason.
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.clamp(1, 60_000));
+    let builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
+    let builder = match (&args.tls_dir, args.url.starts_with("https://")) {
+        (Some(dir), true) => {
+            let tls = kit::tls::Tls::from_config(&kit::tls::TlsConfig::in_dir(dir), &args.identity)?
+                .context("TLS is configured off")?;
+            let server = args.server.as_deref().context("--server: the identity that must answer")?;
+            builder.tls_backend_preconfigured(tls.client_config_for(server)?)
+        }
+        (None, true) => anyhow::bail!("an https:// URL needs --tls-dir and --server"),
+        _ => builder,
+    };
+    let response = builder.build()?.get(&args.url).send().await.with_context(|| format!("GET {}", args.url))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "GET {} answered {status}", args.url);
+    Ok(())
+}
+
+#[derive(Args)]
+struct SecretsArgs {
+    /// The secrets go to <data-dir>/secrets (kept if already there; owner-only files).
+    #[arg(long)]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -282,6 +330,10 @@ struct GatewayArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
+    /// Host to advertise in the registry (a container's name; default the bound address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_host: Option<String>,
     /// Where quota counts persist (default: a SQLite file in --data-dir).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -450,6 +502,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Healthcheck(args) => healthcheck(args).await,
+        Command::Secrets(args) => {
+            up::make_secrets(&args.data_dir)?;
+            println!("secrets in {}", args.data_dir.join("secrets").display());
+            Ok(())
+        }
         Command::Certs(args) => {
             for identity in &args.identities {
                 let valid = !identity.is_empty()

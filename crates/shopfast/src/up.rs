@@ -712,6 +712,13 @@ impl Secrets {
     }
 }
 
+/// The stack's secrets in `<data_dir>/secrets` (made if missing), for a
+/// stack `up` does not run (compose, Kubernetes).
+pub fn make_secrets(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    Secrets::for_data_dir(data_dir).map(|_| ())
+}
+
 /// The secret in `dir/name`, made by `make` (and written, owner-only) the first time.
 fn kept_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
     use std::io::Write;
