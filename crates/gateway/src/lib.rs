@@ -35,7 +35,8 @@ use kit::discovery::{Discovery, Registration, RegistryClient};
 use kit::shutdown::CancellationToken;
 
 pub const SERVICE: &str = "gateway";
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The gateway's schema (quota counts, deferred calls).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Every table a client can add to has a bound (a flood of addresses or
 /// writes must not grow memory or a table without limit).
