@@ -88,6 +88,13 @@ pub struct Breaking {
     pub fix: Option<String>,
 }
 
+impl Breaking {
+    /// An element that is gone, with no compatible way to delete it.
+    pub fn deleted(rule: Rule, (loc, tree): (Loc, Tree), element: String, what: String, old: String) -> Self {
+        Self { rule, loc, tree, element, what, old, new: "(deleted)".to_string(), fix: None }
+    }
+}
+
 impl fmt::Display for Breaking {
     /// ```text
     /// shopfast/products/v1/products.proto:66: FIELD_NO_DELETE: message shopfast.products.v1.Product: field 6 "price" was deleted

@@ -57,16 +57,13 @@ fn messages(old: &Index, new: &Index, scope: &Scope, out: &mut Vec<Breaking>) {
         }
         let Some(nm) = new.messages.get(name) else {
             let (element, loc, tree) = deleted_at(new, name, &om.package, &om.loc);
-            out.push(Breaking {
-                rule: Rule::MessageNoDelete,
-                loc,
-                tree,
+            out.push(Breaking::deleted(
+                Rule::MessageNoDelete,
+                (loc, tree),
                 element,
-                what: format!("message {} was deleted", short_name(name)),
-                old: format!("message {name} (declared at {})", om.loc),
-                new: "(deleted)".to_string(),
-                fix: None,
-            });
+                format!("message {} was deleted", short_name(name)),
+                format!("message {name} (declared at {})", om.loc),
+            ));
             continue;
         };
         let element = format!("message {name}");
@@ -90,16 +87,13 @@ fn extensions(old: &Index, new: &Index, scope: &Scope, out: &mut Vec<Breaking>) 
         }
         let element = format!("extension {name}");
         let Some(ne) = new.extensions.get(name) else {
-            out.push(Breaking {
-                rule: Rule::ExtensionNoDelete,
-                loc: oe.field.loc.clone(),
-                tree: Tree::Old,
-                element: format!("package {}", oe.package),
-                what: format!("extension {} of {} was deleted", short_name(name), oe.extendee),
-                old: format!("extend {} {{ {} }}", oe.extendee, oe.field),
-                new: "(deleted)".to_string(),
-                fix: None,
-            });
+            out.push(Breaking::deleted(
+                Rule::ExtensionNoDelete,
+                (oe.field.loc.clone(), Tree::Old),
+                format!("package {}", oe.package),
+                format!("extension {} of {} was deleted", short_name(name), oe.extendee),
+                format!("extend {} {{ {} }}", oe.extendee, oe.field),
+            ));
             continue;
         };
         if oe.extendee != ne.extendee {
@@ -315,16 +309,13 @@ fn enums(old: &Index, new: &Index, scope: &Scope, out: &mut Vec<Breaking>) {
         }
         let Some(ne) = new.enums.get(name) else {
             let (element, loc, tree) = deleted_at(new, name, &oe.package, &oe.loc);
-            out.push(Breaking {
-                rule: Rule::EnumNoDelete,
-                loc,
-                tree,
+            out.push(Breaking::deleted(
+                Rule::EnumNoDelete,
+                (loc, tree),
                 element,
-                what: format!("enum {} was deleted", short_name(name)),
-                old: format!("enum {name} (declared at {})", oe.loc),
-                new: "(deleted)".to_string(),
-                fix: None,
-            });
+                format!("enum {} was deleted", short_name(name)),
+                format!("enum {name} (declared at {})", oe.loc),
+            ));
             continue;
         };
         let element = format!("enum {name}");
@@ -398,31 +389,25 @@ fn services(old: &Index, new: &Index, scope: &Scope, out: &mut Vec<Breaking>) {
             continue;
         }
         let Some(ns) = new.services.get(name) else {
-            out.push(Breaking {
-                rule: Rule::ServiceNoDelete,
-                loc: os.loc.clone(),
-                tree: Tree::Old,
-                element: format!("package {}", os.package),
-                what: format!("service {} was deleted", short_name(name)),
-                old: format!("service {name} ({} methods)", os.methods.len()),
-                new: "(deleted)".to_string(),
-                fix: None,
-            });
+            out.push(Breaking::deleted(
+                Rule::ServiceNoDelete,
+                (os.loc.clone(), Tree::Old),
+                format!("package {}", os.package),
+                format!("service {} was deleted", short_name(name)),
+                format!("service {name} ({} methods)", os.methods.len()),
+            ));
             continue;
         };
         let element = format!("service {name}");
         for (method, om) in &os.methods {
             let Some(nm) = ns.methods.get(method) else {
-                out.push(Breaking {
-                    rule: Rule::RpcNoDelete,
-                    loc: ns.loc.clone(),
-                    tree: Tree::New,
-                    element: element.clone(),
-                    what: format!("method {method} was deleted"),
-                    old: format!("{om} (at {})", om.loc),
-                    new: "(deleted)".to_string(),
-                    fix: None,
-                });
+                out.push(Breaking::deleted(
+                    Rule::RpcNoDelete,
+                    (ns.loc.clone(), Tree::New),
+                    element.clone(),
+                    format!("method {method} was deleted"),
+                    format!("{om} (at {})", om.loc),
+                ));
                 continue;
             };
             let mut push = |rule, what: String| {
