@@ -49,6 +49,32 @@ async fn the_burst_is_shared_by_every_gateway() {
 }
 
 #[tokio::test]
+async fn a_tier_faster_than_a_request_a_millisecond_works() {
+    // 600 000 a minute: 100 µs between requests. In milliseconds the interval
+    // was 0 and Redis refused the key's TTL, so every call fell back to the
+    // local limits (found by the compose redis profile's traffic generator).
+    let Some(limiter) = limiter(&prefix()).await else { return };
+    let tier = Tier { per_minute: 600_000, burst: 20_000, monthly_quota: 0 };
+    for _ in 0..50 {
+        let decision = limiter.check("loadgen", &tier, "client-fast", "2026-12", 3_600).await;
+        assert!(decision.is_some_and(|d| d.rate.allowed), "a fast tier must be served by Redis and allowed");
+    }
+    let tight = Tier { per_minute: 120_000, burst: 2, monthly_quota: 0 };
+    let verdicts: Vec<bool> = ten_checks(&limiter, &tight).await;
+    assert!(verdicts.iter().filter(|a| **a).count() >= 2, "{verdicts:?}");
+}
+
+/// Ten checks as fast as they go on a tier of 2 000 a second and a burst of 2.
+async fn ten_checks(limiter: &RedisLimiter, tier: &Tier) -> Vec<bool> {
+    let mut verdicts = Vec::new();
+    for _ in 0..10 {
+        let decision = limiter.check("tight", tier, "client-tight", "2026-12", 3_600).await.unwrap();
+        verdicts.push(decision.rate.allowed);
+    }
+    verdicts
+}
+
+#[tokio::test]
 async fn the_monthly_quota_is_counted_once_for_all() {
     let prefix = prefix();
     let (Some(one), Some(two)) = (limiter(&prefix).await, limiter(&prefix).await) else { return };

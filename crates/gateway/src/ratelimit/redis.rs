@@ -8,9 +8,11 @@ use tokio::sync::RwLock;
 
 use super::{QuotaDecision, RateDecision, Tier};
 
-/// KEYS: rate key, quota key. ARGV: emission interval ms, burst, quota limit
-/// (0 = none), seconds until the quota resets. Time is Redis's own clock, the
-/// same for every gateway.
+/// KEYS: rate key, quota key. ARGV: emission interval in microseconds (a tier
+/// of 600 000 a minute has 100 µs: in milliseconds it would be 0, and a TTL of
+/// 0 is refused), burst, quota limit (0 = none), seconds until the quota
+/// resets. Time is Redis's own clock, the same for every gateway; the stored
+/// time is formatted whole (Lua would write 16 digits as 1.7e+15).
 /// Returns {allowed (1/0), remaining, retry_after_ms, reset_ms, quota_used, denied_by_quota (1/0)}.
 const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
@@ -18,7 +20,7 @@ local burst = tonumber(ARGV[2])
 local quota = tonumber(ARGV[3])
 local quota_ttl = tonumber(ARGV[4])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 if quota > 0 and used >= quota then
   return {0, 0, quota_ttl * 1000, 0, used, 1}
@@ -29,15 +31,15 @@ local tolerance = interval * burst
 local new_tat = tat + interval
 local allow_at = new_tat - tolerance
 if now < allow_at then
-  return {0, 0, allow_at - now, tat - now, used, 0}
+  return {0, 0, math.ceil((allow_at - now) / 1000), math.ceil((tat - now) / 1000), used, 0}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', tolerance)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil(tolerance / 1000)))
 if quota > 0 then
   used = redis.call('INCR', KEYS[2])
   if used == 1 then redis.call('EXPIRE', KEYS[2], quota_ttl + 86400) end
 end
 local remaining = math.floor((tolerance - (new_tat - now)) / interval)
-return {1, remaining, 0, new_tat - now, used, 0}
+return {1, remaining, 0, math.ceil((new_tat - now) / 1000), used, 0}
 "#;
 
 /// After a failure, Redis is skipped (local limits apply) for this long.
@@ -94,14 +96,14 @@ impl RedisLimiter {
         if self.down_until_ms.load(Ordering::Relaxed) > now {
             return None;
         }
-        let interval_ms = 60_000 / u64::from(tier.per_minute.max(1));
+        let interval_us = 60_000_000 / u64::from(tier.per_minute.max(1));
         let result: Result<Vec<i64>, redis::RedisError> = async {
             let mut conn = self.connection().await?;
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(format!("{}rate:{tier_name}:{client}", self.prefix))
                 .key(format!("{}quota:{month}:{client}", self.prefix))
-                .arg(interval_ms)
+                .arg(interval_us)
                 .arg(tier.burst.max(1))
                 .arg(tier.monthly_quota)
                 .arg(month_left_secs.max(1));
