@@ -8,7 +8,7 @@
 # process killed with SIGKILL from the host, so the restart policy — not
 # compose — brings it back) while orders go on, then everything torn down.
 #
-#   scripts/compose-smoke.sh [default|postgres]    (SKIP_BUILD=1: use the images as they are)
+#   scripts/compose-smoke.sh [default|postgres|redis]    (SKIP_BUILD=1: use the images as they are)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-default}
@@ -22,7 +22,12 @@ case "$profile" in
     profiles=(--profile postgres)
     scripts/standin-images.sh postgres
     ;;
-  *) echo "profile: default or postgres" >&2; exit 2 ;;
+  redis)
+    files+=(-f deploy/compose/compose.redis.yaml)
+    profiles=(--profile redis)
+    scripts/standin-images.sh redis
+    ;;
+  *) echo "profile: default, postgres or redis" >&2; exit 2 ;;
 esac
 compose() { docker-compose "${files[@]}" -p "$project" "${profiles[@]}" "$@"; }
 [ -n "${SKIP_BUILD:-}" ] || scripts/build-images.sh
@@ -97,6 +102,13 @@ if [ "$profile" = postgres ]; then
     [ "${tables:-0}" -gt 0 ] || { echo "no tables in $service's PostgreSQL"; exit 1; }
     echo "$service: $tables tables in its own PostgreSQL"
   done
+fi
+
+if [ "$profile" = redis ]; then
+  # The gateway's limits are counted in Redis, not per gateway.
+  curl -fsS http://127.0.0.1:8000/metrics | grep -q '^ratelimit_redis_up 1' \
+    || { echo "the gateway does not count its limits in Redis"; exit 1; }
+  echo "redis: the gateway's limits are counted in Redis ($(compose exec -T redis redis-cli dbsize | tr -d '\r') keys)"
 fi
 
 # A crash: products' process killed from the host; orders go on meanwhile.
