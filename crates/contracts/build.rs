@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "shopfast/products/v1/products.proto",
     "shopfast/orders/v1/orders.proto",
     "shopfast/payments/v1/payments.proto",
+    "shopfast/queue/v1/queue.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

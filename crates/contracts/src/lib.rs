@@ -41,10 +41,17 @@ pub mod payments {
     }
 }
 
+pub mod queue {
+    pub mod v1 {
+        tonic::include_proto!("shopfast.queue.v1");
+    }
+}
+
 /// Fully qualified gRPC service names, as registered with health and reflection.
 pub mod service_names {
     pub const USERS: &str = "shopfast.users.v1.UserService";
     pub const PRODUCTS: &str = "shopfast.products.v1.ProductService";
     pub const ORDERS: &str = "shopfast.orders.v1.OrderService";
     pub const PAYMENTS: &str = "shopfast.payments.v1.PaymentService";
+    pub const QUEUE: &str = "shopfast.queue.v1.QueueService";
 }

@@ -104,8 +104,7 @@ impl Smoke {
                 &[200],
             )
             .await?;
-        let product_id =
-            page["products"][0]["id"].as_str().ok_or("list products: no product in stock to order")?.to_string();
+        let product_id = most_available(&page).ok_or("list products: no product in stock to order")?;
         self.expect(
             "read a product",
             self.request(Method::GET, &format!("/v1/products/{product_id}"), target, None),
@@ -175,5 +174,35 @@ impl Smoke {
         took.sort_by(f64::total_cmp);
         let at = ((took.len() as f64 * 0.95).ceil() as usize).clamp(1, took.len()) - 1;
         Ok(took[at])
+    }
+}
+
+/// The product with the most units available on the page: traffic running beside the smoke suite may be buying
+/// the first in-stock product's last unit while the suite orders it.
+fn most_available(page: &Value) -> Option<String> {
+    let units = |product: &Value| match &product["available"] {
+        Value::String(s) => s.parse::<i64>().unwrap_or(0),
+        other => other.as_i64().unwrap_or(0),
+    };
+    page["products"].as_array()?.iter().filter(|p| units(p) > 0).max_by_key(|p| units(p))?["id"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smoke_order_takes_the_product_with_most_units_left() {
+        let page = json!({ "products": [
+            { "id": "a", "available": "1" },
+            { "id": "b", "available": "40" },
+            { "id": "c", "available": 7 },
+            { "id": "d", "available": "0" },
+        ]});
+        assert_eq!(most_available(&page).as_deref(), Some("b"));
+        assert_eq!(most_available(&json!({ "products": [{ "id": "d", "available": "0" }] })), None);
+        assert_eq!(most_available(&json!({})), None);
     }
 }

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod balance;
 pub mod build;
+pub mod channel;
 pub mod coalesce;
 pub mod config;
 pub mod db;

@@ -29,6 +29,7 @@ pub struct OrdersApi {
     pub store: OrderStore,
     pub placing: Placing,
     pub canceller: Arc<Canceller>,
+    pub fulfilment: crate::fulfilment::FulfilmentConfig,
 }
 
 /// When a caller whose order could not be placed for the platform's trouble should come back.
@@ -378,6 +379,37 @@ impl pb::order_service_server::OrderService for OrdersApi {
         let order_id = Some(request.order_id.as_str()).filter(|id| !id.is_empty());
         let sagas = self.store.list_sagas(request.needs_intervention, order_id, page.limit).await?;
         Ok(Response::new(pb::ListSagasResponse { sagas: sagas.into_iter().map(saga_to_pb).collect() }))
+    }
+
+    async fn advance_fulfilment(
+        &self,
+        request: Request<pb::AdvanceFulfilmentRequest>,
+    ) -> Result<Response<pb::AdvanceFulfilmentResponse>, Status> {
+        let request = request.into_inner();
+        if request.order_id.is_empty() || request.event_id.is_empty() {
+            return Err(Status::invalid_argument("order_id and event_id are required"));
+        }
+        let to = status_from_pb(request.to)?.ok_or_else(|| Status::invalid_argument("to is required"))?;
+        let step = crate::fulfilment::step(to, &self.fulfilment).ok_or_else(|| {
+            Status::invalid_argument("fulfilment moves orders to ORDER_STATUS_SHIPPED or ORDER_STATUS_DELIVERED only")
+        })?;
+        let next = step.next.map(|(kind, delay)| (kind, "{}", delay));
+        let change = Change { event: next, handles: Some(&request.event_id), ..Default::default() };
+        let applied = match self.store.transition(&request.order_id, step.from, to, change).await {
+            Ok(()) => true,
+            // A replay, or the order was cancelled meanwhile: nothing to do
+            // but to remember the event was answered.
+            Err(crate::store::StoreError::Domain(DomainError::FailedPrecondition(_))) => {
+                self.store.mark_handled(&request.event_id).await?;
+                false
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let order = self.store.get(&request.order_id).await?;
+        if applied {
+            tracing::info!(order_id = %order.id, from = step.from.as_str(), to = to.as_str(), "fulfilment step");
+        }
+        Ok(Response::new(pb::AdvanceFulfilmentResponse { order: Some(to_pb(order)), applied }))
     }
 
     async fn update_order_status(

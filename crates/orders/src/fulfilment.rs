@@ -1,23 +1,27 @@
-//! Fulfilment from the transactional outbox: a paid order's `order.paid`
-//! event (written in the same transaction that made it PAID) ships it after a
-//! delay, and the `order.shipped` event written with that change delivers it.
-//! Delivery is at least once: a crash between a change and marking its event
-//! published replays the event, and the conditional transition then finds the
-//! order already moved on and only marks the event done. The same worker
-//! finishes cancellations of paid orders (`order.cancelling`: refund, restock,
-//! CANCELLED) that could not be finished when they were asked for.
+//! Fulfilment's decisions and what stays in this process. A paid order's
+//! `order.paid` event (written in the same transaction that made it PAID) is
+//! relayed to the queue once due (`relay`), and the fulfilment worker (its
+//! own process) answers it with AdvanceFulfilment(SHIPPED); the
+//! `order.shipped` event written with that change brings DELIVERED the same
+//! way. `step` is the pure decision both use.
+//!
+//! The outbox worker here only finishes cancellations of paid orders
+//! (`order.cancelling`: refund, restock, CANCELLED) that could not be
+//! finished when they were asked for: that is compensation, owed by Orders
+//! itself, not fulfilment.
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kit::error::DomainError;
 use kit::shutdown::CancellationToken;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::OrderStatus;
-use crate::store::{Change, Event, OrderStore, StoreError};
+use crate::store::{Event, OrderStore, StoreError};
 
 pub const ORDER_PAID: &str = "order.paid";
 pub const ORDER_SHIPPED: &str = "order.shipped";
+/// The events the relay publishes to the queue.
+pub const RELAYED: &[&str] = &[ORDER_PAID, ORDER_SHIPPED];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,6 +40,24 @@ impl Default for FulfilmentConfig {
     }
 }
 
+/// One fulfilment step: the status it starts from and the event announcing it (kind, delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub from: OrderStatus,
+    pub next: Option<(&'static str, i64)>,
+}
+
+/// The step that ends in `to`, or `None` when fulfilment does not move orders there.
+pub fn step(to: OrderStatus, config: &FulfilmentConfig) -> Option<Step> {
+    match to {
+        OrderStatus::Shipped => {
+            Some(Step { from: OrderStatus::Paid, next: Some((ORDER_SHIPPED, config.deliver_after_ms)) })
+        }
+        OrderStatus::Delivered => Some(Step { from: OrderStatus::Shipped, next: None }),
+        _ => None,
+    }
+}
+
 /// What finishes a paid order's cancellation (its refund and restock, then
 /// CANCELLED): `cancelling::Canceller`, over the other services.
 pub trait FinishCancel: Send + Sync {
@@ -48,36 +70,15 @@ impl FinishCancel for crate::cancelling::Canceller {
     }
 }
 
-/// What one event asks for.
-struct Effect {
-    from: OrderStatus,
-    to: OrderStatus,
-    /// The event announcing the change, and its delay.
-    next: Option<(&'static str, i64)>,
-}
-
-fn effect(event: &Event, config: &FulfilmentConfig) -> Option<Effect> {
-    match event.kind.as_str() {
-        ORDER_PAID => Some(Effect {
-            from: OrderStatus::Paid,
-            to: OrderStatus::Shipped,
-            next: Some((ORDER_SHIPPED, config.deliver_after_ms)),
-        }),
-        ORDER_SHIPPED => Some(Effect { from: OrderStatus::Shipped, to: OrderStatus::Delivered, next: None }),
-        _ => None,
-    }
-}
-
-/// Handles the events due at `now`; returns how many were settled. Each is a
-/// consumer span continuing the trace that wrote the event, so an order's
-/// trace shows it shipped and delivered.
+/// Finishes the cancellations due at `now`; returns how many were settled.
+/// Each is a consumer span continuing the trace that wrote the event.
 pub async fn process_due(
     store: &OrderStore,
     config: &FulfilmentConfig,
     cancels: &dyn FinishCancel,
     now: i64,
 ) -> Result<usize, StoreError> {
-    let events = store.due_events(now, config.batch).await?;
+    let events = store.due_events(crate::cancelling::ORDER_CANCELLING, now, config.batch).await?;
     let mut settled = 0;
     for event in events {
         let span = tracing::info_span!(
@@ -90,58 +91,29 @@ pub async fn process_due(
             span_id = tracing::field::Empty,
         );
         kit::otel::continue_stored(&span, &event.traceparent);
-        if tracing::Instrument::instrument(handle(store, config, cancels, &event), span).await? {
+        if tracing::Instrument::instrument(finish(store, cancels, &event), span).await? {
             settled += 1;
         }
     }
     Ok(settled)
 }
 
-/// One event: the change it asks for, then marked published; `false` when it
-/// is to be retried later.
-async fn handle(
-    store: &OrderStore,
-    config: &FulfilmentConfig,
-    cancels: &dyn FinishCancel,
-    event: &Event,
-) -> Result<bool, StoreError> {
-    if event.kind == crate::cancelling::ORDER_CANCELLING {
-        return match cancels.finish_cancel(&event.order_id).await {
-            Ok(()) => {
-                store.mark_published(&event.id).await?;
-                Ok(true)
-            }
-            Err(error) => {
-                tracing::warn!(event_id = %event.id, order_id = %event.order_id, %error, "cancellation not finished; retrying later");
-                store.retry_later(&event.id, 1_000 * (event.attempts + 1).min(30)).await?;
-                Ok(false)
-            }
-        };
-    }
-    let Some(Effect { from, to, next }) = effect(event, config) else {
-        tracing::warn!(event_id = %event.id, kind = %event.kind, "unknown outbox event; skipped");
-        store.mark_published(&event.id).await?;
-        return Ok(true);
-    };
-    let change = Change { event: next.map(|(kind, delay)| (kind, "{}", delay)), ..Default::default() };
-    match store.transition(&event.order_id, from, to, change).await {
+/// One cancellation: finished and marked, or `false` to be retried later.
+async fn finish(store: &OrderStore, cancels: &dyn FinishCancel, event: &Event) -> Result<bool, StoreError> {
+    match cancels.finish_cancel(&event.order_id).await {
         Ok(()) => {
-            tracing::info!(order_id = %event.order_id, from = from.as_str(), to = to.as_str(), "fulfilment step");
+            store.mark_published(&event.id).await?;
+            Ok(true)
         }
-        // Already moved on: cancelled meanwhile, or this event was handled
-        // before a crash kept it from being marked.
-        Err(StoreError::Domain(DomainError::FailedPrecondition(_) | DomainError::NotFound(_))) => {}
-        Err(err) => {
-            tracing::warn!(event_id = %event.id, error = %err, "fulfilment step failed; retrying later");
+        Err(error) => {
+            tracing::warn!(event_id = %event.id, order_id = %event.order_id, %error, "cancellation not finished; retrying later");
             store.retry_later(&event.id, 1_000 * (event.attempts + 1).min(30)).await?;
-            return Ok(false);
+            Ok(false)
         }
     }
-    store.mark_published(&event.id).await?;
-    Ok(true)
 }
 
-/// Polls the outbox until `shutdown`.
+/// Polls the outbox for cancellations to finish until `shutdown`.
 pub async fn run(
     store: OrderStore,
     config: FulfilmentConfig,
@@ -154,9 +126,27 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
                 if let Err(err) = process_due(&store, &config, cancels.as_ref(), kit::time::now_millis()).await {
-                    tracing::warn!(error = %err, "fulfilment pass failed; retrying next tick");
+                    tracing::warn!(error = %err, "outbox pass failed; retrying next tick");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fulfilment_moves_paid_to_shipped_to_delivered_and_nowhere_else() {
+        let config = FulfilmentConfig::default();
+        assert_eq!(
+            step(OrderStatus::Shipped, &config),
+            Some(Step { from: OrderStatus::Paid, next: Some((ORDER_SHIPPED, config.deliver_after_ms)) })
+        );
+        assert_eq!(step(OrderStatus::Delivered, &config), Some(Step { from: OrderStatus::Shipped, next: None }));
+        for other in [OrderStatus::Cancelled, OrderStatus::Paid, OrderStatus::Returned, OrderStatus::Created] {
+            assert_eq!(step(other, &config), None);
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The Orders service: the order state machine, pricing in minor units,
 //! orders and their line items, the durable order saga (steps over gRPC,
 //! persisted through the `sagas` table, resumed on start), the transactional
-//! outbox and the fulfilment worker that reads it.
+//! outbox and its relay to the queue the fulfilment worker reads.
 pub mod api;
 pub mod cancelling;
 pub mod domain;
 pub mod fulfilment;
 pub mod placing;
+pub mod relay;
 pub mod steps;
 pub mod store;
 
@@ -34,6 +35,9 @@ pub struct OrdersConfig {
     pub common: ServiceCommon,
     pub pricing: domain::Pricing,
     pub fulfilment: fulfilment::FulfilmentConfig,
+    /// The broker fulfilment events are relayed to.
+    pub queue: queue::QueueConfig,
+    pub relay: relay::RelayConfig,
     /// Deadline of each call a saga step makes.
     pub call_timeout_ms: u64,
     /// How long CreateOrder waits for its saga before answering 202 with the
@@ -55,6 +59,8 @@ impl Default for OrdersConfig {
             common: ServiceCommon::with_ports(9003, 9103),
             pricing: Default::default(),
             fulfilment: Default::default(),
+            queue: Default::default(),
+            relay: Default::default(),
             call_timeout_ms: 5_000,
             answer_within_ms: 3_000,
             transient_attempts: 3,
@@ -91,6 +97,8 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
     if config.answer_within_ms == 0 || config.transient_attempts == 0 {
         return Err(StartError::Config("answer_within_ms and transient_attempts must be positive".into()));
     }
+    config.relay.validate().map_err(StartError::Config)?;
+    let broker = queue::connect(&config.queue, &discovery).await.map_err(|e| StartError::Config(e.to_string()))?;
     let call_timeout = Duration::from_millis(config.call_timeout_ms);
     let payments = contracts::payments::v1::payment_service_client::PaymentServiceClient::new(channel("payments")?);
     let products = contracts::products::v1::product_service_client::ProductServiceClient::new(channel("products")?);
@@ -131,7 +139,12 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
         answer_within: Duration::from_millis(config.answer_within_ms),
         call_timeout,
     };
-    let api = api::OrdersApi { store: store.clone(), placing, canceller: canceller.clone() };
+    let api = api::OrdersApi {
+        store: store.clone(),
+        placing,
+        canceller: canceller.clone(),
+        fulfilment: config.fulfilment.clone(),
+    };
     let service = contracts::orders::v1::order_service_server::OrderServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
     // Sagas a crash left unfinished are driven to an end.
@@ -142,6 +155,9 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
             Err(err) => tracing::error!(error = %err, "resuming sagas failed"),
         }
     }));
+    let relay =
+        relay::Relay { store: store.clone(), broker, stream: config.queue.stream.clone(), config: config.relay };
+    running.attach(tokio::spawn(relay.run(shutdown.clone())));
     running.attach(tokio::spawn(fulfilment::run(store, config.fulfilment.clone(), canceller, shutdown)));
     running.own_database(db);
     Ok(running)

@@ -55,6 +55,8 @@ pub struct Change<'a> {
     pub failure_reason: Option<&'a str>,
     /// An outbox event (kind, payload, due in ms from now) in the same transaction.
     pub event: Option<(&'a str, &'a str, i64)>,
+    /// The outbox event this change answers, marked handled in the same transaction.
+    pub handles: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -254,43 +256,139 @@ impl OrderStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(event_id) = change.handles {
+            sqlx::query("UPDATE outbox SET handled_at = $1 WHERE id = $2 AND handled_at IS NULL")
+                .bind(now)
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Outbox events due by `now`, oldest first.
-    pub async fn due_events(&self, now: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+    /// Outbox events of `kind` due by `now` and not published yet, oldest first.
+    pub async fn due_events(&self, kind: &str, now: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, order_id, kind, payload, attempts, traceparent FROM outbox \
-             WHERE published_at IS NULL AND available_at <= $1 \
-             ORDER BY available_at, id LIMIT $2",
+             WHERE published_at IS NULL AND available_at <= $1 AND kind = $2 \
+             ORDER BY available_at, id LIMIT $3",
         )
         .bind(now)
+        .bind(kind)
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(Event {
-                    id: r.try_get("id")?,
-                    order_id: r.try_get("order_id")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                    attempts: r.try_get("attempts")?,
-                    traceparent: r.try_get("traceparent")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?)
+        decode_events(&rows)
     }
 
+    /// Events handled in this process: published and handled at once.
     pub async fn mark_published(&self, event_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = $2 AND published_at IS NULL")
+        let now = now_millis();
+        sqlx::query(
+            "UPDATE outbox SET published_at = $1, handled_at = COALESCE(handled_at, $1) \
+             WHERE id = $2 AND published_at IS NULL",
+        )
+        .bind(now)
+        .bind(event_id)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Takes events for the relay to publish: only those no other relay took
+    /// (an Orders replica beside this one) come back.
+    pub async fn claim_for_publish(&self, events: Vec<Event>) -> Result<Vec<Event>, StoreError> {
+        let now = now_millis();
+        let mut claimed = Vec::with_capacity(events.len());
+        let mut tx = self.db.begin_write().await?;
+        for event in events {
+            let updated = sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = $2 AND published_at IS NULL")
+                .bind(now)
+                .bind(&event.id)
+                .execute(&mut *tx)
+                .await?;
+            if updated.rows_affected() == 1 {
+                claimed.push(event);
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Events the broker did not take: the next pass publishes them.
+    pub async fn unclaim(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        for id in ids {
+            sqlx::query("UPDATE outbox SET published_at = NULL WHERE id = $1 AND handled_at IS NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Events of `kind` published before `before` and not handled, republished
+    /// fewer than `max_republish` times, oldest first.
+    pub async fn unhandled(
+        &self,
+        kind: &str,
+        before: i64,
+        max_republish: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, order_id, kind, payload, attempts, traceparent FROM outbox \
+             WHERE handled_at IS NULL AND published_at IS NOT NULL AND published_at < $1 \
+             AND republished < $2 AND kind = $3 ORDER BY published_at, id LIMIT $4",
+        )
+        .bind(before)
+        .bind(max_republish)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        decode_events(&rows)
+    }
+
+    /// Events published again: counted, and their publish time moved on.
+    pub async fn mark_republished(&self, ids: &[String]) -> Result<(), StoreError> {
+        let now = now_millis();
+        let mut tx = self.db.begin_write().await?;
+        for id in ids {
+            sqlx::query("UPDATE outbox SET republished = republished + 1, published_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An event whose change was already made (a replay) or can no longer be.
+    pub async fn mark_handled(&self, event_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET handled_at = $1 WHERE id = $2 AND handled_at IS NULL")
             .bind(now_millis())
             .bind(event_id)
             .execute(self.db.pool())
             .await?;
         Ok(())
+    }
+
+    /// Outbox rows by state, for the relay's gauges: (due and unpublished, published and unhandled).
+    pub async fn outbox_backlog(&self, now: i64) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT \
+             COALESCE(SUM(CASE WHEN published_at IS NULL AND available_at <= $1 THEN 1 ELSE 0 END), 0) AS due, \
+             COALESCE(SUM(CASE WHEN published_at IS NOT NULL AND handled_at IS NULL THEN 1 ELSE 0 END), 0) AS open \
+             FROM outbox WHERE handled_at IS NULL",
+        )
+        .bind(now)
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((row.try_get("due")?, row.try_get("open")?))
     }
 
     /// A failed publish: try again after `delay_ms`.
@@ -340,6 +438,22 @@ impl OrderStore {
             .ok_or_else(|| DomainError::NotFound(format!("no saga {id}")))?;
         decode_saga(&row)
     }
+}
+
+fn decode_events(rows: &[AnyRow]) -> Result<Vec<Event>, StoreError> {
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok(Event {
+                id: r.try_get("id")?,
+                order_id: r.try_get("order_id")?,
+                kind: r.try_get("kind")?,
+                payload: r.try_get("payload")?,
+                attempts: r.try_get("attempts")?,
+                traceparent: r.try_get("traceparent")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
 }
 
 fn decode_saga(row: &AnyRow) -> Result<SagaRecord, StoreError> {

@@ -99,7 +99,19 @@ async fn stack_with(options: Options) -> Stack {
     config.fulfilment.poll_ms = 20;
     config.answer_within_ms = options.answer_within_ms;
     config.unavailable_budget_ms = options.unavailable_budget_ms;
-    let orders_service = orders::start(config, shutdown).await.unwrap();
+    let queue_service =
+        queue::service::start(queue::QueueServiceConfig { common: common(0), ..Default::default() }, shutdown.clone())
+            .await
+            .unwrap();
+    let orders_service = orders::start(config, shutdown.clone()).await.unwrap();
+    let worker = fulfilment::FulfilmentWorkerConfig {
+        common: common(0),
+        block_ms: 200,
+        call_timeout_ms: 1_000,
+        claim_idle_ms: 2_000,
+        ..Default::default()
+    };
+    let worker = fulfilment::start(worker, shutdown).await.unwrap();
 
     let mut users_client =
         users_pb::user_service_client::UserServiceClient::connect(services[0].grpc_url()).await.unwrap();
@@ -116,6 +128,8 @@ async fn stack_with(options: Options) -> Stack {
     // Without Products yet, the client connects when it is first used.
     let products_endpoint = products_addr.unwrap_or_else(|| "http://127.0.0.1:9".into());
     let products_channel = Channel::from_shared(products_endpoint).unwrap().connect_lazy();
+    services.push(queue_service);
+    services.push(worker);
     services.push(orders_service);
     Stack {
         orders: OrderServiceClient::connect(services.last().unwrap().grpc_url()).await.unwrap(),

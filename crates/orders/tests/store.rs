@@ -102,15 +102,15 @@ async fn transitions_are_conditional_and_write_their_event_atomically(url: Strin
     assert!(matches!(illegal, Err(StoreError::Domain(DomainError::FailedPrecondition(_)))));
 
     let now = kit::time::now_millis();
-    let due = store.due_events(now + 1, 10).await.unwrap();
+    let due = store.due_events("order.paid", now + 1, 10).await.unwrap();
     assert_eq!(due.len(), 1, "one event, from the one transition that happened");
     assert_eq!((due[0].order_id.as_str(), due[0].kind.as_str()), ("o1", "order.paid"));
     store.retry_later(&due[0].id, 60_000).await.unwrap();
-    assert!(store.due_events(now + 1, 10).await.unwrap().is_empty(), "postponed");
-    let later = store.due_events(now + 120_000, 10).await.unwrap();
+    assert!(store.due_events("order.paid", now + 1, 10).await.unwrap().is_empty(), "postponed");
+    let later = store.due_events("order.paid", now + 120_000, 10).await.unwrap();
     assert_eq!(later[0].attempts, 1);
     store.mark_published(&later[0].id).await.unwrap();
-    assert!(store.due_events(now + 120_000, 10).await.unwrap().is_empty(), "published once");
+    assert!(store.due_events("order.paid", now + 120_000, 10).await.unwrap().is_empty(), "published once");
 }
 
 /// A step that succeeds, or whose compensation always fails.
@@ -203,7 +203,7 @@ impl orders::fulfilment::FinishCancel for FakeFinish {
     }
 }
 
-async fn paid_orders_ship_and_deliver_from_the_outbox_at_least_once(url: String) {
+async fn cancellations_are_finished_from_the_outbox_until_they_succeed(url: String) {
     use orders::cancelling::ORDER_CANCELLING;
     use orders::fulfilment::{FulfilmentConfig, ORDER_PAID, process_due as process};
     let store = open(&url).await;
@@ -212,44 +212,80 @@ async fn paid_orders_ship_and_deliver_from_the_outbox_at_least_once(url: String)
         let (store, config, finish) = (store.clone(), config.clone(), &finish);
         async move { process(&store, &config, finish, now).await }
     };
-    let config = FulfilmentConfig { ship_after_ms: 0, deliver_after_ms: 60_000, ..Default::default() };
-    for id in ["o1", "o2"] {
-        store.create(&order(id, "alice", 1)).await.unwrap();
-        let paid = Change { event: Some((ORDER_PAID, "{}", config.ship_after_ms)), ..Default::default() };
-        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
-    }
-    // o2 is cancelled before it ships: its paid event is settled without
-    // shipping it, and its cancellation waits until it can be finished.
+    let config = FulfilmentConfig::default();
+    store.create(&order("o2", "alice", 1)).await.unwrap();
+    let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
+    store.transition("o2", OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
     let cancelling = Change { event: Some((ORDER_CANCELLING, "{}", 0)), ..Default::default() };
     store.transition("o2", OrderStatus::Paid, OrderStatus::Cancelling, cancelling).await.unwrap();
     let now = kit::time::now_millis() + 1;
-    assert_eq!(process_due(&store, &config, now).await.unwrap(), 2, "o1 shipped, o2's paid event settled");
-    assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Shipped);
-    assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelling, "its refund could not be done yet");
+    assert_eq!(process_due(&store, &config, now).await.unwrap(), 0, "its refund could not be done yet");
+    assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelling);
     finish.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let retried = kit::time::now_millis() + 1_500;
     assert_eq!(process_due(&store, &config, retried).await.unwrap(), 1, "the cancellation, retried");
     assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelled);
-    assert_eq!(process_due(&store, &config, retried).await.unwrap(), 0, "delivery is not due yet");
-    // Due a minute after the shipping pass (which ran after `now`).
-    let later = kit::time::now_millis() + config.deliver_after_ms + 1_000;
-    assert_eq!(process_due(&store, &config, later).await.unwrap(), 1);
-    assert_eq!(store.get("o1").await.unwrap().status, OrderStatus::Delivered);
-    assert_eq!(process_due(&store, &config, later).await.unwrap(), 0, "each event once");
+    assert_eq!(process_due(&store, &config, retried).await.unwrap(), 0, "each once");
+    // The paid event is the queue's, not this worker's.
+    assert_eq!(store.due_events(ORDER_PAID, retried, 10).await.unwrap().len(), 1);
+}
 
-    // A crash after the change but before the event was marked: the replay
-    // finds the order moved on and only settles the event.
-    store.create(&order("o3", "alice", 2)).await.unwrap();
-    let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
-    store.transition("o3", OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
-    store.transition("o3", OrderStatus::Paid, OrderStatus::Shipped, Change::default()).await.unwrap();
-    assert_eq!(process_due(&store, &config, later).await.unwrap(), 1);
-    assert_eq!(store.get("o3").await.unwrap().status, OrderStatus::Shipped);
-    assert_eq!(process_due(&store, &config, later).await.unwrap(), 0);
+/// The relay against the embedded broker (the real one, in process): due
+/// events published once, a replayed step harmless, and what a restarted
+/// broker lost published again.
+async fn the_relay_publishes_once_and_again_what_the_broker_lost(url: String) {
+    use orders::fulfilment::ORDER_PAID;
+    use orders::relay::{Relay, RelayConfig};
+    use queue::Broker;
+    let store = open(&url).await;
+    for id in ["r1", "r2"] {
+        store.create(&order(id, "alice", 1)).await.unwrap();
+        let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
+        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
+    }
+    let broker = Arc::new(queue::memory::Embedded::new(1_000));
+    let config = RelayConfig { republish_grace_ms: 0, ..Default::default() };
+    let relay = Relay { store: store.clone(), broker: broker.clone(), stream: "s".into(), config: config.clone() };
+    let mut epoch = None;
+    relay.publish_due().await.unwrap();
+    relay.publish_due().await.unwrap();
+    let receive = || queue::Receive {
+        stream: "s",
+        group: "fulfilment",
+        consumer: "c",
+        max: 10,
+        block: Duration::ZERO,
+        claim_idle: Duration::from_secs(60),
+    };
+    let got = broker.receive(receive()).await.unwrap();
+    assert_eq!(got.len(), 2, "each due event published once: {got:?}");
+    assert_eq!(got[0].message.kind, ORDER_PAID);
+    // r1 is handled (its step made, the event marked in the same transaction).
+    let handles = Change { handles: Some(&got[0].message.event_id), ..Default::default() };
+    store.transition(&got[0].message.key, OrderStatus::Paid, OrderStatus::Shipped, handles).await.unwrap();
+    broker.ack("s", "fulfilment", &[got[0].id.clone(), got[1].id.clone()]).await.unwrap();
+    // Nothing pending and nothing to deliver while r2's event is unhandled:
+    // it was lost (acknowledged without its step, here) and goes out again.
+    relay.check(&mut epoch).await.unwrap();
+    let again = broker.receive(receive()).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message.event_id, got[1].message.event_id);
+
+    // The broker restarts and forgets everything: a new epoch, and r2 again.
+    let restarted = Arc::new(queue::memory::Embedded::new(1_000));
+    let relay = Relay { store: store.clone(), broker: restarted.clone(), stream: "s".into(), config };
+    relay.check(&mut epoch).await.unwrap();
+    let after = restarted.receive(receive()).await.unwrap();
+    assert_eq!(after.iter().map(|d| d.message.key.as_str()).collect::<Vec<_>>(), ["r2"]);
+    store.mark_handled(&after[0].message.event_id).await.unwrap();
+    restarted.ack("s", "fulfilment", &[after[0].id.clone()]).await.unwrap();
+    relay.check(&mut epoch).await.unwrap();
+    assert!(restarted.receive(receive()).await.unwrap().is_empty(), "handled events stay handled");
 }
 
 kit::backend_tests!(
-    paid_orders_ship_and_deliver_from_the_outbox_at_least_once,
+    cancellations_are_finished_from_the_outbox_until_they_succeed,
+    the_relay_publishes_once_and_again_what_the_broker_lost,
     orders_keep_their_price_snapshot_and_page_newest_first,
     transitions_are_conditional_and_write_their_event_atomically,
     sagas_persist_and_the_stuck_ones_are_listed,

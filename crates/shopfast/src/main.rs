@@ -53,6 +53,10 @@ enum Command {
     Payments(ServiceArgs),
     /// Run the Orders service (orders, the order saga, fulfilment); needs --registry-url.
     Orders(ServiceArgs),
+    /// Run the embedded message queue (Redis Streams' semantics in one process, for a stack without Redis).
+    Queue(ServiceArgs),
+    /// Run the fulfilment worker: order events from the queue, orders shipped and delivered through Orders.
+    Fulfilment(ServiceArgs),
     /// Run the traffic generator: shop journeys through a gateway, modes on its control port.
     Loadgen(LoadgenArgs),
     /// Run the console: OTLP traces and logs in, health from the registry's instances, a web page.
@@ -122,8 +126,19 @@ struct CertsArgs {
 }
 
 /// Every identity of the stack: the processes, and `operator` for people and their tools.
-pub const IDENTITIES: &[&str] =
-    &["registry", "users", "products", "payments", "orders", "gateway", "console", "deployer", kit::tls::OPERATOR];
+pub const IDENTITIES: &[&str] = &[
+    "registry",
+    "users",
+    "products",
+    "payments",
+    "orders",
+    "queue",
+    "fulfilment",
+    "gateway",
+    "console",
+    "deployer",
+    kit::tls::OPERATOR,
+];
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
@@ -552,6 +567,16 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Orders(args) => {
             let config: orders::OrdersConfig = args.load(orders::SERVICE)?;
             serve(orders::start(config, kit::shutdown::on_signals()).await.context("orders failed to start")?).await
+        }
+        Command::Queue(args) => {
+            let config: queue::QueueServiceConfig = args.load(queue::SERVICE)?;
+            serve(queue::service::start(config, kit::shutdown::on_signals()).await.context("queue failed to start")?)
+                .await
+        }
+        Command::Fulfilment(args) => {
+            let config: fulfilment::FulfilmentWorkerConfig = args.load(fulfilment::SERVICE)?;
+            let running = fulfilment::start(config, kit::shutdown::on_signals()).await;
+            serve(running.context("fulfilment failed to start")?).await
         }
         Command::Loadgen(args) => {
             kit::telemetry::init_logging(loadgen::SERVICE, "info", args.log_format.into());

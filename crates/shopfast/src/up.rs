@@ -22,8 +22,15 @@ use tokio::sync::{mpsc, watch};
 use kit::discovery::RegistryClient;
 
 /// Services in start order, with their default gRPC and admin ports.
-const SERVICES: &[(&str, u16, u16)] =
-    &[("users", 9001, 9101), ("products", 9002, 9102), ("payments", 9004, 9104), ("orders", 9003, 9103)];
+const SERVICES: &[(&str, u16, u16)] = &[
+    ("users", 9001, 9101),
+    ("products", 9002, 9102),
+    ("payments", 9004, 9104),
+    // The embedded broker, unless --redis-url names Redis.
+    ("queue", 9006, 9106),
+    ("orders", 9003, 9103),
+    ("fulfilment", 9005, 9105),
+];
 const REGISTRY_PORT: u16 = 8080;
 const GATEWAY_PORT: u16 = 8000;
 const LOADGEN_PORT: u16 = 8089;
@@ -59,6 +66,11 @@ pub struct UpArgs {
     /// Do not start the console (traces, logs, health, dependency map).
     #[arg(long)]
     no_console: bool,
+    /// Redis for the queue between Orders and the fulfilment worker (Redis
+    /// Streams), e.g. redis://127.0.0.1:6379/0. Unset: the embedded queue
+    /// (`shopfast queue`) runs instead.
+    #[arg(long, env = "SHOPFAST_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
 }
 
 /// A child process, owned by a supervising task that restarts it when it
@@ -148,13 +160,14 @@ impl Proc {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let replicas = replica_counts(&args.replicas)?;
+    let replicas = replica_counts(&args.replicas, args.redis_url.is_some())?;
     let logs_dir = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs_dir).with_context(|| format!("cannot create {}", logs_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the shopfast executable")?;
     let shutdown = kit::shutdown::on_signals();
     let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<String>();
-    let secrets = Secrets::for_data_dir(&args.data_dir)?;
+    let mut secrets = Secrets::for_data_dir(&args.data_dir)?;
+    secrets.redis_url = args.redis_url.clone();
     // Mutual TLS between every process, with nothing to configure: a
     // development CA and a certificate per identity, made once.
     let tls_dir = args.data_dir.join("tls");
@@ -655,6 +668,8 @@ struct Secrets {
     card_key: String,
     /// The gateway's API keys, as its `api_keys_file` (owner-only).
     api_keys_file: PathBuf,
+    /// The queue's broker, when it is Redis (a URL may hold a password).
+    redis_url: Option<String>,
 }
 
 impl Secrets {
@@ -680,6 +695,7 @@ impl Secrets {
             api_key,
             loadgen_key,
             api_keys_file,
+            redis_url: None,
         })
     }
 
@@ -689,6 +705,10 @@ impl Secrets {
         match service {
             "users" => vec![var("SHOPFAST_USERS__TOKEN_SECRET", &self.token_secret)],
             "payments" => vec![var("SHOPFAST_PAYMENTS__CARD_KEY", &self.card_key)],
+            "orders" | "fulfilment" => match &self.redis_url {
+                Some(url) => vec![var(&format!("SHOPFAST_{}__QUEUE__REDIS_URL", service.to_uppercase()), url)],
+                None => Vec::new(),
+            },
             "gateway" => {
                 // The generator's own tier: its overload mode is meant to
                 // overload the services, not to measure the rate limiter.
@@ -741,8 +761,10 @@ fn kept_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> anyhow:
     Ok(secret)
 }
 
-fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, usize>> {
+fn replica_counts(pairs: &[(String, String)], redis: bool) -> anyhow::Result<BTreeMap<String, usize>> {
     let mut counts = BTreeMap::new();
+    // Redis is the queue, or one embedded queue is (its streams live in one process).
+    counts.insert("queue".to_string(), usize::from(!redis));
     for (name, count) in pairs {
         if !SERVICES.iter().any(|(s, ..)| s == name) {
             bail!("unknown service {name:?} in --replicas");
@@ -752,7 +774,12 @@ fn replica_counts(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String,
             .ok()
             .filter(|n| (1..=16).contains(n))
             .with_context(|| format!("--replicas {name}={count}: the count must be 1 to 16"))?;
-        counts.insert(name.clone(), n);
+        if name == "queue" && n > 1 {
+            bail!("--replicas queue={n}: the embedded queue is one process (give --redis-url for a shared broker)");
+        }
+        if name != "queue" || !redis {
+            counts.insert(name.clone(), n);
+        }
     }
     Ok(counts)
 }
