@@ -92,6 +92,13 @@ while True:
     time.sleep(0.5)
 print("read back", status, read.get("status"))
 assert status == 200 and read["id"] == placed["id"] and read.get("status") not in ("FAILED", "CANCELLED"), read
+# Shipped and delivered by the fulfilment worker, through the queue.
+deadline = time.time() + 60
+while read.get("status") != "ORDER_STATUS_DELIVERED" and time.time() < deadline:
+    time.sleep(1)
+    status, read = call("GET", f"/v1/orders/{placed['id']}", token=token)
+print("fulfilled through the queue", read.get("status"))
+assert read.get("status") == "ORDER_STATUS_DELIVERED", read
 PY
 
 if [ "$profile" = postgres ]; then
@@ -109,6 +116,10 @@ if [ "$profile" = redis ]; then
   curl -fsS http://127.0.0.1:8000/metrics | grep -q '^ratelimit_redis_up 1' \
     || { echo "the gateway does not count its limits in Redis"; exit 1; }
   echo "redis: the gateway's limits are counted in Redis ($(compose exec -T redis redis-cli dbsize | tr -d '\r') keys)"
+  # And the order events went through Redis Streams.
+  events=$(compose exec -T redis redis-cli -n 1 xlen orders.events | tr -d '\r')
+  [ "${events:-0}" -gt 0 ] || { echo "no order events in Redis Streams"; exit 1; }
+  echo "redis: $events order events in the orders.events stream"
 fi
 
 # A crash: products' process killed from the host; orders go on meanwhile.

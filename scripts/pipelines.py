@@ -360,6 +360,7 @@ def self_check(ws):
             failures.append(label)
 
     services = ["users", "products", "payments", "orders", "registry", "gateway", "console", "loadgen", "deployer"]
+    services += ["fulfilment"]
     missing = [s for s in services + ["shopfast"] if s not in ws.targets]
     if missing:
         failures.append(f"not pipeline targets: {missing}")

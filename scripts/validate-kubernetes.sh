@@ -88,7 +88,7 @@ cat >"$scratch/shopfast" <<'EOF'
 # Stand-in for `shopfast certs --dir DIR`: placeholder PEM files, same names.
 [ "$1" = certs ] && [ "$2" = --dir ] || { echo "stand-in shopfast: only 'certs --dir DIR'" >&2; exit 1; }
 mkdir -p "$3"
-for id in ca registry users products payments orders gateway console deployer operator; do
+for id in ca registry users products payments orders queue fulfilment gateway console deployer operator; do
   printf -- '-----BEGIN CERTIFICATE-----\nUExBQ0VIT0xERVI=\n-----END CERTIFICATE-----\n' >"$3/$id.pem"
   printf -- '-----BEGIN PRIVATE KEY-----\nUExBQ0VIT0xERVI=\n-----END PRIVATE KEY-----\n' >"$3/$id-key.pem"
 done

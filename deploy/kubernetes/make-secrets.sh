@@ -64,7 +64,7 @@ keep_or_make() {
 }
 
 # Certificates.
-identities=(registry users products payments orders gateway console deployer)
+identities=(registry users products payments orders queue fulfilment gateway console deployer)
 missing_tls=0
 for identity in ca "${identities[@]}"; do
   [ -s "$dir/tls/$identity.pem" ] || missing_tls=1
