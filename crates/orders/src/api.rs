@@ -229,12 +229,18 @@ impl OrdersApi {
         Ok(saga.filter(|saga| caller.is_none_or(|c| c == saga.user_id)))
     }
 
+    /// The caller's order, read from the database (what a change starts from).
     async fn owned(&self, order_id: &str, caller: Option<&str>) -> Result<Order, Status> {
+        self.owned_from(order_id, caller, false).await
+    }
+
+    /// The caller's order as `owned`, or through the read cache (`cached`): only to show it.
+    async fn owned_from(&self, order_id: &str, caller: Option<&str>, cached: bool) -> Result<Order, Status> {
         kit::grpc_telemetry::annotate("order_id", order_id);
         if order_id.trim().is_empty() {
             return Err(Status::invalid_argument("order_id is required"));
         }
-        let order = self.store.get(order_id).await?;
+        let order = if cached { self.store.get_cached(order_id).await? } else { self.store.get(order_id).await? };
         // Someone else's order does not exist, as far as they can tell.
         if caller.is_some_and(|c| c != order.user_id) {
             return Err(Status::not_found(format!("no order {order_id}")));
@@ -298,7 +304,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request);
         let order_id = request.into_inner().order_id;
-        match self.owned(&order_id, caller.as_deref()).await {
+        match self.owned_from(&order_id, caller.as_deref(), true).await {
             Ok(order) => Ok(Response::new(to_pb(order))),
             // Not recorded yet: the saga placing it knows it.
             Err(status) if status.code() == tonic::Code::NotFound => {

@@ -38,6 +38,8 @@ pub struct OrdersConfig {
     /// The broker fulfilment events are relayed to.
     pub queue: queue::QueueConfig,
     pub relay: relay::RelayConfig,
+    /// The read cache of orders (GetOrder).
+    pub cache: readcache::CacheConfig,
     /// Deadline of each call a saga step makes.
     pub call_timeout_ms: u64,
     /// How long CreateOrder waits for its saga before answering 202 with the
@@ -61,6 +63,7 @@ impl Default for OrdersConfig {
             fulfilment: Default::default(),
             queue: Default::default(),
             relay: Default::default(),
+            cache: Default::default(),
             call_timeout_ms: 5_000,
             answer_within_ms: 3_000,
             transient_attempts: 3,
@@ -83,7 +86,9 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
     let db = Db::open(&config.common.database_url_for(SERVICE), &DbOptions::default(), &MIGRATOR).await?;
     host.enforce_idempotency(&db).await?;
     host.readiness().require_database(&db);
-    let store = store::OrderStore::new(db.clone());
+    readcache::describe_metrics();
+    let cache = readcache::ReadCache::new("orders", &config.cache).map_err(StartError::Config)?;
+    let store = store::OrderStore::new(db.clone()).with_cache(std::sync::Arc::new(cache));
 
     let discovery = Discovery::new(&registry_url, host.tls(), shutdown.clone());
     let mut channels = BTreeMap::new();

@@ -18,7 +18,7 @@ fn corrupt(what: String) -> StoreError {
     StoreError::Db(sqlx::Error::Decode(what.into()))
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Order {
     pub id: String,
     pub user_id: String,
@@ -62,11 +62,42 @@ pub struct Change<'a> {
 #[derive(Clone)]
 pub struct OrderStore {
     db: Db,
+    /// Order reads for their owners (GetOrder) through the read cache; every
+    /// change below invalidates the order once committed. The saga and the
+    /// conditional transitions always read the database.
+    cache: Option<std::sync::Arc<readcache::ReadCache>>,
 }
 
 impl OrderStore {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, cache: None }
+    }
+
+    pub fn with_cache(mut self, cache: std::sync::Arc<readcache::ReadCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    fn cache_key(id: &str) -> String {
+        format!("order:{id}")
+    }
+
+    async fn invalidate(&self, id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&[Self::cache_key(id)]).await;
+        }
+    }
+
+    /// `get`, through the read cache.
+    pub async fn get_cached(&self, id: &str) -> Result<Order, StoreError> {
+        let Some(cache) = &self.cache else { return self.get(id).await };
+        let key = Self::cache_key(id);
+        if let Some(order) = cache.get::<Order>(&key).await {
+            return Ok(order);
+        }
+        let order = self.get(id).await?;
+        cache.put(&key, &order).await;
+        Ok(order)
     }
 
     /// Inserts an order and its lines in one transaction.
@@ -113,6 +144,8 @@ impl OrderStore {
             .await?;
         }
         tx.commit().await?;
+        // A saga's retry may write the order again: nothing stale stays.
+        self.invalidate(&order.id).await;
         Ok(())
     }
 
@@ -264,6 +297,7 @@ impl OrderStore {
                 .await?;
         }
         tx.commit().await?;
+        self.invalidate(id).await;
         Ok(())
     }
 

@@ -4,8 +4,8 @@ use contracts::products::v1 as pb;
 use pb::product_service_server::ProductService;
 use tonic::{Request, Response, Status};
 
+use crate::catalog::Catalog;
 use crate::domain::{self, DomainError, NewProduct, Product, Reservation, ReservationState, SearchFilter, Sort};
-use crate::store::ProductStore;
 use kit::time::{now_millis, timestamp_from_millis};
 
 pub const MAX_BATCH_IDS: usize = 100;
@@ -17,13 +17,13 @@ pub struct ReservationPolicy {
 }
 
 pub struct ProductsApi {
-    store: ProductStore,
+    catalog: Catalog,
     policy: ReservationPolicy,
 }
 
 impl ProductsApi {
-    pub fn new(store: ProductStore, policy: ReservationPolicy) -> Self {
-        Self { store, policy }
+    pub fn new(catalog: Catalog, policy: ReservationPolicy) -> Self {
+        Self { catalog, policy }
     }
 }
 
@@ -90,7 +90,7 @@ impl ProductService for ProductsApi {
     async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Result<Response<pb::Product>, Status> {
         let id = request.into_inner().product_id;
         domain::validate_id("product_id", &id)?;
-        match self.store.get(&id).await? {
+        match self.catalog.get(&id).await? {
             Some(product) => Ok(Response::new(to_pb(product))),
             None => Err(Status::not_found(format!("product {id} not found"))),
         }
@@ -107,7 +107,7 @@ impl ProductService for ProductsApi {
         for id in &ids {
             domain::validate_id("product_ids", id)?;
         }
-        let products = self.store.get_many(&ids).await?;
+        let products = self.catalog.get_many(&ids).await?;
         let missing_ids = ids.iter().filter(|id| !products.iter().any(|p| &p.id == *id)).cloned().collect();
         Ok(Response::new(pb::GetProductsResponse { products: products.into_iter().map(to_pb).collect(), missing_ids }))
     }
@@ -129,7 +129,7 @@ impl ProductService for ProductsApi {
         let fingerprint = filter.fingerprint();
         let page = kit::pagination::resolve(r.page_size, &r.page_token, fingerprint)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (products, total) = self.store.search(&filter, page).await?;
+        let (products, total) = self.catalog.search(&filter, page).await?;
         Ok(Response::new(pb::SearchProductsResponse {
             products: products.into_iter().map(to_pb).collect(),
             next_page_token: kit::pagination::next_token(page, total, fingerprint),
@@ -160,7 +160,7 @@ impl ProductService for ProductsApi {
             },
             stock: p.stock,
         };
-        let created = self.store.create(new, now_millis()).await?;
+        let created = self.catalog.create(new, now_millis()).await?;
         Ok(Response::new(to_pb(created)))
     }
 
@@ -169,7 +169,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::CheckAvailabilityRequest>,
     ) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
         let items = items_from_pb(request.into_inner().items);
-        let report = self.store.check_availability(&items).await?;
+        let report = self.catalog.store.check_availability(&items).await?;
         let items: Vec<pb::ItemAvailability> = report
             .into_iter()
             .map(|a| pb::ItemAvailability {
@@ -193,7 +193,7 @@ impl ProductService for ProductsApi {
             s if s < 0 => return Err(DomainError::invalid("ttl_seconds must not be negative").into()),
             s => s.saturating_mul(1000).min(self.policy.max_ttl_ms),
         };
-        let reservation = self.store.reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis()).await?;
+        let reservation = self.catalog.reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -202,7 +202,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::ReleaseInventoryRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        let reservation = self.store.release(&order_id, now_millis()).await?;
+        let reservation = self.catalog.release(&order_id, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -211,7 +211,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::CommitInventoryRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        let reservation = self.store.commit(&order_id, now_millis()).await?;
+        let reservation = self.catalog.commit(&order_id, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -220,7 +220,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::RestockInventoryRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        let reservation = self.store.restock(&order_id, now_millis()).await?;
+        let reservation = self.catalog.restock(&order_id, now_millis()).await?;
         Ok(Response::new(reservation_to_pb(reservation)))
     }
 
@@ -229,7 +229,7 @@ impl ProductService for ProductsApi {
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let order_id = request.into_inner().order_id;
-        match self.store.get_reservation(&order_id).await? {
+        match self.catalog.store.get_reservation(&order_id).await? {
             Some(reservation) => Ok(Response::new(reservation_to_pb(reservation))),
             None => Err(Status::not_found(format!("no reservation for order {order_id}"))),
         }

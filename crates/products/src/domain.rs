@@ -13,7 +13,7 @@ fn invalid(message: impl Into<String>) -> DomainError {
     DomainError::Invalid(message.into())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dimensions {
     pub length_mm: i64,
     pub width_mm: i64,
@@ -21,7 +21,7 @@ pub struct Dimensions {
 }
 
 /// A catalog entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Product {
     pub id: String,
     pub sku: String,

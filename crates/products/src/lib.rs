@@ -3,6 +3,7 @@
 //!
 //! `domain` holds the rules, `store` persists, `api` translates gRPC.
 pub mod api;
+pub mod catalog;
 pub mod domain;
 pub mod seed;
 pub mod store;
@@ -32,6 +33,8 @@ pub struct ProductsConfig {
     pub reaper_interval_ms: u64,
     /// Load the sample catalog when the database is empty.
     pub seed: bool,
+    /// The read cache of products and search pages.
+    pub cache: readcache::CacheConfig,
 }
 
 impl Default for ProductsConfig {
@@ -42,6 +45,7 @@ impl Default for ProductsConfig {
             max_reservation_ttl_secs: 3_600,
             reaper_interval_ms: 1_000,
             seed: true,
+            cache: Default::default(),
         }
     }
 }
@@ -79,18 +83,21 @@ pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Resul
         default_ttl_ms: (config.reservation_ttl_secs * 1000) as i64,
         max_ttl_ms: (config.max_reservation_ttl_secs * 1000) as i64,
     };
+    readcache::describe_metrics();
+    let cache = readcache::ReadCache::new("products", &config.cache).map_err(StartError::Config)?;
+    let catalog = catalog::Catalog::new(store, std::sync::Arc::new(cache));
     let service = contracts::products::v1::product_service_server::ProductServiceServer::new(api::ProductsApi::new(
-        store.clone(),
+        catalog.clone(),
         policy,
     ));
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
-    running.attach(tokio::spawn(reap_expired(store, Duration::from_millis(config.reaper_interval_ms), shutdown)));
+    running.attach(tokio::spawn(reap_expired(catalog, Duration::from_millis(config.reaper_interval_ms), shutdown)));
     running.own_database(db);
     Ok(running)
 }
 
 /// Releases reservations whose time ran out, until shutdown.
-async fn reap_expired(store: store::ProductStore, every: Duration, shutdown: CancellationToken) {
+async fn reap_expired(catalog: catalog::Catalog, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,7 +106,7 @@ async fn reap_expired(store: store::ProductStore, every: Duration, shutdown: Can
             _ = tick.tick() => {}
         }
         loop {
-            match store.expire_due(kit::time::now_millis(), 100).await {
+            match catalog.expire_due(kit::time::now_millis(), 100).await {
                 Ok(0) => break,
                 Ok(n) => {
                     tracing::info!(expired = n, "released expired reservations");

@@ -288,6 +288,11 @@ impl ProductStore {
 
     /// Expires up to `limit` active reservations past their deadline; returns how many.
     pub async fn expire_due(&self, now: i64, limit: i64) -> Result<usize> {
+        Ok(self.expire_due_reservations(now, limit).await?.len())
+    }
+
+    /// Expires up to `limit` active reservations past their deadline; returns them.
+    pub async fn expire_due_reservations(&self, now: i64, limit: i64) -> Result<Vec<Reservation>> {
         let due: Vec<String> = sqlx::query(
             "SELECT order_id FROM reservations WHERE state = 'ACTIVE' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
         )
@@ -298,10 +303,10 @@ impl ProductStore {
         .iter()
         .map(|row| row.try_get("order_id"))
         .collect::<Result<_, _>>()?;
-        let mut expired = 0;
+        let mut expired = Vec::new();
         for order_id in due {
             match self.finish(&order_id, ReservationState::Expired, now, false).await {
-                Ok(_) => expired += 1,
+                Ok(reservation) => expired.push(reservation),
                 // Released or committed since we looked: nothing to do.
                 Err(StoreError::Domain(_)) => {}
                 Err(err) => return Err(err),

@@ -413,3 +413,84 @@ async fn bad_config_is_refused() {
     let err = products::start(config, kit::shutdown::CancellationToken::new()).await.err().expect("refused");
     assert!(err.to_string().contains("reservation_ttl_secs"), "{err}");
 }
+
+/// Every read path (GetProduct, GetProducts, a search page) shows a stock
+/// move on the very next read, through the cache: a reservation, its
+/// release, a sale, a restock, an expiry.
+async fn stock_moves_are_visible_on_the_next_read(mut h: Harness) {
+    let product = create(&mut h.client, "CACHE-1", 10).await;
+    let id = product.id.clone();
+    let read = |client: ProductServiceClient<Channel>, id: String| async move {
+        let mut client = client;
+        let one = client.get_product(pb::GetProductRequest { product_id: id.clone() }).await.unwrap().into_inner();
+        let batch =
+            client.get_products(pb::GetProductsRequest { product_ids: vec![id.clone()] }).await.unwrap().into_inner();
+        let page = client
+            .search_products(pb::SearchProductsRequest { query: "CACHE-1".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let found = page.products.iter().find(|p| p.id == id).map(|p| p.available);
+        (one.available, batch.products[0].available, found)
+    };
+    // Warm every cache entry, twice (the second read is a hit).
+    read(h.client.clone(), id.clone()).await;
+    assert_eq!(read(h.client.clone(), id.clone()).await, (10, 10, Some(10)));
+    let reserve = |order: &str, quantity: i64, ttl_seconds: i64| pb::ReserveInventoryRequest {
+        order_id: order.into(),
+        items: items(&[(&id, quantity)]),
+        ttl_seconds,
+    };
+    h.client.reserve_inventory(reserve("cache-o1", 3, 0)).await.unwrap();
+    assert_eq!(read(h.client.clone(), id.clone()).await, (7, 7, Some(7)), "reserved");
+    h.client.release_inventory(pb::ReleaseInventoryRequest { order_id: "cache-o1".into() }).await.unwrap();
+    assert_eq!(read(h.client.clone(), id.clone()).await, (10, 10, Some(10)), "released");
+    h.client.reserve_inventory(reserve("cache-o2", 4, 0)).await.unwrap();
+    h.client.commit_inventory(pb::CommitInventoryRequest { order_id: "cache-o2".into() }).await.unwrap();
+    assert_eq!(read(h.client.clone(), id.clone()).await, (6, 6, Some(6)), "sold");
+    h.client.restock_inventory(pb::RestockInventoryRequest { order_id: "cache-o2".into() }).await.unwrap();
+    assert_eq!(read(h.client.clone(), id.clone()).await, (10, 10, Some(10)), "restocked");
+    h.client.reserve_inventory(reserve("cache-o3", 2, 1)).await.unwrap();
+    assert_eq!(read(h.client.clone(), id.clone()).await, (8, 8, Some(8)));
+    // The reaper expires it (1 s): visible at once, not a TTL later.
+    let started = std::time::Instant::now();
+    while read(h.client.clone(), id.clone()).await != (10, 10, Some(10)) {
+        assert!(started.elapsed() < Duration::from_secs(5), "expiry not visible");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest_metrics(&h).await;
+    assert!(metrics.contains(r#"cache_requests_total{cache="products",result="hit"}"#), "hits counted");
+}
+
+async fn reqwest_metrics(h: &Harness) -> String {
+    let url = format!("http://{}/metrics", h.service.admin_addr);
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test]
+async fn stock_moves_are_visible_on_the_next_read_through_the_in_process_cache() {
+    // A long TTL: only invalidation can make the test pass.
+    let h = start_with(|c| {
+        c.cache.ttl_ms = 600_000;
+        c.reaper_interval_ms = 100;
+    })
+    .await;
+    stock_moves_are_visible_on_the_next_read(h).await;
+}
+
+#[tokio::test]
+async fn stock_moves_are_visible_on_the_next_read_through_the_redis_cache() {
+    let url = std::env::var("SHOPFAST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if std::net::TcpStream::connect(url.trim_start_matches("redis://").split('/').next().unwrap_or_default()).is_err() {
+        assert!(!kit::testing::running_in_ci(), "Redis is required in CI at {url}");
+        eprintln!("SKIPPED: no Redis at {url}");
+        return;
+    }
+    let h = start_with(|c| {
+        c.cache.ttl_ms = 600_000;
+        c.cache.redis_url = Some(kit::config::Secret::new(url));
+        c.reaper_interval_ms = 100;
+    })
+    .await;
+    stock_moves_are_visible_on_the_next_read(h).await;
+}

@@ -67,8 +67,9 @@ pub struct UpArgs {
     #[arg(long)]
     no_console: bool,
     /// Redis for the queue between Orders and the fulfilment worker (Redis
-    /// Streams), e.g. redis://127.0.0.1:6379/0. Unset: the embedded queue
-    /// (`shopfast queue`) runs instead.
+    /// Streams) and for the read caches of Products and Orders, e.g.
+    /// redis://127.0.0.1:6379/0. Unset: the embedded queue (`shopfast queue`)
+    /// runs instead, and the caches are in process.
     #[arg(long, env = "SHOPFAST_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
 }
@@ -705,10 +706,10 @@ impl Secrets {
         match service {
             "users" => vec![var("SHOPFAST_USERS__TOKEN_SECRET", &self.token_secret)],
             "payments" => vec![var("SHOPFAST_PAYMENTS__CARD_KEY", &self.card_key)],
-            "orders" | "fulfilment" => match &self.redis_url {
-                Some(url) => vec![var(&format!("SHOPFAST_{}__QUEUE__REDIS_URL", service.to_uppercase()), url)],
-                None => Vec::new(),
-            },
+            // Redis, when given: the queue's broker and the read caches.
+            "products" => self.redis_for(service, &["CACHE"]),
+            "orders" => self.redis_for(service, &["CACHE", "QUEUE"]),
+            "fulfilment" => self.redis_for(service, &["QUEUE"]),
             "gateway" => {
                 // The generator's own tier: its overload mode is meant to
                 // overload the services, not to measure the rate limiter.
@@ -725,6 +726,13 @@ impl Secrets {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// `SHOPFAST_<SERVICE>__<SECTION>__REDIS_URL` for each section, when there is a Redis.
+    fn redis_for(&self, service: &str, sections: &[&str]) -> Vec<(String, String)> {
+        let Some(url) = &self.redis_url else { return Vec::new() };
+        let service = service.to_uppercase();
+        sections.iter().map(|section| (format!("SHOPFAST_{service}__{section}__REDIS_URL"), url.clone())).collect()
     }
 
     fn loadgen_env(&self) -> Vec<(String, String)> {
