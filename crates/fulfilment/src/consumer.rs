@@ -27,6 +27,8 @@ pub struct Settings {
     pub claim_idle: Duration,
     pub max_deliveries: u32,
     pub call_timeout: Duration,
+    /// Simulated work per event.
+    pub work: Duration,
 }
 
 pub struct Consumer {
@@ -178,6 +180,9 @@ impl Consumer {
         let Some(to) = target(&message.kind) else {
             return Outcome::Dead(format!("fulfilment does not handle {:?} events", message.kind));
         };
+        if !self.settings.work.is_zero() {
+            tokio::time::sleep(self.settings.work).await;
+        }
         let mut request = tonic::Request::new(orders_pb::AdvanceFulfilmentRequest {
             order_id: message.key.clone(),
             event_id: message.event_id.clone(),

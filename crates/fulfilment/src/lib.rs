@@ -45,6 +45,10 @@ pub struct FulfilmentWorkerConfig {
     pub call_timeout_ms: u64,
     /// How often the queue's depth and lag are read for the gauges.
     pub stats_ms: u64,
+    /// Simulated work per event before the order moves (a carrier's API
+    /// call, say): 0 by default; a demo or a benchmark raises it to watch
+    /// the queue build up and drain.
+    pub work_ms: u64,
     /// Breaker, bulkhead and retry toward Orders.
     pub orders: DependencyConfig,
 }
@@ -62,6 +66,7 @@ impl Default for FulfilmentWorkerConfig {
             max_deliveries: 5,
             call_timeout_ms: 5_000,
             stats_ms: 1_000,
+            work_ms: 0,
             orders: Default::default(),
         }
     }
@@ -83,6 +88,9 @@ impl FulfilmentWorkerConfig {
             return Err(
                 "claim_idle_ms must exceed call_timeout_ms (or a slow handling is taken over while it runs)".into()
             );
+        }
+        if self.work_ms >= self.claim_idle_ms.saturating_sub(self.call_timeout_ms) {
+            return Err("work_ms must leave room in claim_idle_ms for the call".into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries must be positive".into());
@@ -118,6 +126,7 @@ pub async fn start(config: FulfilmentWorkerConfig, shutdown: CancellationToken) 
         claim_idle: Duration::from_millis(config.claim_idle_ms),
         max_deliveries: config.max_deliveries,
         call_timeout: Duration::from_millis(config.call_timeout_ms),
+        work: Duration::from_millis(config.work_ms),
     });
     for n in 0..config.concurrency {
         let consumer = consumer::Consumer {
@@ -150,6 +159,7 @@ mod tests {
             (FulfilmentWorkerConfig { group: "a b".into(), ..Default::default() }, "group"),
             (FulfilmentWorkerConfig { claim_idle_ms: 1_000, ..Default::default() }, "claim_idle_ms"),
             (FulfilmentWorkerConfig { max_deliveries: 0, ..Default::default() }, "max_deliveries"),
+            (FulfilmentWorkerConfig { work_ms: 60_000, ..Default::default() }, "work_ms"),
             (FulfilmentWorkerConfig { block_ms: 0, ..Default::default() }, "block_ms"),
         ];
         for (config, field) in cases {

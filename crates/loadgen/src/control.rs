@@ -70,7 +70,7 @@ const PAGE: &str = r#"<!doctype html>
 <p id="modes"></p>
 <table id="numbers"></table>
 <script>
-const modes = ["steady", "burst", "overload", "pause"];
+const modes = ["steady", "burst", "overload", "flood", "pause"];
 async function setMode(m) { await fetch("/mode/" + m, { method: "POST" }); refresh(); }
 function row(name, value) { return `<tr><th>${name}</th><td>${value}</td></tr>`; }
 async function refresh() {

@@ -4,7 +4,7 @@
 //!
 //! - `GET /` a page with the live numbers and the mode buttons;
 //! - `GET /stats` the numbers as JSON; `GET /mode` the mode;
-//! - `POST /mode/{steady|burst|overload|pause}` switches at once.
+//! - `POST /mode/{steady|burst|overload|flood|pause}` switches at once (flood: orders only).
 //!
 //! `mode` holds the rates, `journeys` the customers' paths, `stats` the
 //! sliding window, `control` the HTTP side.
@@ -200,7 +200,11 @@ async fn drive(
             }
             continue;
         }
-        let journey = weights.pick(rand::rng().random_range(0..weights.total()));
+        // A flood is orders only: the queue behind Orders fills.
+        let journey = match state.mode().0 {
+            Mode::Flood => journeys::Journey::Order,
+            _ => weights.pick(rand::rng().random_range(0..weights.total())),
+        };
         if let Ok(mut stats) = state.stats.lock() {
             stats.journey_started();
         }

@@ -13,18 +13,21 @@ pub enum Mode {
     Burst,
     /// `overload_factor` × steady, without letting up: more than the stack can serve.
     Overload,
+    /// Orders only, `flood_per_sec` of them: the queue behind Orders builds up, then drains.
+    Flood,
     /// Nothing.
     Pause,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Steady, Mode::Burst, Mode::Overload, Mode::Pause];
+    pub const ALL: [Mode; 5] = [Mode::Steady, Mode::Burst, Mode::Overload, Mode::Flood, Mode::Pause];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Steady => "steady",
             Mode::Burst => "burst",
             Mode::Overload => "overload",
+            Mode::Flood => "flood",
             Mode::Pause => "pause",
         }
     }
@@ -44,19 +47,31 @@ pub struct Rates {
     /// A burst lasts this long, then as long again at the steady rate.
     pub burst_period_ms: u64,
     pub overload_factor: f64,
+    /// Orders placed per second in flood mode.
+    pub flood_per_sec: f64,
 }
 
 impl Default for Rates {
     fn default() -> Self {
-        Self { steady_per_sec: 2.0, burst_factor: 5.0, burst_period_ms: 5_000, overload_factor: 100.0 }
+        Self {
+            steady_per_sec: 2.0,
+            burst_factor: 5.0,
+            burst_period_ms: 5_000,
+            overload_factor: 100.0,
+            flood_per_sec: 50.0,
+        }
     }
 }
 
 impl Rates {
     pub fn check(&self) -> Result<(), String> {
-        let finite = [self.steady_per_sec, self.burst_factor, self.overload_factor].iter().all(|v| v.is_finite());
+        let rates = [self.steady_per_sec, self.burst_factor, self.overload_factor, self.flood_per_sec];
+        let finite = rates.iter().all(|v| v.is_finite());
         if !finite || self.steady_per_sec < 0.0 || self.burst_factor < 1.0 || self.overload_factor < 1.0 {
             return Err("steady_per_sec must be >= 0 and the factors >= 1".into());
+        }
+        if !(0.0..=10_000.0).contains(&self.flood_per_sec) {
+            return Err("flood_per_sec must be 0 to 10000".into());
         }
         if self.burst_period_ms == 0 {
             return Err("burst_period_ms must be > 0".into());
@@ -73,6 +88,7 @@ impl Rates {
                 if phase.is_multiple_of(2) { self.steady_per_sec * self.burst_factor } else { self.steady_per_sec }
             }
             Mode::Overload => self.steady_per_sec * self.overload_factor,
+            Mode::Flood => self.flood_per_sec,
             Mode::Pause => 0.0,
         }
     }
@@ -84,10 +100,17 @@ mod tests {
 
     #[test]
     fn each_mode_has_its_rate() {
-        let rates = Rates { steady_per_sec: 4.0, burst_factor: 5.0, burst_period_ms: 1_000, overload_factor: 10.0 };
+        let rates = Rates {
+            steady_per_sec: 4.0,
+            burst_factor: 5.0,
+            burst_period_ms: 1_000,
+            overload_factor: 10.0,
+            flood_per_sec: 30.0,
+        };
         assert_eq!(rates.rate(Mode::Steady, Duration::from_secs(7)), 4.0);
         assert_eq!(rates.rate(Mode::Overload, Duration::ZERO), 40.0);
         assert_eq!(rates.rate(Mode::Pause, Duration::ZERO), 0.0);
+        assert_eq!(rates.rate(Mode::Flood, Duration::from_secs(3)), 30.0);
         // Bursts first, then as long at the steady rate, and again.
         assert_eq!(rates.rate(Mode::Burst, Duration::from_millis(10)), 20.0);
         assert_eq!(rates.rate(Mode::Burst, Duration::from_millis(1_500)), 4.0);
@@ -105,5 +128,7 @@ mod tests {
         assert!(Rates { burst_factor: 0.5, ..Default::default() }.check().is_err());
         assert!(Rates { overload_factor: f64::NAN, ..Default::default() }.check().is_err());
         assert!(Rates { burst_period_ms: 0, ..Default::default() }.check().is_err());
+        assert!(Rates { flood_per_sec: -1.0, ..Default::default() }.check().is_err());
+        assert!(Rates { flood_per_sec: f64::INFINITY, ..Default::default() }.check().is_err());
     }
 }

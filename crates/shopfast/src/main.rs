@@ -398,11 +398,11 @@ struct LoadgenArgs {
     #[arg(long, env = "SHOPFAST_LOADGEN_API_KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
-    /// Control port: GET / (page), GET /stats, POST /mode/{steady|burst|overload|pause}.
+    /// Control port: GET / (page), GET /stats, POST /mode/{steady|burst|overload|flood|pause}.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     addr: Option<SocketAddr>,
-    /// The mode to start in: steady, burst, overload or pause.
+    /// The mode to start in: steady, burst, overload, flood (orders only) or pause.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,

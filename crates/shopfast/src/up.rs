@@ -543,7 +543,7 @@ fn print_banner(list: &kit::discovery::wire::InstanceList, secrets: &Secrets, ur
         println!("Console: {url}   traces, logs, health, dependency map (OTLP in at {url}/v1/traces)");
     }
     if let Some(url) = loadgen_url {
-        println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|pause}}");
+        println!("Loadgen: {url}   steady; POST {url}/mode/{{steady|burst|overload|flood|pause}}");
     }
     let tls_dir = logs_dir.parent().unwrap_or(logs_dir).join("tls");
     println!(

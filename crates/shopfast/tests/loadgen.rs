@@ -53,6 +53,11 @@ async fn modes_change_the_rate_and_garbage_is_refused() {
     let now = stats(&http, &loadgen).await;
     println!("requests/s: steady {steady:.1}, burst {burst:.1}, overload {overload:.1}; under overload: {now}");
 
+    // Flood: orders only, at their own rate (the queue behind Orders fills).
+    http.post(format!("{loadgen}/mode/flood")).send().await.unwrap().error_for_status().unwrap();
+    let now = stats(&http, &loadgen).await;
+    assert_eq!((now["mode"].as_str(), now["target_journeys_per_sec"].as_f64()), (Some("flood"), Some(50.0)), "{now}");
+
     // Pause: once what was in flight has finished, nothing.
     http.post(format!("{loadgen}/mode/pause")).send().await.unwrap();
     let started = Instant::now();
