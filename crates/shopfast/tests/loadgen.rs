@@ -77,7 +77,7 @@ async fn modes_change_the_rate_and_garbage_is_refused() {
     let unknown = http.post(format!("{loadgen}/mode/turbo")).send().await.unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let body: Value = unknown.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("steady, burst, overload, pause"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("steady, burst, overload, flood, pause"), "{body}");
     assert_eq!(
         http.get(format!("{loadgen}/mode/steady")).send().await.unwrap().status(),
         StatusCode::METHOD_NOT_ALLOWED
