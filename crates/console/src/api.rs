@@ -42,6 +42,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/api/traces", get(search))
         .route("/api/traces/{trace_id}", get(trace))
         .route("/api/dependencies", get(dependencies))
+        .route("/api/timeseries", get(timeseries))
         .route("/api/deployments", get(deployments))
         .route("/api/loadgen", get(loadgen_stats).put(set_loadgen))
         .route("/api/loadgen/mode/{name}", post(loadgen_mode))
@@ -198,6 +199,21 @@ async fn trace(State(console): State<Arc<Console>>, Path(trace_id): Path<String>
         "logs": logs,
     }))
     .into_response())
+}
+
+/// The charts' series: every service's rate, errors and p95, and the
+/// queue's depth and lag, over the last `minutes` (5 to 60, default 15).
+async fn timeseries(State(console): State<Arc<Console>>, Query(params): Query<HashMap<String, String>>) -> ApiResult {
+    only_known(&params, &["minutes"])?;
+    let minutes = number(&params, "minutes", 5.0..=60.0)?.unwrap_or(15.0);
+    let span_ms = (minutes * 60_000.0) as i64;
+    // About 90 points a chart, never finer than the scrapes.
+    let step_ms = (span_ms / 90).max(console.config.scrape_interval_ms as i64);
+    let series = match console.monitor.lock() {
+        Ok(monitor) => monitor.series(kit::time::now_millis(), span_ms, step_ms),
+        Err(_) => return Err(unavailable("reading the monitor", "poisoned")),
+    };
+    Ok(Json(json!({ "minutes": minutes, "series": series })).into_response())
 }
 
 async fn dependencies(State(console): State<Arc<Console>>, Query(params): Query<HashMap<String, String>>) -> ApiResult {

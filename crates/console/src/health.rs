@@ -75,15 +75,17 @@ pub struct InstanceScrape {
     pub totals: Option<Totals>,
     /// The instance's breakers: dependency → state (0 closed, 1 half-open, 2 open, 3 throttling).
     pub breakers: BTreeMap<String, f64>,
+    /// The queue's gauges it reports (depth, pending, lag).
+    pub queue: BTreeMap<String, f64>,
 }
 
 /// RED totals and breakers out of a Prometheus text exposition.
 pub fn read_exposition(service: &str, instance_id: &str, text: &str) -> InstanceScrape {
-    let (totals, breakers) = match kit::red::read_exposition(service, text) {
-        Some(read) => (Some(read.totals), read.breakers),
-        None => (None, BTreeMap::new()),
+    let (totals, breakers, queue) = match kit::red::read_exposition(service, text) {
+        Some(read) => (Some(read.totals), read.breakers, read.queue),
+        None => (None, BTreeMap::new(), BTreeMap::new()),
     };
-    InstanceScrape { service: service.into(), instance_id: instance_id.into(), totals, breakers }
+    InstanceScrape { service: service.into(), instance_id: instance_id.into(), totals, breakers, queue }
 }
 
 /// One scrape round's change for one service.
@@ -147,6 +149,26 @@ pub struct Monitor {
     history: BTreeMap<String, VecDeque<Delta>>,
     latest: BTreeMap<String, Vec<InstanceScrape>>,
     pending: HashMap<(String, String), (i64, String)>,
+    /// The queue's gauges at each round (as long as the history is kept).
+    queue: VecDeque<(i64, BTreeMap<String, f64>)>,
+}
+
+/// One point of a service's series: over the step ending at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    pub at_ms: i64,
+    pub requests_per_sec: f64,
+    pub error_ratio: f64,
+    pub p95_ms: Option<f64>,
+}
+
+/// Time series for the console's charts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    pub step_ms: i64,
+    pub services: BTreeMap<String, Vec<Point>>,
+    /// Gauge → (time, the largest value any instance reported in the step).
+    pub queue: BTreeMap<String, Vec<(i64, f64)>>,
 }
 
 impl Monitor {
@@ -169,6 +191,19 @@ impl Monitor {
         // Instances gone from the registry are forgotten.
         self.last.retain(|id, _| scrapes.iter().any(|s| &s.instance_id == id));
         let keep_ms = (self.config.baseline_ms + self.config.baseline_gap_ms + self.config.window_ms) as i64;
+        let mut queue: BTreeMap<String, f64> = BTreeMap::new();
+        for scrape in &scrapes {
+            for (name, value) in &scrape.queue {
+                let seen = queue.entry(name.clone()).or_insert(*value);
+                *seen = seen.max(*value);
+            }
+        }
+        if !queue.is_empty() {
+            self.queue.push_back((now_ms, queue));
+        }
+        while self.queue.front().is_some_and(|(at, _)| *at < now_ms - keep_ms) {
+            self.queue.pop_front();
+        }
         for (service, totals) in deltas {
             let history = self.history.entry(service).or_default();
             history.push_back(Delta { at_ms: now_ms, totals });
@@ -201,6 +236,44 @@ impl Monitor {
             return None;
         }
         quantile(&base.buckets, 0.95).map(|s| s * 1e3)
+    }
+
+    /// Every service's rate, error ratio and p95, and the queue's gauges,
+    /// over the `span_ms` before `now_ms` in steps of `step_ms`.
+    pub fn series(&self, now_ms: i64, span_ms: i64, step_ms: i64) -> Series {
+        let step_ms = step_ms.max(1);
+        let steps = (span_ms / step_ms).clamp(1, 1_000);
+        let start = now_ms - steps * step_ms;
+        let mut services = BTreeMap::new();
+        for service in self.history.keys() {
+            let points = (1..=steps)
+                .map(|n| {
+                    let to = start + n * step_ms;
+                    let window = self.sum(service, to - step_ms, to);
+                    Point {
+                        at_ms: to,
+                        requests_per_sec: window.requests * 1e3 / step_ms as f64,
+                        error_ratio: if window.requests > 0.0 { window.errors / window.requests } else { 0.0 },
+                        p95_ms: quantile(&window.buckets, 0.95).map(|s| s * 1e3),
+                    }
+                })
+                .collect();
+            services.insert(service.clone(), points);
+        }
+        let mut queue: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+        for n in 1..=steps {
+            let to = start + n * step_ms;
+            for (_, gauges) in self.queue.iter().filter(|(at, _)| *at > to - step_ms && *at <= to) {
+                for (name, value) in gauges {
+                    let points = queue.entry(name.clone()).or_default();
+                    match points.last_mut() {
+                        Some((at, seen)) if *at == to => *seen = seen.max(*value),
+                        _ => points.push((to, *value)),
+                    }
+                }
+            }
+        }
+        Series { step_ms, services, queue }
     }
 
     /// Health of every service seen in the last round.
@@ -351,7 +424,13 @@ mod tests {
     }
 
     fn scrape(service: &str, id: &str, totals: Option<Totals>) -> InstanceScrape {
-        InstanceScrape { service: service.into(), instance_id: id.into(), totals, breakers: BTreeMap::new() }
+        InstanceScrape {
+            service: service.into(),
+            instance_id: id.into(),
+            totals,
+            breakers: BTreeMap::new(),
+            queue: BTreeMap::new(),
+        }
     }
 
     fn config() -> HealthConfig {
@@ -365,6 +444,27 @@ mod tests {
             baseline_min_requests: 10.0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn series_chart_each_step_and_the_queue_gauges() {
+        let mut m = Monitor::new(config());
+        let mut worker = scrape("fulfilment", "w", Some(Totals::default()));
+        for (n, depth) in [(0, 0.0), (1, 40.0), (2, 120.0), (3, 10.0)] {
+            worker.queue =
+                BTreeMap::from([("queue_depth".to_string(), depth), ("queue_lag_seconds".into(), depth / 10.0)]);
+            let orders = scrape("orders", "a", Some(totals(100.0 * f64::from(n), f64::from(n), f64::from(n))));
+            m.observe(i64::from(n) * 10_000, vec![orders, worker.clone()]);
+        }
+        let series = m.series(30_000, 30_000, 10_000);
+        let orders = &series.services["orders"];
+        assert_eq!(orders.len(), 3);
+        // Each step: what changed in it (101 requests, 1 error, 10 s).
+        assert!((orders[2].requests_per_sec - 10.1).abs() < 1e-9, "{orders:?}");
+        assert!((orders[2].error_ratio - 1.0 / 101.0).abs() < 1e-9);
+        assert!(orders[2].p95_ms.is_some());
+        assert_eq!(series.queue["queue_depth"], vec![(10_000, 40.0), (20_000, 120.0), (30_000, 10.0)]);
+        assert_eq!(series.queue["queue_lag_seconds"][1], (20_000, 12.0));
     }
 
     #[test]

@@ -281,6 +281,7 @@ async fn scrape_one(http: &reqwest::Client, instance: &kit::discovery::wire::Ins
             instance_id: instance.id.clone(),
             totals: None,
             breakers: Default::default(),
+            queue: Default::default(),
         },
     }
 }

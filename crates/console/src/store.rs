@@ -13,6 +13,9 @@ pub type Result<T, E = sqlx::Error> = std::result::Result<T, E>;
 
 /// Who called a root span from outside the traced system.
 pub const OUTSIDE: &str = "clients";
+/// The node messages pass through between a producer and its consumers (the
+/// embedded `queue` service, or Redis Streams).
+pub const QUEUE: &str = "queue";
 
 #[derive(Clone, Debug)]
 pub struct TraceStore {
@@ -200,8 +203,9 @@ impl TraceStore {
     /// latency is the caller's view when the parent is a client span.
     pub async fn calls_since(&self, since_ns: i64) -> Result<Vec<Call>> {
         let rows = sqlx::query(
-            "SELECT p.service AS caller, c.service AS callee, p.kind AS parent_kind, \
+            "SELECT p.service AS caller, c.service AS callee, p.kind AS parent_kind, c.kind AS child_kind, \
              p.end_ns - p.start_ns AS parent_ns, c.end_ns - c.start_ns AS child_ns, \
+             c.start_ns - p.start_ns AS waited_ns, \
              CASE WHEN c.error = 1 OR (p.kind = 'client' AND p.error = 1) THEN 1 ELSE 0 END AS failed \
              FROM spans c JOIN spans p ON p.trace_id = c.trace_id AND p.span_id = c.parent_span_id \
              WHERE c.start_ns >= $1 AND p.service <> c.service",
@@ -212,6 +216,19 @@ impl TraceStore {
         let mut calls = Vec::with_capacity(rows.len());
         for row in rows {
             let parent_kind: String = row.try_get("parent_kind")?;
+            // A message through the queue: the producer's service to the
+            // queue, the queue to the consumer's (the consumer's span
+            // continues the producer's), timed from publish to handled.
+            if parent_kind == "producer" && row.try_get::<String, _>("child_kind")? == "consumer" {
+                let waited: i64 = row.try_get("waited_ns")?;
+                let handled: i64 = row.try_get("child_ns")?;
+                let error = row.try_get::<i64, _>("failed")? != 0;
+                let caller: String = row.try_get("caller")?;
+                let callee: String = row.try_get("callee")?;
+                calls.push(Call { caller, callee: QUEUE.to_string(), duration_ns: waited.max(0), error: false });
+                calls.push(Call { caller: QUEUE.to_string(), callee, duration_ns: handled, error });
+                continue;
+            }
             let duration_ns: i64 =
                 if parent_kind == "client" { row.try_get("parent_ns")? } else { row.try_get("child_ns")? };
             calls.push(Call {

@@ -102,7 +102,13 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
 pub struct Exposition {
     pub totals: Totals,
     pub breakers: BTreeMap<String, f64>,
+    /// The queue's gauges (`queue_depth`, `queue_lag_seconds`, …), the
+    /// largest across label sets.
+    pub queue: BTreeMap<String, f64>,
 }
+
+/// The queue gauges a console charts.
+pub const QUEUE_GAUGES: &[&str] = &["queue_depth", "queue_pending", "queue_lag_messages", "queue_lag_seconds"];
 
 /// Reads the exposition of an instance of `service` (the gateway counts HTTP
 /// requests, the services gRPC calls); `None` if it is not one.
@@ -117,6 +123,7 @@ pub fn read_exposition(service: &str, text: &str) -> Option<Exposition> {
     };
     let mut totals = Totals::default();
     let mut breakers = BTreeMap::new();
+    let mut queue: BTreeMap<String, f64> = BTreeMap::new();
     for sample in &scrape.samples {
         match (&sample.value, sample.metric.as_str()) {
             (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v), name) if name == requests => {
@@ -139,10 +146,16 @@ pub fn read_exposition(service: &str, text: &str) -> Option<Exposition> {
                     breakers.insert(dependency.to_string(), *v);
                 }
             }
+            (prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v), name)
+                if QUEUE_GAUGES.contains(&name) =>
+            {
+                let seen = queue.entry(name.to_string()).or_insert(*v);
+                *seen = seen.max(*v);
+            }
             _ => {}
         }
     }
-    Some(Exposition { totals, breakers })
+    Some(Exposition { totals, breakers, queue })
 }
 
 #[cfg(test)]

@@ -134,20 +134,31 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
     let (_, trace) = get(&http, &trace_url).await;
     assert!(trace["logs"].as_array().unwrap().iter().all(|l| l["trace_id"] == trace_id.as_str()));
 
-    // The outbox worker continued the order's trace: shipping and delivery
-    // are consumer spans of it, under the span that paid the order.
-    eventually(Duration::from_secs(20), "the fulfilment steps in the order's trace", || {
+    // The order's trace goes on through the queue: Orders' relay publishes
+    // each fulfilment event as a producer span under the span that wrote it,
+    // and the fulfilment worker's consumer span continues that producer span
+    // (then calls Orders' AdvanceFulfilment under it).
+    eventually(Duration::from_secs(30), "the fulfilment steps in the order's trace", || {
         let (http, url) = (http.clone(), trace_url.clone());
         async move {
             let (_, body) = get(&http, &url).await;
             let spans = body["spans"].as_array().cloned().unwrap_or_default();
             let ids: BTreeSet<&str> = spans.iter().filter_map(|s| s["span_id"].as_str()).collect();
-            ["handle order.paid", "handle order.shipped"].iter().all(|name| {
+            ["order.paid", "order.shipped"].iter().all(|kind| {
+                let producers: Vec<&Value> = spans
+                    .iter()
+                    .filter(|s| {
+                        s["name"] == format!("publish {kind}").as_str()
+                            && s["kind"] == "producer"
+                            && s["service"] == "orders"
+                            && ids.contains(s["parent_span_id"].as_str().unwrap_or(""))
+                    })
+                    .collect();
                 spans.iter().any(|s| {
-                    s["name"] == *name
+                    s["name"] == format!("process {kind}").as_str()
                         && s["kind"] == "consumer"
-                        && s["service"] == "orders"
-                        && ids.contains(s["parent_span_id"].as_str().unwrap_or(""))
+                        && s["service"] == "fulfilment"
+                        && producers.iter().any(|p| p["span_id"] == s["parent_span_id"])
                 })
             })
         }
@@ -195,6 +206,38 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
         assert!(edges.contains(&(caller.to_string(), callee.to_string())), "no edge {caller} → {callee} in {map}");
     }
 
+    // The asynchronous path: Orders publishes to the queue, the fulfilment
+    // worker consumes (its consumer span continues the relay's producer span).
+    eventually(Duration::from_secs(60), "orders → queue → fulfilment on the map", || {
+        let (http, url) = (http.clone(), format!("{console}/api/dependencies"));
+        async move {
+            let (_, map) = get(&http, &url).await;
+            let edges: BTreeSet<(String, String)> = map["edges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    (e["caller"].as_str().unwrap_or("").to_string(), e["callee"].as_str().unwrap_or("").to_string())
+                })
+                .collect();
+            edges.contains(&("orders".into(), "queue".into())) && edges.contains(&("queue".into(), "fulfilment".into()))
+        }
+    })
+    .await;
+    // Trends: each service's series, and the queue's gauges (from the worker).
+    eventually(Duration::from_secs(30), "series for the gateway and the queue", || {
+        let (http, url) = (http.clone(), format!("{console}/api/timeseries?minutes=15"));
+        async move {
+            let (status, body) = get(&http, &url).await;
+            let series = &body["series"];
+            let gateway_moves = series["services"]["gateway"]
+                .as_array()
+                .is_some_and(|points| points.iter().any(|p| p["requests_per_sec"].as_f64().unwrap_or(0.0) > 0.0));
+            status == StatusCode::OK && gateway_moves && series["queue"]["queue_depth"].is_array()
+        }
+    })
+    .await;
+
     // Health: every service scraped through the registry; the traffic
     // generator's requests counted at the gateway.
     eventually(Duration::from_secs(20), "every service in the health overview, with traffic", || {
@@ -213,7 +256,8 @@ async fn the_console_shows_traces_logs_health_alerts_and_the_dependency_map() {
     // Every /metrics of the stack — each instance the registry lists, the
     // registry's and the console's own — is valid for promtool.
     let instances = up.registry_client().all_instances().await.unwrap().instances;
-    assert_eq!(instances.len(), SERVICES.len());
+    // The services, the queue and the fulfilment worker.
+    assert_eq!(instances.len(), SERVICES.len() + 2, "{instances:?}");
     let admins = instances.iter().map(|i| format!("http://{}", i.admin_address));
     let registry_http = up.registry_http();
     for admin in admins.chain([up.registry.clone(), console.clone()]) {
@@ -294,6 +338,14 @@ async fn render_the_page(console: &str, trace_id: &str) {
     assert!(dom.contains("data-edge=\"orders-&gt;payments\""), "the orders → payments edge is drawn");
     assert!(dom.contains("id=\"loadgen-stats\" data-mode=\"steady\""), "the generator's numbers are shown");
     assert!(dom.contains(alert), "the alert is shown");
+    for node in ["queue", "fulfilment"] {
+        assert!(dom.contains(&format!("class=\"node\" data-service=\"{node}\"")), "no {node} node on the map");
+    }
+    assert!(dom.contains("data-edge=\"queue-&gt;fulfilment\""), "the queue → fulfilment edge is drawn");
+    for chart in ["requests/s", "error rate", "p95", "queue depth and lag", "queue lag"] {
+        assert!(dom.contains(&format!("data-chart=\"{chart}\"")), "no {chart} chart");
+    }
+    assert!(dom.contains("data-series=\"gateway\""), "the gateway's line in the trends");
     tokio::task::block_in_place(|| run(&[format!("--screenshot={}", screenshot.display())]));
     let size = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "a screenshot of the page: {} ({size} bytes)", screenshot.display());
@@ -331,6 +383,9 @@ async fn bad_requests_are_refused_clearly(http: &reqwest::Client, console: &str)
             StatusCode::BAD_REQUEST,
         ),
         ("limit 0", http.get(format!("{console}/api/traces?limit=0")), StatusCode::BAD_REQUEST),
+        ("3 minutes", http.get(format!("{console}/api/timeseries?minutes=3")), StatusCode::BAD_REQUEST),
+        ("minutes garbage", http.get(format!("{console}/api/timeseries?minutes=lots")), StatusCode::BAD_REQUEST),
+        ("unknown series knob", http.get(format!("{console}/api/timeseries?step=1")), StatusCode::BAD_REQUEST),
         ("limit abc", http.get(format!("{console}/api/traces?limit=abc")), StatusCode::BAD_REQUEST),
         ("unknown parameter", http.get(format!("{console}/api/traces?colour=blue")), StatusCode::BAD_REQUEST),
         ("bad trace id filter", http.get(format!("{console}/api/traces?trace_id=xyz")), StatusCode::BAD_REQUEST),
