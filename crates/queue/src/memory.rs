@@ -180,10 +180,16 @@ impl Streams {
     }
 
     pub fn ack(&mut self, stream: &str, group: &str, ids: &[String]) -> Result<u64, MemoryError> {
-        let Some(group) = self.streams.get_mut(stream).and_then(|s| s.groups.get_mut(group)) else {
-            return Ok(0);
-        };
-        Ok(ids.iter().filter_map(|id| parse_seq(id)).filter(|seq| group.pending.remove(seq).is_some()).count() as u64)
+        let Some(stream) = self.streams.get_mut(stream) else { return Ok(0) };
+        let Some(group) = stream.groups.get_mut(group) else { return Ok(0) };
+        // The whole id must match an entry's: `0-1` is not `1700000000000-1`.
+        let entries = &stream.entries;
+        let acked = ids
+            .iter()
+            .filter_map(|id| parse_seq(id).filter(|seq| entries.get(seq).is_some_and(|e| entry_id(e, *seq) == *id)))
+            .filter(|seq| group.pending.remove(seq).is_some())
+            .count();
+        Ok(acked as u64)
     }
 
     pub fn dead_letter(
