@@ -87,6 +87,7 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
     host.enforce_idempotency(&db).await?;
     host.readiness().require_database(&db);
     readcache::describe_metrics();
+    queue::describe_metrics();
     let cache = readcache::ReadCache::new("orders", &config.cache).map_err(StartError::Config)?;
     let store = store::OrderStore::new(db.clone()).with_cache(std::sync::Arc::new(cache));
 

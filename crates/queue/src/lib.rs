@@ -180,6 +180,8 @@ pub fn id_millis(id: &str) -> Option<i64> {
 
 /// HELP text of the queue's metrics: producers', consumers' and the broker's.
 pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit::metrics::prometheus();
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("queue_published_total", "Messages published to the queue, by stream and broker.");
     describe_counter!(
@@ -212,6 +214,11 @@ pub fn describe_metrics() {
     );
     describe_gauge!("queue_dead_letter_depth", "Entries in the stream's dead-letter stream.");
     describe_gauge!("queue_consumers", "Consumers the group has seen, by stream and group.");
+    describe_gauge!(
+        "outbox_due_unpublished",
+        "Outbox events due and not yet published to the queue (the relay's backlog)."
+    );
+    describe_gauge!("outbox_published_unhandled", "Outbox events published and not yet handled by their consumer.");
 }
 
 #[cfg(test)]

@@ -211,6 +211,8 @@ impl ReadCache {
 }
 
 pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit::metrics::prometheus();
     metrics::describe_counter!("cache_requests_total", "Read-cache lookups, by cache and result (hit, miss, error).");
     metrics::describe_counter!(
         "cache_evictions_total",
