@@ -49,22 +49,29 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().to_string();
-        let span = tracing::info_span!(
-            "grpc",
-            otel.name = %method,
-            otel.kind = "server",
-            rpc.system = "grpc",
-            method = %method,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            // Filled by the handlers where they apply (`record_ids`), so every
-            // log line of the request carries them and traces can be found by them.
-            user_id = tracing::field::Empty,
-            order_id = tracing::field::Empty,
-            payment_id = tracing::field::Empty,
-        );
+        // Plumbing a caller marked untraced (a queue consumer's polling),
+        // outside any trace: counted, but no root trace each time.
+        let untraced = request.headers().contains_key(UNTRACED) && !request.headers().contains_key("traceparent");
+        let span = if untraced {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "grpc",
+                otel.name = %method,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                method = %method,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                // Filled by the handlers where they apply (`record_ids`), so every
+                // log line of the request carries them and traces can be found by them.
+                user_id = tracing::field::Empty,
+                order_id = tracing::field::Empty,
+                payment_id = tracing::field::Empty,
+            )
+        };
         crate::otel::continue_trace(&span, request.headers());
         if let Some(user) = request.headers().get("x-user-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
             span.record("user_id", user);
@@ -89,6 +96,7 @@ where
                     Err(_) => tonic::Code::Unknown as i32,
                 };
                 let code = tonic::Code::from(code);
+                let long_poll = result.as_ref().is_ok_and(|r| r.extensions().get::<LongPoll>().is_some());
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code as i32);
                 if crate::resilience::guard::server_failure(code) {
@@ -99,7 +107,11 @@ where
                 let code_label = format!("{code:?}");
                 let elapsed = started.elapsed().as_secs_f64();
                 metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method_label.clone(), "code" => code_label.clone()).increment(1);
-                metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method_label, "code" => code_label).record(elapsed);
+                // A long poll's time is mostly waiting by design: it would
+                // read as latency in every p95 (the console's, a canary's).
+                if !long_poll {
+                    metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method_label, "code" => code_label).record(elapsed);
+                }
                 tracing::debug!(code = ?code, elapsed_ms = elapsed * 1000.0, "request finished");
                 result
             }
@@ -107,6 +119,16 @@ where
         )
     }
 }
+
+/// Request metadata a caller sets on calls that are plumbing, not work (a
+/// queue consumer's receives and acknowledgements): outside a trace they make
+/// no span on either side.
+pub const UNTRACED: &str = "x-shopfast-untraced";
+
+/// A response extension of a long-poll method (the queue's Receive, which
+/// waits for entries): its duration stays out of the latency histogram.
+#[derive(Debug, Clone, Copy)]
+pub struct LongPoll;
 
 /// Puts an id (`order_id`, `user_id`, `payment_id`) on the request's span, so
 /// every later log line of the request carries it and its trace can be found

@@ -88,7 +88,10 @@ impl pb::queue_service_server::QueueService for QueueApi {
             claim_idle: Duration::from_millis(u64::from(r.claim_idle_ms)),
         };
         let got = self.broker.receive(receive).await.map_err(status)?;
-        Ok(Response::new(pb::ReceiveResponse { deliveries: got.into_iter().map(delivery_to_pb).collect() }))
+        let mut response =
+            Response::new(pb::ReceiveResponse { deliveries: got.into_iter().map(delivery_to_pb).collect() });
+        response.extensions_mut().insert(kit::grpc_telemetry::LongPoll);
+        Ok(response)
     }
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
@@ -131,9 +134,12 @@ impl GrpcBroker {
         Self { client: QueueServiceClient::new(channel), timeout }
     }
 
+    /// Every call to the broker is plumbing: no trace of its own (the
+    /// producer's and consumer's spans are the message's story).
     fn request<T>(&self, message: T, extra: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout + extra);
+        request.metadata_mut().insert(kit::grpc_telemetry::UNTRACED, tonic::metadata::MetadataValue::from_static("1"));
         request
     }
 }

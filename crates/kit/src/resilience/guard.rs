@@ -355,15 +355,24 @@ where
         let dependency = self.dependency.clone();
         // The call is a span of its own, a child of whatever is calling; the
         // callee continues it from the injected `traceparent`.
-        let span = tracing::info_span!(
-            "grpc.client",
-            otel.name = request.uri().path(),
-            otel.kind = "client",
-            rpc.system = "grpc",
-            peer.service = dependency.name.as_str(),
-            otel.status_code = tracing::field::Empty,
-        );
-        crate::otel::inject(&span, request.headers_mut());
+        // Plumbing marked untraced, outside any trace, makes no span.
+        let untraced =
+            request.headers().contains_key(crate::grpc_telemetry::UNTRACED) && tracing::Span::current().is_disabled();
+        let span = if untraced {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "grpc.client",
+                otel.name = request.uri().path(),
+                otel.kind = "client",
+                rpc.system = "grpc",
+                peer.service = dependency.name.as_str(),
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+        if !untraced {
+            crate::otel::inject(&span, request.headers_mut());
+        }
         Box::pin(tracing::Instrument::instrument(guarded_call(dependency, inner, request), span))
     }
 }
