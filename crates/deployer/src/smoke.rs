@@ -23,6 +23,9 @@ pub struct Smoke {
     api_key: Secret,
 }
 
+/// Times a shed or rate-limited smoke request is sent again.
+const SHED_RETRIES: u32 = 3;
+
 /// A signed-in smoke customer and a product to buy.
 pub struct Session {
     token: String,
@@ -54,12 +57,30 @@ impl Smoke {
         request
     }
 
-    /// Sends a request; its JSON if the status is one of `ok`.
+    /// Sends a request; its JSON if the status is one of `ok`. A request the
+    /// platform shed or rate-limited (503, 429: "retry with backoff") is sent
+    /// again, up to `SHED_RETRIES` times: a busy machine is not a broken version.
     async fn expect(&self, step: &str, request: reqwest::RequestBuilder, ok: &[u16]) -> Result<Value, String> {
-        let response = request.send().await.map_err(|e| format!("{step}: {e}"))?;
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if ok.contains(&status) { Ok(body) } else { Err(format!("{step}: HTTP {status} {body}")) }
+        let mut backoff = Duration::from_millis(250);
+        let mut request = Some(request);
+        for attempt in 0..=SHED_RETRIES {
+            let Some(current) = request.take() else { break };
+            // Kept for another attempt when the body can be cloned (JSON can).
+            request = current.try_clone();
+            let sent = current;
+            let response = sent.send().await.map_err(|e| format!("{step}: {e}"))?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if ok.contains(&status) {
+                return Ok(body);
+            }
+            if !matches!(status, 429 | 503) || attempt == SHED_RETRIES || request.is_none() {
+                return Err(format!("{step}: HTTP {status} {body}"));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        Err(format!("{step}: no answer"))
     }
 
     /// The whole suite against `service` at `version`; what failed, if anything.

@@ -39,10 +39,10 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            poll_ms: 100,
+            poll_ms: 200,
             batch: 200,
             watch_group: "fulfilment".into(),
-            check_ms: 1_000,
+            check_ms: 2_000,
             republish_grace_ms: 5_000,
             max_republish: 5,
         }
@@ -143,11 +143,7 @@ impl Relay {
 
     /// New due events, claimed and published; the broker's epoch when it answered.
     pub async fn publish_due(&self) -> Result<Option<String>, RelayError> {
-        let now = kit::time::now_millis();
-        let mut due = Vec::new();
-        for kind in RELAYED {
-            due.extend(self.store.due_events(kind, now, self.config.batch).await?);
-        }
+        let due = self.store.due_events_of(RELAYED, kit::time::now_millis(), self.config.batch).await?;
         let claimed = self.store.claim_for_publish(due).await?;
         self.publish(claimed, None).await
     }

@@ -316,6 +316,28 @@ impl OrderStore {
         decode_events(&rows)
     }
 
+    /// Outbox events of any of `kinds` (at most two) due by `now` and not
+    /// published yet, oldest first: one query for the relay's poll.
+    pub async fn due_events_of(&self, kinds: &[&str], now: i64, limit: i64) -> Result<Vec<Event>, StoreError> {
+        let (first, second) = match kinds {
+            [one] => (*one, *one),
+            [one, two] => (*one, *two),
+            _ => return Err(DomainError::Invalid("due_events_of takes one or two kinds".into()).into()),
+        };
+        let rows = sqlx::query(
+            "SELECT id, order_id, kind, payload, attempts, traceparent FROM outbox \
+             WHERE published_at IS NULL AND available_at <= $1 AND (kind = $2 OR kind = $3) \
+             ORDER BY available_at, id LIMIT $4",
+        )
+        .bind(now)
+        .bind(first)
+        .bind(second)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        decode_events(&rows)
+    }
+
     /// Events handled in this process: published and handled at once.
     pub async fn mark_published(&self, event_id: &str) -> Result<(), StoreError> {
         let now = now_millis();

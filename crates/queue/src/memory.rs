@@ -242,8 +242,9 @@ impl Streams {
 
 /// The longest a receive may wait for entries.
 const MAX_BLOCK: Duration = Duration::from_secs(10);
-/// How often a waiting receive looks again for entries to claim.
-const CLAIM_RECHECK: Duration = Duration::from_millis(250);
+/// How often a waiting receive looks again for entries to claim (a claim
+/// waits `claim_idle` anyway; this adds at most a second to it).
+const CLAIM_RECHECK: Duration = Duration::from_secs(1);
 
 /// The embedded broker: `Streams` behind a lock, receives that wait for a
 /// publish. The `shopfast queue` process serves one over gRPC.

@@ -141,6 +141,8 @@ impl Stack {
                 queue: self.queue.clone(),
                 work_ms,
                 block_ms: 200,
+                // As measured in the note: 8 consumers a worker.
+                concurrency: 8,
                 ..Default::default()
             };
             self.services.push(fulfilment::start(config, self.shutdown.clone()).await.unwrap());

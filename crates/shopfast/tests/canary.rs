@@ -69,6 +69,7 @@ fn step_time(rollout: &Value, event: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_goes_through_every_step_with_pauses_and_a_killed_controller() {
+    let _turn = support::rollouts::loaded_stack_turn().await;
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], ENV);
     let stable = versions(&up, "products").await.remove(0);
@@ -192,6 +193,7 @@ async fn stable_server_errors(up: &Up, version: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_canaries_are_rolled_back_on_their_own_and_a_slightly_slower_one_is_not() {
+    let _turn = support::rollouts::loaded_stack_turn().await;
     let data = tempfile::tempdir().unwrap();
     // Stable made slow below must not shed.
     let env = [ENV, &[("SHOPFAST_PRODUCTS__SHEDDING__ENABLED", "false")]].concat();

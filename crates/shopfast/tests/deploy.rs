@@ -35,6 +35,7 @@ fn deploy_args<'a>(service: &'a str, version: &'a str, extra: &[&'a str]) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_switches_and_rolls_back_without_a_failed_request() {
+    let _turn = support::rollouts::loaded_stack_turn().await;
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
     let blue = versions(&up, "products").await;
@@ -115,6 +116,7 @@ async fn blue_green_switches_and_rolls_back_without_a_failed_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbage() {
+    let _turn = support::rollouts::loaded_stack_turn().await;
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &["--no-loadgen", "--no-console"], &[]);
     let blue = versions(&up, "products").await.remove(0);

@@ -204,3 +204,12 @@ pub async fn wait_for_phase(up: &Up, service: &str, phases: &[&str], within: Dur
     .await;
     found.unwrap_or_else(|_| panic!("{service} not {phases:?} within {within:?}: {last:#}"))
 }
+
+/// The turn of a test that runs a stack under a load it counts failures of:
+/// one such test at a time in a test binary. Four stacks of a dozen debug
+/// processes each, started at once on two cores, shed requests for the
+/// machine's sake, which says nothing about a rollout.
+pub async fn loaded_stack_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
