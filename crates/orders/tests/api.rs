@@ -309,6 +309,26 @@ async fn orders_are_paid_refused_cancelled_and_fulfilled() {
     expect_code(s.orders.update_order_status(update(pb::OrderStatus::Delivered)).await, Code::FailedPrecondition);
     expect_code(s.orders.update_order_status(update(pb::OrderStatus::Cancelled)).await, Code::InvalidArgument);
     expect_code(s.orders.update_order_status(update(pb::OrderStatus::Cancelling)).await, Code::InvalidArgument);
+
+    // AdvanceFulfilment (the worker's step): garbage refused, nothing moved;
+    // a replay of a step already made answers `applied: false`.
+    let advance = |order_id: &str, event_id: &str, to: i32| pb::AdvanceFulfilmentRequest {
+        order_id: order_id.into(),
+        event_id: event_id.into(),
+        to,
+    };
+    let shipped = pb::OrderStatus::Shipped as i32;
+    expect_code(s.orders.advance_fulfilment(advance("", "e", shipped)).await, Code::InvalidArgument);
+    expect_code(s.orders.advance_fulfilment(advance(&paid.id, "", shipped)).await, Code::InvalidArgument);
+    expect_code(s.orders.advance_fulfilment(advance(&paid.id, "e", 999)).await, Code::InvalidArgument);
+    for to in [pb::OrderStatus::Cancelled, pb::OrderStatus::Paid, pb::OrderStatus::Unspecified] {
+        expect_code(s.orders.advance_fulfilment(advance(&paid.id, "e", to as i32)).await, Code::InvalidArgument);
+    }
+    expect_code(s.orders.advance_fulfilment(advance("no-such-order", "e", shipped)).await, Code::NotFound);
+    let replay =
+        s.orders.advance_fulfilment(advance(&paid.id, "a-replayed-event", shipped)).await.unwrap().into_inner();
+    assert!(!replay.applied, "the first order was delivered long ago: {replay:?}");
+    assert_eq!(replay.order.unwrap().status, pb::OrderStatus::Delivered as i32, "and stays delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

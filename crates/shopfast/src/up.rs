@@ -162,6 +162,11 @@ impl Proc {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let replicas = replica_counts(&args.replicas, args.redis_url.is_some())?;
+    if let Some(url) = &args.redis_url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        bail!("--redis-url must be a redis:// or rediss:// URL");
+    }
     let logs_dir = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs_dir).with_context(|| format!("cannot create {}", logs_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the shopfast executable")?;

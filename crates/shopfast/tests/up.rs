@@ -75,6 +75,24 @@ fn up_refuses_bad_flags() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("replicas") || stderr.contains("key=value"), "{bad:?}: {stderr}");
     }
+    // One embedded queue (its streams live in one process); a broker URL that is not Redis.
+    for (bad, said) in [
+        (["--replicas", "queue=2"], "the embedded queue is one process"),
+        (["--redis-url", "http://127.0.0.1:6379"], "--redis-url must be a redis://"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(SHOPFAST)
+            .arg("up")
+            .args(bad)
+            .arg("--ephemeral")
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{bad:?}: {stderr}");
+    }
 }
 
 /// A quiet `RUST_LOG` on `up` does not hide the lines it starts by.
