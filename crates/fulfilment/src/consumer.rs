@@ -31,6 +31,22 @@ pub struct Settings {
     pub work: Duration,
 }
 
+/// Kept between a handling's end and the moment another consumer may claim its entry.
+const CLAIM_MARGIN: Duration = Duration::from_secs(1);
+/// A call with less time than this is not started.
+const MIN_CALL: Duration = Duration::from_millis(250);
+
+impl Settings {
+    /// The deadline of the call for an entry whose batch was received
+    /// `elapsed` ago: what remains before the entry can be claimed by another
+    /// consumer (less the simulated work and a margin), at most
+    /// `call_timeout`; `None` when too little remains to start.
+    pub fn deadline_after(&self, elapsed: Duration) -> Option<Duration> {
+        let left = self.claim_idle.checked_sub(elapsed + self.work + CLAIM_MARGIN)?;
+        (left >= MIN_CALL).then(|| left.min(self.call_timeout))
+    }
+}
+
 pub struct Consumer {
     pub name: String,
     pub broker: Arc<dyn Broker>,
@@ -100,8 +116,15 @@ impl Consumer {
                     }
                     // A delivery started is finished before stopping: no
                     // half-handled event waits for the idle time.
+                    let received = Instant::now();
                     for delivery in deliveries {
-                        self.handle(delivery).await;
+                        let Some(deadline) = self.settings.deadline_after(received.elapsed()) else {
+                            // Claimable by another consumer before this one could finish:
+                            // left pending for that claim, never handled by two at once.
+                            tracing::debug!(consumer = %self.name, "batch outlasted the claim time; the rest is left");
+                            break;
+                        };
+                        self.handle(delivery, deadline).await;
                     }
                 }
                 Err(err) => {
@@ -118,7 +141,7 @@ impl Consumer {
         }
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery, deadline: Duration) {
         let started = Instant::now();
         let message = &delivery.message;
         let span = tracing::info_span!(
@@ -140,7 +163,7 @@ impl Consumer {
         if delivery.deliveries > 1 {
             metrics::counter!("queue_redeliveries_total", "group" => group.clone()).increment(1);
         }
-        let outcome = tracing::Instrument::instrument(self.outcome(&delivery), span.clone()).await;
+        let outcome = tracing::Instrument::instrument(self.outcome(&delivery, deadline), span.clone()).await;
         let settled = match &outcome {
             Outcome::Applied | Outcome::Replayed => self
                 .broker
@@ -172,7 +195,7 @@ impl Consumer {
         }
     }
 
-    async fn outcome(&self, delivery: &Delivery) -> Outcome {
+    async fn outcome(&self, delivery: &Delivery, deadline: Duration) -> Outcome {
         let message = &delivery.message;
         if delivery.deliveries > self.settings.max_deliveries {
             return Outcome::Dead(format!("delivered {} times without being handled", delivery.deliveries - 1));
@@ -188,7 +211,7 @@ impl Consumer {
             event_id: message.event_id.clone(),
             to: to as i32,
         });
-        request.set_timeout(self.settings.call_timeout);
+        request.set_timeout(deadline);
         let result = self.orders.clone().advance_fulfilment(request).await.map(|r| r.into_inner().applied);
         classify(result)
     }
@@ -231,6 +254,25 @@ mod tests {
         assert!(matches!(classify(Err(tonic::Status::invalid_argument("x"))), Outcome::Dead(_)));
         assert!(matches!(classify(Err(tonic::Status::unavailable("restarting"))), Outcome::Retry(_)));
         assert!(matches!(classify(Err(tonic::Status::deadline_exceeded("slow"))), Outcome::Retry(_)));
+    }
+
+    #[test]
+    fn a_batch_never_outlasts_the_claim_time() {
+        let settings = Settings {
+            stream: "s".into(),
+            group: "g".into(),
+            batch: 16,
+            block: Duration::from_secs(2),
+            claim_idle: Duration::from_secs(15),
+            max_deliveries: 5,
+            call_timeout: Duration::from_secs(5),
+            work: Duration::from_secs(2),
+        };
+        assert_eq!(settings.deadline_after(Duration::ZERO), Some(Duration::from_secs(5)));
+        // 15 − 9 − 2 − 1 = 3 s left before another consumer may claim it.
+        assert_eq!(settings.deadline_after(Duration::from_secs(9)), Some(Duration::from_secs(3)));
+        assert_eq!(settings.deadline_after(Duration::from_millis(11_900)), None);
+        assert_eq!(settings.deadline_after(Duration::from_secs(60)), None);
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub struct FulfilmentWorkerConfig {
     /// How long a receive waits for entries.
     pub block_ms: u64,
     /// An entry unacknowledged this long is taken from its consumer (it
-    /// died): longer than one handling can take (`call_timeout_ms`).
+    /// died): longer than one handling can take (`call_timeout_ms` +
+    /// `work_ms` + 1 s). A consumer starts no handling that could outlast
+    /// it, so no entry is handled by two consumers at once.
     pub claim_idle_ms: u64,
     /// Deliveries after which an entry goes to the dead letters.
     pub max_deliveries: u32,
@@ -84,13 +86,15 @@ impl FulfilmentWorkerConfig {
         if !(1..=10_000).contains(&self.block_ms) || self.call_timeout_ms == 0 || self.stats_ms == 0 {
             return Err("block_ms must be 1 to 10000; call_timeout_ms and stats_ms positive".into());
         }
-        if self.claim_idle_ms <= self.call_timeout_ms {
-            return Err(
-                "claim_idle_ms must exceed call_timeout_ms (or a slow handling is taken over while it runs)".into()
-            );
+        if self.call_timeout_ms < 250 {
+            return Err("call_timeout_ms must be at least 250".into());
         }
-        if self.work_ms >= self.claim_idle_ms.saturating_sub(self.call_timeout_ms) {
-            return Err("work_ms must leave room in claim_idle_ms for the call".into());
+        // The consumer keeps a second between a handling's end and the
+        // moment another may claim the entry (consumer::deadline_after).
+        if self.claim_idle_ms < self.call_timeout_ms.saturating_add(self.work_ms).saturating_add(1_000) {
+            return Err("claim_idle_ms must exceed call_timeout_ms + work_ms by a second at least \
+                        (or a slow handling is taken over while it runs)"
+                .into());
         }
         if self.max_deliveries == 0 {
             return Err("max_deliveries must be positive".into());
@@ -161,6 +165,8 @@ mod tests {
             (FulfilmentWorkerConfig { max_deliveries: 0, ..Default::default() }, "max_deliveries"),
             (FulfilmentWorkerConfig { work_ms: 60_000, ..Default::default() }, "work_ms"),
             (FulfilmentWorkerConfig { block_ms: 0, ..Default::default() }, "block_ms"),
+            (FulfilmentWorkerConfig { claim_idle_ms: 5_500, ..Default::default() }, "claim_idle_ms"),
+            (FulfilmentWorkerConfig { call_timeout_ms: 10, ..Default::default() }, "call_timeout_ms"),
         ];
         for (config, field) in cases {
             let err = config.validate().unwrap_err();

@@ -406,7 +406,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
             // A replay, or the order was cancelled meanwhile: nothing to do
             // but to remember the event was answered.
             Err(crate::store::StoreError::Domain(DomainError::FailedPrecondition(_))) => {
-                self.store.mark_handled(&request.event_id).await?;
+                self.store.mark_handled(&request.order_id, &request.event_id).await?;
                 false
             }
             Err(err) => return Err(err.into()),

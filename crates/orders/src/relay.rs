@@ -9,7 +9,12 @@
 //! published and never handled when the broker shows it lost what it held: a
 //! new epoch (Redis restarted without persistence, the embedded broker
 //! restarted), or a consumer group with nothing pending and nothing left to
-//! deliver while events are still unhandled (trimmed, dead-lettered, lost).
+//! deliver while events are still unhandled (trimmed, dead-lettered, lost);
+//! and, while the queue is busy, what stayed unhandled for longer than
+//! `republish_after_ms` when the group is not that far behind (a relay that
+//! died between claiming and publishing, an event dead-lettered while
+//! Orders was down). The worker's step is conditional, so a copy of an
+//! event that was only slow changes nothing twice.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +37,9 @@ pub struct RelayConfig {
     pub check_ms: u64,
     /// An unhandled event is republished only once published this long ago.
     pub republish_grace_ms: i64,
+    /// While the queue is busy, an event unhandled this long after its
+    /// publication is published again (unless the group lags this much).
+    pub republish_after_ms: i64,
     /// Republished at most this often (a poison event ends in the dead letters, not in a loop).
     pub max_republish: i64,
 }
@@ -44,6 +52,7 @@ impl Default for RelayConfig {
             watch_group: "fulfilment".into(),
             check_ms: 2_000,
             republish_grace_ms: 5_000,
+            republish_after_ms: 60_000,
             max_republish: 5,
         }
     }
@@ -56,6 +65,9 @@ impl RelayConfig {
         }
         if self.republish_grace_ms < 0 || self.max_republish < 0 || self.watch_group.is_empty() {
             return Err("relay.republish_grace_ms and relay.max_republish must not be negative".into());
+        }
+        if self.republish_after_ms < self.republish_grace_ms {
+            return Err("relay.republish_after_ms must be at least relay.republish_grace_ms".into());
         }
         Ok(())
     }
@@ -168,14 +180,18 @@ impl Relay {
         let stats = self.broker.stats(&self.stream, &self.config.watch_group).await?;
         self.gauges(&stats).await;
         let changed = known_epoch.as_ref().is_some_and(|known| *known != stats.epoch);
-        *known_epoch = Some(stats.epoch.clone());
         if changed {
             // Everything published before now may be gone: all of it, page by page
             // (a republished event's publish time moves past `started`).
             while self.republish(started, "broker_restarted").await? > 0 {}
         } else if stats.pending == 0 && stats.lag == 0 {
             self.republish(started - self.config.republish_grace_ms, "unhandled").await?;
+        } else if stats.lag_ms < self.config.republish_after_ms {
+            self.republish(started - self.config.republish_after_ms, "overdue").await?;
         }
+        // Only once all of it went out again: a pass that failed halfway
+        // sees the new epoch next time and finishes the job.
+        *known_epoch = Some(stats.epoch);
         Ok(())
     }
 

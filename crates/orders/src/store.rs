@@ -290,11 +290,20 @@ impl OrderStore {
             .await?;
         }
         if let Some(event_id) = change.handles {
-            sqlx::query("UPDATE outbox SET handled_at = $1 WHERE id = $2 AND handled_at IS NULL")
-                .bind(now)
-                .bind(event_id)
-                .execute(&mut *tx)
-                .await?;
+            let marked =
+                sqlx::query("UPDATE outbox SET handled_at = $1 WHERE id = $2 AND order_id = $3 AND handled_at IS NULL")
+                    .bind(now)
+                    .bind(event_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            // The step moved the order, so its event was still open: another
+            // order's event (or a made-up id) must not move it, nor close an
+            // event its own order still waits on. Dropped, the transaction
+            // rolls back.
+            if marked.rows_affected() != 1 {
+                return Err(DomainError::invalid(format!("event {event_id} is not an open event of order {id}")).into());
+            }
         }
         tx.commit().await?;
         self.invalidate(id).await;
@@ -431,10 +440,11 @@ impl OrderStore {
     }
 
     /// An event whose change was already made (a replay) or can no longer be.
-    pub async fn mark_handled(&self, event_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET handled_at = $1 WHERE id = $2 AND handled_at IS NULL")
+    pub async fn mark_handled(&self, order_id: &str, event_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET handled_at = $1 WHERE id = $2 AND order_id = $3 AND handled_at IS NULL")
             .bind(now_millis())
             .bind(event_id)
+            .bind(order_id)
             .execute(self.db.pool())
             .await?;
         Ok(())

@@ -230,6 +230,16 @@ async fn cancellations_are_finished_from_the_outbox_until_they_succeed(url: Stri
     assert_eq!(store.due_events(ORDER_PAID, retried, 10).await.unwrap().len(), 1);
 }
 
+/// The outbox's clock counts milliseconds, and the relay republishes what
+/// was published strictly before its check: a check in the publish's own
+/// millisecond sees nothing older. Waits for the next one.
+async fn a_millisecond_later() {
+    let now = kit::time::now_millis();
+    while kit::time::now_millis() == now {
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+}
+
 /// The relay against the embedded broker (the real one, in process): due
 /// events published once, a replayed step harmless, and what a restarted
 /// broker lost published again.
@@ -260,12 +270,19 @@ async fn the_relay_publishes_once_and_again_what_the_broker_lost(url: String) {
     let got = broker.receive(receive()).await.unwrap();
     assert_eq!(got.len(), 2, "each due event published once: {got:?}");
     assert_eq!(got[0].message.kind, ORDER_PAID);
+    // r2's event cannot move r1 (nor be closed by r1's step): refused, nothing changed.
+    let wrong = Change { handles: Some(&got[1].message.event_id), ..Default::default() };
+    let refused = store.transition(&got[0].message.key, OrderStatus::Paid, OrderStatus::Shipped, wrong).await;
+    assert!(matches!(refused, Err(StoreError::Domain(DomainError::Invalid(_)))), "{refused:?}");
+    assert_eq!(store.get(&got[0].message.key).await.unwrap().status, OrderStatus::Paid);
+    store.mark_handled(&got[0].message.key, &got[1].message.event_id).await.unwrap();
     // r1 is handled (its step made, the event marked in the same transaction).
     let handles = Change { handles: Some(&got[0].message.event_id), ..Default::default() };
     store.transition(&got[0].message.key, OrderStatus::Paid, OrderStatus::Shipped, handles).await.unwrap();
     broker.ack("s", "fulfilment", &[got[0].id.clone(), got[1].id.clone()]).await.unwrap();
     // Nothing pending and nothing to deliver while r2's event is unhandled:
     // it was lost (acknowledged without its step, here) and goes out again.
+    a_millisecond_later().await;
     relay.check(&mut epoch).await.unwrap();
     let again = broker.receive(receive()).await.unwrap();
     assert_eq!(again.len(), 1);
@@ -274,18 +291,69 @@ async fn the_relay_publishes_once_and_again_what_the_broker_lost(url: String) {
     // The broker restarts and forgets everything: a new epoch, and r2 again.
     let restarted = Arc::new(queue::memory::Embedded::new(1_000));
     let relay = Relay { store: store.clone(), broker: restarted.clone(), stream: "s".into(), config };
+    a_millisecond_later().await;
     relay.check(&mut epoch).await.unwrap();
     let after = restarted.receive(receive()).await.unwrap();
     assert_eq!(after.iter().map(|d| d.message.key.as_str()).collect::<Vec<_>>(), ["r2"]);
-    store.mark_handled(&after[0].message.event_id).await.unwrap();
+    store.mark_handled(&after[0].message.key, &after[0].message.event_id).await.unwrap();
     restarted.ack("s", "fulfilment", &[after[0].id.clone()]).await.unwrap();
     relay.check(&mut epoch).await.unwrap();
     assert!(restarted.receive(receive()).await.unwrap().is_empty(), "handled events stay handled");
 }
 
+/// While the queue is busy (something pending), an event lost on the way
+/// (acknowledged without its step: dead-lettered, say) goes out again once
+/// it stayed unhandled for `republish_after_ms` — not before.
+async fn the_relay_publishes_again_what_stayed_unhandled_while_the_queue_is_busy(url: String) {
+    use orders::fulfilment::ORDER_PAID;
+    use orders::relay::{Relay, RelayConfig};
+    use queue::Broker;
+    let store = open(&url).await;
+    for id in ["b1", "b2"] {
+        store.create(&order(id, "alice", 1)).await.unwrap();
+        let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
+        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
+    }
+    let broker = Arc::new(queue::memory::Embedded::new(1_000));
+    let relay = |republish_after_ms| Relay {
+        store: store.clone(),
+        broker: broker.clone(),
+        stream: "s".into(),
+        config: RelayConfig { republish_grace_ms: 0, republish_after_ms, ..Default::default() },
+    };
+    let receive = || queue::Receive {
+        stream: "s",
+        group: "fulfilment",
+        consumer: "c",
+        max: 10,
+        block: Duration::ZERO,
+        claim_idle: Duration::from_secs(60),
+    };
+    let mut epoch = None;
+    relay(60_000).publish_due().await.unwrap();
+    let got = broker.receive(receive()).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let lost = got.iter().find(|d| d.message.key == "b1").unwrap();
+    broker.ack("s", "fulfilment", std::slice::from_ref(&lost.id)).await.unwrap();
+    // b2 still pending: busy. Not overdue yet under the default: nothing goes out.
+    relay(60_000).check(&mut epoch).await.unwrap();
+    assert!(broker.receive(receive()).await.unwrap().is_empty(), "nothing overdue yet");
+    // Overdue (after 0 ms here): b1 again, and b2's copy is harmless.
+    a_millisecond_later().await;
+    relay(0).check(&mut epoch).await.unwrap();
+    let again = broker.receive(receive()).await.unwrap();
+    let keys: Vec<&str> = again.iter().map(|d| d.message.key.as_str()).collect();
+    assert!(keys.contains(&"b1"), "{keys:?}");
+    assert_eq!(
+        RelayConfig { republish_after_ms: 1, ..Default::default() }.validate().unwrap_err(),
+        "relay.republish_after_ms must be at least relay.republish_grace_ms"
+    );
+}
+
 kit::backend_tests!(
     cancellations_are_finished_from_the_outbox_until_they_succeed,
     the_relay_publishes_once_and_again_what_the_broker_lost,
+    the_relay_publishes_again_what_stayed_unhandled_while_the_queue_is_busy,
     orders_keep_their_price_snapshot_and_page_newest_first,
     transitions_are_conditional_and_write_their_event_atomically,
     sagas_persist_and_the_stuck_ones_are_listed,

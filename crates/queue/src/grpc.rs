@@ -48,6 +48,70 @@ fn delivery_from_pb(delivery: pb::Delivery) -> Delivery {
     }
 }
 
+/// Limits of the gRPC surface, checked before the broker sees a request:
+/// what any caller sends is refused with the field named, never capped
+/// silently.
+mod checks {
+    use super::pb;
+    use tonic::Status;
+
+    const MAX_NAME: usize = 128;
+    const MAX_FIELD: usize = 256;
+    pub const MAX_PAYLOAD: usize = 64 * 1024;
+    const MAX_BLOCK_MS: u32 = 10_000;
+    const MAX_IDS: usize = crate::memory::MAX_BATCH;
+    const MAX_REASON: usize = 1_000;
+
+    pub fn name(what: &str, name: &str) -> Result<(), Status> {
+        if name.is_empty() || name.len() > MAX_NAME || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Status::invalid_argument(format!("{what} must be 1 to {MAX_NAME} characters without spaces")));
+        }
+        Ok(())
+    }
+
+    pub fn stream_and_group(stream: &str, group: &str) -> Result<(), Status> {
+        name("stream", stream)?;
+        name("group", group)
+    }
+
+    pub fn message(m: &pb::Message) -> Result<(), Status> {
+        for (what, value) in [("key", &m.key), ("kind", &m.kind), ("event_id", &m.event_id)] {
+            if value.is_empty() || value.len() > MAX_FIELD {
+                return Err(Status::invalid_argument(format!("message {what} must be 1 to {MAX_FIELD} bytes")));
+            }
+        }
+        if m.payload.len() > MAX_PAYLOAD || m.traceparent.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(format!(
+                "message payload at most {MAX_PAYLOAD} bytes, traceparent at most {MAX_FIELD}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn receive(r: &pb::ReceiveRequest) -> Result<(), Status> {
+        stream_and_group(&r.stream, &r.group)?;
+        name("consumer", &r.consumer)?;
+        if r.block_ms > MAX_BLOCK_MS {
+            return Err(Status::invalid_argument(format!("block_ms must be at most {MAX_BLOCK_MS}")));
+        }
+        Ok(())
+    }
+
+    pub fn ids(ids: &[String]) -> Result<(), Status> {
+        if ids.len() > MAX_IDS || ids.iter().any(|id| id.is_empty() || id.len() > MAX_NAME) {
+            return Err(Status::invalid_argument(format!("1 to {MAX_IDS} entry ids of 1 to {MAX_NAME} bytes")));
+        }
+        Ok(())
+    }
+
+    pub fn reason(reason: &str) -> Result<(), Status> {
+        if reason.len() > MAX_REASON {
+            return Err(Status::invalid_argument(format!("reason must be at most {MAX_REASON} bytes")));
+        }
+        Ok(())
+    }
+}
+
 /// The embedded broker's gRPC face.
 #[derive(Clone)]
 pub struct QueueApi {
@@ -72,6 +136,8 @@ fn status(err: QueueError) -> Status {
 impl pb::queue_service_server::QueueService for QueueApi {
     async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let request = request.into_inner();
+        checks::name("stream", &request.stream)?;
+        request.messages.iter().try_for_each(checks::message)?;
         let messages: Vec<Message> = request.messages.into_iter().map(from_pb).collect();
         let published = self.broker.publish(&request.stream, &messages).await.map_err(status)?;
         Ok(Response::new(pb::PublishResponse { ids: published.ids, epoch: published.epoch }))
@@ -79,6 +145,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
 
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
         let r = request.into_inner();
+        checks::receive(&r)?;
         let receive = Receive {
             stream: &r.stream,
             group: &r.group,
@@ -96,12 +163,19 @@ impl pb::queue_service_server::QueueService for QueueApi {
 
     async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let r = request.into_inner();
+        checks::stream_and_group(&r.stream, &r.group)?;
+        checks::ids(&r.ids)?;
         let acknowledged = self.broker.ack(&r.stream, &r.group, &r.ids).await.map_err(status)?;
         Ok(Response::new(pb::AckResponse { acknowledged: acknowledged as u32 }))
     }
 
     async fn dead_letter(&self, request: Request<pb::DeadLetterRequest>) -> Result<Response<pb::AckResponse>, Status> {
         let r = request.into_inner();
+        checks::stream_and_group(&r.stream, &r.group)?;
+        checks::reason(&r.reason)?;
+        if let Some(message) = r.delivery.as_ref().and_then(|d| d.message.as_ref()) {
+            checks::message(message)?;
+        }
         let delivery =
             r.delivery.map(delivery_from_pb).ok_or_else(|| Status::invalid_argument("delivery is required"))?;
         self.broker.dead_letter(&r.stream, &r.group, &delivery, &r.reason).await.map_err(status)?;
@@ -110,6 +184,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
 
     async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let r = request.into_inner();
+        checks::stream_and_group(&r.stream, &r.group)?;
         let stats = self.broker.stats(&r.stream, &r.group).await.map_err(status)?;
         Ok(Response::new(pb::StatsResponse {
             epoch: stats.epoch,

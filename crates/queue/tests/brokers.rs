@@ -133,6 +133,112 @@ async fn the_embedded_broker_over_grpc_does_the_same() {
     shutdown.cancel();
 }
 
+/// The gRPC surface refuses garbage with the field named, and the broker
+/// behind it is left as it was.
+#[tokio::test]
+async fn the_grpc_surface_refuses_garbage_with_the_field_named() {
+    use contracts::queue::v1 as pb;
+    let shutdown = kit::shutdown::CancellationToken::new();
+    let db = kit::testing::TestDb::sqlite();
+    let config = queue::QueueServiceConfig { common: kit::testing::service_common(&db.url), max_length: 1_000 };
+    let service = queue::service::start(config, shutdown.clone()).await.unwrap();
+    let mut client = pb::queue_service_client::QueueServiceClient::connect(service.grpc_url()).await.unwrap();
+    let good = pb::Message {
+        key: "o".into(),
+        kind: "order.paid".into(),
+        payload: "{}".into(),
+        event_id: "e".into(),
+        ..Default::default()
+    };
+    let publish =
+        |stream: &str, message: pb::Message| pb::PublishRequest { stream: stream.into(), messages: vec![message] };
+    let refused = [
+        ("stream", client.publish(publish("", good.clone())).await.map(|_| ())),
+        ("key", client.publish(publish("s", pb::Message { key: String::new(), ..good.clone() })).await.map(|_| ())),
+        (
+            "event_id",
+            client.publish(publish("s", pb::Message { event_id: String::new(), ..good.clone() })).await.map(|_| ()),
+        ),
+        (
+            "payload",
+            client.publish(publish("s", pb::Message { payload: "x".repeat(70_000), ..good.clone() })).await.map(|_| ()),
+        ),
+        (
+            "block_ms",
+            client
+                .receive(pb::ReceiveRequest {
+                    stream: "s".into(),
+                    group: "g".into(),
+                    consumer: "c".into(),
+                    max: 1,
+                    block_ms: 60_000,
+                    claim_idle_ms: 1_000,
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "consumer",
+            client
+                .receive(pb::ReceiveRequest {
+                    stream: "s".into(),
+                    group: "g".into(),
+                    consumer: "a b".into(),
+                    max: 1,
+                    block_ms: 0,
+                    claim_idle_ms: 1_000,
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "group",
+            client.ack(pb::AckRequest { stream: "s".into(), group: String::new(), ids: vec![] }).await.map(|_| ()),
+        ),
+        (
+            "entry ids",
+            client
+                .ack(pb::AckRequest { stream: "s".into(), group: "g".into(), ids: vec![String::new()] })
+                .await
+                .map(|_| ()),
+        ),
+        ("group", client.stats(pb::StatsRequest { stream: "s".into(), group: "\n".into() }).await.map(|_| ())),
+        (
+            "reason",
+            client
+                .dead_letter(pb::DeadLetterRequest {
+                    stream: "s".into(),
+                    group: "g".into(),
+                    delivery: None,
+                    reason: "x".repeat(2_000),
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "delivery",
+            client
+                .dead_letter(pb::DeadLetterRequest {
+                    stream: "s".into(),
+                    group: "g".into(),
+                    delivery: None,
+                    reason: "r".into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (field, result) in refused {
+        let status = result.expect_err(field);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "{field}: {}", status.message());
+    }
+    // Nothing of it reached the broker: no stream was made.
+    let stats = client.stats(pb::StatsRequest { stream: "s".into(), group: "g".into() }).await.unwrap().into_inner();
+    assert_eq!((stats.length, stats.pending), (0, 0), "{stats:?}");
+    shutdown.cancel();
+}
+
 /// A Redis that lost everything (here: the stream and the epoch key deleted,
 /// as a restart without persistence leaves it): a new epoch, and the group is
 /// made again on the next receive.
