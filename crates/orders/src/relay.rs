@@ -186,7 +186,7 @@ impl Relay {
             while self.republish(started, "broker_restarted").await? > 0 {}
         } else if stats.pending == 0 && stats.lag == 0 {
             self.republish(started - self.config.republish_grace_ms, "unhandled").await?;
-        } else if stats.lag_ms < self.config.republish_after_ms {
+        } else if stats.lag == 0 || stats.lag_ms < self.config.republish_after_ms {
             self.republish(started - self.config.republish_after_ms, "overdue").await?;
         }
         // Only once all of it went out again: a pass that failed halfway
