@@ -46,6 +46,11 @@ pub struct CanaryConfig {
     pub latency_margin: f64,
     /// … and beyond this share it is rolled back at once.
     pub latency_fast_margin: f64,
+    /// Added to both margins, in milliseconds: differences this small are
+    /// below what a user notices and within what a fresh instance's cold
+    /// read cache makes (a canary's 0.6 ms against stable's cached 0.3 ms
+    /// is no regression).
+    pub latency_slack_ms: f64,
     /// Significance level of every test (split among the latency tests).
     pub alpha: f64,
     /// Requests each side needs before any verdict; 0: ln(20) / error_floor,
@@ -78,6 +83,7 @@ impl Default for CanaryConfig {
             quantile: 0.95,
             latency_margin: 0.10,
             latency_fast_margin: 0.50,
+            latency_slack_ms: 5.0,
             alpha: 0.01,
             min_samples: 0,
             business_margin: 0.03,
@@ -114,6 +120,9 @@ impl CanaryConfig {
         let margins = [self.latency_margin, self.latency_fast_margin, self.business_margin];
         if margins.iter().any(|m| !m.is_finite() || *m < 0.0 || *m > 100.0) {
             return invalid("margins must be between 0 and 100");
+        }
+        if !self.latency_slack_ms.is_finite() || !(0.0..=60_000.0).contains(&self.latency_slack_ms) {
+            return invalid("latency_slack_ms must be 0 to 60000");
         }
         if !self.error_fast_factor.is_finite() || self.error_fast_factor < 1.0 || self.error_fast_factor > 1_000.0 {
             return invalid("error_fast_factor must be 1 to 1000");

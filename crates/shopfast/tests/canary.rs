@@ -349,6 +349,7 @@ async fn the_canary_api_refuses_garbage_and_strangers() {
         (canary(json!({ "analysis_interval": "forever" })), "duration"),
         (canary(json!({ "error_floor": 2 })), "error_floor"),
         (canary(json!({ "alpha": -1 })), "alpha"),
+        (canary(json!({ "latency_slack_ms": -1 })), "latency_slack_ms"),
         (canary(json!({ "nonsense": true })), "unknown field"),
         (canary(json!("fast")), "object"),
         (json!({ "service": "products", "strategy": "blue-green", "version": "v2", "canary": {} }), "canary settings"),
