@@ -1,7 +1,7 @@
 # One multi-call image for every process of shopfast: the same binary with a
 # different command per container (`registry`, `users`, `gateway`, …), so
 # every service runs exactly the build that was tested, and a host pulls one
-# image, not nine. The final stage is FROM scratch: the binary, the shared
+# image, not eleven. The final stage is FROM scratch: the binary, the shared
 # libraries it links, a non-root user — no shell, no package manager.
 #
 # With a registry:  docker build -t shopfast:v0.1.0 .

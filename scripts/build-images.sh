@@ -14,7 +14,7 @@ build_number=${BUILD_NUMBER:-local}
 environment=${ENVIRONMENT:-dev}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 revision=$(git rev-parse --short=7 HEAD 2>/dev/null || echo unknown)
-names=(shopfast registry users products payments orders gateway console loadgen deployer)
+names=(shopfast registry users products payments orders queue fulfilment gateway console loadgen deployer)
 started=$SECONDS
 if [ -z "${SKIP_CARGO:-}" ]; then cargo build --release -q -p shopfast; fi
 built=$SECONDS

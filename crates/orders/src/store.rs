@@ -91,12 +91,12 @@ impl OrderStore {
     /// `get`, through the read cache.
     pub async fn get_cached(&self, id: &str) -> Result<Order, StoreError> {
         let Some(cache) = &self.cache else { return self.get(id).await };
-        let key = Self::cache_key(id);
-        if let Some(order) = cache.get::<Order>(&key).await {
-            return Ok(order);
-        }
+        let ticket = match cache.lookup::<Order>(&Self::cache_key(id)).await {
+            readcache::Lookup::Hit(order) => return Ok(order),
+            readcache::Lookup::Miss(ticket) => ticket,
+        };
         let order = self.get(id).await?;
-        cache.put(&key, &order).await;
+        cache.fill(ticket, &order).await;
         Ok(order)
     }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use kit::pagination::Page;
-use readcache::ReadCache;
+use readcache::{Lookup, ReadCache};
 
 use crate::domain::{NewProduct, Product, Reservation, SearchFilter};
 use crate::store::{ProductStore, Result};
@@ -30,13 +30,13 @@ impl Catalog {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Product>> {
-        let key = product_key(id);
-        if let Some(product) = self.cache.get::<Product>(&key).await {
-            return Ok(Some(product));
-        }
+        let ticket = match self.cache.lookup::<Product>(&product_key(id)).await {
+            Lookup::Hit(product) => return Ok(Some(product)),
+            Lookup::Miss(ticket) => ticket,
+        };
         let product = self.store.get(id).await?;
         if let Some(product) = &product {
-            self.cache.put(&key, product).await;
+            self.cache.fill(ticket, product).await;
         }
         Ok(product)
     }
@@ -44,15 +44,21 @@ impl Catalog {
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Product>> {
         let mut found = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
+        let mut tickets = std::collections::HashMap::new();
         for id in ids {
-            match self.cache.get::<Product>(&product_key(id)).await {
-                Some(product) => found.push(product),
-                None => missing.push(id.clone()),
+            match self.cache.lookup::<Product>(&product_key(id)).await {
+                Lookup::Hit(product) => found.push(product),
+                Lookup::Miss(ticket) => {
+                    missing.push(id.clone());
+                    tickets.insert(id.clone(), ticket);
+                }
             }
         }
         if !missing.is_empty() {
             for product in self.store.get_many(&missing).await? {
-                self.cache.put(&product_key(&product.id), &product).await;
+                if let Some(ticket) = tickets.remove(&product.id) {
+                    self.cache.fill(ticket, &product).await;
+                }
                 found.push(product);
             }
         }
@@ -67,11 +73,12 @@ impl Catalog {
         // collision must not serve one search's page for another.
         let generation = self.cache.generation().await;
         let key = format!("search:{generation}:{filter:?}:{}:{}", page.offset, page.limit);
-        if let Some(hit) = self.cache.get::<(Vec<Product>, i64)>(&key).await {
-            return Ok(hit);
-        }
+        let ticket = match self.cache.lookup::<(Vec<Product>, i64)>(&key).await {
+            Lookup::Hit(page) => return Ok(page),
+            Lookup::Miss(ticket) => ticket,
+        };
         let result = self.store.search(filter, page).await?;
-        self.cache.put(&key, &result).await;
+        self.cache.fill(ticket, &result).await;
         Ok(result)
     }
 
