@@ -240,6 +240,29 @@ async fn a_millisecond_later() {
     }
 }
 
+/// A store holding `ids` as PAID orders, each with its `order.paid` event due.
+async fn paid_orders(url: &str, ids: &[&str]) -> OrderStore {
+    let store = open(url).await;
+    for id in ids {
+        store.create(&order(id, "alice", 1)).await.unwrap();
+        let paid = Change { event: Some((orders::fulfilment::ORDER_PAID, "{}", 0)), ..Default::default() };
+        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
+    }
+    store
+}
+
+/// What the fulfilment group's consumer "c" takes from stream "s" (claiming after a minute).
+fn receive() -> queue::Receive<'static> {
+    queue::Receive {
+        stream: "s",
+        group: "fulfilment",
+        consumer: "c",
+        max: 10,
+        block: Duration::ZERO,
+        claim_idle: Duration::from_secs(60),
+    }
+}
+
 /// The relay against the embedded broker (the real one, in process): due
 /// events published once, a replayed step harmless, and what a restarted
 /// broker lost published again.
@@ -247,26 +270,13 @@ async fn the_relay_publishes_once_and_again_what_the_broker_lost(url: String) {
     use orders::fulfilment::ORDER_PAID;
     use orders::relay::{Relay, RelayConfig};
     use queue::Broker;
-    let store = open(&url).await;
-    for id in ["r1", "r2"] {
-        store.create(&order(id, "alice", 1)).await.unwrap();
-        let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
-        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
-    }
+    let store = paid_orders(&url, &["r1", "r2"]).await;
     let broker = Arc::new(queue::memory::Embedded::new(1_000));
     let config = RelayConfig { republish_grace_ms: 0, ..Default::default() };
     let relay = Relay { store: store.clone(), broker: broker.clone(), stream: "s".into(), config: config.clone() };
     let mut epoch = None;
     relay.publish_due().await.unwrap();
     relay.publish_due().await.unwrap();
-    let receive = || queue::Receive {
-        stream: "s",
-        group: "fulfilment",
-        consumer: "c",
-        max: 10,
-        block: Duration::ZERO,
-        claim_idle: Duration::from_secs(60),
-    };
     let got = broker.receive(receive()).await.unwrap();
     assert_eq!(got.len(), 2, "each due event published once: {got:?}");
     assert_eq!(got[0].message.kind, ORDER_PAID);
@@ -305,29 +315,15 @@ async fn the_relay_publishes_once_and_again_what_the_broker_lost(url: String) {
 /// (acknowledged without its step: dead-lettered, say) goes out again once
 /// it stayed unhandled for `republish_after_ms` — not before.
 async fn the_relay_publishes_again_what_stayed_unhandled_while_the_queue_is_busy(url: String) {
-    use orders::fulfilment::ORDER_PAID;
     use orders::relay::{Relay, RelayConfig};
     use queue::Broker;
-    let store = open(&url).await;
-    for id in ["b1", "b2"] {
-        store.create(&order(id, "alice", 1)).await.unwrap();
-        let paid = Change { event: Some((ORDER_PAID, "{}", 0)), ..Default::default() };
-        store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
-    }
+    let store = paid_orders(&url, &["b1", "b2"]).await;
     let broker = Arc::new(queue::memory::Embedded::new(1_000));
     let relay = |republish_after_ms| Relay {
         store: store.clone(),
         broker: broker.clone(),
         stream: "s".into(),
         config: RelayConfig { republish_grace_ms: 0, republish_after_ms, ..Default::default() },
-    };
-    let receive = || queue::Receive {
-        stream: "s",
-        group: "fulfilment",
-        consumer: "c",
-        max: 10,
-        block: Duration::ZERO,
-        claim_idle: Duration::from_secs(60),
     };
     let mut epoch = None;
     relay(60_000).publish_due().await.unwrap();

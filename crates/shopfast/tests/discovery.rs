@@ -245,7 +245,10 @@ async fn balancing_spreads_load_and_a_killed_instance_loses_no_silent_call() {
     assert_eq!(routable(&url, "products").await, 3, "registry has not expired it yet");
     let pool = balancer.instances();
     let dead = pool.iter().find(|m| m.address == victim_id_addr).unwrap();
-    assert!(dead.consecutive_ejections >= 1, "killed instance was ejected: {pool:?}");
+    // Ejected now, or ejected and not answered since (a call the victim had
+    // answered just before dying can land after the ejection and reset its
+    // count, while the ejection itself stands).
+    assert!(dead.ejected || dead.consecutive_ejections >= 1, "killed instance was ejected: {pool:?}");
     assert!(pool.iter().filter(|m| m.address != victim_id_addr).all(|m| m.consecutive_ejections == 0), "{pool:?}");
     shutdown.cancel();
 }
