@@ -182,6 +182,21 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         if self.store.is_voided(&request.order_id).await? {
             return Err(voided(&request.order_id));
         }
+        // The order is paid already, by this user, this amount: a retry whose
+        // first answer was lost (we were killed after completing it, before
+        // the caller's idempotency record was written). The same answer, and
+        // no second charge — refusing it would make the caller compensate a
+        // payment that succeeded.
+        let paid = self.store.for_order(&request.order_id).await?.into_iter().find(|p| {
+            p.status == PaymentStatus::Completed
+                && p.user_id == request.user_id
+                && p.amount_minor == amount.minor_units
+                && p.currency_code == amount.currency_code
+        });
+        if let Some(paid) = paid {
+            tracing::info!(payment_id = %paid.id, order_id = %request.order_id, "order already paid; answered with its payment");
+            return Ok(Response::new(to_pb(paid)));
+        }
 
         let payment = self
             .store
