@@ -48,7 +48,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/api/loadgen/mode/{name}", post(loadgen_mode))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
         .route("/health/ready", get(ready))
-        .route("/metrics", kit::metrics::route())
+        .route("/metrics", kit_telemetry::metrics::route())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(console)
 }
@@ -102,13 +102,13 @@ async fn receive_logs(State(console): State<Arc<Console>>, headers: HeaderMap, b
 }
 
 async fn services(State(console): State<Arc<Console>>) -> ApiResult {
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     let monitor = console.monitor.lock().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "health unavailable"))?;
     Ok(Json(json!({ "services": monitor.overview(now), "at_ms": now })).into_response())
 }
 
 async fn alerts(State(console): State<Arc<Console>>) -> ApiResult {
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     let monitor = console.monitor.lock().map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "health unavailable"))?;
     Ok(Json(json!({ "alerts": monitor.alerts(now), "at_ms": now })).into_response())
 }
@@ -172,7 +172,7 @@ async fn search(State(console): State<Arc<Console>>, Query(params): Query<HashMa
         min_duration_ms: number(&params, "min_duration_ms", 0.0..=86_400_000.0)?,
         limit: number(&params, "limit", 1.0..=200.0)?.map(|l| l as u32).unwrap_or(50),
     };
-    let since_ns = (kit::time::now_millis() - console.config.retention_ms as i64).saturating_mul(1_000_000);
+    let since_ns = (kit_core::time::now_millis() - console.config.retention_ms as i64).saturating_mul(1_000_000);
     let traces = console.store.search(&query, since_ns).await.map_err(|e| unavailable("trace search", e))?;
     Ok(Json(json!({ "traces": traces })).into_response())
 }
@@ -210,7 +210,7 @@ async fn timeseries(State(console): State<Arc<Console>>, Query(params): Query<Ha
     // About 90 points a chart, never finer than the scrapes.
     let step_ms = (span_ms / 90).max(console.config.scrape_interval_ms as i64);
     let series = match console.monitor.lock() {
-        Ok(monitor) => monitor.series(kit::time::now_millis(), span_ms, step_ms),
+        Ok(monitor) => monitor.series(kit_core::time::now_millis(), span_ms, step_ms),
         Err(_) => return Err(unavailable("reading the monitor", "poisoned")),
     };
     Ok(Json(json!({ "minutes": minutes, "series": series })).into_response())
@@ -221,12 +221,12 @@ async fn dependencies(State(console): State<Arc<Console>>, Query(params): Query<
     let retention = console.config.retention_ms as f64;
     let window_ms =
         number(&params, "window_ms", 1_000.0..=retention.max(1_000.0))?.unwrap_or(300_000.0_f64.min(retention));
-    let since_ns = (kit::time::now_millis() - window_ms as i64).saturating_mul(1_000_000);
+    let since_ns = (kit_core::time::now_millis() - window_ms as i64).saturating_mul(1_000_000);
     let calls = console.store.calls_since(since_ns).await.map_err(|e| unavailable("reading calls", e))?;
     let edges = edges(calls, window_ms / 1e3);
     let mut nodes: BTreeSet<String> = edges.iter().flat_map(|e| [e.caller.clone(), e.callee.clone()]).collect();
     if let Ok(monitor) = console.monitor.lock() {
-        nodes.extend(monitor.overview(kit::time::now_millis()).into_iter().map(|h| h.service));
+        nodes.extend(monitor.overview(kit_core::time::now_millis()).into_iter().map(|h| h.service));
     }
     Ok(Json(json!({ "window_ms": window_ms, "outside": OUTSIDE, "nodes": nodes, "edges": edges })).into_response())
 }
@@ -273,8 +273,8 @@ async fn deployments(State(console): State<Arc<Console>>) -> ApiResult {
 /// One row per service and version: instances (routable of registered),
 /// tracks, and the policy's weight (`null`: no policy, all versions share).
 fn version_rows(
-    instances: &[kit::discovery::wire::InstanceInfo],
-    policies: &[kit::traffic::TrafficPolicy],
+    instances: &[registry_wire::wire::InstanceInfo],
+    policies: &[registry_wire::traffic::TrafficPolicy],
 ) -> Vec<Value> {
     let mut rows: std::collections::BTreeMap<(&str, &str), (usize, usize, BTreeSet<&str>)> = Default::default();
     for instance in instances {

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use kit::db::{Db, DbOptions};
-use kit::discovery::RegistryClient;
 use kit::shutdown::CancellationToken;
+use kit_client::discovery::RegistryClient;
 
 use crate::health::{HealthConfig, InstanceScrape, Monitor};
 use crate::store::TraceStore;
@@ -54,7 +54,7 @@ pub struct ConsoleConfig {
     /// The deploy controller, for the deployments panel (its rollouts).
     pub deployer_url: Option<String>,
     /// Its identity towards the registry (mutual TLS); none in plain text.
-    pub tls: kit::tls::TlsConfig,
+    pub tls: kit_tls::TlsConfig,
     /// Spans and logs older than this are deleted.
     pub retention_ms: u64,
     /// And at most this many spans are kept (the oldest go first).
@@ -76,7 +76,7 @@ impl Default for ConsoleConfig {
             loadgen_url: None,
             loadgen_targets: Vec::new(),
             deployer_url: None,
-            tls: kit::tls::TlsConfig::default(),
+            tls: kit_tls::TlsConfig::default(),
             retention_ms: 3_600_000,
             max_spans: 500_000,
             scrape_interval_ms: 5_000,
@@ -180,7 +180,7 @@ pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result
         .timeout(Duration::from_millis(config.scrape_timeout_ms))
         .build()
         .map_err(|e| StartError::Config(format!("HTTP client: {e}")))?;
-    let tls = kit::tls::Tls::optional(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
+    let tls = kit_tls::Tls::optional(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
     let registry = config.registry_url.as_ref().map(|url| RegistryClient::with_tls(url, tls.clone()));
     let deployer = match &config.deployer_url {
         None => None,
@@ -188,7 +188,7 @@ pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result
             let builder = reqwest::Client::builder().timeout(Duration::from_millis(config.scrape_timeout_ms));
             let builder = match &tls {
                 Some(tls) if url.starts_with("https://") => builder.tls_backend_preconfigured(
-                    tls.client_config_for(kit::tls::DEPLOYER).map_err(|e| StartError::Config(e.to_string()))?,
+                    tls.client_config_for(kit_tls::DEPLOYER).map_err(|e| StartError::Config(e.to_string()))?,
                 ),
                 _ => builder,
             };
@@ -226,7 +226,7 @@ async fn prune(console: Arc<Console>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let before_ns = (kit::time::now_millis() - console.config.retention_ms as i64).saturating_mul(1_000_000);
+        let before_ns = (kit_core::time::now_millis() - console.config.retention_ms as i64).saturating_mul(1_000_000);
         match console.store.prune(before_ns, console.config.max_spans).await {
             Ok((spans, logs)) if spans + logs > 0 => tracing::debug!(spans, logs, "retention: deleted"),
             Ok(_) => {}
@@ -250,7 +250,7 @@ async fn scrape(console: Arc<Console>, registry: RegistryClient, shutdown: Cance
                     list.instances.into_iter().filter(|i| i.health.routable() && !i.admin_address.is_empty()).collect();
                 let scrapes = futures::future::join_all(instances.iter().map(|i| scrape_one(&console.http, i))).await;
                 if let Ok(mut monitor) = console.monitor.lock() {
-                    monitor.observe(kit::time::now_millis(), scrapes);
+                    monitor.observe(kit_core::time::now_millis(), scrapes);
                 }
             }
             Err(err) => {
@@ -267,7 +267,7 @@ async fn scrape(console: Arc<Console>, registry: RegistryClient, shutdown: Cance
     }
 }
 
-async fn scrape_one(http: &reqwest::Client, instance: &kit::discovery::wire::InstanceInfo) -> InstanceScrape {
+async fn scrape_one(http: &reqwest::Client, instance: &registry_wire::wire::InstanceInfo) -> InstanceScrape {
     let url = format!("http://{}/metrics", instance.admin_address);
     let text = match http.get(&url).send().await {
         Ok(response) if response.status().is_success() => response.text().await.ok(),

@@ -2,6 +2,8 @@
 //! FileDescriptorSet they were generated from (with `google.api.http` options),
 //! used by server reflection and by the gateway's transcoder.
 
+pub mod time;
+
 /// The encoded `FileDescriptorSet` of every shopfast proto and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shopfast_descriptor.bin"));
 

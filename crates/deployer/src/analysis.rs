@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 use statrs::function::gamma::ln_gamma;
 
-use kit::red::Totals;
+use kit_telemetry::red::Totals;
 
 use crate::model::CanaryConfig;
 
@@ -202,8 +202,8 @@ fn latency_check(name: &str, canary: &Totals, stable: &Totals, min: f64, alpha: 
     let q = config.quantile;
     let z = normal_quantile(1.0 - alpha);
     let p = mann_whitney_greater(&canary.buckets, &stable.buckets).unwrap_or(1.0);
-    let canary_q = kit::red::quantile(&canary.buckets, q).map(|s| s * 1e3);
-    let stable_q = kit::red::quantile(&stable.buckets, q).map(|s| s * 1e3);
+    let canary_q = kit_telemetry::red::quantile(&canary.buckets, q).map(|s| s * 1e3);
+    let stable_q = kit_telemetry::red::quantile(&stable.buckets, q).map(|s| s * 1e3);
     let bounds = (quantile_interval(&canary.buckets, q, z), quantile_interval(&stable.buckets, q, z));
     let (verdict, detail) = match bounds {
         (Some((canary_low, _)), Some((_, stable_high))) => {
@@ -404,7 +404,7 @@ mod tests {
 
     fn histogram(values_ms: &[(f64, f64)]) -> Vec<(f64, f64)> {
         // (value in ms, how many) → cumulative buckets on the servers' bounds.
-        let bounds: Vec<f64> = kit::metrics::FINE_BUCKETS.iter().copied().chain([f64::INFINITY]).collect();
+        let bounds: Vec<f64> = kit_telemetry::metrics::FINE_BUCKETS.iter().copied().chain([f64::INFINITY]).collect();
         bounds.iter().map(|&le| (le, values_ms.iter().filter(|(v, _)| v / 1e3 <= le).map(|(_, n)| n).sum())).collect()
     }
 

@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use kit::error::DomainError;
-use kit::tls::Peer;
+use kit_core::error::DomainError;
+use kit_tls::Peer;
 
 use crate::controller::{CanaryCommand, ControlError, Controller};
 use crate::model::{DeployRequest, Rollout};
@@ -70,14 +70,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services/{service}/rollout/{action}", post(act))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
         .route("/health/ready", get(ready))
-        .route("/metrics", kit::metrics::route())
+        .route("/metrics", kit_telemetry::metrics::route())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
 
 fn operator_only(state: &ApiState, peer: &Peer) -> ApiResult<()> {
-    if !state.secured || peer.identity.as_deref() == Some(kit::tls::OPERATOR) {
+    if !state.secured || peer.identity.as_deref() == Some(kit_tls::OPERATOR) {
         return Ok(());
     }
     let who = peer.identity.clone().unwrap_or_else(|| "a client without a certificate".into());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 
 use crate::analysis::{Check, Side};
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 use kit::shutdown::CancellationToken;
 use tokio::sync::Notify;
 
-use kit::discovery::wire::InstanceInfo;
-use kit::error::DomainError;
-use kit::time::now_millis;
+use kit_core::error::DomainError;
+use kit_core::time::now_millis;
+use registry_wire::wire::InstanceInfo;
 
 use crate::model::{
     CanaryConfig, CanaryState, DeployRequest, Phase, Red, Rollout, SmokeLatency, Strategy, Verdict, judge,

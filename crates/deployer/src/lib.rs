@@ -46,7 +46,7 @@ pub struct DeployerConfig {
     pub database_url: Option<String>,
     pub data_dir: PathBuf,
     /// Its identity (`deployer`) towards the registry and the supervisor.
-    pub tls: kit::tls::TlsConfig,
+    pub tls: kit_tls::TlsConfig,
     /// Canary steps and thresholds per service (`[deployer.canary.products]`);
     /// a service without a table takes the defaults.
     pub canary: std::collections::BTreeMap<String, canary::CanaryConfig>,
@@ -62,7 +62,7 @@ impl Default for DeployerConfig {
             supervisor_url: None,
             database_url: None,
             data_dir: PathBuf::from("data"),
-            tls: kit::tls::TlsConfig::default(),
+            tls: kit_tls::TlsConfig::default(),
             canary: std::collections::BTreeMap::new(),
         }
     }
@@ -99,7 +99,7 @@ impl RunningDeployer {
 /// HELP text of the deployer's own metrics (the recorder first: a
 /// description given before it exists is lost).
 fn describe_metrics() {
-    kit::metrics::prometheus();
+    kit_telemetry::metrics::prometheus();
     metrics::describe_counter!(
         "deploy_events_total",
         "Rollout events by service, strategy and event (started, switched, promoted, succeeded, rolled_back, aborted)."
@@ -122,11 +122,12 @@ pub async fn start(config: DeployerConfig, shutdown: CancellationToken) -> Resul
                 .into(),
         )
     })?;
-    let tls = kit::tls::Tls::from_config(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
+    let tls = kit_tls::Tls::from_config(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
     let url =
         config.database_url.clone().unwrap_or_else(|| kit::db::sqlite_file_url(&config.data_dir.join("deployer.db")));
     let store = store::RolloutStore::open(&url).await?;
-    let registry = platform::Registry::new(kit::discovery::RegistryClient::with_tls(&config.registry_url, tls.clone()));
+    let registry =
+        platform::Registry::new(kit_client::discovery::RegistryClient::with_tls(&config.registry_url, tls.clone()));
     let supervisor = config
         .supervisor_url
         .as_deref()
@@ -138,7 +139,7 @@ pub async fn start(config: DeployerConfig, shutdown: CancellationToken) -> Resul
         controller::Controller::new(store, registry, supervisor, smoke, config.canary.clone(), shutdown.clone());
     let resumed = controller.resume().await?;
     let state = api::ApiState { controller, secured: tls.is_some() };
-    let listen = tls.clone().map(|tls| (tls, kit::tls::ClientAuth::Optional));
+    let listen = tls.clone().map(|tls| (tls, kit_tls::ClientAuth::Optional));
     let (addr, server) =
         kit::server::serve_http_with_peers(config.addr, api::router(state), shutdown.clone(), "deployer API", listen)
             .await

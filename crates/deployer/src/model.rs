@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use kit::error::DomainError;
-use kit::red::Totals;
+use kit_core::error::DomainError;
+use kit_telemetry::red::Totals;
 
 pub use crate::canary::{CanaryConfig, CanaryState, CanaryStep};
 
@@ -191,7 +191,7 @@ impl DeployRequest {
                 self.service
             )));
         }
-        if !kit::traffic::valid_version(&self.version) {
+        if !registry_wire::traffic::valid_version(&self.version) {
             return Err(DomainError::invalid("version must be 1-64 of [A-Za-z0-9._+-]"));
         }
         if self.replicas.is_some_and(|n| !(1..=8).contains(&n)) {
@@ -233,7 +233,7 @@ impl Red {
         Self {
             requests: totals.requests,
             errors: totals.errors,
-            p95_ms: kit::red::quantile(&totals.buckets, 0.95).map(|s| s * 1e3),
+            p95_ms: kit_telemetry::red::quantile(&totals.buckets, 0.95).map(|s| s * 1e3),
         }
     }
 

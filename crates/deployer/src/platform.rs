@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use kit::discovery::RegistryClient;
-use kit::discovery::wire::InstanceInfo;
-use kit::red::Totals;
-use kit::traffic::{PolicyChange, Sticky, TrafficPolicy};
+use kit_client::discovery::RegistryClient;
+use kit_telemetry::red::Totals;
+use registry_wire::traffic::{PolicyChange, Sticky, TrafficPolicy};
+use registry_wire::wire::InstanceInfo;
 
 use crate::analysis::Side;
 use crate::canary::Marks;
@@ -40,11 +40,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(base: &str, tls: Option<&Arc<kit::tls::Tls>>) -> Result<Self, String> {
+    pub fn new(base: &str, tls: Option<&Arc<kit_tls::Tls>>) -> Result<Self, String> {
         let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(2));
         let builder = match tls {
             Some(tls) => {
-                builder.tls_backend_preconfigured(tls.client_config_for(kit::tls::OPERATOR).map_err(|e| e.to_string())?)
+                builder.tls_backend_preconfigured(tls.client_config_for(kit_tls::OPERATOR).map_err(|e| e.to_string())?)
             }
             None => builder,
         };
@@ -157,7 +157,7 @@ impl Registry {
         let scrapes = instances.iter().map(|instance| async move {
             let url = format!("http://{}/metrics", instance.admin_address);
             let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
-            kit::red::read_exposition(&instance.name, &text).map(|e| e.totals)
+            kit_telemetry::red::read_exposition(&instance.name, &text).map(|e| e.totals)
         });
         let read: Vec<Totals> = futures::future::join_all(scrapes).await.into_iter().flatten().collect();
         if read.is_empty() {

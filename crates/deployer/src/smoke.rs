@@ -50,7 +50,7 @@ impl Smoke {
             .http
             .request(method, format!("{}{path}", self.gateway))
             .header("x-api-key", self.api_key.expose())
-            .header(kit::traffic::VERSION_OVERRIDE, target);
+            .header(registry_wire::traffic::VERSION_OVERRIDE, target);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -158,7 +158,7 @@ impl Consumer {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        kit::otel::continue_stored(&span, &message.traceparent);
+        kit_telemetry::otel::continue_stored(&span, &message.traceparent);
         let group = self.settings.group.clone();
         if delivery.deliveries > 1 {
             metrics::counter!("queue_redeliveries_total", "group" => group.clone()).increment(1);
@@ -190,7 +190,7 @@ impl Consumer {
         metrics::histogram!("queue_processing_duration_seconds", "group" => group.clone(), "kind" => kind)
             .record(started.elapsed().as_secs_f64());
         if matches!(outcome, Outcome::Applied | Outcome::Replayed) && message.published_at_ms > 0 {
-            let waited = (kit::time::now_millis() - message.published_at_ms).max(0) as f64 / 1e3;
+            let waited = (kit_core::time::now_millis() - message.published_at_ms).max(0) as f64 / 1e3;
             metrics::histogram!("queue_end_to_end_seconds", "group" => group).record(waited);
         }
     }

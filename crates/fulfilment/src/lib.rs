@@ -14,11 +14,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use kit::config::ServiceCommon;
-use kit::discovery::Discovery;
-use kit::resilience::guard::guard_balancer;
-use kit::resilience::{Dependency, DependencyConfig};
 use kit::server::{Host, RunningService, ServiceSpec, StartError};
 use kit::shutdown::CancellationToken;
+use kit_client::discovery::Discovery;
+use kit_client::guard::Dependency;
+use kit_client::guard::guard_balancer;
+use kit_resilience::DependencyConfig;
 
 pub const SERVICE: &str = "fulfilment";
 

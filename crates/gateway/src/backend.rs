@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kit::balance::Balancer;
-use kit::resilience::guard::{Guarded, guard_balancer};
-use kit::resilience::{Dependency, DependencyConfig, Fallback, Retries};
+use kit_client::balance::Balancer;
+use kit_client::guard::{Dependency, Guarded, guard_balancer};
+use kit_resilience::{DependencyConfig, Fallback, Retries};
 
 /// Last good responses kept per backend for the `cached` fallback.
 const CACHE_ENTRIES: usize = 10_000;

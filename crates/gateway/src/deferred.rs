@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use sqlx::Row;
 
 use kit::db::Db;
-use kit::time::now_millis;
+use kit_core::time::now_millis;
 
 /// Attempts before a deferred call is marked failed.
 pub const MAX_DELIVERY_ATTEMPTS: i64 = 20;

@@ -19,7 +19,7 @@ use tower::{Service, ServiceExt};
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 const HTTP_CODE: http::HeaderName = http::HeaderName::from_static(kit::reply::HTTP_CODE);
 const LOCATION: http::HeaderName = http::HeaderName::from_static(kit::reply::LOCATION);
-pub const SERVED_VERSION: http::HeaderName = http::HeaderName::from_static(kit::traffic::SERVED_VERSION);
+pub const SERVED_VERSION: http::HeaderName = http::HeaderName::from_static(registry_wire::traffic::SERVED_VERSION);
 
 /// A unary call's answer: the message's bytes and the backend's HTTP hints
 /// (`kit::reply`), if it gave any.
@@ -64,7 +64,7 @@ pub async fn unary<S>(
     timeout: Duration,
 ) -> Result<Answer, Status>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = kit::balance::BoxError>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = kit_client::balance::BoxError>,
 {
     let mut request = http::Request::new(Body::new(Full::new(frame)));
     *request.method_mut() = http::Method::POST;
@@ -73,7 +73,7 @@ where
     headers.clone_from(metadata);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    if let Ok(mut value) = HeaderValue::from_str(&kit::resilience::guard::encode_grpc_timeout(timeout)) {
+    if let Ok(mut value) = HeaderValue::from_str(&kit_resilience::signals::encode_grpc_timeout(timeout)) {
         // Different on every call: a literal, not an entry in the HPACK table.
         value.set_sensitive(true);
         headers.insert(GRPC_TIMEOUT, value);

@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use kit::db::{Db, DbOptions};
-use kit::discovery::{Discovery, Registration, RegistryClient};
 use kit::shutdown::CancellationToken;
+use kit_client::discovery::{Discovery, Registration, RegistryClient};
 
 pub const SERVICE: &str = "gateway";
 /// The gateway's schema (quota counts, deferred calls).
@@ -82,7 +82,7 @@ pub struct GatewayConfig {
     pub limits: StateLimits,
     /// Its identity towards the registry and the services (mutual TLS). Its
     /// own port, the public edge, stays plain HTTP.
-    pub tls: kit::tls::TlsConfig,
+    pub tls: kit_tls::TlsConfig,
     /// Proxies (addresses or networks) whose `X-Forwarded-For` / `Forwarded`
     /// names the client: anonymous clients behind them are limited by their
     /// own address, not the proxy's. Nobody's header is believed otherwise.
@@ -90,7 +90,7 @@ pub struct GatewayConfig {
     /// Method full name → policy override.
     pub routes: BTreeMap<String, policy::PolicyOverride>,
     /// Backend name (`products`) → breaker, bulkhead, retries, fallback.
-    pub dependencies: BTreeMap<String, kit::resilience::DependencyConfig>,
+    pub dependencies: BTreeMap<String, kit_resilience::DependencyConfig>,
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
@@ -123,7 +123,7 @@ impl Default for GatewayConfig {
             api_keys_file: None,
             trusted_proxies: Vec::new(),
             limits: StateLimits::default(),
-            tls: kit::tls::TlsConfig::default(),
+            tls: kit_tls::TlsConfig::default(),
             routes: BTreeMap::new(),
             dependencies: BTreeMap::new(),
             max_body_bytes: 1024 * 1024,
@@ -198,8 +198,8 @@ pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Re
     let openapi = Bytes::from(openapi::document(&routes).to_string());
 
     // The recorder first: backends set their breaker gauges as they are made.
-    let metrics = kit::metrics::prometheus();
-    let tls = kit::tls::Tls::from_config(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
+    let metrics = kit_telemetry::metrics::prometheus();
+    let tls = kit_tls::Tls::from_config(&config.tls, SERVICE).map_err(|e| StartError::Config(e.to_string()))?;
     if let Some(tls) = &tls {
         tls.spawn_reload(shutdown.clone());
     }
@@ -248,14 +248,14 @@ pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Re
         trace_context_test: config.trace_context_test_endpoint.then(reqwest::Client::new),
     });
 
-    let version = kit::traffic::configured_version(config.version.as_deref()).map_err(StartError::Config)?;
-    let track = kit::traffic::configured_track(config.track.as_deref()).map_err(StartError::Config)?;
+    let version = registry_wire::traffic::configured_version(config.version.as_deref()).map_err(StartError::Config)?;
+    let track = registry_wire::traffic::configured_track(config.track.as_deref()).map_err(StartError::Config)?;
     let listener =
         TcpListener::bind(config.addr).await.map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.addr, source })?;
     let registration = Registration::start(
         RegistryClient::with_tls(&config.registry_url, tls.clone()),
-        kit::discovery::wire::RegisterRequest {
+        registry_wire::wire::RegisterRequest {
             id: None,
             name: SERVICE.into(),
             address: kit::server::advertised(addr, config.advertise_host.as_deref()),
@@ -318,7 +318,7 @@ async fn serve(
     };
 
     // The public edge: plain HTTP (TLS is for a load balancer in front).
-    let mut incoming = kit::tls::accept(listener, None);
+    let mut incoming = kit_tls::accept(listener, None);
     loop {
         let conn = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -333,7 +333,8 @@ async fn serve(
             let gateway = gateway.clone();
             async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, peer).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(kit::coalesce::Coalescing(conn)), service).into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(kit_client::coalesce::Coalescing(conn)), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {

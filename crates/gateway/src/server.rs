@@ -22,10 +22,10 @@ use crate::grpc_call;
 use crate::ratelimit::{Decision, Limiter};
 use crate::routes::{Access, Matched, Route};
 use crate::transcode::{self, BadRequest};
-use kit::resilience::Fallback;
-use kit::resilience::guard::{refused_by, server_failure};
 use kit::token::TokenSigner;
-use kit::trace_context::TraceIds;
+use kit_resilience::Fallback;
+use kit_resilience::signals::{refused_by, server_failure};
+use kit_telemetry::trace_context::TraceIds;
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -107,7 +107,7 @@ impl From<tonic::Status> for Failure {
             Code::Unavailable => Some(
                 status
                     .metadata()
-                    .get(kit::resilience::guard::RETRY_AFTER_MS)
+                    .get(kit_resilience::signals::RETRY_AFTER_MS)
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                     .map_or(1, |ms| ms.div_ceil(1000).max(1)),
             ),
@@ -131,8 +131,8 @@ impl From<tonic::Status> for Failure {
 
 const X_CLIENT_ID: HeaderName = HeaderName::from_static("x-client-id");
 const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
-/// Asks for a version by name (admin API keys only): see `kit::traffic`.
-const X_VERSION: HeaderName = HeaderName::from_static(kit::traffic::VERSION_OVERRIDE);
+/// Asks for a version by name (admin API keys only): see `registry_wire::traffic`.
+const X_VERSION: HeaderName = HeaderName::from_static(registry_wire::traffic::VERSION_OVERRIDE);
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// What a queued call keeps of its metadata, to send when it is delivered.
@@ -148,7 +148,7 @@ fn version_override(headers: &http::HeaderMap, caller: &Caller) -> Result<Option
         return Err(Failure::new(Code::PermissionDenied, "x-shopfast-version needs an admin API key"));
     }
     match value.to_str() {
-        Ok(text) if kit::traffic::valid_override(text) => Ok(Some(text.trim().to_string())),
+        Ok(text) if registry_wire::traffic::valid_override(text) => Ok(Some(text.trim().to_string())),
         _ => Err(Failure::new(
             Code::InvalidArgument,
             "x-shopfast-version must be a version (v2) or service=version pairs (products=v2,orders=v3)",
@@ -258,7 +258,7 @@ impl Gateway {
                 otel.status_code = tracing::field::Empty,
             )
         };
-        let ids = kit::otel::continue_trace(&span, request.headers());
+        let ids = kit_telemetry::otel::continue_trace(&span, request.headers());
         // Boxed: hyper moves this future (into its stream, into the spawned
         // task) and every move copies it; the pipeline's state is kilobytes.
         let dispatch = Box::pin(self.dispatch(request, peer, &ids));
@@ -456,7 +456,7 @@ impl Gateway {
 
     /// Checks the route's access rule; returns the signed-in user, if any.
     fn authorise(&self, route: &Route, caller: &Caller, headers: &http::HeaderMap) -> Result<Option<String>, Failure> {
-        let user = auth::user_id(headers, &self.signer, kit::time::now_millis() / 1000)
+        let user = auth::user_id(headers, &self.signer, kit_core::time::now_millis() / 1000)
             .map_err(|e| Failure::new(Code::Unauthenticated, e.to_string()))?;
         match route.policy.access {
             Access::User if user.is_none() => Err(Failure::new(
@@ -591,7 +591,7 @@ impl Gateway {
                     .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
                     .collect();
                 // Delivered later, the call still joins this request's trace.
-                if let Some(traceparent) = kit::otel::current_traceparent() {
+                if let Some(traceparent) = kit_telemetry::otel::current_traceparent() {
                     stored.insert("traceparent".into(), traceparent);
                 }
                 let encoded = prost::Message::encode_to_vec(message);
@@ -644,7 +644,7 @@ impl Gateway {
 
     /// Deletes delivered and failed deferred calls older than a day.
     pub async fn prune_deferred(&self) {
-        match self.deferred.prune(kit::time::now_millis()).await {
+        match self.deferred.prune(kit_core::time::now_millis()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(deleted = n, "settled deferred calls pruned"),
             Err(err) => tracing::warn!(error = %err, "pruning deferred calls failed"),
@@ -761,7 +761,7 @@ mod tests {
     fn every_503_says_when_to_come_back() {
         assert_eq!(Failure::from(tonic::Status::unavailable("restarting")).retry_after, Some(1));
         let mut hinted = tonic::Status::unavailable("breaker open");
-        hinted.metadata_mut().insert(kit::resilience::guard::RETRY_AFTER_MS, "2500".parse().unwrap());
+        hinted.metadata_mut().insert(kit_resilience::signals::RETRY_AFTER_MS, "2500".parse().unwrap());
         assert_eq!(Failure::from(hinted).retry_after, Some(3), "rounded up to whole seconds");
         assert_eq!(Failure::from(tonic::Status::not_found("no")).retry_after, None);
     }

@@ -62,7 +62,7 @@ pub async fn run(http: &reqwest::Client, body: &[u8]) -> Result<(), TestEndpoint
     for (url, arguments) in callbacks(body)? {
         let span = tracing::info_span!("http.client", otel.name = "POST", otel.kind = "client", url = %url);
         let mut headers = http::HeaderMap::new();
-        kit::otel::inject(&span, &mut headers);
+        kit_telemetry::otel::inject(&span, &mut headers);
         let call = http.post(url.clone()).headers(headers).json(&arguments).timeout(Duration::from_secs(5)).send();
         if let Err(err) = tracing::Instrument::instrument(call, span).await {
             tracing::debug!(%url, error = %err, "trace-context test callback failed");

@@ -94,7 +94,7 @@ async fn settled_calls_are_pruned_after_a_day(url: String) {
     let kept = queue.push("orders", "/p.S/M", &[2], &BTreeMap::new()).await.unwrap();
     let call = queue.pending("orders", 1).await.unwrap().remove(0);
     queue.settle(&call, Delivery::Delivered).await.unwrap();
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     assert_eq!(queue.prune(now).await.unwrap(), 0, "kept a day for `status`");
     assert_eq!(queue.prune(now + 25 * 3_600_000).await.unwrap(), 1);
     assert_eq!(queue.status(&id).await.unwrap(), None);

@@ -1,7 +1,7 @@
 //! Who may call what, between services: one server layer reading the
 //! contracts' own declarations (`shopfast.options.v1.callers` on each
 //! method, `identity_asserters` on each service) and the caller's identity
-//! from its certificate ([`crate::tls::Peer`]).
+//! from its certificate ([`kit_tls::Peer`]).
 //!
 //! - A method that declares its callers answers only them (and the
 //!   `operator` identity): anyone else gets PERMISSION_DENIED, counted in
@@ -22,7 +22,7 @@ use prost_reflect::{DescriptorPool, Value};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::tls::{OPERATOR, Peer};
+use kit_tls::{OPERATOR, Peer};
 
 const CALLERS: &str = "shopfast.options.v1.callers";
 const ASSERTERS: &str = "shopfast.options.v1.identity_asserters";

@@ -39,15 +39,6 @@ fn settings_from_files() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(settings)
 }
 
-/// Writes `text` to `path` (created or replaced), readable by its owner only:
-/// for keys and secrets a process keeps on disk.
-pub fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())
-}
-
 /// A secret from config (a key, a token secret): read with [`Secret::expose`],
 /// never shown by `Debug`, so a config printed or logged whole carries none.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +79,7 @@ pub struct ServiceCommon {
     /// (127.0.0.1 when bound to 0.0.0.0).
     pub advertise_host: Option<String>,
     /// The version registered (traffic policies route by it); unset: the
-    /// build's own (`kit::build::version`).
+    /// build's own (`kit_core::build::version`).
     #[serde(default)]
     pub version: Option<String>,
     /// The deployment track registered (`blue`, `green`, `canary`); unset: `stable`.
@@ -98,13 +89,13 @@ pub struct ServiceCommon {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Adaptive load shedding (on by default).
     #[serde(default)]
-    pub shedding: crate::resilience::shed::ShedConfig,
+    pub shedding: kit_resilience::shed::ShedConfig,
     /// Fault injection (off unless enabled).
     #[serde(default)]
-    pub faults: crate::resilience::faults::FaultConfig,
+    pub faults: kit_resilience::faults::FaultConfig,
     /// Its identity and the CA it trusts (mutual TLS), or plain text on purpose.
     #[serde(default)]
-    pub tls: crate::tls::TlsConfig,
+    pub tls: kit_tls::TlsConfig,
 }
 
 impl ServiceCommon {
@@ -128,12 +119,12 @@ impl ServiceCommon {
 
     /// The version this instance registers and reports, checked.
     pub fn version(&self) -> Result<String, String> {
-        crate::traffic::configured_version(self.version.as_deref())
+        registry_wire::traffic::configured_version(self.version.as_deref())
     }
 
     /// The track this instance registers, checked.
     pub fn track(&self) -> Result<String, String> {
-        crate::traffic::configured_track(self.track.as_deref())
+        registry_wire::traffic::configured_track(self.track.as_deref())
     }
 
     /// The database URL in force: the configured one, or the service's SQLite file.

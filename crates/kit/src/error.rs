@@ -1,41 +1,21 @@
-//! The error kinds domain rules speak in, shared by every service, and their
-//! one translation to gRPC statuses. Internal details are logged, never sent.
+//! The one translation of what services fail with into gRPC statuses: the
+//! domain's refusals (`kit_core::error::DomainError`, which knows no
+//! transport), store failures, and internal errors, whose details are logged,
+//! never sent. A handler writes `domain::rule(..).map_err(status)?`; a store
+//! error converts with `?`.
 use std::fmt::Display;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DomainError {
-    /// Malformed or out-of-range input (INVALID_ARGUMENT, HTTP 400).
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The request is valid but the current state forbids it (FAILED_PRECONDITION).
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-}
+use kit_core::error::DomainError;
 
-impl DomainError {
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
-    }
-}
-
-impl From<DomainError> for tonic::Status {
-    fn from(err: DomainError) -> Self {
-        match err {
-            DomainError::Invalid(m) => tonic::Status::invalid_argument(m),
-            DomainError::NotFound(m) => tonic::Status::not_found(m),
-            DomainError::AlreadyExists(m) => tonic::Status::already_exists(m),
-            DomainError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            DomainError::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-            DomainError::PermissionDenied(m) => tonic::Status::permission_denied(m),
-        }
+/// The gRPC status a domain refusal is answered with.
+pub fn status(err: DomainError) -> tonic::Status {
+    match err {
+        DomainError::Invalid(m) => tonic::Status::invalid_argument(m),
+        DomainError::NotFound(m) => tonic::Status::not_found(m),
+        DomainError::AlreadyExists(m) => tonic::Status::already_exists(m),
+        DomainError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+        DomainError::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+        DomainError::PermissionDenied(m) => tonic::Status::permission_denied(m),
     }
 }
 
@@ -69,8 +49,37 @@ pub enum StoreError {
 impl From<StoreError> for tonic::Status {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Domain(e) => e.into(),
+            StoreError::Domain(e) => status(e),
             StoreError::Db(e) => from_sqlx(&e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_domain_refusal_has_its_code() {
+        let cases = [
+            (DomainError::invalid("x"), tonic::Code::InvalidArgument),
+            (DomainError::NotFound("x".into()), tonic::Code::NotFound),
+            (DomainError::AlreadyExists("x".into()), tonic::Code::AlreadyExists),
+            (DomainError::FailedPrecondition("x".into()), tonic::Code::FailedPrecondition),
+            (DomainError::Unauthenticated("x".into()), tonic::Code::Unauthenticated),
+            (DomainError::PermissionDenied("x".into()), tonic::Code::PermissionDenied),
+        ];
+        for (err, code) in cases {
+            let answer = status(err);
+            assert_eq!(answer.code(), code);
+            assert_eq!(answer.message(), "x");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_and_other_failures_internal() {
+        assert_eq!(tonic::Status::from(StoreError::Db(sqlx::Error::PoolTimedOut)).code(), tonic::Code::Unavailable);
+        let other = tonic::Status::from(StoreError::Db(sqlx::Error::RowNotFound));
+        assert_eq!((other.code(), other.message()), (tonic::Code::Internal, "internal error"));
     }
 }

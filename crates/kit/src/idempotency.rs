@@ -38,8 +38,8 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::db::Db;
-use crate::resilience::BoxError;
-use crate::time::now_millis;
+use kit_core::time::now_millis;
+use kit_resilience::BoxError;
 
 pub const METADATA_KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
@@ -430,7 +430,7 @@ where
                 Err(err) => return Err(err),
             };
             let hash = request_hash(parts.uri.path(), &body);
-            let deadline = crate::resilience::guard::grpc_timeout(&parts.headers);
+            let deadline = kit_resilience::signals::grpc_timeout(&parts.headers);
             let claim = match store.claim(&key, &hash, now_millis(), deadline).await {
                 Ok(claim) => claim,
                 Err(err) => {

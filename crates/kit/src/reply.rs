@@ -42,7 +42,7 @@ pub fn is_accepted(headers: &http::HeaderMap) -> bool {
 pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> tonic::Status {
     let mut status = tonic::Status::unavailable(message);
     if let Ok(value) = retry_after.as_millis().max(1).to_string().parse() {
-        status.metadata_mut().insert(crate::resilience::guard::RETRY_AFTER_MS, value);
+        status.metadata_mut().insert(kit_resilience::signals::RETRY_AFTER_MS, value);
     }
     status
 }

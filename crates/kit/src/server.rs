@@ -25,11 +25,11 @@ use tonic_health::ServingStatus;
 
 use crate::access::{AccessLayer, AccessPolicy};
 use crate::config::ServiceCommon;
-use crate::grpc_telemetry::GrpcTelemetryLayer;
 use crate::idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
-use crate::resilience::deadline::SpentDeadlineLayer;
-use crate::resilience::faults::{FaultLayer, Faults};
-use crate::resilience::shed::{ShedConfig, ShedLayer};
+use kit_resilience::deadline::SpentDeadlineLayer;
+use kit_resilience::faults::{FaultLayer, Faults};
+use kit_resilience::shed::{ShedConfig, ShedLayer};
+use kit_telemetry::grpc_telemetry::GrpcTelemetryLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -42,9 +42,9 @@ pub enum ServerError {
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("fault injection: {0}")]
-    Faults(#[from] crate::resilience::faults::FaultError),
+    Faults(#[from] kit_resilience::faults::FaultError),
     #[error("{0}")]
-    Tls(crate::tls::TlsError),
+    Tls(kit_tls::TlsError),
     #[error("{0}")]
     Access(#[from] crate::access::PolicyError),
     #[error("configuration: {0}")]
@@ -127,12 +127,12 @@ pub struct Host {
     readiness: Readiness,
     shutdown: CancellationToken,
     grace: Duration,
-    registration: Option<(crate::discovery::RegistryClient, crate::discovery::wire::RegisterRequest)>,
+    registration: Option<(kit_client::discovery::RegistryClient, registry_wire::wire::RegisterRequest)>,
     shedding: ShedConfig,
     faults: Faults,
     idempotency: Option<std::sync::Arc<IdempotencyStore>>,
     /// Its identity (mutual TLS), or none in plain text.
-    tls: Option<std::sync::Arc<crate::tls::Tls>>,
+    tls: Option<std::sync::Arc<kit_tls::Tls>>,
     /// The version it registers and reports on every answer.
     version: String,
 }
@@ -168,7 +168,7 @@ impl Host {
         let grpc_addr = bound(&grpc_listener, "gRPC", common.grpc_addr)?;
         let admin_addr = bound(&admin_listener, "admin HTTP", common.admin_addr)?;
 
-        let tls = crate::tls::Tls::from_config(&common.tls, spec.name).map_err(ServerError::Tls)?;
+        let tls = kit_tls::Tls::from_config(&common.tls, spec.name).map_err(ServerError::Tls)?;
         let version = common.version().map_err(ServerError::Config)?;
         let track = common.track().map_err(ServerError::Config)?;
         let readiness = Readiness::default();
@@ -178,7 +178,7 @@ impl Host {
         let admin = admin_router(readiness.clone(), faults.clone());
         let admin_task = tokio::spawn(serve_admin(admin_listener, admin, shutdown.clone()));
         let registration = common.registry_url.as_deref().map(|url| {
-            let request = crate::discovery::wire::RegisterRequest {
+            let request = registry_wire::wire::RegisterRequest {
                 id: None,
                 name: spec.name.to_string(),
                 address: advertised(grpc_addr, common.advertise_host.as_deref()),
@@ -188,7 +188,7 @@ impl Host {
                 metadata: common.metadata.clone(),
                 health: None,
             };
-            (crate::discovery::RegistryClient::with_tls(url, tls.clone()), request)
+            (kit_client::discovery::RegistryClient::with_tls(url, tls.clone()), request)
         });
         tracing::info!(service = spec.name, %grpc_addr, %admin_addr, %version, "listeners bound");
         Ok(Self {
@@ -210,7 +210,7 @@ impl Host {
     }
 
     /// Its identity, for its own calls to others (mutual TLS); none in plain text.
-    pub fn tls(&self) -> Option<std::sync::Arc<crate::tls::Tls>> {
+    pub fn tls(&self) -> Option<std::sync::Arc<kit_tls::Tls>> {
         self.tls.clone()
     }
 
@@ -248,9 +248,9 @@ impl Host {
         // Mutual TLS (the caller's identity travels with each request as a
         // `tls::Peer`); answers ready together leave together (see `coalesce`).
         let accepted =
-            crate::tls::accept(self.grpc_listener, self.tls.clone().map(|tls| (tls, crate::tls::ClientAuth::Required)));
+            kit_tls::accept(self.grpc_listener, self.tls.clone().map(|tls| (tls, kit_tls::ClientAuth::Required)));
         let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(accepted), |conn| {
-            Ok::<_, std::io::Error>(crate::coalesce::Coalescing(conn))
+            Ok::<_, std::io::Error>(kit_client::coalesce::Coalescing(conn))
         });
         let access = AccessPolicy::from_descriptors(self.spec.name, self.spec.descriptor_set, self.spec.grpc_services)?;
         let shutdown = self.shutdown.clone();
@@ -260,7 +260,7 @@ impl Host {
         // Registered only once serving; the registration is handed to the stop
         // signal, which deregisters first so clients stop routing here before
         // the server stops accepting.
-        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel::<crate::discovery::Registration>();
+        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel::<kit_client::discovery::Registration>();
         let stop_signal = async move {
             shutdown.cancelled().await;
             if let Ok(registration) = registered_rx.await {
@@ -278,7 +278,7 @@ impl Host {
             // tonic itself enforces the caller's grpc-timeout.
             .layer(GrpcTelemetryLayer::new(self.spec.name))
             .layer(AccessLayer::new(access))
-            .layer(crate::routing::RoutingLayer::new(&self.version))
+            .layer(kit_client::routing::RoutingLayer::new(&self.version))
             .layer(SpentDeadlineLayer)
             .layer(ShedLayer::new(self.spec.name, &self.shedding))
             .layer(tower::util::option_layer(self.idempotency.clone().map(IdempotencyLayer::new)))
@@ -308,7 +308,7 @@ impl Host {
         set_status(&health, services, ServingStatus::Serving).await;
         self.readiness.set(true);
         if let Some((client, request)) = self.registration {
-            let _ = registered_tx.send(crate::discovery::Registration::start(client, request));
+            let _ = registered_tx.send(kit_client::discovery::Registration::start(client, request));
         }
         tracing::info!(service = name, grpc_addr = %self.grpc_addr, admin_addr = %self.admin_addr, "ready");
         let mut background: Vec<JoinHandle<()>> =
@@ -403,9 +403,9 @@ fn admin_router(readiness: Readiness, faults: Faults) -> Router {
     Router::new()
         .route("/health/live", get(|| async { (StatusCode::OK, axum::Json(serde_json::json!({"status": "live"}))) }))
         .route("/health/ready", get(ready))
-        .route("/metrics", crate::metrics::route())
+        .route("/metrics", kit_telemetry::metrics::route())
         .with_state(readiness)
-        .merge(crate::resilience::faults::admin_routes(faults))
+        .merge(kit_resilience::faults::admin_routes(faults))
 }
 
 /// Binds `addr` and serves `app` on a task of its own until `shutdown`, then
@@ -436,52 +436,19 @@ pub async fn serve_http_with_peers(
     app: Router,
     shutdown: CancellationToken,
     what: &'static str,
-    tls: Option<(Arc<crate::tls::Tls>, crate::tls::ClientAuth)>,
+    tls: Option<(Arc<kit_tls::Tls>, kit_tls::ClientAuth)>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let rx = crate::tls::accept(listener, tls);
-    let listener = PeerListener { rx, local: bound };
+    let listener = kit_tls::PeerListener::new(kit_tls::accept(listener, tls), bound);
     let task = tokio::spawn(async move {
         let stopped = async move { shutdown.cancelled().await };
-        let app = app.into_make_service_with_connect_info::<crate::tls::Peer>();
+        let app = app.into_make_service_with_connect_info::<kit_tls::Peer>();
         if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
             tracing::error!(error = %err, "{what} server failed");
         }
     });
     Ok((bound, task))
-}
-
-/// Connections from [`crate::tls::accept`], for axum.
-struct PeerListener {
-    rx: tokio::sync::mpsc::Receiver<crate::tls::ServerConn>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for PeerListener {
-    type Io = crate::tls::ServerConn;
-    type Addr = crate::tls::Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => {
-                let peer = conn.peer.clone();
-                (conn, peer)
-            }
-            // The acceptor stopped (shutdown): no more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(crate::tls::Peer { addr: self.local, identity: None })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerListener>> for crate::tls::Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, PeerListener>) -> Self {
-        stream.remote_addr().clone()
-    }
 }
 
 async fn serve_admin(listener: TcpListener, app: Router, shutdown: CancellationToken) {

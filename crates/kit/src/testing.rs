@@ -133,7 +133,7 @@ pub fn service_common(database_url: &str) -> crate::config::ServiceCommon {
     common.shutdown_grace_ms = 2_000;
     // In-process services under test talk plain text; mutual TLS is tested
     // on its own (and `shopfast up` runs with it).
-    common.tls = crate::tls::TlsConfig::insecure();
+    common.tls = kit_tls::TlsConfig::insecure();
     common
 }
 

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use kit::resilience::breaker::{BreakerPolicy, ClassicConfig};
-use kit::resilience::guard::{Essential, caused_by_request, refused_by};
-use kit::resilience::{Dependency, DependencyConfig, GuardLayer, State};
+use kit_client::guard::{Dependency, GuardLayer};
+use kit_resilience::breaker::{BreakerPolicy, ClassicConfig};
+use kit_resilience::signals::{Essential, caused_by_request, refused_by};
+use kit_resilience::{DependencyConfig, State};
 use tonic::body::Body;
 use tower::{Layer, Service, ServiceExt};
 

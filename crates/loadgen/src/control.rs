@@ -24,7 +24,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
 async fn stats(Shared(state): Shared<Arc<State>>) -> Response {
     let (mode, _) = state.mode();
     let snapshot = match state.stats.lock() {
-        Ok(mut stats) => stats.snapshot(kit::time::now_millis()),
+        Ok(mut stats) => stats.snapshot(kit_core::time::now_millis()),
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "stats unavailable" }))).into_response();
         }

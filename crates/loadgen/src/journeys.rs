@@ -131,7 +131,7 @@ impl Shop {
             Err(_) => (Outcome::Failed, None),
         };
         if let Ok(mut stats) = self.stats.lock() {
-            stats.record(kit::time::now_millis(), latency_ms, outcome);
+            stats.record(kit_core::time::now_millis(), latency_ms, outcome);
         }
         body
     }

@@ -5,16 +5,17 @@
 //! `cancelling`'s. With an idempotency key (the kit layer) a retried
 //! CreateOrder returns the same final answer. Users see only their own
 //! orders (`x-user-id` from the gateway).
+use kit::error::status;
 use std::sync::Arc;
 use std::time::Duration;
 
 use contracts::common::v1::{Address, Money};
 use contracts::orders::v1 as pb;
 use contracts::payments::v1 as payments_pb;
-use kit::error::DomainError;
-use kit::pagination;
-use kit::resilience::Deadline;
-use kit::time::timestamp_from_millis;
+use contracts::time::timestamp_from_millis;
+use kit_core::error::DomainError;
+use kit_core::pagination;
+use kit_resilience::Deadline;
 use prost::Message;
 use saga::SagaRecord;
 use tonic::{Request, Response, Status};
@@ -216,7 +217,7 @@ impl OrdersApi {
                 let at = location(&saga.order_id);
                 Ok(kit::reply::accepted(Response::new(saga_view(&saga)), &at))
             }
-            Placed::Refused(reason) => Err(DomainError::FailedPrecondition(format!("order refused: {reason}")).into()),
+            Placed::Refused(reason) => Err(status(DomainError::FailedPrecondition(format!("order refused: {reason}")))),
             Placed::Unavailable(reason) => {
                 Err(kit::reply::unavailable(format!("the order could not be placed now: {reason}; retry"), RETRY_AFTER))
             }
@@ -236,7 +237,7 @@ impl OrdersApi {
 
     /// The caller's order as `owned`, or through the read cache (`cached`): only to show it.
     async fn owned_from(&self, order_id: &str, caller: Option<&str>, cached: bool) -> Result<Order, Status> {
-        kit::grpc_telemetry::annotate("order_id", order_id);
+        kit_telemetry::grpc_telemetry::annotate("order_id", order_id);
         if order_id.trim().is_empty() {
             return Err(Status::invalid_argument("order_id is required"));
         }
@@ -262,7 +263,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
         let request = request.into_inner();
         let user_id = acting_user(&request.user_id, caller.as_deref())?;
         let items: Vec<(String, i64)> = request.items.into_iter().map(|i| (i.product_id, i.quantity)).collect();
-        let items = crate::domain::check_items(&items)?;
+        let items = crate::domain::check_items(&items).map_err(status)?;
         let currency = if request.currency_code.is_empty() { "USD".to_string() } else { request.currency_code };
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(Status::invalid_argument("currency_code must be three upper-case letters"));
@@ -291,7 +292,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
                     Placed::Refused(_) | Placed::Unavailable(_) => None,
                 };
                 if let Some(order_id) = order_id {
-                    kit::grpc_telemetry::annotate("order_id", order_id);
+                    kit_telemetry::grpc_telemetry::annotate("order_id", order_id);
                 }
                 Self::answer(placed)
             }
@@ -350,11 +351,12 @@ impl pb::order_service_server::OrderService for OrdersApi {
             // Accepted but not recorded yet: its saga is still placing it.
             Err(status) if status.code() == tonic::Code::NotFound => {
                 return match self.placing_saga(&request.order_id, caller.as_deref()).await? {
-                    Some(saga) if !saga.state.is_terminal() => Err(DomainError::FailedPrecondition(format!(
-                        "order {} is still being placed; cancel it once it is placed",
-                        request.order_id
-                    ))
-                    .into()),
+                    Some(saga) if !saga.state.is_terminal() => {
+                        Err(kit::error::status(DomainError::FailedPrecondition(format!(
+                            "order {} is still being placed; cancel it once it is placed",
+                            request.order_id
+                        ))))
+                    }
                     _ => Err(status),
                 };
             }

@@ -14,7 +14,7 @@ use contracts::payments::v1 as payments_pb;
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::products::v1 as products_pb;
 use contracts::products::v1::product_service_client::ProductServiceClient;
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 use tonic::Code;
 
 use crate::domain::{self, Cancellation, OrderStatus};

@@ -1,6 +1,6 @@
 //! Order rules, free of SQL and gRPC: the state machine, line items, and
 //! pricing — all money in integer minor units of one currency.
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 use serde::{Deserialize, Serialize};
 
 /// CREATED → RESERVED → PAID → SHIPPED → DELIVERED → RETURNED; an order not

@@ -90,7 +90,7 @@ pub async fn process_due(
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        kit::otel::continue_stored(&span, &event.traceparent);
+        kit_telemetry::otel::continue_stored(&span, &event.traceparent);
         if tracing::Instrument::instrument(finish(store, cancels, &event), span).await? {
             settled += 1;
         }
@@ -125,7 +125,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                if let Err(err) = process_due(&store, &config, cancels.as_ref(), kit::time::now_millis()).await {
+                if let Err(err) = process_due(&store, &config, cancels.as_ref(), kit_core::time::now_millis()).await {
                     tracing::warn!(error = %err, "outbox pass failed; retrying next tick");
                 }
             }

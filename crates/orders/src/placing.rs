@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use contracts::payments::v1 as payments_pb;
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 use saga::{Orchestrator, SagaRecord, SagaState};
 use tonic::Code;
 
@@ -107,7 +107,7 @@ impl Placing {
         let orchestrator = self.orchestrator.clone();
         // Still the request's trace (the steps' calls are its children) and
         // its routing: its user's versions, a smoke test's override.
-        let mut run = tokio::spawn(kit::routing::carry(tracing::Instrument::instrument(
+        let mut run = tokio::spawn(kit_client::routing::carry(tracing::Instrument::instrument(
             async move { orchestrator.run(saga).await },
             tracing::info_span!("saga", order_id = %order_id),
         )));

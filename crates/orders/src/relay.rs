@@ -100,7 +100,7 @@ fn producer_span(event: &Event, stream: &str) -> tracing::Span {
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    kit::otel::continue_stored(&span, &event.traceparent);
+    kit_telemetry::otel::continue_stored(&span, &event.traceparent);
     span
 }
 
@@ -114,14 +114,14 @@ impl Relay {
         let mut spans = Vec::with_capacity(events.len());
         for event in &events {
             let span = producer_span(event, &self.stream);
-            let traceparent = span.in_scope(kit::otel::current_traceparent).unwrap_or_default();
+            let traceparent = span.in_scope(kit_telemetry::otel::current_traceparent).unwrap_or_default();
             messages.push(Message {
                 key: event.order_id.clone(),
                 kind: event.kind.clone(),
                 payload: event.payload.clone(),
                 event_id: event.id.clone(),
                 traceparent,
-                published_at_ms: kit::time::now_millis(),
+                published_at_ms: kit_core::time::now_millis(),
             });
             spans.push(span);
         }
@@ -155,7 +155,7 @@ impl Relay {
 
     /// New due events, claimed and published; the broker's epoch when it answered.
     pub async fn publish_due(&self) -> Result<Option<String>, RelayError> {
-        let due = self.store.due_events_of(RELAYED, kit::time::now_millis(), self.config.batch).await?;
+        let due = self.store.due_events_of(RELAYED, kit_core::time::now_millis(), self.config.batch).await?;
         let claimed = self.store.claim_for_publish(due).await?;
         self.publish(claimed, None).await
     }
@@ -176,7 +176,7 @@ impl Relay {
 
     /// Compares the broker's state with the outbox; republishes what it lost.
     pub async fn check(&self, known_epoch: &mut Option<String>) -> Result<(), RelayError> {
-        let started = kit::time::now_millis();
+        let started = kit_core::time::now_millis();
         let stats = self.broker.stats(&self.stream, &self.config.watch_group).await?;
         self.gauges(&stats).await;
         let changed = known_epoch.as_ref().is_some_and(|known| *known != stats.epoch);
@@ -199,7 +199,7 @@ impl Relay {
         let stream = [("stream", self.stream.clone())];
         metrics::gauge!("queue_depth", &stream).set(stats.length as f64);
         metrics::gauge!("queue_dead_letter_depth", &stream).set(stats.dead_letters as f64);
-        if let Ok((due, open)) = self.store.outbox_backlog(kit::time::now_millis()).await {
+        if let Ok((due, open)) = self.store.outbox_backlog(kit_core::time::now_millis()).await {
             metrics::gauge!("outbox_due_unpublished").set(due as f64);
             metrics::gauge!("outbox_published_unhandled").set(open as f64);
         }

@@ -20,7 +20,7 @@ use contracts::products::v1::product_service_client::ProductServiceClient;
 use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use futures::future::BoxFuture;
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 use saga::{Output, SagaRecord, Step, StepError};
 use tonic::Code;
 
@@ -28,7 +28,7 @@ use crate::domain::{Line, OrderStatus, Pricing};
 use crate::fulfilment::ORDER_PAID;
 use crate::store::{Change, Order, OrderStore, StoreError};
 
-pub use kit::channel::{BoxError, Channel, ChannelError, channel};
+pub use kit_client::channel::{BoxError, Channel, ChannelError, channel};
 
 pub const VALIDATE_USER: &str = "validate_user";
 pub const RESERVE_INVENTORY: &str = "reserve_inventory";
@@ -71,7 +71,7 @@ pub fn steps(deps: Arc<Deps>) -> Vec<Arc<dyn Step>> {
 
 pub fn classify(status: tonic::Status) -> StepError {
     let text = format!("{:?}: {}", status.code(), status.message());
-    let request_cause = kit::resilience::guard::is_request_cause(status.metadata());
+    let request_cause = kit_resilience::signals::is_request_cause(status.metadata());
     match status.code() {
         Code::NotFound
         | Code::FailedPrecondition
@@ -89,7 +89,7 @@ pub fn classify(status: tonic::Status) -> StepError {
 /// Marks a call as one that must get through (a compensation): an open
 /// breaker lets it probe instead of refusing it.
 pub fn essential<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
-    request.extensions_mut().insert(kit::resilience::guard::Essential);
+    request.extensions_mut().insert(kit_resilience::signals::Essential);
     request
 }
 
@@ -180,7 +180,7 @@ impl OrderStep {
             })
             .collect();
         let totals = self.deps.pricing.totals(&lines, &currency).map_err(|e| StepError::Permanent(e.to_string()))?;
-        let now = kit::time::now_millis();
+        let now = kit_core::time::now_millis();
         let order = Order {
             id: saga.order_id.clone(),
             user_id: saga.user_id.clone(),

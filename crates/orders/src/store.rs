@@ -3,8 +3,8 @@
 //! event that announces it is written in the same transaction.
 use futures::future::BoxFuture;
 use kit::db::Db;
-use kit::error::DomainError;
-use kit::time::now_millis;
+use kit_core::error::DomainError;
+use kit_core::time::now_millis;
 use saga::{SagaRecord, SagaState, SagaStore, StoreError as SagaStoreError};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -285,7 +285,7 @@ impl OrderStore {
             .bind(now + delay_ms)
             .bind(now)
             // The trace of the change travels with its event.
-            .bind(kit::otel::current_traceparent().unwrap_or_default())
+            .bind(kit_telemetry::otel::current_traceparent().unwrap_or_default())
             .execute(&mut *tx)
             .await?;
         }

@@ -55,7 +55,7 @@ async fn stack_with(options: Options) -> Stack {
     let registry = registry::start(
         registry::RegistryConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
-            tls: kit::tls::TlsConfig::insecure(),
+            tls: kit_tls::TlsConfig::insecure(),
             ..Default::default()
         },
         shutdown.clone(),
@@ -458,7 +458,7 @@ async fn the_platforms_own_trouble_is_a_503_that_frees_the_key_never_a_stored_re
     };
     let first = s.orders.create_order(request()).await.unwrap_err();
     assert_eq!(first.code(), Code::Unavailable, "{first:?}");
-    assert!(first.metadata().get(kit::resilience::guard::RETRY_AFTER_MS).is_some(), "a Retry-After hint");
+    assert!(first.metadata().get(kit_resilience::signals::RETRY_AFTER_MS).is_some(), "a Retry-After hint");
     // Asked again while Products is still away: the same answer, not a replayed refusal.
     let again = s.orders.create_order(request()).await.unwrap_err();
     assert_eq!(again.code(), Code::Unavailable, "{again:?}");

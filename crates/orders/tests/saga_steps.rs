@@ -195,7 +195,7 @@ async fn the_order_saga_pays_or_undoes_everything() {
     assert_eq!(order.lines[0].unit_price_minor, product.price.clone().unwrap().minor_units, "price snapshot");
     assert_eq!(w.stock(&product.id).await, (before.0 - 2, before.1, before.2 + 2));
     assert_eq!(w.completed_payments("order-s-paid").await, 1);
-    assert_eq!(w.store.due_events("order.paid", kit::time::now_millis() + 1, 10).await.unwrap().len(), 1);
+    assert_eq!(w.store.due_events("order.paid", kit_core::time::now_millis() + 1, 10).await.unwrap().len(), 1);
 
     // Declined: inventory back exactly, order CANCELLED, nothing charged, every compensation recorded.
     let before = w.stock(&product.id).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kit::db::{Db, DbOptions};
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 use orders::domain::{Line, OrderStatus, Pricing};
 use orders::store::{Change, Order, OrderStore, StoreError};
 use saga::{Orchestrator, Output, RetryPolicy, SagaRecord, SagaState, SagaStore, Step, StepError};
@@ -101,7 +101,7 @@ async fn transitions_are_conditional_and_write_their_event_atomically(url: Strin
     let illegal = store.transition("o1", OrderStatus::Delivered, OrderStatus::Cancelled, with_event).await;
     assert!(matches!(illegal, Err(StoreError::Domain(DomainError::FailedPrecondition(_)))));
 
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     let due = store.due_events("order.paid", now + 1, 10).await.unwrap();
     assert_eq!(due.len(), 1, "one event, from the one transition that happened");
     assert_eq!((due[0].order_id.as_str(), due[0].kind.as_str()), ("o1", "order.paid"));
@@ -218,11 +218,11 @@ async fn cancellations_are_finished_from_the_outbox_until_they_succeed(url: Stri
     store.transition("o2", OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
     let cancelling = Change { event: Some((ORDER_CANCELLING, "{}", 0)), ..Default::default() };
     store.transition("o2", OrderStatus::Paid, OrderStatus::Cancelling, cancelling).await.unwrap();
-    let now = kit::time::now_millis() + 1;
+    let now = kit_core::time::now_millis() + 1;
     assert_eq!(process_due(&store, &config, now).await.unwrap(), 0, "its refund could not be done yet");
     assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelling);
     finish.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let retried = kit::time::now_millis() + 1_500;
+    let retried = kit_core::time::now_millis() + 1_500;
     assert_eq!(process_due(&store, &config, retried).await.unwrap(), 1, "the cancellation, retried");
     assert_eq!(store.get("o2").await.unwrap().status, OrderStatus::Cancelled);
     assert_eq!(process_due(&store, &config, retried).await.unwrap(), 0, "each once");
@@ -234,8 +234,8 @@ async fn cancellations_are_finished_from_the_outbox_until_they_succeed(url: Stri
 /// was published strictly before its check: a check in the publish's own
 /// millisecond sees nothing older. Waits for the next one.
 async fn a_millisecond_later() {
-    let now = kit::time::now_millis();
-    while kit::time::now_millis() == now {
+    let now = kit_core::time::now_millis();
+    while kit_core::time::now_millis() == now {
         tokio::time::sleep(Duration::from_micros(100)).await;
     }
 }

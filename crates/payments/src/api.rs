@@ -1,40 +1,43 @@
-//! PaymentService over gRPC: validates, records, calls the processor, and
-//! reports outcomes in the codes callers (the order saga) act on:
+//! PaymentService over gRPC: translates protobuf to the workflows (`workflow`)
+//! and their outcomes back, in the codes callers (the order saga) act on:
 //! a decline is FAILED_PRECONDITION (permanent: compensate), a processor
 //! timeout or error is UNAVAILABLE (retryable: the idempotency key is freed
 //! and a retry is a new attempt), a second charge for an order is
 //! ALREADY_EXISTS. Every attempt stays on record.
-use std::sync::Arc;
-
 use contracts::common::v1::Money;
 use contracts::payments::v1 as pb;
-use kit::grpc_telemetry::annotate;
-use kit::resilience::Deadline;
-use kit::resilience::guard::caused_by_request;
-use kit::time::{now_millis, timestamp_from_millis};
+use contracts::time::timestamp_from_millis;
+use kit_core::time::now_millis;
+use kit_resilience::Deadline;
+use kit_resilience::signals::caused_by_request;
+use kit_telemetry::grpc_telemetry::annotate;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Status as PaymentStatus};
-use crate::processor::{ChargeCard, Processor, ProcessorError};
+use crate::failure::PaymentError;
 use crate::recovery;
-use crate::store::{Change, NewPayment, Payment, PaymentStore, StoredMethod};
-use crate::vault::{StoredCard, Vault};
+use crate::store::Payment;
+use crate::workflow::{CardInput, Charge, PayWith, Payments, this_month};
 
 pub struct PaymentsApi {
-    store: PaymentStore,
-    processor: Arc<dyn Processor>,
-    methods: Methods,
-}
-
-/// Tokenized cards: how they are sealed and how long they last.
-pub struct Methods {
-    pub vault: Arc<Vault>,
-    pub ttl_ms: i64,
+    payments: Payments,
 }
 
 impl PaymentsApi {
-    pub fn new(store: PaymentStore, processor: Arc<dyn Processor>, methods: Methods) -> Self {
-        Self { store, processor, methods }
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+/// The one place a payment workflow's failure becomes a gRPC status.
+fn answer(err: PaymentError) -> Status {
+    match err {
+        PaymentError::Refused(e) => kit::error::status(e),
+        PaymentError::Db(e) => kit::error::from_sqlx(&e),
+        PaymentError::ProcessorTrouble(m) => caused_by_request(Status::unavailable(m)),
+        PaymentError::NotYet(m) => Status::unavailable(m),
+        PaymentError::Changed(m) => Status::aborted(m),
+        PaymentError::Internal(m) => Status::internal(m),
     }
 }
 
@@ -79,24 +82,17 @@ fn to_pb(p: Payment) -> pb::Payment {
     }
 }
 
-/// Today as (year, month), UTC.
-fn this_month() -> (i32, u32) {
-    let (year, month) = kit::time::civil_from_days(kit::time::now_millis().div_euclid(86_400_000));
-    (year as i32, month as u32)
+fn card_input(card: &pb::Card) -> CardInput<'_> {
+    CardInput { number: &card.number, expiry_month: card.expiry_month, expiry_year: card.expiry_year, cvc: &card.cvc }
 }
 
-fn check_card(card: Option<&pb::Card>) -> Result<domain::CardSummary, Status> {
-    let card = card.ok_or_else(|| Status::invalid_argument("card is required"))?;
-    Ok(domain::check_card(&card.number, card.expiry_month, card.expiry_year, &card.cvc, this_month())?)
+fn required_card(card: Option<&pb::Card>) -> Result<CardInput<'_>, Status> {
+    card.map(card_input).ok_or_else(|| Status::invalid_argument("card is required"))
 }
 
 /// When the payment a call with this request's deadline works on counts as abandoned.
 fn abandon_at<T>(request: &Request<T>) -> i64 {
     recovery::abandon_at(now_millis(), Deadline::of(request).remaining(std::time::Instant::now()))
-}
-
-fn voided(order_id: &str) -> Status {
-    Status::failed_precondition(format!("order {order_id} was voided; it is not charged"))
 }
 
 fn check_reason(reason: &str) -> Result<(), Status> {
@@ -113,56 +109,6 @@ fn required(value: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-impl PaymentsApi {
-    /// FAILED with the processor's reason; the status the caller gets.
-    async fn fail(&self, payment: &Payment, step: &str, from: PaymentStatus, err: &ProcessorError) -> Status {
-        if let Err(e) = self.store.attempt(&payment.id, step, "failed", &err.to_string()).await {
-            tracing::error!(payment_id = %payment.id, error = %e, "could not record a failed attempt");
-        }
-        let change = Change { failure: Some((err.code(), &err.to_string(), err.retryable())), ..Default::default() };
-        if let Err(e) = self.store.transition(&payment.id, from, PaymentStatus::Failed, change).await {
-            return e.into();
-        }
-        metrics::counter!("payments_total", "outcome" => err.code()).increment(1);
-        match err {
-            ProcessorError::Declined(_) => Status::failed_precondition(format!("{err} (payment {})", payment.id)),
-            // The processor failed on this card: worth a retry, but no sign
-            // that Payments is unhealthy — callers' breakers must not count it.
-            _ => caused_by_request(Status::unavailable(format!("{err} ({}, payment {})", err.code(), payment.id))),
-        }
-    }
-
-    /// The card to charge: given whole, or by the token CreatePaymentMethod
-    /// made for this user. Returns the number and what may be kept of it.
-    async fn card_to_charge(
-        &self,
-        card: Option<&pb::Card>,
-        token: &str,
-        user_id: &str,
-    ) -> Result<(String, domain::CardSummary), Status> {
-        if let Some(card) = card {
-            let summary = check_card(Some(card))?;
-            return Ok((card.number.chars().filter(|c| !c.is_whitespace()).collect(), summary));
-        }
-        if token.is_empty() {
-            return Err(Status::invalid_argument("card or payment_method_token is required"));
-        }
-        required(token, "payment_method_token")?;
-        let unknown = || Status::failed_precondition(format!("payment method {token} is unknown or expired"));
-        let method = self.store.method(token, now_millis()).await?.ok_or_else(unknown)?;
-        // Someone else's token does not exist, as far as they can tell.
-        if method.user_id != user_id {
-            return Err(unknown());
-        }
-        let card = self.methods.vault.open(token, &method.sealed).map_err(|err| {
-            tracing::error!(payment_method = token, error = %err, "stored card unreadable");
-            Status::internal("stored card unreadable")
-        })?;
-        let summary = domain::check_stored_card(&card.number, card.expiry_month, card.expiry_year, this_month())?;
-        Ok((card.number, summary))
-    }
-}
-
 #[tonic::async_trait]
 impl pb::payment_service_server::PaymentService for PaymentsApi {
     async fn process_payment(
@@ -175,108 +121,31 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         required(&request.user_id, "user_id")?;
         annotate("order_id", &request.order_id);
         annotate("user_id", &request.user_id);
-        let amount = request.amount.ok_or_else(|| Status::invalid_argument("amount is required"))?;
-        domain::check_amount(amount.minor_units, &amount.currency_code)?;
-        let (number, card) =
-            self.card_to_charge(request.card.as_ref(), &request.payment_method_token, &request.user_id).await?;
-        if self.store.is_voided(&request.order_id).await? {
-            return Err(voided(&request.order_id));
-        }
-        // The order is paid already, by this user, this amount: a retry whose
-        // first answer was lost (we were killed after completing it, before
-        // the caller's idempotency record was written). The same answer, and
-        // no second charge — refusing it would make the caller compensate a
-        // payment that succeeded.
-        let paid = self.store.for_order(&request.order_id).await?.into_iter().find(|p| {
-            p.status == PaymentStatus::Completed
-                && p.user_id == request.user_id
-                && p.amount_minor == amount.minor_units
-                && p.currency_code == amount.currency_code
-        });
-        if let Some(paid) = paid {
-            tracing::info!(payment_id = %paid.id, order_id = %request.order_id, "order already paid; answered with its payment");
-            return Ok(Response::new(to_pb(paid)));
-        }
-
-        let payment = self
-            .store
-            .create(&NewPayment {
-                order_id: &request.order_id,
-                user_id: &request.user_id,
-                amount_minor: amount.minor_units,
-                currency_code: &amount.currency_code,
-                card_brand: card.brand,
-                card_last4: &card.last4,
-                abandon_at,
-            })
-            .await?;
-        annotate("payment_id", &payment.id);
-        let charge = ChargeCard { number, expired: card.expired };
-        let authorization = match self.processor.authorize(&charge, amount.minor_units).await {
-            Ok(authorization) => authorization,
-            Err(err) => return Err(self.fail(&payment, "authorize", PaymentStatus::Pending, &err).await),
-        };
-        self.store.attempt(&payment.id, "authorize", "ok", &authorization).await?;
-        let authorized = Change { authorization_id: Some(&authorization), ..Default::default() };
-        self.store.transition(&payment.id, PaymentStatus::Pending, PaymentStatus::Authorized, authorized).await?;
-        self.store
-            .transition(&payment.id, PaymentStatus::Authorized, PaymentStatus::Processing, Change::default())
-            .await?;
-        if let Err(err) = self.processor.capture(&authorization).await {
-            return Err(self.fail(&payment, "capture", PaymentStatus::Processing, &err).await);
-        }
-        self.store.attempt(&payment.id, "capture", "ok", "").await?;
-        if let Err(err) = self
-            .store
-            .transition(&payment.id, PaymentStatus::Processing, PaymentStatus::Completed, Change::default())
-            .await
-        {
-            // Someone else completed this order's payment first: release ours.
-            // Best effort, but never silent: the answer to the caller is the refusal.
-            let released = self.processor.refund(&authorization, amount.minor_units).await.map_err(|e| e.to_string());
-            let detail = match &released {
-                Ok(()) => "order already paid; hold released".to_string(),
-                Err(e) => format!("order already paid; releasing the hold failed: {e}"),
-            };
-            let change =
-                Change { failure: Some(("duplicate_charge", "order already paid", false)), ..Default::default() };
-            let recorded = match self.store.attempt(&payment.id, "complete", "refused", &detail).await {
-                Ok(()) => {
-                    self.store.transition(&payment.id, PaymentStatus::Processing, PaymentStatus::Failed, change).await
-                }
-                Err(e) => Err(e),
-            };
-            if released.is_err() || recorded.is_err() {
-                tracing::error!(payment_id = %payment.id, ?released, recorded = ?recorded.err(), "duplicate charge not fully cleaned up");
+        let amount = request.amount.as_ref().ok_or_else(|| Status::invalid_argument("amount is required"))?;
+        let pay_with = match (&request.card, request.payment_method_token.as_str()) {
+            (Some(card), _) => PayWith::Card(card_input(card)),
+            (None, "") => return Err(Status::invalid_argument("card or payment_method_token is required")),
+            (None, token) => {
+                required(token, "payment_method_token")?;
+                PayWith::Token(token)
             }
-            return Err(err.into());
-        }
-        // The order may have been voided while this charge ran (its caller
-        // gave up and compensated): the money goes straight back.
-        if self.store.is_voided(&request.order_id).await? {
-            let completed = self.store.get(&payment.id).await?;
-            recovery::refund(
-                &self.store,
-                self.processor.as_ref(),
-                &completed,
-                None,
-                "the order was voided while the charge ran",
-                abandon_at,
-            )
-            .await?;
-            tracing::warn!(payment_id = %payment.id, order_id = %request.order_id, "order voided during the charge; refunded");
-            return Err(voided(&request.order_id));
-        }
-        metrics::counter!("payments_total", "outcome" => "completed").increment(1);
-        tracing::info!(payment_id = %payment.id, order_id = %request.order_id, amount = amount.minor_units, "payment completed");
-        Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
+        };
+        let charge = Charge {
+            order_id: &request.order_id,
+            user_id: &request.user_id,
+            amount_minor: amount.minor_units,
+            currency_code: &amount.currency_code,
+            pay_with,
+            abandon_at,
+        };
+        Ok(Response::new(to_pb(self.payments.charge(charge).await.map_err(answer)?)))
     }
 
     async fn get_payment(&self, request: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
         let id = request.into_inner().payment_id;
         required(&id, "payment_id")?;
         annotate("payment_id", &id);
-        Ok(Response::new(to_pb(self.store.get(&id).await?)))
+        Ok(Response::new(to_pb(self.payments.get(&id).await.map_err(answer)?)))
     }
 
     async fn refund_payment(
@@ -288,15 +157,10 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         required(&request.payment_id, "payment_id")?;
         annotate("payment_id", &request.payment_id);
         check_reason(&request.reason)?;
-        let payment = self.store.get(&request.payment_id).await?;
-        if let Some(amount) = &request.amount
-            && amount.currency_code != payment.currency_code
-        {
-            return Err(Status::invalid_argument(format!("the payment is in {}", payment.currency_code)));
-        }
-        let amount = request.amount.map(|m| m.minor_units);
-        recovery::refund(&self.store, self.processor.as_ref(), &payment, amount, &request.reason, abandon_at).await?;
-        Ok(Response::new(to_pb(self.store.get(&payment.id).await?)))
+        let amount = request.amount.as_ref().map(|m| (m.minor_units, m.currency_code.as_str()));
+        let payment =
+            self.payments.refund(&request.payment_id, amount, &request.reason, abandon_at).await.map_err(answer)?;
+        Ok(Response::new(to_pb(payment)))
     }
 
     async fn void_order_payments(
@@ -309,39 +173,8 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         annotate("order_id", &request.order_id);
         check_reason(&request.reason)?;
         let reason = if request.reason.is_empty() { "order voided" } else { request.reason.as_str() };
-        // First the tombstone: no charge for this order starts after it, and
-        // one still running refunds itself as it completes.
-        self.store.void_order(&request.order_id, reason).await?;
-        for payment in self.store.for_order(&request.order_id).await? {
-            let mut payment = payment;
-            if payment.status.in_flight() {
-                if payment.abandon_at >= now_millis() {
-                    return Err(Status::aborted(format!("payment {} is still being processed; retry", payment.id)));
-                }
-                recovery::settle(&self.store, self.processor.as_ref(), &payment).await?;
-                payment = self.store.get(&payment.id).await?;
-                if payment.status.in_flight() {
-                    // The processor did not take the reversal: not done yet.
-                    return Err(Status::unavailable(format!(
-                        "payment {} could not be reversed yet; retry",
-                        payment.id
-                    )));
-                }
-            }
-            if payment.status == PaymentStatus::Completed && payment.refunded_minor < payment.amount_minor {
-                match recovery::refund(&self.store, self.processor.as_ref(), &payment, None, reason, abandon_at).await {
-                    Ok(()) => {}
-                    // Moved on since we read it (a charge refunding itself):
-                    // look again on the retry.
-                    Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                        return Err(Status::aborted(format!("payment {} is changing; retry", payment.id)));
-                    }
-                    Err(status) => return Err(status),
-                }
-            }
-        }
-        let payments = self.store.for_order(&request.order_id).await?.into_iter().map(to_pb).collect();
-        Ok(Response::new(pb::VoidOrderPaymentsResponse { payments }))
+        let payments = self.payments.void_order(&request.order_id, reason, abandon_at).await.map_err(answer)?;
+        Ok(Response::new(pb::VoidOrderPaymentsResponse { payments: payments.into_iter().map(to_pb).collect() }))
     }
 
     async fn create_payment_method(
@@ -351,31 +184,11 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         let request = request.into_inner();
         required(&request.user_id, "user_id")?;
         annotate("user_id", &request.user_id);
-        let summary = check_card(request.card.as_ref())?;
-        let card = request.card.ok_or_else(|| Status::invalid_argument("card is required"))?;
-        let token = format!("pm_{}", uuid::Uuid::now_v7().simple());
-        let stored = StoredCard {
-            number: card.number.chars().filter(|c| !c.is_whitespace()).collect(),
-            expiry_month: card.expiry_month,
-            expiry_year: card.expiry_year,
-        };
-        let sealed = self.methods.vault.seal(&token, &stored).map_err(|err| {
-            tracing::error!(error = %err, "could not seal a card");
-            Status::internal("could not store the card")
-        })?;
-        let now = now_millis();
-        let method = StoredMethod {
-            token: token.clone(),
-            user_id: request.user_id,
-            sealed,
-            card_brand: summary.brand.to_string(),
-            card_last4: summary.last4.clone(),
-            expires_at: now + self.methods.ttl_ms,
-        };
-        self.store.save_method(&method, now).await?;
-        annotate("payment_method", &token);
+        let card = required_card(request.card.as_ref())?;
+        let method = self.payments.keep_card(&request.user_id, &card).await.map_err(answer)?;
+        annotate("payment_method", &method.token);
         Ok(Response::new(pb::PaymentMethod {
-            token,
+            token: method.token,
             card_brand: method.card_brand,
             card_last4: method.card_last4,
             expire_time: Some(timestamp_from_millis(method.expires_at)),
@@ -387,25 +200,25 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         request: Request<pb::ValidatePaymentMethodRequest>,
     ) -> Result<Response<pb::ValidatePaymentMethodResponse>, Status> {
         let request = request.into_inner();
-        let card = request.card.as_ref().ok_or_else(|| Status::invalid_argument("card is required"))?;
-        let answer =
-            match domain::check_card(&card.number, card.expiry_month, card.expiry_year, &card.cvc, this_month()) {
-                Ok(summary) if summary.expired => pb::ValidatePaymentMethodResponse {
-                    valid: false,
-                    reason: "the card has expired".into(),
-                    card_brand: summary.brand.into(),
-                    card_last4: summary.last4,
-                },
-                Ok(summary) => pb::ValidatePaymentMethodResponse {
-                    valid: true,
-                    reason: String::new(),
-                    card_brand: summary.brand.into(),
-                    card_last4: summary.last4,
-                },
-                Err(err) => {
-                    pb::ValidatePaymentMethodResponse { valid: false, reason: err.to_string(), ..Default::default() }
-                }
-            };
+        let card = required_card(request.card.as_ref())?;
+        let answer = match domain::check_card(card.number, card.expiry_month, card.expiry_year, card.cvc, this_month())
+        {
+            Ok(summary) if summary.expired => pb::ValidatePaymentMethodResponse {
+                valid: false,
+                reason: "the card has expired".into(),
+                card_brand: summary.brand.into(),
+                card_last4: summary.last4,
+            },
+            Ok(summary) => pb::ValidatePaymentMethodResponse {
+                valid: true,
+                reason: String::new(),
+                card_brand: summary.brand.into(),
+                card_last4: summary.last4,
+            },
+            Err(err) => {
+                pb::ValidatePaymentMethodResponse { valid: false, reason: err.to_string(), ..Default::default() }
+            }
+        };
         Ok(Response::new(answer))
     }
 }
@@ -414,7 +227,7 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
 mod tests {
     #[test]
     fn this_month_is_a_real_month() {
-        let (year, month) = super::this_month();
+        let (year, month) = crate::workflow::this_month();
         assert!((2025..2100).contains(&year));
         assert!((1..=12).contains(&month));
     }

@@ -1,7 +1,7 @@
 //! Payment rules, free of SQL and gRPC: the state machine, card checks (Luhn,
 //! expiry, CVC), the test cards that select a processor behaviour, money and
 //! refund arithmetic.
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 
 /// PENDING → AUTHORIZED → PROCESSING → COMPLETED, any of the first three →
 /// FAILED; COMPLETED → REFUNDING → REFUNDED (all refunded) or back to

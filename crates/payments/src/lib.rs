@@ -3,14 +3,18 @@
 //! idempotent by key (the kit's idempotency layer), at most one charge per
 //! order (a unique index).
 //!
-//! `domain` holds the rules, `processor` the processor trait and the
+//! `domain` holds the rules, `workflow` the charge, refund and void
+//! workflows (`failure`: what they fail with), `recovery` settles what a
+//! crash left in flight, `processor` is the processor trait and the
 //! simulation, `store` persists, `api` translates gRPC.
 pub mod api;
 pub mod domain;
+pub mod failure;
 pub mod processor;
 pub mod recovery;
 pub mod store;
 pub mod vault;
+pub mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,8 +80,8 @@ pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Resul
     let processor: Arc<dyn processor::Processor> =
         Arc::new(processor::SimulatedProcessor::new(config.processor.clone()));
     let store = store::PaymentStore::new(db.clone());
-    let methods = api::Methods { vault: Arc::new(vault), ttl_ms: config.payment_method_ttl_secs as i64 * 1_000 };
-    let api = api::PaymentsApi::new(store.clone(), processor.clone(), methods);
+    let methods = workflow::Methods { vault: Arc::new(vault), ttl_ms: config.payment_method_ttl_secs as i64 * 1_000 };
+    let api = api::PaymentsApi::new(workflow::Payments::new(store.clone(), processor.clone(), methods));
     let service = contracts::payments::v1::payment_service_server::PaymentServiceServer::new(api);
     let mut running = host.start(tonic::service::Routes::new(service)).await?;
     // Payments a crash (or a spent deadline) left half done are settled.

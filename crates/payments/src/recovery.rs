@@ -16,11 +16,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::error::DomainError;
 use kit::shutdown::CancellationToken;
-use kit::time::now_millis;
+use kit_core::time::now_millis;
 
 use crate::domain::{self, Status};
+use crate::failure::PaymentError;
 use crate::processor::Processor;
 use crate::store::{Change, Payment, PaymentStore, StoreError};
 
@@ -81,13 +81,12 @@ pub async fn refund(
     amount: Option<i64>,
     reason: &str,
     abandon_at: i64,
-) -> Result<(), tonic::Status> {
+) -> Result<(), PaymentError> {
     if payment.status != Status::Completed {
-        return Err(DomainError::FailedPrecondition(format!(
+        return Err(PaymentError::precondition(format!(
             "only a COMPLETED payment can be refunded; this one is {}",
             payment.status.as_str()
-        ))
-        .into());
+        )));
     }
     let amount = domain::refund_amount(payment.amount_minor, payment.refunded_minor, amount)?;
     let refunding = Change { abandon_at: Some(abandon_at), ..Default::default() };
@@ -96,7 +95,7 @@ pub async fn refund(
     if let Err(err) = processor.refund(&authorization, amount).await {
         store.attempt(&payment.id, "refund", "failed", &err.to_string()).await?;
         store.transition(&payment.id, Status::Refunding, Status::Completed, Change::default()).await?;
-        return Err(tonic::Status::unavailable(format!("{err}; retry the refund")));
+        return Err(PaymentError::NotYet(format!("{err}; retry the refund")));
     }
     store.attempt(&payment.id, "refund", "ok", &amount.to_string()).await?;
     store.complete_refund(&payment.id, amount, reason).await?;
@@ -119,8 +118,8 @@ pub async fn sweep(store: &PaymentStore, processor: &dyn Processor) -> Result<us
                 tracing::warn!(payment_id = %payment.id, order_id = %payment.order_id, "charge of a voided order refunded")
             }
             // Moved on meanwhile, or the processor said no: the next pass looks again.
-            Err(status) => {
-                tracing::warn!(payment_id = %payment.id, error = %status, "refund of a voided order's charge failed; retrying")
+            Err(err) => {
+                tracing::warn!(payment_id = %payment.id, error = %err, "refund of a voided order's charge failed; retrying")
             }
         }
     }

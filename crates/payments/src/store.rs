@@ -2,8 +2,8 @@
 //! the caller saw (`… WHERE status = $from`), every step is a row in
 //! `payment_attempts`, and nothing is deleted.
 use kit::db::Db;
-use kit::error::DomainError;
-use kit::time::now_millis;
+use kit_core::error::DomainError;
+use kit_core::time::now_millis;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 

@@ -114,7 +114,7 @@ async fn declines_are_permanent_and_errors_are_retryable(url: String) {
         let failed = h.client.process_payment(keyed(pay(order, number, 500), order)).await.unwrap_err();
         assert_eq!(failed.code(), Code::Unavailable);
         assert!(
-            kit::resilience::guard::is_request_cause(failed.metadata()),
+            kit_resilience::signals::is_request_cause(failed.metadata()),
             "the processor's trouble with one card is marked as the request's own (callers' breakers skip it)"
         );
         // The same key again is a new attempt, not a replay of the failure.
@@ -240,7 +240,7 @@ fn void(order: &str) -> pb::VoidOrderPaymentsRequest {
 /// service's recovery pass could settle it half-built.
 async fn left_in_flight(store: &PaymentStore, order: &str, status: Status, abandon_at: i64) -> String {
     use payments::store::{Change, NewPayment};
-    let building = kit::time::now_millis() + 60_000;
+    let building = kit_core::time::now_millis() + 60_000;
     let new = NewPayment {
         order_id: order,
         user_id: "user-1",
@@ -266,7 +266,7 @@ async fn left_in_flight(store: &PaymentStore, order: &str, status: Status, aband
 
 async fn void_leaves_an_order_with_nothing_taken_or_held(url: String) {
     let mut h = start(&url).await;
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     // Taken: refunded in full, once however often asked.
     let paid = h.client.process_payment(pay("order-v1", "4242424242424242", 1_000)).await.unwrap().into_inner();
     for _ in 0..2 {
@@ -322,7 +322,7 @@ async fn void_leaves_an_order_with_nothing_taken_or_held(url: String) {
 
 async fn recovery_settles_payments_whose_call_died_or_ran_out_of_time(url: String) {
     let mut h = start(&url).await;
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     let capturing = left_in_flight(&h.store, "order-r1", Status::Processing, now - 1).await;
     // A charge that completed after its order was voided, whose process died
     // before it could refund itself: recovery refunds it.
@@ -367,7 +367,7 @@ async fn a_tokenized_card_is_charged_by_its_token_only_for_its_user(url: String)
     assert!(method.token.starts_with("pm_"), "{}", method.token);
     assert_eq!((method.card_brand.as_str(), method.card_last4.as_str()), ("visa", "4242"));
     // At rest the number is sealed.
-    let sealed = h.store.method(&method.token, kit::time::now_millis()).await.unwrap().unwrap().sealed;
+    let sealed = h.store.method(&method.token, kit_core::time::now_millis()).await.unwrap().unwrap().sealed;
     assert!(!sealed.contains("4242424242424242"));
 
     let by_token = |order: &str, user: &str, token: &str| pb::ProcessPaymentRequest {
@@ -412,7 +412,7 @@ async fn a_tokenized_card_is_charged_by_its_token_only_for_its_user(url: String)
     }
     expect_code(h.client.process_payment(by_token("o-none", "user-1", "")).await, Code::InvalidArgument);
     // Expired methods are swept.
-    assert_eq!(h.store.sweep_methods(kit::time::now_millis()).await.unwrap(), 0);
+    assert_eq!(h.store.sweep_methods(kit_core::time::now_millis()).await.unwrap(), 0);
     assert_eq!(h.store.sweep_methods(i64::MAX).await.unwrap(), 2);
     expect_code(h.client.process_payment(by_token("o-late", "user-1", &method.token)).await, Code::FailedPrecondition);
 }

@@ -1,12 +1,14 @@
 //! gRPC handlers: translate protobuf to domain calls and results back. No rules here.
 use contracts::common::v1::Money;
 use contracts::products::v1 as pb;
+use kit::error::status;
 use pb::product_service_server::ProductService;
 use tonic::{Request, Response, Status};
 
 use crate::catalog::Catalog;
 use crate::domain::{self, DomainError, NewProduct, Product, Reservation, ReservationState, SearchFilter, Sort};
-use kit::time::{now_millis, timestamp_from_millis};
+use contracts::time::timestamp_from_millis;
+use kit_core::time::now_millis;
 
 pub const MAX_BATCH_IDS: usize = 100;
 
@@ -89,7 +91,7 @@ fn sort_from_pb(value: i32) -> Result<Sort, Status> {
 impl ProductService for ProductsApi {
     async fn get_product(&self, request: Request<pb::GetProductRequest>) -> Result<Response<pb::Product>, Status> {
         let id = request.into_inner().product_id;
-        domain::validate_id("product_id", &id)?;
+        domain::validate_id("product_id", &id).map_err(status)?;
         match self.catalog.get(&id).await? {
             Some(product) => Ok(Response::new(to_pb(product))),
             None => Err(Status::not_found(format!("product {id} not found"))),
@@ -105,7 +107,7 @@ impl ProductService for ProductsApi {
             return Err(Status::invalid_argument(format!("at most {MAX_BATCH_IDS} product_ids per request")));
         }
         for id in &ids {
-            domain::validate_id("product_ids", id)?;
+            domain::validate_id("product_ids", id).map_err(status)?;
         }
         let products = self.catalog.get_many(&ids).await?;
         let missing_ids = ids.iter().filter(|id| !products.iter().any(|p| &p.id == *id)).cloned().collect();
@@ -125,14 +127,15 @@ impl ProductService for ProductsApi {
             in_stock_only: r.in_stock_only,
             sort: sort_from_pb(r.sort)?,
         }
-        .validate()?;
+        .validate()
+        .map_err(status)?;
         let fingerprint = filter.fingerprint();
-        let page = kit::pagination::resolve(r.page_size, &r.page_token, fingerprint)
+        let page = kit_core::pagination::resolve(r.page_size, &r.page_token, fingerprint)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (products, total) = self.catalog.search(&filter, page).await?;
         Ok(Response::new(pb::SearchProductsResponse {
             products: products.into_iter().map(to_pb).collect(),
-            next_page_token: kit::pagination::next_token(page, total, fingerprint),
+            next_page_token: kit_core::pagination::next_token(page, total, fingerprint),
             total_size: total,
         }))
     }
@@ -190,7 +193,7 @@ impl ProductService for ProductsApi {
         let r = request.into_inner();
         let ttl_ms = match r.ttl_seconds {
             0 => self.policy.default_ttl_ms,
-            s if s < 0 => return Err(DomainError::invalid("ttl_seconds must not be negative").into()),
+            s if s < 0 => return Err(status(DomainError::invalid("ttl_seconds must not be negative"))),
             s => s.saturating_mul(1000).min(self.policy.max_ttl_ms),
         };
         let reservation = self.catalog.reserve(&r.order_id, &items_from_pb(r.items), ttl_ms, now_millis()).await?;

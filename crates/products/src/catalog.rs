@@ -8,7 +8,7 @@
 //! so a stale cached stock figure can only be shown, never sold.
 use std::sync::Arc;
 
-use kit::pagination::Page;
+use kit_core::pagination::Page;
 use readcache::{Lookup, ReadCache};
 
 use crate::domain::{NewProduct, Product, Reservation, SearchFilter};

@@ -7,7 +7,7 @@ pub const MAX_ORDER_ID_LEN: usize = 128;
 pub const MAX_STOCK: i64 = 1_000_000_000;
 pub const MAX_QUERY_LEN: usize = 200;
 
-pub use kit::error::DomainError;
+pub use kit_core::error::DomainError;
 
 fn invalid(message: impl Into<String>) -> DomainError {
     DomainError::Invalid(message.into())
@@ -284,7 +284,7 @@ impl SearchFilter {
 
     /// Identifies the filter for page tokens.
     pub fn fingerprint(&self) -> u64 {
-        kit::pagination::fingerprint(&[
+        kit_core::pagination::fingerprint(&[
             &self.query,
             &self.category,
             &format!("{:?}", self.min_price_minor),

@@ -70,7 +70,7 @@ pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Resul
     let store = store::ProductStore::new(db.clone());
     if config.seed {
         let added = store
-            .seed_if_empty(seed::products(), kit::time::now_millis())
+            .seed_if_empty(seed::products(), kit_core::time::now_millis())
             .await
             .map_err(|e| StartError::Config(format!("seeding the catalog failed: {e}")))?;
         if added > 0 {
@@ -106,7 +106,7 @@ async fn reap_expired(catalog: catalog::Catalog, every: Duration, shutdown: Canc
             _ = tick.tick() => {}
         }
         loop {
-            match catalog.expire_due(kit::time::now_millis(), 100).await {
+            match catalog.expire_due(kit_core::time::now_millis(), 100).await {
                 Ok(0) => break,
                 Ok(n) => {
                     tracing::info!(expired = n, "released expired reservations");

@@ -11,7 +11,7 @@ use crate::domain::{
     self, Dimensions, DomainError, NewProduct, Product, Reservation, ReservationState, SearchFilter, Sort,
 };
 use kit::db::Db;
-use kit::pagination::Page;
+use kit_core::pagination::Page;
 
 pub use kit::error::StoreError;
 

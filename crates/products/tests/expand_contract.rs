@@ -60,7 +60,7 @@ async fn green_adds_a_nullable_column_while_blue_keeps_writing(url: String) {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) || n < 20 {
                 n += 1;
-                let now = kit::time::now_millis();
+                let now = kit_core::time::now_millis();
                 let created = blue.create(product(format!("BLUE-{n}")), now).await.unwrap();
                 blue.reserve(&format!("order-{n}"), &[(created.id.clone(), 1)], 60_000, now).await.unwrap();
                 written.fetch_add(1, Ordering::SeqCst);
@@ -95,9 +95,10 @@ async fn green_adds_a_nullable_column_while_blue_keeps_writing(url: String) {
     // not know green's migration, and starts anyway — and keeps working,
     // reading rows green wrote.
     let blue_again = ProductStore::new(Db::open(&url, &options, &BLUE).await.unwrap());
-    let first = blue_again.search(&Default::default(), kit::pagination::Page { offset: 0, limit: 50 }).await.unwrap();
+    let first =
+        blue_again.search(&Default::default(), kit_core::pagination::Page { offset: 0, limit: 50 }).await.unwrap();
     assert!(first.1 >= total as i64);
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     let after = blue_again.create(product("BLUE-after-restart".into()), now).await.unwrap();
     blue_again.reserve("order-after-restart", &[(after.id, 1)], 60_000, now).await.unwrap();
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use kit::db::{Db, DbOptions};
-use kit::error::DomainError;
-use kit::pagination::Page;
+use kit_core::error::DomainError;
+use kit_core::pagination::Page;
 use products::domain::{Dimensions, NewProduct, ReservationState, SearchFilter, Sort};
 use products::store::{ProductStore, StoreError};
 

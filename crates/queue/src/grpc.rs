@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::memory::Embedded;
 use crate::{Broker, Delivery, Message, Published, QueueError, Receive, Stats};
 
-pub use kit::channel::{Channel, channel};
+pub use kit_client::channel::{Channel, channel};
 
 fn to_pb(message: &Message) -> pb::Message {
     pb::Message {
@@ -157,7 +157,7 @@ impl pb::queue_service_server::QueueService for QueueApi {
         let got = self.broker.receive(receive).await.map_err(status)?;
         let mut response =
             Response::new(pb::ReceiveResponse { deliveries: got.into_iter().map(delivery_to_pb).collect() });
-        response.extensions_mut().insert(kit::grpc_telemetry::LongPoll);
+        response.extensions_mut().insert(kit_telemetry::grpc_telemetry::LongPoll);
         Ok(response)
     }
 
@@ -214,7 +214,9 @@ impl GrpcBroker {
     fn request<T>(&self, message: T, extra: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout + extra);
-        request.metadata_mut().insert(kit::grpc_telemetry::UNTRACED, tonic::metadata::MetadataValue::from_static("1"));
+        request
+            .metadata_mut()
+            .insert(kit_telemetry::grpc_telemetry::UNTRACED, tonic::metadata::MetadataValue::from_static("1"));
         request
     }
 }

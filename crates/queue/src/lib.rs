@@ -158,7 +158,7 @@ impl QueueConfig {
 /// every other dependency.
 pub async fn connect(
     config: &QueueConfig,
-    discovery: &kit::discovery::Discovery,
+    discovery: &kit_client::discovery::Discovery,
 ) -> Result<Arc<dyn Broker>, QueueError> {
     config.validate().map_err(QueueError::Refused)?;
     let timeout = Duration::from_millis(config.call_timeout_ms);
@@ -166,8 +166,8 @@ pub async fn connect(
         Some(url) => Arc::new(redis_streams::RedisStreams::new(url.expose(), config.max_length, timeout)?),
         None => {
             let balancer = discovery.balancer(SERVICE, std::collections::BTreeMap::new()).await;
-            let dependency = kit::resilience::Dependency::new(SERVICE, &Default::default());
-            let guarded = kit::resilience::guard::guard_balancer(dependency, balancer);
+            let dependency = kit_client::guard::Dependency::new(SERVICE, &Default::default());
+            let guarded = kit_client::guard::guard_balancer(dependency, balancer);
             Arc::new(grpc::GrpcBroker::new(grpc::channel(guarded), timeout))
         }
     })
@@ -181,7 +181,7 @@ pub fn id_millis(id: &str) -> Option<i64> {
 /// HELP text of the queue's metrics: producers', consumers' and the broker's.
 pub fn describe_metrics() {
     // Descriptions reach only an installed recorder.
-    let _ = kit::metrics::prometheus();
+    let _ = kit_telemetry::metrics::prometheus();
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("queue_published_total", "Messages published to the queue, by stream and broker.");
     describe_counter!(

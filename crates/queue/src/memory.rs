@@ -280,7 +280,7 @@ impl Broker for Embedded {
 
     fn publish<'a>(&'a self, stream: &'a str, messages: &'a [Message]) -> BoxFuture<'a, Result<Published, QueueError>> {
         Box::pin(async move {
-            let now = kit::time::now_millis();
+            let now = kit_core::time::now_millis();
             let published =
                 self.with(|s| Ok(Published { ids: s.publish(stream, messages, now)?, epoch: s.epoch().to_string() }))?;
             self.published.notify_waiters();
@@ -297,7 +297,7 @@ impl Broker for Embedded {
                 let published = self.published.notified();
                 tokio::pin!(published);
                 published.as_mut().enable();
-                let now = kit::time::now_millis();
+                let now = kit_core::time::now_millis();
                 let got = self.with(|s| s.receive(r.stream, r.group, r.consumer, r.max, claim_idle, now))?;
                 let left = until.saturating_duration_since(tokio::time::Instant::now());
                 if !got.is_empty() || left.is_zero() {
@@ -320,14 +320,14 @@ impl Broker for Embedded {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let now = kit::time::now_millis();
+            let now = kit_core::time::now_millis();
             self.with(|s| s.dead_letter(stream, group, delivery, reason, now))
         })
     }
 
     fn stats<'a>(&'a self, stream: &'a str, group: &'a str) -> BoxFuture<'a, Result<Stats, QueueError>> {
         Box::pin(async move {
-            let now = kit::time::now_millis();
+            let now = kit_core::time::now_millis();
             self.with(|s| Ok(s.stats(stream, group, now)))
         })
     }

@@ -361,7 +361,7 @@ impl Broker for RedisStreams {
                     .query(redis::cmd("XRANGE").arg(stream).arg(format!("({last}")).arg("+").arg("COUNT").arg(1))
                     .await?;
                 if let Some(ms) = array(&next).first().and_then(entry).and_then(|(id, _)| crate::id_millis(&id)) {
-                    stats.lag_ms = (kit::time::now_millis() - ms).max(0);
+                    stats.lag_ms = (kit_core::time::now_millis() - ms).max(0);
                 }
             }
             Ok(stats)

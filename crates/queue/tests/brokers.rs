@@ -31,7 +31,7 @@ fn message(key: &str, n: usize) -> Message {
         payload: format!("{{\"n\":{n}}}"),
         event_id: format!("event-{key}-{n}"),
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-        published_at_ms: kit::time::now_millis(),
+        published_at_ms: kit_core::time::now_millis(),
     }
 }
 

@@ -306,7 +306,7 @@ impl ReadCache {
 
 pub fn describe_metrics() {
     // Descriptions reach only an installed recorder.
-    let _ = kit::metrics::prometheus();
+    let _ = kit_telemetry::metrics::prometheus();
     metrics::describe_counter!("cache_requests_total", "Read-cache lookups, by cache and result (hit, miss, error).");
     metrics::describe_counter!(
         "cache_evictions_total",
@@ -365,7 +365,8 @@ mod tests {
             return;
         }
         // A name of its own: parallel runs share the Redis.
-        let name: &'static str = Box::leak(format!("race-{}-{}", std::process::id(), kit::time::now_millis()).into());
+        let name: &'static str =
+            Box::leak(format!("race-{}-{}", std::process::id(), kit_core::time::now_millis()).into());
         let config = CacheConfig { redis_url: Some(kit::config::Secret::new(url)), ..Default::default() };
         let cache = ReadCache::new(name, &config).unwrap();
         a_fill_that_raced_a_write_puts_nothing(&cache).await;

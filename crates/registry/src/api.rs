@@ -9,15 +9,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use kit::tls::Peer;
+use kit_tls::Peer;
 use serde_json::json;
 
 use crate::core::{Registry, RegistryError};
 use crate::model::{HeartbeatRequest, Instance, RegisterRequest};
 use crate::store::StoreError;
-use kit::error::DomainError;
-use kit::time::now_millis;
-use kit::traffic::{PolicyChange, TrafficPolicy};
+use kit_core::error::DomainError;
+use kit_core::time::now_millis;
+use registry_wire::traffic::{PolicyChange, TrafficPolicy};
 
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
@@ -88,10 +88,10 @@ pub fn router(registry: Registry) -> Router {
         .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
         .route("/health/ready", get(ready))
-        .route("/metrics", kit::metrics::route())
+        .route("/metrics", kit_telemetry::metrics::route())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .layer(axum::middleware::from_fn(kit::otel::trace_http_if_traced))
+        .layer(axum::middleware::from_fn(kit_telemetry::otel::trace_http_if_traced))
         .with_state(registry)
 }
 
@@ -103,7 +103,7 @@ fn may_write(peer: &Peer, secured: bool, service: &str) -> ApiResult<()> {
         return Ok(());
     }
     match peer.identity.as_deref() {
-        Some(identity) if identity == service || identity == kit::tls::OPERATOR => Ok(()),
+        Some(identity) if identity == service || identity == kit_tls::OPERATOR => Ok(()),
         Some(identity) => {
             metrics::counter!("registry_writes_refused_total", "caller" => identity.to_string()).increment(1);
             Err(ApiError::new(
@@ -126,7 +126,7 @@ fn may_route(peer: &Peer, secured: bool) -> ApiResult<String> {
         return Ok(identity.unwrap_or_else(|| "anonymous".into()));
     }
     match identity {
-        Some(identity) if identity == kit::tls::OPERATOR || identity == kit::tls::DEPLOYER => Ok(identity),
+        Some(identity) if identity == kit_tls::OPERATOR || identity == kit_tls::DEPLOYER => Ok(identity),
         other => {
             let caller = other.unwrap_or_else(|| "anonymous".into());
             metrics::counter!("registry_writes_refused_total", "caller" => caller.clone()).increment(1);
@@ -188,7 +188,7 @@ async fn drain(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Instance>> {
     // The deploy controller retires versions it does not run itself.
-    if peer.identity.as_deref() != Some(kit::tls::DEPLOYER) {
+    if peer.identity.as_deref() != Some(kit_tls::DEPLOYER) {
         writable(&registry, &peer, &id).await?;
     }
     Ok(Json(registry.drain(&id, "requested", now_millis()).await?))

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::discovery::wire::{DEFAULT_TRACK, UNKNOWN_VERSION};
-use kit::error::DomainError;
-use kit::traffic::{PolicyChange, TrafficPolicy};
+use kit_core::error::DomainError;
+use registry_wire::traffic::{PolicyChange, TrafficPolicy};
+use registry_wire::wire::{DEFAULT_TRACK, UNKNOWN_VERSION};
 
 use crate::model::{
     Health, Instance, RegisterRequest, RegisterResponse, ServiceSummary, valid_service_name, validate_registration,
@@ -323,7 +323,7 @@ impl Registry {
         if registered.is_empty() {
             return Err(DomainError::NotFound(format!("no instance of service {service} is registered")).into());
         }
-        let overridable = kit::traffic::validate(&change, &registered)?;
+        let overridable = registry_wire::traffic::validate(&change, &registered)?;
         let policy = TrafficPolicy {
             service: service.to_string(),
             weights: change.weights,

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use kit::traffic::TrafficPolicy;
+use registry_wire::traffic::TrafficPolicy;
 
 use crate::model::{AuditEntry, Instance};
 use crate::store::{AuditEvent, Store, StoreError};

@@ -40,7 +40,7 @@ pub struct RegistryConfig {
     #[serde(flatten)]
     pub timing: core::Timing,
     /// Its identity (TLS) and the CA whose certificates name who may register.
-    pub tls: kit::tls::TlsConfig,
+    pub tls: kit_tls::TlsConfig,
 }
 
 impl Default for RegistryConfig {
@@ -52,7 +52,7 @@ impl Default for RegistryConfig {
             etcd_prefix: "shopfast/registry".into(),
             policy_file: None,
             timing: core::Timing::default(),
-            tls: kit::tls::TlsConfig::default(),
+            tls: kit_tls::TlsConfig::default(),
         }
     }
 }
@@ -109,17 +109,17 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Resul
     let store = build_store(&config)?;
     let prober = Arc::new(core::HttpProber::new(Duration::from_millis(t.heartbeat_interval_ms.clamp(100, 2_000))));
     let tls =
-        kit::tls::Tls::from_config(&config.tls, kit::tls::REGISTRY).map_err(|e| StartError::Config(e.to_string()))?;
+        kit_tls::Tls::from_config(&config.tls, kit_tls::REGISTRY).map_err(|e| StartError::Config(e.to_string()))?;
     let mut registry = core::Registry::new(store, prober, config.timing.clone());
     if config.backend == Backend::Memory {
-        registry = registry.warming_from(kit::time::now_millis());
+        registry = registry.warming_from(kit_core::time::now_millis());
     }
     if tls.is_some() {
         registry = registry.requiring_identities();
     }
     // Readers (dashboards, Prometheus, people) may come without a
     // certificate; a registration needs one naming the service.
-    let listen = tls.clone().map(|tls| (tls, kit::tls::ClientAuth::Optional));
+    let listen = tls.clone().map(|tls| (tls, kit_tls::ClientAuth::Optional));
     let (addr, server) = kit::server::serve_http_with_peers(
         config.addr,
         api::router(registry.clone()),
@@ -147,7 +147,7 @@ async fn sweep_forever(registry: core::Registry, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = registry.sweep(kit::time::now_millis()).await {
+        if let Err(err) = registry.sweep(kit_core::time::now_millis()).await {
             tracing::warn!(error = %err, "registry sweep failed; retrying");
         }
     }

@@ -3,9 +3,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 
-pub use kit::discovery::wire::{Health, HeartbeatRequest, RegisterRequest, RegisterResponse};
+pub use registry_wire::wire::{Health, HeartbeatRequest, RegisterRequest, RegisterResponse};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -34,11 +34,11 @@ pub struct Instance {
 }
 
 fn unknown_version() -> String {
-    kit::discovery::wire::UNKNOWN_VERSION.to_string()
+    registry_wire::wire::UNKNOWN_VERSION.to_string()
 }
 
 fn default_track() -> String {
-    kit::discovery::wire::DEFAULT_TRACK.to_string()
+    registry_wire::wire::DEFAULT_TRACK.to_string()
 }
 
 impl Instance {
@@ -96,10 +96,10 @@ pub fn validate_registration(request: &RegisterRequest) -> Result<(), DomainErro
     if !valid_service_name(&request.name) {
         return Err(DomainError::invalid("name must be 1-64 characters of a-z, 0-9 and '-'"));
     }
-    if !request.version.is_empty() && !kit::traffic::valid_version(&request.version) {
+    if !request.version.is_empty() && !registry_wire::traffic::valid_version(&request.version) {
         return Err(DomainError::invalid("version must be 1-64 of [A-Za-z0-9._+-]"));
     }
-    if !request.track.is_empty() && !kit::traffic::valid_track(&request.track) {
+    if !request.track.is_empty() && !registry_wire::traffic::valid_track(&request.track) {
         return Err(DomainError::invalid("track must be 1-32 of [a-z0-9-]"));
     }
     if let Some(id) = &request.id

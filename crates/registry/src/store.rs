@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kit::traffic::TrafficPolicy;
+use registry_wire::traffic::TrafficPolicy;
 use tokio::sync::watch;
 
 use crate::model::{AuditEntry, Instance};

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 async fn start() -> (RunningRegistry, reqwest::Client) {
     let config = RegistryConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
-        tls: kit::tls::TlsConfig::insecure(),
+        tls: kit_tls::TlsConfig::insecure(),
         timing: Timing { heartbeat_interval_ms: 1_000, ttl_ms: 3_000, drain_grace_ms: 1_000 },
         ..Default::default()
     };
@@ -266,7 +266,7 @@ async fn traffic_policies_over_http() {
 async fn bad_timing_is_refused() {
     let config = RegistryConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
-        tls: kit::tls::TlsConfig::insecure(),
+        tls: kit_tls::TlsConfig::insecure(),
         timing: Timing { heartbeat_interval_ms: 5_000, ttl_ms: 1_000, drain_grace_ms: 1_000 },
         ..Default::default()
     };

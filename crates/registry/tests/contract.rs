@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kit::error::DomainError;
-use kit::traffic::{PolicyChange, Sticky};
+use kit_core::error::DomainError;
 use registry::core::{Prober, Registry, RegistryError, Timing};
 use registry::etcd::EtcdStore;
 use registry::model::{Health, RegisterRequest};
 use registry::store::{MemoryStore, Store, StoreError};
+use registry_wire::traffic::{PolicyChange, Sticky};
 
 /// Answers probes as told, so expiry can be driven both ways.
 #[derive(Default)]
@@ -67,11 +67,11 @@ async fn register_lookup_and_filters(store: Arc<dyn Store>) {
 
     // An id cannot move to another service; bad input is refused.
     let stolen = registry.register(request("users", "p-1", "v1"), 1_000).await;
-    assert!(matches!(stolen, Err(RegistryError::Domain(kit::error::DomainError::AlreadyExists(_)))), "{stolen:?}");
+    assert!(matches!(stolen, Err(RegistryError::Domain(kit_core::error::DomainError::AlreadyExists(_)))), "{stolen:?}");
     let bad = registry
         .register(RegisterRequest { address: "nowhere".into(), ..request("products", "p-9", "v1") }, 1_000)
         .await;
-    assert!(matches!(bad, Err(RegistryError::Domain(kit::error::DomainError::Invalid(_)))), "{bad:?}");
+    assert!(matches!(bad, Err(RegistryError::Domain(kit_core::error::DomainError::Invalid(_)))), "{bad:?}");
 }
 
 async fn heartbeats_health_and_deregistration(store: Arc<dyn Store>) {
@@ -86,7 +86,10 @@ async fn heartbeats_health_and_deregistration(store: Arc<dyn Store>) {
     assert_eq!(registry.lookup("products", &none(), false).await.unwrap().len(), 1, "degraded still serves");
 
     let unknown = registry.heartbeat("ghost", None, 1_200).await;
-    assert!(matches!(unknown, Err(RegistryError::Domain(kit::error::DomainError::NotFound(_)))), "re-register signal");
+    assert!(
+        matches!(unknown, Err(RegistryError::Domain(kit_core::error::DomainError::NotFound(_)))),
+        "re-register signal"
+    );
     registry.deregister("p-1", 1_300).await.unwrap();
     assert!(registry.lookup("products", &none(), true).await.unwrap().is_empty(), "removed at once");
     assert!(registry.deregister("p-1", 1_400).await.is_err());

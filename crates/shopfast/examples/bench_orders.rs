@@ -49,7 +49,7 @@ async fn commits(url: &str, seconds: u64, concurrency: u64) -> Value {
                     sqlx::query("INSERT INTO bench_commits (id, payload, at) VALUES ($1, $2, $3)")
                         .bind(uuid::Uuid::now_v7().to_string())
                         .bind("{\"state\":\"RUNNING\",\"steps\":[]}")
-                        .bind(kit::time::now_millis())
+                        .bind(kit_core::time::now_millis())
                         .execute(db.pool())
                         .await
                         .unwrap();

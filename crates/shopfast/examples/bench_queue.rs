@@ -42,7 +42,7 @@ fn paid_order(id: &str) -> Order {
         currency_code: "USD".into(),
     }];
     let totals = Pricing::default().totals(&lines, "USD").unwrap();
-    let now = kit::time::now_millis();
+    let now = kit_core::time::now_millis();
     Order {
         id: id.into(),
         user_id: "bench".into(),
@@ -89,7 +89,7 @@ impl Stack {
         let registry = registry::start(
             registry::RegistryConfig {
                 addr: "127.0.0.1:0".parse().unwrap(),
-                tls: kit::tls::TlsConfig::insecure(),
+                tls: kit_tls::TlsConfig::insecure(),
                 ..Default::default()
             },
             shutdown.clone(),

@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use kit::tls::Peer;
+use kit_tls::Peer;
 
 use crate::up::{ChildSpec, Proc, Supervisor};
 
@@ -31,7 +31,7 @@ const MAX_INSTANCES: usize = 64;
 const MAX_KEYS: usize = 256;
 const MAX_REPLICAS: u32 = 8;
 /// Identities that may start and stop programs.
-const ALLOWED: &[&str] = &[kit::tls::OPERATOR, kit::tls::DEPLOYER];
+const ALLOWED: &[&str] = &[kit_tls::OPERATOR, kit_tls::DEPLOYER];
 
 /// One instance `up` runs.
 pub struct Member {
@@ -170,10 +170,10 @@ impl StartRequest {
             let known: Vec<&str> = launcher.env.keys().map(String::as_str).collect();
             return Err(invalid(format!("service must be one of {}; got {:?}", known.join(", "), self.service)));
         }
-        if !kit::traffic::valid_version(&self.version) {
+        if !registry_wire::traffic::valid_version(&self.version) {
             return Err(invalid("version must be 1-64 of [A-Za-z0-9._+-]"));
         }
-        if !kit::traffic::valid_track(&self.track) {
+        if !registry_wire::traffic::valid_track(&self.track) {
             return Err(invalid("track must be 1-32 of [a-z0-9-]"));
         }
         if !(1..=MAX_REPLICAS).contains(&self.replicas) {
@@ -303,7 +303,7 @@ async fn stop(
             return invalid(format!("service and version are required: {}", rejection.body_text())).into_response();
         }
     };
-    if !state.launcher.env.contains_key(&query.service) || !kit::traffic::valid_version(&query.version) {
+    if !state.launcher.env.contains_key(&query.service) || !registry_wire::traffic::valid_version(&query.version) {
         return invalid(format!("no such service or version: {:?} {:?}", query.service, query.version)).into_response();
     }
     // Taken out under the lock, stopped outside it (a drain takes seconds).

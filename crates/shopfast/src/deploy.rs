@@ -164,11 +164,11 @@ impl Controller {
         let builder =
             reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(30));
         let builder = if self.deployer_url.starts_with("https://") {
-            let config = kit::tls::TlsConfig::in_dir(&self.tls_dir);
-            let tls = kit::tls::Tls::from_config(&config, kit::tls::OPERATOR)
+            let config = kit_tls::TlsConfig::in_dir(&self.tls_dir);
+            let tls = kit_tls::Tls::from_config(&config, kit_tls::OPERATOR)
                 .with_context(|| format!("the operator's certificates in {}", self.tls_dir.display()))?
                 .context("TLS is configured off")?;
-            builder.tls_backend_preconfigured(tls.client_config_for(kit::tls::DEPLOYER)?)
+            builder.tls_backend_preconfigured(tls.client_config_for(kit_tls::DEPLOYER)?)
         } else {
             builder
         };

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use kit::server::RunningService;
-use kit::telemetry::LogFormat;
+use kit_telemetry::telemetry::LogFormat;
 
 #[derive(Parser)]
 #[command(name = "shopfast", version = env!("SHOPFAST_BUILD_VERSION"), about = "A microservices platform and the shop that runs on it")]
@@ -79,7 +79,7 @@ struct HealthcheckArgs {
     #[arg(long)]
     tls_dir: Option<PathBuf>,
     /// For https://: who connects (its certificate in --tls-dir) …
-    #[arg(long, default_value = kit::tls::OPERATOR)]
+    #[arg(long, default_value = kit_tls::OPERATOR)]
     identity: String,
     /// … and who must answer.
     #[arg(long)]
@@ -94,7 +94,7 @@ async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
     let builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
     let builder = match (&args.tls_dir, args.url.starts_with("https://")) {
         (Some(dir), true) => {
-            let tls = kit::tls::Tls::from_config(&kit::tls::TlsConfig::in_dir(dir), &args.identity)?
+            let tls = kit_tls::Tls::from_config(&kit_tls::TlsConfig::in_dir(dir), &args.identity)?
                 .context("TLS is configured off")?;
             let server = args.server.as_deref().context("--server: the identity that must answer")?;
             builder.tls_backend_preconfigured(tls.client_config_for(server)?)
@@ -137,7 +137,7 @@ pub const IDENTITIES: &[&str] = &[
     "gateway",
     "console",
     "deployer",
-    kit::tls::OPERATOR,
+    kit_tls::OPERATOR,
 ];
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -281,7 +281,7 @@ impl ServiceArgs {
     where
         T: Default + Serialize + for<'de> serde::Deserialize<'de>,
     {
-        kit::telemetry::init_logging(service, "info", self.log_format.into());
+        kit_telemetry::telemetry::init_logging(service, "info", self.log_format.into());
         self.metadata = self.meta.iter().cloned().collect();
         if self.enable_fault_injection {
             self.faults = Some(EnableFaults { enabled: true });
@@ -490,7 +490,7 @@ struct DeployerArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    kit::build::set_version(env!("SHOPFAST_BUILD_VERSION"));
+    kit_core::build::set_version(env!("SHOPFAST_BUILD_VERSION"));
     let cli = Cli::parse();
     // One thread runs the gateway the way one nginx worker runs: no wake-ups
     // across threads on the request path. More threads, more cores.
@@ -509,7 +509,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let outcome = run_command(cli).await;
     // Spans still buffered for the OTLP exporter go out before the exit.
-    kit::otel::flush().await;
+    kit_telemetry::otel::flush().await;
     outcome
 }
 
@@ -535,12 +535,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             } else {
                 args.identities.iter().map(String::as_str).collect()
             };
-            kit::tls::ensure_dev_certs(&args.dir, &identities)?;
+            kit_tls::ensure_dev_certs(&args.dir, &identities)?;
             println!("certificates for {} in {}", identities.join(", "), args.dir.display());
             Ok(())
         }
         Command::Registry(args) => {
-            kit::telemetry::init_logging(registry::SERVICE, "info", args.log_format.into());
+            kit_telemetry::telemetry::init_logging(registry::SERVICE, "info", args.log_format.into());
             let config: registry::RegistryConfig = kit::config::load(registry::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 registry::start(config, kit::shutdown::on_signals()).await.context("registry failed to start")?;
@@ -548,7 +548,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(mut args) => {
-            kit::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
+            kit_telemetry::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
             args.metadata = args.meta.iter().cloned().collect();
             let config: gateway::GatewayConfig = kit::config::load(gateway::SERVICE, args.config.as_deref(), &args)?;
             let running =
@@ -579,7 +579,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             serve(running.context("fulfilment failed to start")?).await
         }
         Command::Loadgen(args) => {
-            kit::telemetry::init_logging(loadgen::SERVICE, "info", args.log_format.into());
+            kit_telemetry::telemetry::init_logging(loadgen::SERVICE, "info", args.log_format.into());
             let config: loadgen::LoadgenConfig = kit::config::load(loadgen::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 loadgen::start(config, kit::shutdown::on_signals()).await.context("loadgen failed to start")?;
@@ -587,7 +587,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Console(args) => {
-            kit::telemetry::init_logging(console::SERVICE, "info", args.log_format.into());
+            kit_telemetry::telemetry::init_logging(console::SERVICE, "info", args.log_format.into());
             let config: console::ConsoleConfig = kit::config::load(console::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 console::start(config, kit::shutdown::on_signals()).await.context("console failed to start")?;
@@ -595,7 +595,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Deployer(args) => {
-            kit::telemetry::init_logging(deployer::SERVICE, "info", args.log_format.into());
+            kit_telemetry::telemetry::init_logging(deployer::SERVICE, "info", args.log_format.into());
             let config: deployer::DeployerConfig = kit::config::load(deployer::SERVICE, args.config.as_deref(), &args)?;
             let running =
                 deployer::start(config, kit::shutdown::on_signals()).await.context("deployer failed to start")?;

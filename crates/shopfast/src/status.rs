@@ -1,8 +1,8 @@
 //! `shopfast status`: the registry's view, as a table.
 use clap::Args;
 
-use kit::discovery::RegistryClient;
-use kit::discovery::wire::InstanceInfo;
+use kit_client::discovery::RegistryClient;
+use registry_wire::wire::InstanceInfo;
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -16,8 +16,8 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let tls = if args.registry_url.starts_with("https://") {
-        let config = kit::tls::TlsConfig::in_dir(&args.tls_dir);
-        kit::tls::Tls::optional(&config, kit::tls::OPERATOR).map_err(|e| anyhow::anyhow!("{e}"))?
+        let config = kit_tls::TlsConfig::in_dir(&args.tls_dir);
+        kit_tls::Tls::optional(&config, kit_tls::OPERATOR).map_err(|e| anyhow::anyhow!("{e}"))?
     } else {
         None
     };
@@ -30,7 +30,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// Traffic policies, a line each: `products: v1=0 v2=100 sticky=user (index 57 by deployer: why)`.
-pub fn policy_lines(policies: &[kit::traffic::TrafficPolicy]) -> String {
+pub fn policy_lines(policies: &[registry_wire::traffic::TrafficPolicy]) -> String {
     let mut out = String::new();
     if !policies.is_empty() {
         out += "\nTRAFFIC POLICIES\n";

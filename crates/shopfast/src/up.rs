@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
-use kit::discovery::RegistryClient;
+use kit_client::discovery::RegistryClient;
 
 /// Services in start order, with their default gRPC and admin ports.
 const SERVICES: &[(&str, u16, u16)] = &[
@@ -177,8 +177,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Mutual TLS between every process, with nothing to configure: a
     // development CA and a certificate per identity, made once.
     let tls_dir = args.data_dir.join("tls");
-    kit::tls::ensure_dev_certs(&tls_dir, crate::IDENTITIES)?;
-    let operator = kit::tls::Tls::from_config(&kit::tls::TlsConfig::in_dir(&tls_dir), kit::tls::OPERATOR)?;
+    kit_tls::ensure_dev_certs(&tls_dir, crate::IDENTITIES)?;
+    let operator = kit_tls::Tls::from_config(&kit_tls::TlsConfig::in_dir(&tls_dir), kit_tls::OPERATOR)?;
     let supervisor = Supervisor {
         exe: exe.clone(),
         logs_dir: logs_dir.clone(),
@@ -377,7 +377,7 @@ fn start_services(
     telemetry: &[(String, String)],
 ) -> anyhow::Result<(Vec<crate::control::Member>, Proc)> {
     let Launch { data_dir, registry_url, tls_flag } = *launch;
-    let version = kit::build::version();
+    let version = kit_core::build::version();
     let mut members = Vec::new();
     for (index, (name, grpc_port, admin_port)) in SERVICES.iter().enumerate() {
         let env = service_env(secrets, name, telemetry);
@@ -393,7 +393,7 @@ fn start_services(
             members.push(crate::control::Member {
                 service: name.to_string(),
                 version: version.to_string(),
-                track: kit::discovery::wire::DEFAULT_TRACK.to_string(),
+                track: registry_wire::wire::DEFAULT_TRACK.to_string(),
                 label,
                 proc,
             });
@@ -444,7 +444,7 @@ async fn start_deployer(
     args: &UpArgs,
     launch: &Launch<'_>,
     control: crate::control::ControlState,
-    operator: Option<Arc<kit::tls::Tls>>,
+    operator: Option<Arc<kit_tls::Tls>>,
     deployer: DeployerSpec<'_>,
     shutdown: &kit::shutdown::CancellationToken,
 ) -> anyhow::Result<(Proc, String)> {
@@ -457,7 +457,7 @@ async fn start_deployer(
         crate::control::router(control),
         shutdown.child_token(),
         "up control API",
-        Some((operator.clone(), kit::tls::ClientAuth::Required)),
+        Some((operator.clone(), kit_tls::ClientAuth::Required)),
     )
     .await
     .with_context(|| format!("cannot listen for the control API on port {control_port}"))?;
@@ -489,7 +489,7 @@ async fn wait_until_ready(
     shutdown: &kit::shutdown::CancellationToken,
     exited: &mut mpsc::UnboundedReceiver<String>,
     logs_dir: &Path,
-) -> anyhow::Result<kit::discovery::wire::InstanceList> {
+) -> anyhow::Result<registry_wire::wire::InstanceList> {
     let mut expected: BTreeMap<&str, usize> =
         SERVICES.iter().map(|(name, ..)| (*name, replicas.get(*name).copied().unwrap_or(1))).collect();
     expected.insert("gateway", 1);
@@ -529,7 +529,7 @@ struct Urls<'a> {
     deployer: &'a str,
 }
 
-fn print_banner(list: &kit::discovery::wire::InstanceList, secrets: &Secrets, urls: Urls<'_>, logs_dir: &Path) {
+fn print_banner(list: &registry_wire::wire::InstanceList, secrets: &Secrets, urls: Urls<'_>, logs_dir: &Path) {
     let Urls {
         registry: registry_url,
         gateway: gateway_url,
@@ -537,7 +537,7 @@ fn print_banner(list: &kit::discovery::wire::InstanceList, secrets: &Secrets, ur
         loadgen: loadgen_url,
         deployer: deployer_url,
     } = urls;
-    let log_of = |i: &kit::discovery::wire::InstanceInfo| {
+    let log_of = |i: &registry_wire::wire::InstanceInfo| {
         let replica = i.metadata.get("replica").cloned().unwrap_or_else(|| "1".into());
         logs_dir.join(format!("{}-{replica}.log", i.name)).display().to_string()
     };
@@ -693,7 +693,7 @@ impl Secrets {
             loadgen_key.as_str(): { "client": "loadgen", "tier": "loadgen", "admin": false },
         });
         let api_keys_file = dir.join("gateway-api-keys.json");
-        kit::config::write_owner_only(&api_keys_file, &keys.to_string())
+        kit_tls::write_owner_only(&api_keys_file, &keys.to_string())
             .with_context(|| format!("cannot write {}", api_keys_file.display()))?;
         Ok(Self {
             token_secret: kept_secret(&dir, "token_secret", || hex(random(32)))?,

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use contracts::products::v1 as pb;
 use contracts::products::v1::product_service_client::ProductServiceClient;
-use kit::balance::Balancer;
-use kit::discovery::{Discovery, RegistryClient};
 use kit::shutdown::CancellationToken;
+use kit_client::balance::Balancer;
+use kit_client::discovery::{Discovery, RegistryClient};
 use support::{Proc, eventually};
 
 async fn routable(registry: &str, name: &str) -> usize {

@@ -457,7 +457,7 @@ async fn two_gateways_sharing_redis_enforce_one_limit() {
         return;
     }
     // A prefix of its own, so reruns never share buckets.
-    let prefix = format!("redis_prefix = \"shopfast-test:{}:{}:\"", std::process::id(), kit::time::now_millis());
+    let prefix = format!("redis_prefix = \"shopfast-test:{}:{}:\"", std::process::id(), kit_core::time::now_millis());
     let stack = Stack::start(&prefix, "").await;
     let a = stack.gateway("a", &["--redis-url", &redis_url]);
     let b = stack.gateway("b", &["--redis-url", &redis_url]);

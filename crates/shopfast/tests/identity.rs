@@ -15,9 +15,9 @@ use contracts::payments::v1 as payments_pb;
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::products::v1 as products_pb;
 use contracts::products::v1::product_service_client::ProductServiceClient;
-use kit::balance::Balancer;
-use kit::discovery::wire::{Health, InstanceInfo, RegisterRequest};
-use kit::tls::{Tls, TlsConfig};
+use kit_client::balance::Balancer;
+use kit_tls::{Tls, TlsConfig};
+use registry_wire::wire::{Health, InstanceInfo, RegisterRequest};
 use support::{Proc, SHOPFAST};
 use tonic::Code;
 
@@ -133,7 +133,7 @@ async fn only_the_right_identities_reach_a_method_act_for_users_or_register() {
 
     // The registry: a registration names the service its certificate proves.
     let register = |caller: Option<Arc<Tls>>, name: &str| {
-        let client = kit::discovery::RegistryClient::with_tls(&registry_url, caller);
+        let client = kit_client::discovery::RegistryClient::with_tls(&registry_url, caller);
         let request = RegisterRequest { name: name.into(), address: "127.0.0.1:1".into(), ..Default::default() };
         async move { client.register(&request).await }
     };
@@ -143,7 +143,7 @@ async fn only_the_right_identities_reach_a_method_act_for_users_or_register() {
     assert!(anonymous.contains("unreachable") || anonymous.contains("403"), "{anonymous}");
     let own = register(Some(tls(&dir, "payments")), "payments").await.unwrap();
     // Someone else cannot take it down or make it beat.
-    let as_products = kit::discovery::RegistryClient::with_tls(&registry_url, Some(tls(&dir, "products")));
+    let as_products = kit_client::discovery::RegistryClient::with_tls(&registry_url, Some(tls(&dir, "products")));
     let drop_it = as_products.deregister(&own.id, Duration::from_secs(2)).await.unwrap_err().to_string();
     assert!(drop_it.contains("403"), "{drop_it}");
     // Reading needs no certificate, only trust in the registry's.

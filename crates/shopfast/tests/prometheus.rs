@@ -37,7 +37,7 @@ async fn prometheus_discovers_and_scrapes_every_instance() {
     let data = tempfile::tempdir().unwrap();
     // As `shopfast up` runs it: the registry over TLS, certificates in <data>/tls.
     let tls_dir = data.path().join("tls");
-    kit::tls::ensure_dev_certs(&tls_dir, &["registry", "users", "products"]).unwrap();
+    kit_tls::ensure_dev_certs(&tls_dir, &["registry", "users", "products"]).unwrap();
     let tls = tls_dir.to_str().unwrap();
     let registry = Proc::start(&[
         "registry",

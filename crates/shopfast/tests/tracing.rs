@@ -95,7 +95,10 @@ async fn one_order_is_one_trace_across_every_service() {
             // Per-request lines (debug) on the servers and the gateway, the
             // `ready` lines `up` waits for, and nothing else: the log level
             // must not cut the trace (the client spans are not logged).
-            ("RUST_LOG", "warn,registry=info,kit::server=info,kit::grpc_telemetry=debug,gateway=debug,orders=info"),
+            (
+                "RUST_LOG",
+                "warn,registry=info,kit::server=info,kit_telemetry::grpc_telemetry=debug,gateway=debug,orders=info",
+            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],

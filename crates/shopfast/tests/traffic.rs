@@ -202,7 +202,7 @@ async fn served_by(
 
 fn token(user: &str) -> String {
     let signer = kit::token::TokenSigner::new(kit::testing::TEST_TOKEN_SECRET.as_bytes()).unwrap();
-    signer.issue(user, &format!("{user}@example.com"), kit::time::now_millis() / 1000, 3_600).0
+    signer.issue(user, &format!("{user}@example.com"), kit_core::time::now_millis() / 1000, 3_600).0
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -1,14 +1,16 @@
 //! gRPC handlers: translate protobuf to domain calls and results back.
 use contracts::common::v1 as common;
 use contracts::users::v1 as pb;
+use kit::error::status;
 use pb::user_service_server::UserService;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Address, DomainError, ProfileChanges, User};
 use crate::password;
 use crate::store::UserStore;
-use kit::time::{now_millis, timestamp_from_millis};
+use contracts::time::timestamp_from_millis;
 use kit::token::TokenSigner;
+use kit_core::time::now_millis;
 
 pub struct UsersApi {
     store: UserStore,
@@ -59,14 +61,15 @@ fn user_to_pb(u: User) -> pb::User {
 
 fn login_refused() -> Status {
     // One message for unknown email, wrong password and closed account.
-    DomainError::Unauthenticated("invalid email or password".into()).into()
+    status(DomainError::Unauthenticated("invalid email or password".into()))
 }
 
 #[tonic::async_trait]
 impl UserService for UsersApi {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        let registration = domain::register(&r.email, &r.password, &r.name, address_from_pb(r.address))?;
+        let registration =
+            domain::register(&r.email, &r.password, &r.name, address_from_pb(r.address)).map_err(status)?;
         let hash = password::hash(r.password).await.map_err(kit::error::internal)?;
         let user = self.store.create(&registration, &hash, now_millis()).await?;
         tracing::info!(user_id = %user.id, "user registered");
@@ -107,7 +110,7 @@ impl UserService for UsersApi {
 
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let id = request.into_inner().user_id;
-        domain::validate_user_id(&id)?;
+        domain::validate_user_id(&id).map_err(status)?;
         match self.store.get(&id).await? {
             Some(user) => Ok(Response::new(user_to_pb(user))),
             None => Err(Status::not_found(format!("user {id} not found"))),
@@ -116,10 +119,11 @@ impl UserService for UsersApi {
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
         let r = request.into_inner();
-        domain::validate_user_id(&r.user_id)?;
+        domain::validate_user_id(&r.user_id).map_err(status)?;
         let changes =
             ProfileChanges { name: r.name, address: r.address.map(|a| address_from_pb(Some(a))), active: r.active }
-                .validate()?;
+                .validate()
+                .map_err(status)?;
         let user = self.store.update(&r.user_id, changes, now_millis()).await?;
         Ok(Response::new(user_to_pb(user)))
     }
@@ -129,8 +133,8 @@ impl UserService for UsersApi {
         request: Request<pb::ValidateUserRequest>,
     ) -> Result<Response<pb::ValidateUserResponse>, Status> {
         let id = request.into_inner().user_id;
-        domain::validate_user_id(&id)?;
-        let user = domain::check_active(self.store.get(&id).await?, &id)?;
+        domain::validate_user_id(&id).map_err(status)?;
+        let user = domain::check_active(self.store.get(&id).await?, &id).map_err(status)?;
         Ok(Response::new(pb::ValidateUserResponse {
             user_id: user.id,
             email: user.email,

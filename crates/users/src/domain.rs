@@ -1,6 +1,6 @@
 //! Account rules, free of transport and SQL: what a valid email, password,
 //! name and address are, and how an update applies.
-pub use kit::error::DomainError;
+pub use kit_core::error::DomainError;
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// argon2 work grows with input; a cap keeps hashing from being a DoS lever.

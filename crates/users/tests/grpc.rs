@@ -68,7 +68,7 @@ async fn register_login_profile_and_validate() {
         .into_inner();
     assert_eq!(login.token_type, "Bearer");
     let signer = TokenSigner::new(kit::testing::TEST_TOKEN_SECRET.as_bytes()).unwrap();
-    let claims = signer.verify(&login.access_token, kit::time::now_millis() / 1000).unwrap();
+    let claims = signer.verify(&login.access_token, kit_core::time::now_millis() / 1000).unwrap();
     assert_eq!(claims.sub, user.id);
     assert_eq!(login.expire_time.unwrap().seconds, claims.exp);
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kit::db::{Db, DbOptions};
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 use users::domain::{self, Address, ProfileChanges};
 use users::store::{StoreError, UserStore};
 

@@ -4,14 +4,14 @@
 //! every check passes, too little traffic holds it with the reason shown.
 use std::time::Duration;
 
-use kit::time::now_millis;
+use kit_core::time::now_millis;
 
 use super::{ControlError, Controller, Step, event};
 use crate::analysis::{self, Check, Verdict};
 use crate::canary::{CanaryState, Marks, Point, StepRecord};
 use crate::evidence::since;
 use crate::model::{Phase, Rollout};
-use kit::error::DomainError;
+use kit_core::error::DomainError;
 
 /// What an operator may ask of a canary in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,9 +140,9 @@ impl Controller {
         let elapsed = u64::try_from(now - canary.last_analysis_ms.unwrap_or(now)).unwrap_or(0).min(cap);
         let (canary_last, stable_last) = (last.canary.server(), last.stable.server());
         let seconds = elapsed as f64 / 1e3;
-        let red = |t: &kit::red::Totals| {
+        let red = |t: &kit_telemetry::red::Totals| {
             let error_pct = (t.requests > 0.0).then(|| t.errors / t.requests * 100.0);
-            (error_pct, kit::red::quantile(&t.buckets, canary.config.quantile).map(|s| s * 1e3))
+            (error_pct, kit_telemetry::red::quantile(&t.buckets, canary.config.quantile).map(|s| s * 1e3))
         };
         let ((canary_error_pct, canary_p95_ms), (stable_error_pct, stable_p95_ms)) =
             (red(&canary_last), red(&stable_last));

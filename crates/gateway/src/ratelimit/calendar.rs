@@ -13,7 +13,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// The month containing `epoch_secs` as `YYYY-MM`, and the seconds left in it.
 pub fn month(epoch_secs: i64) -> (String, i64) {
-    let (year, month) = kit::time::civil_from_days(epoch_secs.div_euclid(86_400));
+    let (year, month) = kit_core::time::civil_from_days(epoch_secs.div_euclid(86_400));
     let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     let next_start = days_from_civil(next_year, next_month, 1) * 86_400;
     (format!("{year:04}-{month:02}"), next_start - epoch_secs)

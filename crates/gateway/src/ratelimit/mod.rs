@@ -93,7 +93,7 @@ impl Limiter {
 
     /// The current month and the seconds left in it.
     fn month(&self) -> (std::sync::Arc<str>, i64) {
-        let now = kit::time::now_millis() / 1000;
+        let now = kit_core::time::now_millis() / 1000;
         if let Ok(cached) = self.month.read()
             && now < cached.1
         {

@@ -92,7 +92,7 @@ impl RedisLimiter {
         month: &str,
         month_left_secs: i64,
     ) -> Option<RedisDecision> {
-        let now = kit::time::now_millis();
+        let now = kit_core::time::now_millis();
         if self.down_until_ms.load(Ordering::Relaxed) > now {
             return None;
         }

@@ -249,7 +249,7 @@ impl Up {
     /// An HTTP client that trusts the stack's CA and presents the operator's
     /// certificate (the registry is HTTPS, and writes need an identity).
     pub fn registry_http(&self) -> reqwest::Client {
-        self.client_as(Some(kit::tls::OPERATOR))
+        self.client_as(Some(kit_tls::OPERATOR))
     }
 
     /// An HTTP client that trusts the stack's CA and presents `identity`'s
@@ -268,11 +268,11 @@ impl Up {
         builder.build().expect("client")
     }
 
-    /// The registry's client (`kit::discovery`), as the operator.
-    pub fn registry_client(&self) -> kit::discovery::RegistryClient {
-        let config = kit::tls::TlsConfig::in_dir(&self.tls_dir);
-        let tls = kit::tls::Tls::from_config(&config, kit::tls::OPERATOR).expect("operator certificate");
-        kit::discovery::RegistryClient::with_tls(&self.registry, tls)
+    /// The registry's client (`kit_client::discovery`), as the operator.
+    pub fn registry_client(&self) -> kit_client::discovery::RegistryClient {
+        let config = kit_tls::TlsConfig::in_dir(&self.tls_dir);
+        let tls = kit_tls::Tls::from_config(&config, kit_tls::OPERATOR).expect("operator certificate");
+        kit_client::discovery::RegistryClient::with_tls(&self.registry, tls)
     }
 
     pub fn pid(&self) -> u32 {

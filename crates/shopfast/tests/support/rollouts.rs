@@ -72,7 +72,7 @@ impl Load {
                 n += 1;
                 let (request, tx) = (make(n), tx.clone());
                 tokio::spawn(async move {
-                    let (at, wall_ms) = (Instant::now(), kit::time::now_millis());
+                    let (at, wall_ms) = (Instant::now(), kit_core::time::now_millis());
                     let status = match request.timeout(Duration::from_secs(10)).send().await {
                         Ok(response) => response.status().as_u16(),
                         Err(_) => 0,

@@ -1,13 +1,10 @@
 //! Wall-clock helpers. Stores keep times as integer milliseconds since the epoch
-//! (portable across SQLite and PostgreSQL); the API speaks protobuf Timestamps.
+//! (portable across SQLite and PostgreSQL); the API speaks protobuf Timestamps
+//! (`contracts::time` converts).
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
-}
-
-pub fn timestamp_from_millis(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// (year, month) of a day count since the epoch, UTC (Howard Hinnant's
@@ -34,11 +31,5 @@ mod tests {
         assert_eq!(civil_from_days(31), (1970, 2));
         assert_eq!(civil_from_days(-1), (1969, 12));
         assert_eq!(civil_from_days(20_417), (2025, 11)); // 2025-11-25
-    }
-
-    #[test]
-    fn converts_negative_and_positive_millis() {
-        assert_eq!(timestamp_from_millis(1_500), prost_types::Timestamp { seconds: 1, nanos: 500_000_000 });
-        assert_eq!(timestamp_from_millis(-1), prost_types::Timestamp { seconds: -1, nanos: 999_000_000 });
     }
 }

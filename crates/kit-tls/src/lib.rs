@@ -305,7 +305,10 @@ impl Tls {
     }
 
     /// Checks the files every `reload_ms` until `shutdown`.
-    pub fn spawn_reload(self: &Arc<Self>, shutdown: crate::shutdown::CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_reload(
+        self: &Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(tls.reload);
@@ -395,6 +398,7 @@ pub struct ServerConn {
 
 /// Implements tokio's `AsyncRead` and `AsyncWrite` for an enum of streams by
 /// delegating to the variant at hand.
+#[macro_export]
 macro_rules! delegate_io {
     ($ty:ty, $($variant:ident),+) => {
         impl tokio::io::AsyncRead for $ty {
@@ -438,8 +442,6 @@ macro_rules! delegate_io {
         }
     };
 }
-
-pub(crate) use delegate_io;
 
 delegate_io!(Conn, Plain, Tls);
 
@@ -565,7 +567,7 @@ fn ca_params() -> Result<rcgen::CertificateParams, TlsError> {
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), TlsError> {
-    crate::config::write_owner_only(path, text).map_err(|source| TlsError::Read { path: path.into(), source })
+    write_owner_only(path, text).map_err(|source| TlsError::Read { path: path.into(), source })
 }
 
 /// Makes what is missing under `dir`: a development CA (`ca.pem`,
@@ -611,6 +613,53 @@ pub fn ensure_dev_certs(dir: &Path, identities: &[&str]) -> Result<(), TlsError>
         std::fs::write(&cert_path, cert.pem()).map_err(|source| TlsError::Read { path: cert_path.clone(), source })?;
     }
     Ok(())
+}
+
+/// Connections from [`accept`], for axum: each request knows its [`Peer`].
+pub struct PeerListener {
+    rx: tokio::sync::mpsc::Receiver<ServerConn>,
+    local: std::net::SocketAddr,
+}
+
+impl PeerListener {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<ServerConn>, local: std::net::SocketAddr) -> Self {
+        Self { rx, local }
+    }
+}
+
+impl axum::serve::Listener for PeerListener {
+    type Io = ServerConn;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => {
+                let peer = conn.peer.clone();
+                (conn, peer)
+            }
+            // The acceptor stopped (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer { addr: self.local, identity: None })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PeerListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PeerListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Writes `text` to `path` (created or replaced), readable by its owner only:
+/// for keys and secrets a process keeps on disk.
+pub fn write_owner_only(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -34,12 +34,12 @@ use tower::Service;
 
 use arc_swap::ArcSwapOption;
 
-use crate::discovery::wire::InstanceInfo;
 use crate::h2_client::{ConnectError, Connection};
-use crate::resilience::guard::refusal;
 use crate::routing::CallRouting;
-use crate::time::now_millis;
-use crate::traffic::{Override, Router, TrafficPolicy};
+use kit_core::time::now_millis;
+use kit_resilience::signals::refusal;
+use registry_wire::traffic::{Override, Router, TrafficPolicy};
+use registry_wire::wire::InstanceInfo;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,7 +65,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(instance: &InstanceInfo, tls: Option<&Arc<crate::tls::Tls>>) -> Result<Self, http::uri::InvalidUri> {
+    fn new(instance: &InstanceInfo, tls: Option<&Arc<kit_tls::Tls>>) -> Result<Self, http::uri::InvalidUri> {
         // The instance must prove the identity of the service it registered as.
         let tls = tls.map(|tls| (tls.clone(), instance.name.clone()));
         let connection = Connection::with_tls(&instance.address, tls)?;
@@ -112,13 +112,13 @@ struct Ask<'a> {
 impl<'a> Ask<'a> {
     fn of(headers: &'a http::HeaderMap, serving: Option<&'a CallRouting>, service: &str) -> Self {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let user = header(crate::traffic::USER_ID).or_else(|| serving.and_then(|r| r.user.as_deref()));
+        let user = header(registry_wire::traffic::USER_ID).or_else(|| serving.and_then(|r| r.user.as_deref()));
         // An anonymous caller's "client" is its address (`ip:…`, the
         // gateway's rate-limit key): not an API client, so not sticky.
-        let client = header(crate::traffic::CLIENT_ID)
+        let client = header(registry_wire::traffic::CLIENT_ID)
             .or_else(|| serving.and_then(|r| r.client.as_deref()))
             .filter(|c| !c.starts_with("ip:"));
-        let version = crate::traffic::override_for(header(crate::traffic::VERSION_OVERRIDE), service);
+        let version = registry_wire::traffic::override_for(header(registry_wire::traffic::VERSION_OVERRIDE), service);
         Self { version, user, client }
     }
 }
@@ -219,7 +219,7 @@ pub struct Balancer {
 struct Inner {
     service: String,
     /// Our identity, when instances are reached over mutual TLS.
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<kit_tls::Tls>>,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     /// How many instances joined the pool (new or re-registered) so far.
     new_instances: Arc<AtomicU64>,
@@ -239,7 +239,7 @@ impl Balancer {
     }
 
     /// Instances reached over mutual TLS when `tls` is given.
-    pub fn with_tls(service: &str, tls: Option<Arc<crate::tls::Tls>>) -> Self {
+    pub fn with_tls(service: &str, tls: Option<Arc<kit_tls::Tls>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 service: service.to_string(),
@@ -412,10 +412,10 @@ impl Balancer {
         // an override travels on.
         let serving = crate::routing::current();
         if let Some(version) = serving.as_ref().and_then(|r| r.version.as_deref())
-            && !parts.headers.contains_key(crate::traffic::VERSION_OVERRIDE)
+            && !parts.headers.contains_key(registry_wire::traffic::VERSION_OVERRIDE)
             && let Ok(value) = http::HeaderValue::from_str(version)
         {
-            parts.headers.insert(crate::traffic::VERSION_OVERRIDE, value);
+            parts.headers.insert(registry_wire::traffic::VERSION_OVERRIDE, value);
         }
         let ask = Ask::of(&parts.headers, serving.as_ref(), &self.inner.service);
         let mut tried = Vec::new();
@@ -508,7 +508,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::discovery::wire::Health;
+    use registry_wire::wire::Health;
 
     fn instance(id: &str, address: &str, registered_at_ms: i64) -> InstanceInfo {
         InstanceInfo {
@@ -613,7 +613,7 @@ mod tests {
         TrafficPolicy {
             service: "svc".into(),
             weights: weights.iter().map(|(v, w)| (v.to_string(), *w)).collect(),
-            sticky: crate::traffic::Sticky::User,
+            sticky: registry_wire::traffic::Sticky::User,
             overridable: overridable.iter().map(|v| v.to_string()).collect(),
             index: 7,
             updated_at_ms: 0,

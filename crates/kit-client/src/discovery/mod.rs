@@ -10,7 +10,6 @@
 //! unreachable registry leaves clients on the last policy they saw.
 pub mod client;
 pub mod registration;
-pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use client::{DiscoveryError, RegistryClient};
 pub use registration::Registration;
-use wire::InstanceList;
+use registry_wire::wire::InstanceList;
 
 use crate::balance::Balancer;
 
@@ -30,7 +29,7 @@ const WATCH_WAIT: Duration = Duration::from_secs(30);
 pub struct Discovery {
     client: RegistryClient,
     /// Our identity, for the registry and the instances (mutual TLS).
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<kit_tls::Tls>>,
     balancers: Arc<Mutex<HashMap<String, Balancer>>>,
     shutdown: CancellationToken,
 }
@@ -38,7 +37,7 @@ pub struct Discovery {
 impl Discovery {
     /// Watchers stop when `shutdown` is cancelled. With `tls`, the registry
     /// and every instance are reached over mutual TLS.
-    pub fn new(registry_url: &str, tls: Option<Arc<crate::tls::Tls>>, shutdown: CancellationToken) -> Self {
+    pub fn new(registry_url: &str, tls: Option<Arc<kit_tls::Tls>>, shutdown: CancellationToken) -> Self {
         let client = RegistryClient::with_tls(registry_url, tls.clone());
         Self { client, tls, balancers: Arc::default(), shutdown }
     }

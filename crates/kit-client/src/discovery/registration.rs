@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Beat, RegistryClient};
-use super::wire::{HeartbeatRequest, RegisterRequest};
+use registry_wire::wire::{HeartbeatRequest, RegisterRequest};
 
 /// A running registration; `deregister` ends it.
 pub struct Registration {

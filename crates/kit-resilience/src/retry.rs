@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::guard::refused_by;
+use crate::signals::refused_by;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -123,7 +123,7 @@ mod tests {
         assert!(!retries.allow(1, &Status::invalid_argument("bad")));
         assert!(!retries.allow(1, &Status::internal("bug")));
         let mut open = Status::unavailable("breaker open");
-        open.metadata_mut().insert(super::super::guard::REFUSED_BY, "circuit_breaker".parse().unwrap());
+        open.metadata_mut().insert(crate::signals::REFUSED_BY, "circuit_breaker".parse().unwrap());
         assert!(!retries.allow(1, &open), "no retries against an open breaker");
         assert!(retries.allow(1, &Status::unavailable("down")));
         assert!(!retries.allow(2, &Status::unavailable("down")), "max_attempts reached");

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::wire::{HeartbeatRequest, InstanceList, RegisterRequest, RegisterResponse};
+use registry_wire::wire::{HeartbeatRequest, InstanceList, RegisterRequest, RegisterResponse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -36,11 +36,11 @@ impl RegistryClient {
 
     /// With `tls`, our certificate goes with every call and the registry must
     /// prove its identity (`registry.shopfast.internal`), whatever the URL's host.
-    pub fn with_tls(base_url: &str, tls: Option<std::sync::Arc<crate::tls::Tls>>) -> Self {
+    pub fn with_tls(base_url: &str, tls: Option<std::sync::Arc<kit_tls::Tls>>) -> Self {
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(90));
-        let builder = match tls.as_ref().map(|tls| tls.client_config_for(crate::tls::REGISTRY)) {
+        let builder = match tls.as_ref().map(|tls| tls.client_config_for(kit_tls::REGISTRY)) {
             Some(Ok(config)) => builder.tls_backend_preconfigured(config),
             Some(Err(err)) => {
                 tracing::error!(error = %err, "cannot set up TLS to the registry; calls will fail");
@@ -67,7 +67,7 @@ impl RegistryClient {
         // A call made inside a trace carries it (background heartbeats and
         // watches are in none, and send nothing).
         let mut headers = http::HeaderMap::new();
-        crate::otel::inject(&tracing::Span::current(), &mut headers);
+        kit_telemetry::otel::inject(&tracing::Span::current(), &mut headers);
         let response = request
             .headers(headers)
             .timeout(timeout)
@@ -143,10 +143,10 @@ impl RegistryClient {
     }
 
     /// Every traffic policy.
-    pub async fn policies(&self) -> Result<Vec<crate::traffic::TrafficPolicy>, DiscoveryError> {
+    pub async fn policies(&self) -> Result<Vec<registry_wire::traffic::TrafficPolicy>, DiscoveryError> {
         #[derive(serde::Deserialize)]
         struct Policies {
-            policies: Vec<crate::traffic::TrafficPolicy>,
+            policies: Vec<registry_wire::traffic::TrafficPolicy>,
         }
         let response = self.send(self.http.get(format!("{}/v1/policies", self.base)), Duration::from_secs(5)).await?;
         if !response.status().is_success() {
@@ -156,7 +156,7 @@ impl RegistryClient {
     }
 
     /// A service's traffic policy, if it has one.
-    pub async fn policy(&self, service: &str) -> Result<Option<crate::traffic::TrafficPolicy>, DiscoveryError> {
+    pub async fn policy(&self, service: &str) -> Result<Option<registry_wire::traffic::TrafficPolicy>, DiscoveryError> {
         let url = format!("{}/v1/policies/{service}", self.base);
         let response = self.send(self.http.get(url), Duration::from_secs(5)).await?;
         match response.status().as_u16() {
@@ -170,8 +170,8 @@ impl RegistryClient {
     pub async fn set_policy(
         &self,
         service: &str,
-        change: &crate::traffic::PolicyChange,
-    ) -> Result<crate::traffic::TrafficPolicy, DiscoveryError> {
+        change: &registry_wire::traffic::PolicyChange,
+    ) -> Result<registry_wire::traffic::TrafficPolicy, DiscoveryError> {
         let url = format!("{}/v1/policies/{service}", self.base);
         let response = self.send(self.http.put(url).json(change), Duration::from_secs(5)).await?;
         if !response.status().is_success() {

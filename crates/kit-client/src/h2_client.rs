@@ -57,13 +57,13 @@ enum ClientIo {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-crate::tls::delegate_io!(ClientIo, Plain, Tls);
+kit_tls::delegate_io!(ClientIo, Plain, Tls);
 
 pub struct Connection {
     address: String,
     authority: http::uri::Authority,
     /// Our identity and the one the server must prove, when in TLS.
-    tls: Option<(Arc<crate::tls::Tls>, String)>,
+    tls: Option<(Arc<kit_tls::Tls>, String)>,
     current: std::sync::Mutex<Option<Open>>,
     /// One connection attempt at a time; the other calls wait for its result.
     connecting: tokio::sync::Mutex<()>,
@@ -77,7 +77,7 @@ impl Connection {
 
     /// Over mutual TLS when `tls` is given: our certificate, and the
     /// identity the server must prove (whatever address it is at).
-    pub fn with_tls(address: &str, tls: Option<(Arc<crate::tls::Tls>, String)>) -> Result<Self, http::uri::InvalidUri> {
+    pub fn with_tls(address: &str, tls: Option<(Arc<kit_tls::Tls>, String)>) -> Result<Self, http::uri::InvalidUri> {
         Ok(Self {
             address: address.to_string(),
             authority: address.parse()?,

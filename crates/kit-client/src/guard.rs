@@ -16,62 +16,18 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::breaker::{Breaker, Outcome, Permit, Rejected, State, Transition};
-use super::{BoxError, DependencyConfig};
+use kit_resilience::DependencyConfig;
+use kit_resilience::breaker::{Breaker, Outcome, Permit, Rejected, State, Transition};
+use kit_resilience::signals::{
+    BoxError, CAUSE_REQUEST, Essential, FAILURE_CAUSE, REFUSED_BY, RETRY_AFTER_MS, encode_grpc_timeout, grpc_timeout,
+    refusal, server_failure,
+};
+
 use crate::balance::InstanceOutcome;
-
-/// Metadata key on a status this layer made itself, without calling.
-pub const REFUSED_BY: &str = "x-shopfast-refused-by";
-/// Metadata key on a breaker refusal: when it lets a probe through again.
-pub const RETRY_AFTER_MS: &str = "x-shopfast-retry-after-ms";
-/// Metadata a server puts on a failure that is this request's own, not a
-/// sign of its health (`request`): Payments' answer when the card processor
-/// failed on one card. Callers' breakers count such an answer as a success.
-pub const FAILURE_CAUSE: &str = "x-shopfast-cause";
-pub const CAUSE_REQUEST: &str = "request";
-
-/// A request extension for calls that must get through (a saga's
-/// compensation): the breaker lets them probe instead of refusing them.
-#[derive(Debug, Clone, Copy)]
-pub struct Essential;
-
-/// Marks a failure as the request's own (see [`FAILURE_CAUSE`]).
-pub fn caused_by_request(mut status: Status) -> Status {
-    status.metadata_mut().insert(FAILURE_CAUSE, tonic::metadata::MetadataValue::from_static(CAUSE_REQUEST));
-    status
-}
-
-/// Whether a status (or response headers) says the failure was the request's own.
-pub fn is_request_cause(metadata: &tonic::metadata::MetadataMap) -> bool {
-    metadata.get(FAILURE_CAUSE).is_some_and(|v| v == CAUSE_REQUEST)
-}
-
-/// Whether `code` says the backend (not the request) is in trouble.
-pub fn server_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::ResourceExhausted | Code::Unknown
-    )
-}
 
 /// Marks the current (client) span as failed, for the trace views.
 fn mark_failed() {
     tracing::Span::current().record("otel.status_code", "ERROR");
-}
-
-/// What refused a call locally, if anything did: "circuit_breaker",
-/// "bulkhead", "deadline", or "no_instance" (the balancer had nowhere to send it,
-/// or every instance it tried refused the connection). Such a call never
-/// reached a server.
-pub fn refused_by(status: &Status) -> Option<&str> {
-    status.metadata().get(REFUSED_BY).and_then(|v| v.to_str().ok())
-}
-
-/// A status for a call refused before it was sent, marked with what refused it.
-pub fn refusal(code: Code, by: &'static str, message: String) -> BoxError {
-    let mut status = Status::new(code, message);
-    status.metadata_mut().insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static(by));
-    Box::new(status)
 }
 
 /// One downstream service's breaker and bulkhead, shared by every client of it
@@ -276,51 +232,6 @@ pub struct Guarded<S> {
     dependency: Arc<Dependency>,
 }
 
-/// The `grpc-timeout` header.
-pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
-}
-
-/// gRPC's timeout format: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// A duration in gRPC's timeout format, in the finest unit that fits in 8
-/// digits (rounded down, as tonic does, so the callee never waits longer).
-pub fn encode_grpc_timeout(timeout: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let nanos = timeout.as_nanos();
-    let units: [(u128, &str); 6] = [
-        (1, "n"),
-        (1_000, "u"),
-        (1_000_000, "m"),
-        (1_000_000_000, "S"),
-        (60_000_000_000, "M"),
-        (3_600_000_000_000, "H"),
-    ];
-    for (per, unit) in units {
-        if nanos / per <= MAX {
-            // Per call: written without the formatting machinery.
-            let mut text = String::with_capacity(9);
-            text.push_str(itoa::Buffer::new().format(nanos / per));
-            text.push_str(unit);
-            return text;
-        }
-    }
-    format!("{MAX}H")
-}
-
 fn header_code(headers: &http::HeaderMap) -> Option<Code> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
     Some(Code::from(code))
@@ -356,8 +267,8 @@ where
         // The call is a span of its own, a child of whatever is calling; the
         // callee continues it from the injected `traceparent`.
         // Plumbing marked untraced, outside any trace, makes no span.
-        let untraced =
-            request.headers().contains_key(crate::grpc_telemetry::UNTRACED) && tracing::Span::current().is_disabled();
+        let untraced = request.headers().contains_key(kit_telemetry::grpc_telemetry::UNTRACED)
+            && tracing::Span::current().is_disabled();
         let span = if untraced {
             tracing::Span::none()
         } else {
@@ -371,7 +282,7 @@ where
             )
         };
         if !untraced {
-            crate::otel::inject(&span, request.headers_mut());
+            kit_telemetry::otel::inject(&span, request.headers_mut());
         }
         Box::pin(tracing::Instrument::instrument(guarded_call(dependency, inner, request), span))
     }

@@ -1,24 +1,25 @@
-//! The resilience kit: what every call across a process boundary goes through
-//! (gateway → services, service → service). Per dependency: a circuit breaker
-//! (classic or adaptive), a bulkhead, deadline propagation, retries under a
-//! budget, and the fallback the gateway answers with when all of that fails.
-//! Servers get load shedding and fault injection (`shed`, `faults`).
+//! The resilience policies: what every call across a process boundary is
+//! judged by (gateway → services, service → service). Per dependency: a
+//! circuit breaker (classic or adaptive) over rolling windows, deadline
+//! propagation, retries under a budget, and the fallback the gateway answers
+//! with when all of that fails. Servers get load shedding and fault injection
+//! (`shed`, `faults`). `signals` is the status vocabulary every hop shares.
+//! The guard that applies these to a call is `kit_client::guard`.
 pub mod breaker;
 pub mod deadline;
 pub mod faults;
-pub mod guard;
 pub mod retry;
 pub mod shed;
+pub mod signals;
 pub mod window;
 
 use serde::{Deserialize, Serialize};
 
 pub use breaker::{BreakerPolicy, State};
 pub use deadline::Deadline;
-pub use guard::{Dependency, GuardLayer};
 pub use retry::{Retries, RetryPolicy};
 
-pub use crate::balance::BoxError;
+pub use signals::BoxError;
 
 /// What to answer when a dependency cannot be reached (breaker open, no
 /// instance, failures after retries).

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::guard::{grpc_timeout, parse_grpc_timeout};
+use crate::signals::{grpc_timeout, parse_grpc_timeout};
 
 /// When the work of one incoming request must be done by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

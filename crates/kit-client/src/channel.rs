@@ -1,7 +1,7 @@
 //! Any gRPC channel behind one concrete type: the guarded, balanced one in
 //! production, a plain tonic one in tests — what the typed clients of every
 //! service hold.
-pub use crate::resilience::BoxError;
+pub use kit_resilience::BoxError;
 
 /// A transport error behind a concrete type: with a boxed trait object as the
 /// channel's error, rustc cannot prove tonic's futures `Send` for every

@@ -99,7 +99,7 @@ where
                 let long_poll = result.as_ref().is_ok_and(|r| r.extensions().get::<LongPoll>().is_some());
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code as i32);
-                if crate::resilience::guard::server_failure(code) {
+                if kit_resilience::signals::server_failure(code) {
                     span.record("otel.status_code", "ERROR");
                 }
                 // Unknown paths from clients must not mint label values.

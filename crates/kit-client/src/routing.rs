@@ -8,7 +8,7 @@
 //! for the handler; the balancer reads that when its outgoing request does
 //! not say, and passes the override on. Work moved to a task of its own
 //! (a saga) keeps it with [`carry`]. Every answer says which version served it
-//! ([`crate::traffic::SERVED_VERSION`]).
+//! ([`registry_wire::traffic::SERVED_VERSION`]).
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +17,7 @@ use futures::future::{BoxFuture, Either};
 use http::HeaderValue;
 use tower::{Layer, Service};
 
-use crate::traffic::{CLIENT_ID, SERVED_VERSION, USER_ID, VERSION_OVERRIDE};
+use registry_wire::traffic::{CLIENT_ID, SERVED_VERSION, USER_ID, VERSION_OVERRIDE};
 
 /// What a request says about routing the calls made for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

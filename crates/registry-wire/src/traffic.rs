@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::DomainError;
+use kit_core::error::DomainError;
 
 /// Request metadata asking for a version by name (smoke tests before any user
 /// traffic): `v2` (every service that has a version `v2`) or
@@ -104,7 +104,7 @@ pub fn valid_track(text: &str) -> bool {
 /// the build's own.
 pub fn configured_version(configured: Option<&str>) -> Result<String, String> {
     match configured {
-        None => Ok(crate::build::version().to_string()),
+        None => Ok(kit_core::build::version().to_string()),
         Some(v) if valid_version(v) => Ok(v.to_string()),
         Some(v) => Err(format!("version {v:?} must be 1-64 of [A-Za-z0-9._+-]")),
     }
@@ -113,7 +113,7 @@ pub fn configured_version(configured: Option<&str>) -> Result<String, String> {
 /// The track an instance registers: the configured one, checked, else `stable`.
 pub fn configured_track(configured: Option<&str>) -> Result<String, String> {
     match configured {
-        None => Ok(crate::discovery::wire::DEFAULT_TRACK.to_string()),
+        None => Ok(crate::wire::DEFAULT_TRACK.to_string()),
         Some(t) if valid_track(t) => Ok(t.to_string()),
         Some(t) => Err(format!("track {t:?} must be 1-32 of [a-z0-9-]")),
     }
