@@ -19,7 +19,7 @@ use statrs::function::gamma::ln_gamma;
 
 use kit_telemetry::red::Totals;
 
-use crate::model::CanaryConfig;
+use crate::canary::CanaryConfig;
 
 /// The chance we accept of a canary at exactly the error floor showing no
 /// failure at all in the minimum sample: n = ln(1/β) / floor (≈ 3 / floor).

@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod api;
 pub mod canary;
+pub mod canary_state;
 pub mod controller;
 pub mod evidence;
 pub mod model;

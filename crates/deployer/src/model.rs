@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use kit_core::error::DomainError;
 use kit_telemetry::red::Totals;
 
-pub use crate::canary::{CanaryConfig, CanaryState, CanaryStep};
+pub use crate::canary::{CanaryConfig, CanaryStep};
+pub use crate::canary_state::CanaryState;
 
 /// How the new version takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

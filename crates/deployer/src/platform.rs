@@ -14,7 +14,7 @@ use registry_wire::traffic::{PolicyChange, Sticky, TrafficPolicy};
 use registry_wire::wire::InstanceInfo;
 
 use crate::analysis::Side;
-use crate::canary::Marks;
+use crate::canary_state::Marks;
 use crate::evidence;
 
 /// What the supervisor is asked to start.

@@ -83,7 +83,7 @@ fn operation(route: &Route, needed: &mut BTreeMap<String, MessageDescriptor>) ->
     let path_vars = route.template.variables();
     let mut parameters = Vec::new();
     for variable in &path_vars {
-        let schema = crate::transcode::field_path(&route.input, variable)
+        let schema = crate::routes::field_path(&route.input, variable)
             .and_then(|f| f.last().cloned())
             .map(|f| field_schema(&f, needed))
             .unwrap_or_else(|| json!({ "type": "string" }));

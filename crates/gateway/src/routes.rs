@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost_reflect::{DescriptorPool, MessageDescriptor, MethodDescriptor, Value};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::template::PathTemplate;
@@ -187,7 +187,7 @@ fn route_from_rule(
     let template = PathTemplate::parse(&path)?;
     let input = method.input();
     for variable in template.variables() {
-        if crate::transcode::field_path(&input, variable).is_none() {
+        if field_path(&input, variable).is_none() {
             return Err(fail(format!("path variable {variable} is not a field of {}", input.full_name())));
         }
     }
@@ -260,4 +260,22 @@ pub fn by_path(routes: &[Arc<Route>]) -> BTreeMap<String, Vec<Arc<Route>>> {
         grouped.entry(route.template.openapi_path()).or_default().push(route.clone());
     }
     grouped
+}
+
+/// The fields along `a.b.c`, by proto or JSON name.
+pub fn field_path(desc: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
+    let mut fields = Vec::new();
+    let mut current = desc.clone();
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let field = current.get_field_by_name(part).or_else(|| current.get_field_by_json_name(part))?;
+        if i + 1 < parts.len() {
+            match field.kind() {
+                Kind::Message(next) if !field.is_list() && !field.is_map() => current = next,
+                _ => return None,
+            }
+        }
+        fields.push(field);
+    }
+    Some(fields)
 }

@@ -5,7 +5,7 @@ use prost_reflect::{
     Value,
 };
 
-use crate::routes::{BodyTarget, Route};
+use crate::routes::{BodyTarget, Route, field_path};
 
 /// A request that cannot be turned into the method's input: 400, with where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,24 +20,6 @@ impl BadRequest {
     fn new(message: impl Into<String>, pointer: Option<String>) -> Self {
         Self { message: message.into(), pointer }
     }
-}
-
-/// The fields along `a.b.c`, by proto or JSON name.
-pub fn field_path(desc: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
-    let mut fields = Vec::new();
-    let mut current = desc.clone();
-    let parts: Vec<&str> = path.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let field = current.get_field_by_name(part).or_else(|| current.get_field_by_json_name(part))?;
-        if i + 1 < parts.len() {
-            match field.kind() {
-                Kind::Message(next) if !field.is_list() && !field.is_map() => current = next,
-                _ => return None,
-            }
-        }
-        fields.push(field);
-    }
-    Some(fields)
 }
 
 /// Parses one textual value (path variable or query parameter) for `field`.

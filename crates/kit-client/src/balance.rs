@@ -41,7 +41,7 @@ use kit_resilience::signals::refusal;
 use registry_wire::traffic::{Override, Router, TrafficPolicy};
 use registry_wire::wire::InstanceInfo;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kit_resilience::signals::BoxError;
 
 /// How many instances one call may try when connections are refused.
 const MAX_CONNECT_ATTEMPTS: usize = 3;

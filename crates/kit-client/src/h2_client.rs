@@ -19,8 +19,8 @@ use http_body::Frame;
 use tokio::net::TcpStream;
 use tonic::body::Body;
 
-use crate::balance::BoxError;
 use crate::coalesce::Coalescing;
+use kit_resilience::signals::BoxError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A ping this often, and the connection given up when its pong is this late

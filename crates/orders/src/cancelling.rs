@@ -18,11 +18,9 @@ use kit_core::error::DomainError;
 use tonic::Code;
 
 use crate::domain::{self, Cancellation, OrderStatus};
+use crate::events::ORDER_CANCELLING;
 use crate::steps::{Channel, essential};
 use crate::store::{Change, Order, OrderStore, StoreError};
-
-/// The outbox event a paid order's cancellation writes: its refund and restock are due.
-pub const ORDER_CANCELLING: &str = "order.cancelling";
 
 pub struct Canceller {
     pub store: OrderStore,

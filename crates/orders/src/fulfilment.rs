@@ -16,12 +16,8 @@ use kit::shutdown::CancellationToken;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::OrderStatus;
+use crate::events::{ORDER_CANCELLING, ORDER_SHIPPED};
 use crate::store::{Event, OrderStore, StoreError};
-
-pub const ORDER_PAID: &str = "order.paid";
-pub const ORDER_SHIPPED: &str = "order.shipped";
-/// The events the relay publishes to the queue.
-pub const RELAYED: &[&str] = &[ORDER_PAID, ORDER_SHIPPED];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -78,7 +74,7 @@ pub async fn process_due(
     cancels: &dyn FinishCancel,
     now: i64,
 ) -> Result<usize, StoreError> {
-    let events = store.due_events(crate::cancelling::ORDER_CANCELLING, now, config.batch).await?;
+    let events = store.due_events(ORDER_CANCELLING, now, config.batch).await?;
     let mut settled = 0;
     for event in events {
         let span = tracing::info_span!(

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cancelling;
 pub mod domain;
+pub mod events;
 pub mod fulfilment;
 pub mod placing;
 pub mod relay;

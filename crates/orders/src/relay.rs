@@ -22,7 +22,7 @@ use kit::shutdown::CancellationToken;
 use queue::{Broker, Message};
 use serde::{Deserialize, Serialize};
 
-use crate::fulfilment::RELAYED;
+use crate::events::RELAYED;
 use crate::store::{Event, OrderStore, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

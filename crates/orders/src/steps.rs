@@ -25,7 +25,7 @@ use saga::{Output, SagaRecord, Step, StepError};
 use tonic::Code;
 
 use crate::domain::{Line, OrderStatus, Pricing};
-use crate::fulfilment::ORDER_PAID;
+use crate::events::ORDER_PAID;
 use crate::store::{Change, Order, OrderStore, StoreError};
 
 pub use kit_client::channel::{BoxError, Channel, ChannelError, channel};

@@ -204,8 +204,9 @@ impl orders::fulfilment::FinishCancel for FakeFinish {
 }
 
 async fn cancellations_are_finished_from_the_outbox_until_they_succeed(url: String) {
-    use orders::cancelling::ORDER_CANCELLING;
-    use orders::fulfilment::{FulfilmentConfig, ORDER_PAID, process_due as process};
+    use orders::events::ORDER_CANCELLING;
+    use orders::events::ORDER_PAID;
+    use orders::fulfilment::{FulfilmentConfig, process_due as process};
     let store = open(&url).await;
     let finish = FakeFinish { store: store.clone(), down: true.into() };
     let process_due = |store: &OrderStore, config: &FulfilmentConfig, now: i64| {
@@ -245,7 +246,7 @@ async fn paid_orders(url: &str, ids: &[&str]) -> OrderStore {
     let store = open(url).await;
     for id in ids {
         store.create(&order(id, "alice", 1)).await.unwrap();
-        let paid = Change { event: Some((orders::fulfilment::ORDER_PAID, "{}", 0)), ..Default::default() };
+        let paid = Change { event: Some((orders::events::ORDER_PAID, "{}", 0)), ..Default::default() };
         store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
     }
     store
@@ -267,7 +268,7 @@ fn receive() -> queue::Receive<'static> {
 /// events published once, a replayed step harmless, and what a restarted
 /// broker lost published again.
 async fn the_relay_publishes_once_and_again_what_the_broker_lost(url: String) {
-    use orders::fulfilment::ORDER_PAID;
+    use orders::events::ORDER_PAID;
     use orders::relay::{Relay, RelayConfig};
     use queue::Broker;
     let store = paid_orders(&url, &["r1", "r2"]).await;

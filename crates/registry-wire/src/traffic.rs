@@ -18,6 +18,11 @@ use kit_core::error::DomainError;
 /// Request metadata asking for a version by name (smoke tests before any user
 /// traffic): `v2` (every service that has a version `v2`) or
 /// `products=v2,orders=v7` (those services only).
+/// What an instance that gives no version is recorded as.
+pub const UNKNOWN_VERSION: &str = "unknown";
+/// The track of an instance that gives none.
+pub const DEFAULT_TRACK: &str = "stable";
+
 pub const VERSION_OVERRIDE: &str = "x-shopfast-version";
 /// Response metadata: the version of the instance that answered.
 pub const SERVED_VERSION: &str = "x-shopfast-served-version";
@@ -113,7 +118,7 @@ pub fn configured_version(configured: Option<&str>) -> Result<String, String> {
 /// The track an instance registers: the configured one, checked, else `stable`.
 pub fn configured_track(configured: Option<&str>) -> Result<String, String> {
     match configured {
-        None => Ok(crate::wire::DEFAULT_TRACK.to_string()),
+        None => Ok(DEFAULT_TRACK.to_string()),
         Some(t) if valid_track(t) => Ok(t.to_string()),
         Some(t) => Err(format!("track {t:?} must be 1-32 of [a-z0-9-]")),
     }

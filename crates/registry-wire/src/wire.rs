@@ -46,10 +46,7 @@ pub struct RegisterRequest {
     pub health: Option<Health>,
 }
 
-/// What an instance that gives no version is recorded as.
-pub const UNKNOWN_VERSION: &str = "unknown";
-/// The track of an instance that gives none.
-pub const DEFAULT_TRACK: &str = "stable";
+pub use crate::traffic::{DEFAULT_TRACK, UNKNOWN_VERSION};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterResponse {

@@ -62,7 +62,7 @@ fn paid_order(id: &str) -> Order {
 /// One paid order with its `order.paid` event due now, as the saga leaves it.
 async fn write_paid(store: &OrderStore, id: &str) {
     store.create(&paid_order(id)).await.unwrap();
-    let paid = Change { event: Some((orders::fulfilment::ORDER_PAID, "{}", 0)), ..Default::default() };
+    let paid = Change { event: Some((orders::events::ORDER_PAID, "{}", 0)), ..Default::default() };
     store.transition(id, OrderStatus::Reserved, OrderStatus::Paid, paid).await.unwrap();
 }
 

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use kit_tls::Peer;
 
-use crate::up::{ChildSpec, Proc, Supervisor};
+use crate::supervisor::{ChildSpec, Proc, Supervisor};
 
 /// At most this many instances run under `up` at once (blue and green of every service, with room).
 const MAX_INSTANCES: usize = 64;
@@ -252,7 +252,7 @@ async fn start(
             env: &env,
         };
         let binary = request.binary.as_deref().map(std::path::Path::new);
-        match crate::up::spawn_from(&launcher.supervisor, spec, binary) {
+        match crate::supervisor::spawn_from(&launcher.supervisor, spec, binary) {
             Ok(proc) => {
                 eprintln!("shopfast up: started {label} ({} {})", request.service, request.version);
                 fleet.members.push(Member {

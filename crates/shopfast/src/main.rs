@@ -3,6 +3,7 @@
 mod control;
 mod deploy;
 mod status;
+mod supervisor;
 mod up;
 
 // The request paths allocate a lot of small objects (HTTP/2 frames, headers,

@@ -8,7 +8,7 @@ use kit_core::time::now_millis;
 
 use super::{ControlError, Controller, Step, event};
 use crate::analysis::{self, Check, Verdict};
-use crate::canary::{CanaryState, Marks, Point, StepRecord};
+use crate::canary_state::{CanaryState, Marks, Point, StepRecord};
 use crate::evidence::since;
 use crate::model::{Phase, Rollout};
 use kit_core::error::DomainError;
