@@ -23,7 +23,7 @@ pub enum Access {
     Internal,
 }
 
-/// Per-route behaviour; defaults come from `policy::defaults`, config overrides.
+/// Per-route behaviour: declared in the protos (`policy::declared`), config overrides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutePolicy {
     pub access: Access,

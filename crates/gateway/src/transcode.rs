@@ -217,7 +217,7 @@ mod tests {
 
     fn routes() -> Vec<Arc<Route>> {
         let pool = prost_reflect::DescriptorPool::decode(contracts::FILE_DESCRIPTOR_SET).unwrap();
-        build(&pool, |m| crate::policy::default_for(m.full_name())).unwrap()
+        build(&pool, crate::policy::declared).unwrap()
     }
 
     fn transcode(method: http::Method, path_and_query: &str, body: &str) -> Result<serde_json::Value, BadRequest> {
