@@ -21,7 +21,7 @@ use saga::SagaRecord;
 use tonic::{Request, Response, Status};
 
 use crate::cancelling::Canceller;
-use crate::domain::OrderStatus;
+use crate::domain::{self, OrderStatus};
 use crate::placing::{MAX_GENERATIONS, NewOrder, NotPlaced, Placed, Placing};
 use crate::steps::{address_json, context};
 use crate::store::{Change, Order, OrderStore};
@@ -179,7 +179,9 @@ fn acting_user(requested: &str, caller: Option<&str>) -> Result<String, Status> 
     match (requested.trim(), caller) {
         ("", Some(caller)) => Ok(caller.to_string()),
         ("", None) => Err(Status::invalid_argument("user_id is required")),
-        (user, Some(caller)) if user != caller => Err(Status::permission_denied("you can only act for yourself")),
+        (user, Some(caller)) if user != caller => {
+            Err(status(DomainError::PermissionDenied("you can only act for yourself".into())))
+        }
         (user, _) => Ok(user.to_string()),
     }
 }
@@ -244,7 +246,7 @@ impl OrdersApi {
         let order = if cached { self.store.get_cached(order_id).await? } else { self.store.get(order_id).await? };
         // Someone else's order does not exist, as far as they can tell.
         if caller.is_some_and(|c| c != order.user_id) {
-            return Err(Status::not_found(format!("no order {order_id}")));
+            return Err(status(DomainError::NotFound(format!("no order {order_id}"))));
         }
         Ok(order)
     }
@@ -346,26 +348,17 @@ impl pb::order_service_server::OrderService for OrdersApi {
     async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Result<Response<pb::Order>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
+        let reason = domain::cancel_reason(&request.reason).map_err(status)?;
         let order = match self.owned(&request.order_id, caller.as_deref()).await {
             Ok(order) => order,
-            // Accepted but not recorded yet: its saga is still placing it.
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                return match self.placing_saga(&request.order_id, caller.as_deref()).await? {
-                    Some(saga) if !saga.state.is_terminal() => {
-                        Err(kit::error::status(DomainError::FailedPrecondition(format!(
-                            "order {} is still being placed; cancel it once it is placed",
-                            request.order_id
-                        ))))
-                    }
-                    _ => Err(status),
-                };
+            // Accepted but not recorded yet: its saga may still be placing it.
+            Err(not_found) if not_found.code() == tonic::Code::NotFound => {
+                let saga = self.placing_saga(&request.order_id, caller.as_deref()).await?;
+                let still_placing = saga.is_some_and(|saga| !saga.state.is_terminal());
+                return Err(status(domain::cancel_unrecorded(&request.order_id, still_placing)));
             }
-            Err(status) => return Err(status),
+            Err(other) => return Err(other),
         };
-        let reason = if request.reason.is_empty() { "cancelled by the customer".to_string() } else { request.reason };
-        if reason.len() > 500 {
-            return Err(Status::invalid_argument("reason is at most 500 characters"));
-        }
         let order = self.canceller.cancel(&order, &reason).await?;
         let at = location(&order.id);
         let still_going = order.status == OrderStatus::Cancelling;

@@ -102,6 +102,27 @@ pub fn cancellation(status: OrderStatus) -> Result<Cancellation, DomainError> {
     }
 }
 
+/// The longest reason a cancellation records.
+pub const MAX_CANCEL_REASON: usize = 500;
+
+/// The reason a cancellation records: the customer's, or the default.
+pub fn cancel_reason(given: &str) -> Result<String, DomainError> {
+    if given.len() > MAX_CANCEL_REASON {
+        return Err(DomainError::invalid(format!("reason is at most {MAX_CANCEL_REASON} characters")));
+    }
+    Ok(if given.is_empty() { "cancelled by the customer".to_string() } else { given.to_string() })
+}
+
+/// A cancel for an order that is not recorded yet: while the saga placing it
+/// still runs, come back once it is placed; otherwise there is no such order.
+pub fn cancel_unrecorded(order_id: &str, still_placing: bool) -> DomainError {
+    if still_placing {
+        DomainError::FailedPrecondition(format!("order {order_id} is still being placed; cancel it once it is placed"))
+    } else {
+        DomainError::NotFound(format!("no order {order_id}"))
+    }
+}
+
 pub const MAX_LINES: usize = 50;
 pub const MAX_QUANTITY: i64 = 100;
 
@@ -192,6 +213,15 @@ impl Pricing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cancellation_records_a_bounded_reason_and_waits_for_placing() {
+        assert_eq!(cancel_reason("").unwrap(), "cancelled by the customer");
+        assert_eq!(cancel_reason("changed my mind").unwrap(), "changed my mind");
+        assert!(matches!(cancel_reason(&"x".repeat(501)), Err(DomainError::Invalid(_))));
+        assert!(matches!(cancel_unrecorded("o1", true), DomainError::FailedPrecondition(_)));
+        assert!(matches!(cancel_unrecorded("o1", false), DomainError::NotFound(_)));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

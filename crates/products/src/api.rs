@@ -94,7 +94,7 @@ impl ProductService for ProductsApi {
         domain::validate_id("product_id", &id).map_err(status)?;
         match self.catalog.get(&id).await? {
             Some(product) => Ok(Response::new(to_pb(product))),
-            None => Err(Status::not_found(format!("product {id} not found"))),
+            None => Err(status(DomainError::NotFound(format!("product {id} not found")))),
         }
     }
 
@@ -234,7 +234,7 @@ impl ProductService for ProductsApi {
         let order_id = request.into_inner().order_id;
         match self.catalog.store.get_reservation(&order_id).await? {
             Some(reservation) => Ok(Response::new(reservation_to_pb(reservation))),
-            None => Err(Status::not_found(format!("no reservation for order {order_id}"))),
+            None => Err(status(DomainError::NotFound(format!("no reservation for order {order_id}")))),
         }
     }
 }

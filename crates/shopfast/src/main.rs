@@ -540,77 +540,78 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             println!("certificates for {} in {}", identities.join(", "), args.dir.display());
             Ok(())
         }
+        // The platform's own processes: logs, config, start, run until a signal.
         Command::Registry(args) => {
-            kit_telemetry::telemetry::init_logging(registry::SERVICE, "info", args.log_format.into());
-            let config: registry::RegistryConfig = kit::config::load(registry::SERVICE, args.config.as_deref(), &args)?;
-            let running =
-                registry::start(config, kit::shutdown::on_signals()).await.context("registry failed to start")?;
-            running.wait().await;
+            let config = platform_config(registry::SERVICE, args.config.as_deref(), args.log_format, &args);
+            launch(registry::SERVICE, config, registry::start).await?.wait().await;
             Ok(())
         }
         Command::Gateway(mut args) => {
-            kit_telemetry::telemetry::init_logging(gateway::SERVICE, "info", args.log_format.into());
             args.metadata = args.meta.iter().cloned().collect();
-            let config: gateway::GatewayConfig = kit::config::load(gateway::SERVICE, args.config.as_deref(), &args)?;
-            let running =
-                gateway::start(config, kit::shutdown::on_signals()).await.context("gateway failed to start")?;
-            running.wait().await;
+            let config = platform_config(gateway::SERVICE, args.config.as_deref(), args.log_format, &args);
+            launch(gateway::SERVICE, config, gateway::start).await?.wait().await;
             Ok(())
         }
-        Command::Users(args) => {
-            let config: users::UsersConfig = args.load(users::SERVICE)?;
-            serve(users::start(config, kit::shutdown::on_signals()).await.context("users failed to start")?).await
-        }
-        Command::Products(args) => {
-            let config: products::ProductsConfig = args.load(products::SERVICE)?;
-            serve(products::start(config, kit::shutdown::on_signals()).await.context("products failed to start")?).await
-        }
-        Command::Orders(args) => {
-            let config: orders::OrdersConfig = args.load(orders::SERVICE)?;
-            serve(orders::start(config, kit::shutdown::on_signals()).await.context("orders failed to start")?).await
-        }
-        Command::Queue(args) => {
-            let config: queue::QueueServiceConfig = args.load(queue::SERVICE)?;
-            serve(queue::service::start(config, kit::shutdown::on_signals()).await.context("queue failed to start")?)
-                .await
-        }
-        Command::Fulfilment(args) => {
-            let config: fulfilment::FulfilmentWorkerConfig = args.load(fulfilment::SERVICE)?;
-            let running = fulfilment::start(config, kit::shutdown::on_signals()).await;
-            serve(running.context("fulfilment failed to start")?).await
-        }
         Command::Loadgen(args) => {
-            kit_telemetry::telemetry::init_logging(loadgen::SERVICE, "info", args.log_format.into());
-            let config: loadgen::LoadgenConfig = kit::config::load(loadgen::SERVICE, args.config.as_deref(), &args)?;
-            let running =
-                loadgen::start(config, kit::shutdown::on_signals()).await.context("loadgen failed to start")?;
-            running.wait().await;
+            let config = platform_config(loadgen::SERVICE, args.config.as_deref(), args.log_format, &args);
+            launch(loadgen::SERVICE, config, loadgen::start).await?.wait().await;
             Ok(())
         }
         Command::Console(args) => {
-            kit_telemetry::telemetry::init_logging(console::SERVICE, "info", args.log_format.into());
-            let config: console::ConsoleConfig = kit::config::load(console::SERVICE, args.config.as_deref(), &args)?;
-            let running =
-                console::start(config, kit::shutdown::on_signals()).await.context("console failed to start")?;
-            running.wait().await;
+            let config = platform_config(console::SERVICE, args.config.as_deref(), args.log_format, &args);
+            launch(console::SERVICE, config, console::start).await?.wait().await;
             Ok(())
         }
         Command::Deployer(args) => {
-            kit_telemetry::telemetry::init_logging(deployer::SERVICE, "info", args.log_format.into());
-            let config: deployer::DeployerConfig = kit::config::load(deployer::SERVICE, args.config.as_deref(), &args)?;
-            let running =
-                deployer::start(config, kit::shutdown::on_signals()).await.context("deployer failed to start")?;
-            running.wait().await;
+            let config = platform_config(deployer::SERVICE, args.config.as_deref(), args.log_format, &args);
+            launch(deployer::SERVICE, config, deployer::start).await?.wait().await;
             Ok(())
+        }
+        // The services: the same flags each (`ServiceArgs`), served until a signal.
+        Command::Users(args) => serve(launch(users::SERVICE, args.load(users::SERVICE), users::start).await?).await,
+        Command::Products(args) => {
+            serve(launch(products::SERVICE, args.load(products::SERVICE), products::start).await?).await
+        }
+        Command::Orders(args) => serve(launch(orders::SERVICE, args.load(orders::SERVICE), orders::start).await?).await,
+        Command::Payments(args) => {
+            serve(launch(payments::SERVICE, args.load(payments::SERVICE), payments::start).await?).await
+        }
+        Command::Queue(args) => {
+            serve(launch(queue::SERVICE, args.load(queue::SERVICE), queue::service::start).await?).await
+        }
+        Command::Fulfilment(args) => {
+            serve(launch(fulfilment::SERVICE, args.load(fulfilment::SERVICE), fulfilment::start).await?).await
         }
         Command::Deploy(args) => deploy::deploy(args).await,
         Command::Rollout(args) => deploy::rollout(args).await,
         Command::Rollback(args) => deploy::rollback(args).await,
-        Command::Payments(args) => {
-            let config: payments::PaymentsConfig = args.load(payments::SERVICE)?;
-            serve(payments::start(config, kit::shutdown::on_signals()).await.context("payments failed to start")?).await
-        }
     }
+}
+
+/// Loads a platform process's config (file, environment, these flags) with its logs set up.
+fn platform_config<A: Serialize, C: Default + Serialize + for<'de> serde::Deserialize<'de>>(
+    name: &str,
+    file: Option<&std::path::Path>,
+    log_format: LogFormatArg,
+    flags: &A,
+) -> anyhow::Result<C> {
+    kit_telemetry::telemetry::init_logging(name, "info", log_format.into());
+    Ok(kit::config::load(name, file, flags)?)
+}
+
+/// Starts one long-running process with `config`, watching the process's
+/// shutdown signals.
+async fn launch<C, T, E, Started>(
+    name: &str,
+    config: anyhow::Result<C>,
+    start: impl FnOnce(C, kit::shutdown::CancellationToken) -> Started,
+) -> anyhow::Result<T>
+where
+    Started: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let config = config?;
+    start(config, kit::shutdown::on_signals()).await.with_context(|| format!("{name} failed to start"))
 }
 
 async fn serve(service: RunningService) -> anyhow::Result<()> {

@@ -113,7 +113,7 @@ impl UserService for UsersApi {
         domain::validate_user_id(&id).map_err(status)?;
         match self.store.get(&id).await? {
             Some(user) => Ok(Response::new(user_to_pb(user))),
-            None => Err(Status::not_found(format!("user {id} not found"))),
+            None => Err(status(DomainError::NotFound(format!("user {id} not found")))),
         }
     }
 
