@@ -29,6 +29,22 @@ use kit_telemetry::trace_context::TraceIds;
 
 pub type Reply = Response<Full<Bytes>>;
 
+/// What a request came to, with its route label for the metrics: the reply,
+/// or the failure to answer with. A stage that answers early returns it.
+type Dispatched = Result<(Reply, &'static str), (Failure, &'static str)>;
+
+/// A route's path variables, as matched.
+type Bindings = Vec<(String, String)>;
+
+/// The call a request makes, once admitted, routed and transcoded.
+struct Call {
+    user: Option<String>,
+    idempotency_key: Option<String>,
+    version: Option<String>,
+    query: Option<String>,
+    message: prost_reflect::DynamicMessage,
+}
+
 pub struct Limits {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
@@ -290,29 +306,12 @@ impl Gateway {
     }
 
     /// The reply and the route label for metrics (bounded: a template, never a raw path).
-    async fn dispatch(
-        &self,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-        ids: &TraceIds,
-    ) -> Result<(Reply, &'static str), (Failure, &'static str)> {
+    async fn dispatch(&self, request: Request<Incoming>, peer: SocketAddr, ids: &TraceIds) -> Dispatched {
         let path = request.uri().path().to_string();
         let method = request.method().clone();
-        if method == Method::GET {
-            match path.as_str() {
-                "/openapi.json" => return Ok((json_reply(StatusCode::OK, self.openapi.clone()), "openapi")),
-                "/health/live" | "/health/ready" => {
-                    return Ok((json_reply(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)), "health"));
-                }
-                "/metrics" => {
-                    let mut reply = Response::new(Full::new(Bytes::from(self.metrics.render())));
-                    reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-                    return Ok((reply, "metrics"));
-                }
-                _ => {}
-            }
+        if let Some(answered) = self.own_endpoint(&method, &path) {
+            return Ok(answered);
         }
-        let unmatched = || "unmatched";
         if method == Method::POST
             && path == crate::tracecontext::PATH
             && let Some(http) = &self.trace_context_test
@@ -323,31 +322,80 @@ impl Gateway {
                 Err(err) => Err((Failure::new(Code::InvalidArgument, err.to_string()), "tracecontext")),
             };
         }
-
         // Identify and limit before anything else costs us.
-        let client_ip = self.trusted_proxies.client_ip(request.headers(), peer.ip());
-        let caller = auth::identify(request.headers(), client_ip, &self.keys)
-            .map_err(|e| (Failure::new(Code::Unauthenticated, e.to_string()), unmatched()))?;
-        let decision = self.limit(&caller).await.map_err(|f| (f, unmatched()))?;
-        if !decision.allowed() {
-            let by_quota = decision.quota.is_some_and(|q| !q.allowed);
-            let retry_secs = if by_quota {
-                decision.quota.map(|q| q.reset_secs).unwrap_or(60)
-            } else {
-                decision.rate.retry_after_ms.div_ceil(1000).max(1)
-            };
-            let message = if by_quota { "monthly quota exhausted" } else { "rate limit exceeded; slow down" };
-            metrics::counter!("ratelimit_rejections_total", "tier" => caller.tier.clone(), "reason" => if by_quota { "quota" } else { "rate" }).increment(1);
-            let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
-            insert_rate_headers(reply.headers_mut(), &decision);
-            reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
-            return Ok((reply, "rate_limited"));
-        }
+        let (caller, decision) = match self.admit(request.headers(), peer, ids).await {
+            Ok(admitted) => admitted,
+            Err(answered) => return answered,
+        };
+        let (route, bindings) = match self.route(&method, &path, ids) {
+            Ok(found) => found,
+            Err(answered) => return answered,
+        };
+        let label = route.label;
+        tracing::Span::current().record("otel.name", label);
+        let fail = |failure: Failure| (failure, label);
+        let call = self.prepare(&route, &bindings, &caller, request).await.map_err(fail)?;
+        let mut reply = self.forward(&route, &caller, call, &method, &path, ids).await.map_err(fail)?;
+        insert_rate_headers(reply.headers_mut(), &decision);
+        Ok((reply, label))
+    }
 
-        let (route, bindings) = match crate::routes::find(&self.routes, &method, &path) {
-            Matched::Route(route, bindings) => (route.clone(), bindings),
+    /// The gateway's own endpoints: its OpenAPI document, health and metrics.
+    fn own_endpoint(&self, method: &Method, path: &str) -> Option<(Reply, &'static str)> {
+        if method != Method::GET {
+            return None;
+        }
+        match path {
+            "/openapi.json" => Some((json_reply(StatusCode::OK, self.openapi.clone()), "openapi")),
+            "/health/live" | "/health/ready" => {
+                Some((json_reply(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)), "health"))
+            }
+            "/metrics" => {
+                let mut reply = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                reply.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                Some((reply, "metrics"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Who is calling, and whether their rate and quota let them: the caller
+    /// and the limits' decision, or the answer that refuses them.
+    async fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        peer: SocketAddr,
+        ids: &TraceIds,
+    ) -> Result<(Caller, Decision), Dispatched> {
+        const UNMATCHED: &str = "unmatched";
+        let client_ip = self.trusted_proxies.client_ip(headers, peer.ip());
+        let caller = auth::identify(headers, client_ip, &self.keys)
+            .map_err(|e| Err((Failure::new(Code::Unauthenticated, e.to_string()), UNMATCHED)))?;
+        let decision = self.limit(&caller).await.map_err(|f| Err((f, UNMATCHED)))?;
+        if decision.allowed() {
+            return Ok((caller, decision));
+        }
+        let by_quota = decision.quota.is_some_and(|q| !q.allowed);
+        let retry_secs = if by_quota {
+            decision.quota.map(|q| q.reset_secs).unwrap_or(60)
+        } else {
+            decision.rate.retry_after_ms.div_ceil(1000).max(1)
+        };
+        let message = if by_quota { "monthly quota exhausted" } else { "rate limit exceeded; slow down" };
+        metrics::counter!("ratelimit_rejections_total", "tier" => caller.tier.clone(), "reason" => if by_quota { "quota" } else { "rate" }).increment(1);
+        let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
+        insert_rate_headers(reply.headers_mut(), &decision);
+        reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
+        Err(Ok((reply, "rate_limited")))
+    }
+
+    /// The route for `method path` and its path variables, or the answer
+    /// that there is none (404, or 405 with the methods that are).
+    fn route(&self, method: &Method, path: &str, ids: &TraceIds) -> Result<(Arc<Route>, Bindings), Dispatched> {
+        match crate::routes::find(&self.routes, method, path) {
+            Matched::Route(route, bindings) => Ok((route.clone(), bindings)),
             Matched::NotFound => {
-                return Err((Failure::new(Code::NotFound, format!("no route for {method} {path}")), unmatched()));
+                Err(Err((Failure::new(Code::NotFound, format!("no route for {method} {path}")), "unmatched")))
             }
             Matched::WrongMethod(allowed) => {
                 let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -360,34 +408,55 @@ impl Gateway {
                 if let Ok(value) = HeaderValue::from_str(&allow) {
                     reply.headers_mut().insert(ALLOW, value);
                 }
-                return Ok((reply, "wrong_method"));
+                Err(Ok((reply, "wrong_method")))
             }
-        };
-        let label = route.label;
-        tracing::Span::current().record("otel.name", label);
-        let fail = |failure: Failure| (failure, label);
+        }
+    }
 
-        let user = self.authorise(&route, &caller, request.headers()).map_err(fail)?;
-        let idempotency_key = idempotency_key(request.headers()).map_err(fail)?;
-        let version = version_override(request.headers(), &caller).map_err(fail)?;
+    /// The call a request makes: who it acts for (checked against the
+    /// route's access and owner field), its idempotency key and version, and
+    /// the request message transcoded from path, query and body.
+    async fn prepare(
+        &self,
+        route: &Route,
+        bindings: &Bindings,
+        caller: &Caller,
+        request: Request<Incoming>,
+    ) -> Result<Call, Failure> {
+        let user = self.authorise(route, caller, request.headers())?;
+        let idempotency_key = idempotency_key(request.headers())?;
+        let version = version_override(request.headers(), caller)?;
         let query = request.uri().query().map(str::to_string);
-        let body = self.read_body(request).await.map_err(fail)?;
-        let mut message =
-            transcode::request_message(&route, &bindings, query.as_deref(), &body).map_err(|e| fail(e.into()))?;
+        let body = self.read_body(request).await?;
+        let mut message = transcode::request_message(route, bindings, query.as_deref(), &body)?;
         if let (Some(field), Some(user)) = (&route.policy.owner_field, &user) {
             match transcode::string_field(&message, field) {
-                None => transcode::set_string_field(&mut message, field, user).map_err(|e| fail(e.into()))?,
+                None => transcode::set_string_field(&mut message, field, user)?,
                 Some(owner) if owner != *user => {
-                    return Err(fail(Failure::new(Code::PermissionDenied, "you can only access your own resources")));
+                    return Err(Failure::new(Code::PermissionDenied, "you can only access your own resources"));
                 }
                 Some(_) => {}
             }
         }
+        Ok(Call { user, idempotency_key, version, query, message })
+    }
 
+    /// Sends the call to the route's backend (or answers with its fallback)
+    /// and turns the answer into the HTTP reply.
+    async fn forward(
+        &self,
+        route: &Route,
+        caller: &Caller,
+        call: Call,
+        method: &Method,
+        path: &str,
+        ids: &TraceIds,
+    ) -> Result<Reply, Failure> {
+        let Call { user, idempotency_key, version, query, message } = call;
         let backend = self
             .backends
             .get(&route.backend)
-            .ok_or_else(|| fail(Failure::new(Code::Unavailable, format!("no backend for {}", route.backend))))?;
+            .ok_or_else(|| Failure::new(Code::Unavailable, format!("no backend for {}", route.backend)))?;
         // Trace context is not set here: the guard's client span injects its
         // own (`traceparent` with the caller's sampling and random flags, and
         // `tracestate`), so the backend's span is a child of that call.
@@ -406,19 +475,16 @@ impl Gateway {
             .filter(|_| method == Method::GET && version.is_none())
             .map(|_| format!("{path}?{}#{}", query.as_deref().unwrap_or(""), user.as_deref().unwrap_or("")));
         let idempotent = method == Method::GET || idempotency_key.is_some();
-        let answer = match self.call(backend, &route, &message, &metadata, idempotent).await {
+        let answer = match self.call(backend, route, &message, &metadata, idempotent).await {
             Ok(answer) => answer,
+            // Boxed: a rare path, kept out of every request's future.
             Err(status) => {
-                // Boxed: a rare path, kept out of every request's future.
-                let reply =
-                    Box::pin(self.fallback(backend, &route, status, cache_key.as_deref(), &message, &metadata, ids))
-                        .await
-                        .map_err(fail)?;
-                return Ok((reply, label));
+                return Box::pin(self.fallback(backend, route, status, cache_key.as_deref(), &message, &metadata, ids))
+                    .await;
             }
         };
         let json = transcode::response_json(&route.output, &answer.message)
-            .map_err(|e| fail(Failure::new(Code::Internal, e.to_string())))?;
+            .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
         let json = Bytes::from(json);
         if let (Some(cache), Some(key)) = (&backend.cache, cache_key) {
             cache.put(key, json.clone());
@@ -435,8 +501,7 @@ impl Gateway {
         if let (true, Some(version)) = (caller.admin, answer.served_version) {
             reply.headers_mut().insert(grpc_call::SERVED_VERSION, version);
         }
-        insert_rate_headers(reply.headers_mut(), &decision);
-        Ok((reply, label))
+        Ok(reply)
     }
 
     async fn limit(&self, caller: &Caller) -> Result<Decision, Failure> {

@@ -67,6 +67,43 @@ pub struct UpArgs {
     redis_url: Option<String>,
 }
 
+/// What `up` started so far, stopped in the reverse of its start order: the
+/// traffic and the deploy controller first, then the services, then the
+/// console and the registry. A start that fails half way stops what it started.
+#[derive(Default)]
+struct Stack {
+    infrastructure: Vec<Proc>,
+    services: Vec<Proc>,
+    fleet: Option<Arc<tokio::sync::Mutex<crate::control::Fleet>>>,
+    loadgen: Option<Proc>,
+    deployer: Option<Proc>,
+}
+
+impl Stack {
+    async fn stop(mut self) {
+        if let Some(proc) = self.loadgen.take() {
+            proc.stop().await;
+        }
+        if let Some(proc) = self.deployer.take() {
+            proc.stop().await;
+        }
+        if let Some(fleet) = &self.fleet {
+            self.services.extend(fleet.lock().await.take_all());
+        }
+        stop_all(self.services, self.infrastructure).await;
+    }
+}
+
+/// Where the stack answers, once it is up.
+struct Started {
+    list: registry_wire::wire::InstanceList,
+    registry_url: String,
+    gateway_url: String,
+    console_url: Option<String>,
+    loadgen_url: Option<String>,
+    deployer_url: String,
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let replicas = replica_counts(&args.replicas, args.redis_url.is_some())?;
     if let Some(url) = &args.redis_url
@@ -81,101 +118,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let (exited_tx, mut exited_rx) = mpsc::unbounded_channel::<String>();
     let mut secrets = Secrets::for_data_dir(&args.data_dir)?;
     secrets.redis_url = args.redis_url.clone();
-    // Mutual TLS between every process, with nothing to configure: a
-    // development CA and a certificate per identity, made once.
-    let tls_dir = args.data_dir.join("tls");
-    kit_tls::ensure_dev_certs(&tls_dir, crate::IDENTITIES)?;
-    let operator = kit_tls::Tls::from_config(&kit_tls::TlsConfig::in_dir(&tls_dir), kit_tls::OPERATOR)?;
-    let supervisor = Supervisor::new(exe.clone(), logs_dir.clone(), args.quiet, exited_tx.clone());
-    let data_dir = args.data_dir.display().to_string();
-    // The traffic generator's address is settled first: the console is told
-    // it at start and relays to it alone.
-    let loadgen_addr = match (args.no_loadgen, args.ephemeral) {
-        (true, _) => None,
-        (false, false) => Some(format!("127.0.0.1:{LOADGEN_PORT}")),
-        (false, true) => Some(free_loopback_addr()?),
-    };
-
-    // So is the deploy controller's: the console shows its rollouts.
-    let deployer_addr = if args.ephemeral { free_loopback_addr()? } else { format!("127.0.0.1:{DEPLOYER_PORT}") };
-    let tls_flag = vec!["--tls-dir".to_string(), tls_dir.display().to_string()];
-    let peers = Peers { loadgen: loadgen_addr.as_deref(), deployer: &deployer_addr };
-    let (infrastructure, registry_url, console_url) =
-        start_infrastructure(&supervisor, &args, &data_dir, &tls_flag, peers).await?;
-    let telemetry = telemetry_env(console_url.as_deref());
-    let launch = Launch { data_dir: &data_dir, registry_url: &registry_url, tls_flag: &tls_flag };
-    let (members, gateway) = match start_services(&supervisor, &args, &replicas, &launch, &secrets, &telemetry) {
+    let supervisor = Supervisor::new(exe, logs_dir.clone(), args.quiet, exited_tx);
+    let mut stack = Stack::default();
+    let ready = Ready { replicas: &replicas, shutdown: &shutdown, logs_dir: &logs_dir };
+    let started = match start(&args, &supervisor, &secrets, ready, &mut exited_rx, &mut stack).await {
         Ok(started) => started,
         Err(err) => {
-            stop_all(Vec::new(), infrastructure).await;
-            return Err(err);
-        }
-    };
-    let fleet = Arc::new(tokio::sync::Mutex::new(crate::control::Fleet::new(members)));
-    let mut services = vec![gateway];
-    let registry = RegistryClient::with_tls(&registry_url, operator.clone());
-    let list = match wait_until_ready(&args, &replicas, &registry, &shutdown, &mut exited_rx, &logs_dir).await {
-        Ok(list) => list,
-        Err(err) => {
-            services.extend(fleet.lock().await.take_all());
-            stop_all(services, infrastructure).await;
-            return Err(err);
-        }
-    };
-    let gateway_url = list
-        .instances
-        .iter()
-        .find(|i| i.name == "gateway")
-        .map(|i| format!("http://{}", i.address))
-        .unwrap_or_default();
-    let loadgen = match &loadgen_addr {
-        None => None,
-        Some(addr) => {
-            let env: Vec<(String, String)> =
-                secrets.loadgen_env().into_iter().chain(telemetry.iter().cloned()).collect();
-            match start_loadgen(&supervisor, &gateway_url, &env, addr, args.ready_timeout_secs).await {
-                Ok(started) => Some(started),
-                Err(err) => {
-                    services.extend(fleet.lock().await.take_all());
-                    stop_all(services, infrastructure).await;
-                    return Err(err);
-                }
-            }
-        }
-    };
-    // The control API (starting and stopping instances), then the deploy
-    // controller that uses it.
-    // The smoke suite asks for versions by name: only admin keys may.
-    let deployer_env: Vec<(String, String)> = [("SHOPFAST_DEPLOYER__API_KEY".to_string(), secrets.api_key.clone())]
-        .into_iter()
-        .chain(telemetry.iter().cloned())
-        .collect();
-    let deployer_spec = DeployerSpec { gateway_url: &gateway_url, addr: &deployer_addr, env: &deployer_env };
-    let control = crate::control::ControlState {
-        launcher: Arc::new(launcher(&supervisor, &args, &launch, &secrets, &telemetry)),
-        fleet: fleet.clone(),
-    };
-    let deployer = match start_deployer(&args, &launch, control, operator, deployer_spec, &shutdown).await {
-        Ok(started) => started,
-        Err(err) => {
-            if let Some((proc, _)) = loadgen {
-                proc.stop().await;
-            }
-            services.extend(fleet.lock().await.take_all());
-            stop_all(services, infrastructure).await;
+            stack.stop().await;
             return Err(err);
         }
     };
     // From here on a child that dies is restarted.
     supervisor.restart_from_now();
     let urls = Urls {
-        registry: &registry_url,
-        gateway: &gateway_url,
-        console: console_url.as_deref(),
-        loadgen: loadgen.as_ref().map(|l| l.1.as_str()),
-        deployer: &deployer.1,
+        registry: &started.registry_url,
+        gateway: &started.gateway_url,
+        console: started.console_url.as_deref(),
+        loadgen: started.loadgen_url.as_deref(),
+        deployer: &started.deployer_url,
     };
-    print_banner(&list, &secrets, urls, &logs_dir);
+    print_banner(&started.list, &secrets, urls, &logs_dir);
 
     loop {
         tokio::select! {
@@ -186,14 +148,86 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("shopfast up: stopping services, then the console and the registry");
-    // The traffic stops first, and deploys.
-    if let Some((proc, _)) = loadgen {
-        proc.stop().await;
-    }
-    deployer.0.stop().await;
-    services.extend(fleet.lock().await.take_all());
-    stop_all(services, infrastructure).await;
+    stack.stop().await;
     Ok(())
+}
+
+/// What waiting for readiness needs.
+#[derive(Clone, Copy)]
+struct Ready<'a> {
+    replicas: &'a BTreeMap<String, usize>,
+    shutdown: &'a kit::shutdown::CancellationToken,
+    logs_dir: &'a Path,
+}
+
+/// Starts the stack in order — registry and console, the services, the
+/// traffic generator once the gateway is ready, the control API and the
+/// deploy controller — recording each process in `stack` as it starts.
+async fn start(
+    args: &UpArgs,
+    supervisor: &Supervisor,
+    secrets: &Secrets,
+    ready: Ready<'_>,
+    exited: &mut mpsc::UnboundedReceiver<String>,
+    stack: &mut Stack,
+) -> anyhow::Result<Started> {
+    // Mutual TLS between every process, with nothing to configure: a
+    // development CA and a certificate per identity, made once.
+    let tls_dir = args.data_dir.join("tls");
+    kit_tls::ensure_dev_certs(&tls_dir, crate::IDENTITIES)?;
+    let operator = kit_tls::Tls::from_config(&kit_tls::TlsConfig::in_dir(&tls_dir), kit_tls::OPERATOR)?;
+    let data_dir = args.data_dir.display().to_string();
+    // The traffic generator's address is settled first: the console is told
+    // it at start and relays to it alone.
+    let loadgen_addr = match (args.no_loadgen, args.ephemeral) {
+        (true, _) => None,
+        (false, false) => Some(format!("127.0.0.1:{LOADGEN_PORT}")),
+        (false, true) => Some(free_loopback_addr()?),
+    };
+    // So is the deploy controller's: the console shows its rollouts.
+    let deployer_addr = if args.ephemeral { free_loopback_addr()? } else { format!("127.0.0.1:{DEPLOYER_PORT}") };
+    let tls_flag = vec!["--tls-dir".to_string(), tls_dir.display().to_string()];
+    let peers = Peers { loadgen: loadgen_addr.as_deref(), deployer: &deployer_addr };
+    let (infrastructure, registry_url, console_url) =
+        start_infrastructure(supervisor, args, &data_dir, &tls_flag, peers).await?;
+    stack.infrastructure = infrastructure;
+    let telemetry = telemetry_env(console_url.as_deref());
+    let launch = Launch { data_dir: &data_dir, registry_url: &registry_url, tls_flag: &tls_flag };
+    let (members, gateway) = start_services(supervisor, args, ready.replicas, &launch, secrets, &telemetry)?;
+    let fleet = Arc::new(tokio::sync::Mutex::new(crate::control::Fleet::new(members)));
+    stack.fleet = Some(fleet.clone());
+    stack.services.push(gateway);
+    let registry = RegistryClient::with_tls(&registry_url, operator.clone());
+    let list = wait_until_ready(args, ready.replicas, &registry, ready.shutdown, exited, ready.logs_dir).await?;
+    let gateway_url = list
+        .instances
+        .iter()
+        .find(|i| i.name == "gateway")
+        .map(|i| format!("http://{}", i.address))
+        .unwrap_or_default();
+    let mut loadgen_url = None;
+    if let Some(addr) = &loadgen_addr {
+        let env: Vec<(String, String)> = secrets.loadgen_env().into_iter().chain(telemetry.iter().cloned()).collect();
+        let (proc, url) = start_loadgen(supervisor, &gateway_url, &env, addr, args.ready_timeout_secs).await?;
+        stack.loadgen = Some(proc);
+        loadgen_url = Some(url);
+    }
+    // The control API (starting and stopping instances), then the deploy
+    // controller that uses it.
+    // The smoke suite asks for versions by name: only admin keys may.
+    let deployer_env: Vec<(String, String)> = [("SHOPFAST_DEPLOYER__API_KEY".to_string(), secrets.api_key.clone())]
+        .into_iter()
+        .chain(telemetry.iter().cloned())
+        .collect();
+    let deployer_spec = DeployerSpec { gateway_url: &gateway_url, addr: &deployer_addr, env: &deployer_env };
+    let control = crate::control::ControlState {
+        launcher: Arc::new(launcher(supervisor, args, &launch, secrets, &telemetry)),
+        fleet,
+    };
+    let (deployer, deployer_url) =
+        start_deployer(args, &launch, control, operator, deployer_spec, ready.shutdown).await?;
+    stack.deployer = Some(deployer);
+    Ok(Started { list, registry_url, gateway_url, console_url, loadgen_url, deployer_url })
 }
 
 /// The registry, then the console (so the services' first spans have
