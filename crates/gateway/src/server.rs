@@ -33,6 +33,10 @@ pub type Reply = Response<Full<Bytes>>;
 /// or the failure to answer with. A stage that answers early returns it.
 type Dispatched = Result<(Reply, &'static str), (Failure, &'static str)>;
 
+/// An answer a stage gives before the backend is called (refused, no
+/// route): boxed, as the rare path it is.
+type Early = Box<Dispatched>;
+
 /// A route's path variables, as matched.
 type Bindings = Vec<(String, String)>;
 
@@ -325,11 +329,11 @@ impl Gateway {
         // Identify and limit before anything else costs us.
         let (caller, decision) = match self.admit(request.headers(), peer, ids).await {
             Ok(admitted) => admitted,
-            Err(answered) => return answered,
+            Err(answered) => return *answered,
         };
         let (route, bindings) = match self.route(&method, &path, ids) {
             Ok(found) => found,
-            Err(answered) => return answered,
+            Err(answered) => return *answered,
         };
         let label = route.label;
         tracing::Span::current().record("otel.name", label);
@@ -366,12 +370,12 @@ impl Gateway {
         headers: &http::HeaderMap,
         peer: SocketAddr,
         ids: &TraceIds,
-    ) -> Result<(Caller, Decision), Dispatched> {
+    ) -> Result<(Caller, Decision), Early> {
         const UNMATCHED: &str = "unmatched";
         let client_ip = self.trusted_proxies.client_ip(headers, peer.ip());
         let caller = auth::identify(headers, client_ip, &self.keys)
-            .map_err(|e| Err((Failure::new(Code::Unauthenticated, e.to_string()), UNMATCHED)))?;
-        let decision = self.limit(&caller).await.map_err(|f| Err((f, UNMATCHED)))?;
+            .map_err(|e| Box::new(Err((Failure::new(Code::Unauthenticated, e.to_string()), UNMATCHED))))?;
+        let decision = self.limit(&caller).await.map_err(|f| Box::new(Err((f, UNMATCHED))))?;
         if decision.allowed() {
             return Ok((caller, decision));
         }
@@ -386,16 +390,16 @@ impl Gateway {
         let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
         insert_rate_headers(reply.headers_mut(), &decision);
         reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
-        Err(Ok((reply, "rate_limited")))
+        Err(Box::new(Ok((reply, "rate_limited"))))
     }
 
     /// The route for `method path` and its path variables, or the answer
     /// that there is none (404, or 405 with the methods that are).
-    fn route(&self, method: &Method, path: &str, ids: &TraceIds) -> Result<(Arc<Route>, Bindings), Dispatched> {
+    fn route(&self, method: &Method, path: &str, ids: &TraceIds) -> Result<(Arc<Route>, Bindings), Early> {
         match crate::routes::find(&self.routes, method, path) {
             Matched::Route(route, bindings) => Ok((route.clone(), bindings)),
             Matched::NotFound => {
-                Err(Err((Failure::new(Code::NotFound, format!("no route for {method} {path}")), "unmatched")))
+                Err(Box::new(Err((Failure::new(Code::NotFound, format!("no route for {method} {path}")), "unmatched"))))
             }
             Matched::WrongMethod(allowed) => {
                 let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -408,7 +412,7 @@ impl Gateway {
                 if let Ok(value) = HeaderValue::from_str(&allow) {
                     reply.headers_mut().insert(ALLOW, value);
                 }
-                Err(Ok((reply, "wrong_method")))
+                Err(Box::new(Ok((reply, "wrong_method"))))
             }
         }
     }
