@@ -170,6 +170,7 @@ impl RunningConsole {
 }
 
 pub async fn start(config: ConsoleConfig, shutdown: CancellationToken) -> Result<RunningConsole, StartError> {
+    describe_metrics();
     config.check().map_err(StartError::Config)?;
     let url = config.database_url.clone().unwrap_or_else(|| {
         let _ = std::fs::create_dir_all(&config.data_dir);
@@ -284,4 +285,17 @@ async fn scrape_one(http: &reqwest::Client, instance: &registry_wire::wire::Inst
             queue: Default::default(),
         },
     }
+}
+
+/// HELP text of the console's own metrics.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    use metrics::describe_counter;
+    describe_counter!("console_spans_received_total", "Spans the console received over OTLP.");
+    describe_counter!("console_logs_received_total", "Log records the console received over OTLP.");
+    describe_counter!(
+        "console_scrapes_total",
+        "Scrapes of instances' /metrics by the console, by outcome (ok, failed)."
+    );
 }

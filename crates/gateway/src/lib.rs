@@ -173,6 +173,7 @@ impl RunningGateway {
 }
 
 pub async fn start(mut config: GatewayConfig, shutdown: CancellationToken) -> Result<RunningGateway, StartError> {
+    describe_metrics();
     if let Some(path) = &config.api_keys_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| StartError::Config(format!("api_keys_file {}: {e}", path.display())))?;
@@ -353,4 +354,43 @@ async fn serve(
     gateway.limiter.flush_quotas().await;
     db.close().await;
     tracing::info!(service = SERVICE, "stopped");
+}
+
+/// HELP text of the gateway's own metrics.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    // The gateway's calls go through the kit's client: its metrics too.
+    kit::describe_metrics();
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("gateway_requests_total", "HTTP requests handled by the gateway, by route and status.");
+    describe_histogram!(
+        "gateway_request_duration_seconds",
+        Unit::Seconds,
+        "Gateway request duration, by route and status."
+    );
+    describe_counter!("ratelimit_rejections_total", "Requests refused by rate limits or quotas, by tier and reason.");
+    describe_counter!(
+        "ratelimit_redis_fallbacks_total",
+        "Rate-limit checks decided locally because Redis was unreachable."
+    );
+    describe_gauge!("ratelimit_redis_up", "1 while the shared (Redis) rate limiter is reachable.");
+    describe_gauge!("ratelimit_local_clients", "Clients with a local rate-limit bucket.");
+    describe_counter!("fallback_requests_total", "Requests answered by a dependency's fallback, by service and kind.");
+    describe_histogram!("fallback_latency_seconds", Unit::Seconds, "Time to answer by fallback, by service and kind.");
+    describe_gauge!("deferred_calls_pending", "Queued (deferred) calls not yet delivered, by service.");
+    describe_counter!("deferred_calls_settled_total", "Deferred calls delivered or given up, by service and state.");
+    describe_gauge!(
+        "ratelimit_quota_clients",
+        "Clients whose monthly quota counts the gateway holds in memory (bounded)."
+    );
+    describe_gauge!(
+        "fallback_cache_entries",
+        "Last good responses the gateway keeps for the cached fallback (bounded)."
+    );
+    describe_counter!(
+        "ratelimit_refused_clients_total",
+        "Requests refused because the gateway already tracks as many clients as it may."
+    );
+    describe_counter!("deferred_calls_refused_total", "Writes the queue fallback refused because the queue was full.");
 }

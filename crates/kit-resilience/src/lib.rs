@@ -65,3 +65,14 @@ impl Default for DependencyConfig {
         }
     }
 }
+
+/// HELP text of the resilience metrics (servers' shedding, deadlines and
+/// faults; retries). Call once the recorder is installed (`kit::describe_metrics`).
+pub fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!("server_deadline_spent_total", "Requests not started because they arrived with no time left.");
+    describe_counter!("server_shed_total", "Requests refused by adaptive load shedding (RESOURCE_EXHAUSTED).");
+    describe_counter!("fault_injected_total", "Faults injected on purpose, by kind (error, abort).");
+    describe_counter!("retries_total", "Retries made, by service.");
+    describe_counter!("retry_budget_exhausted_total", "Retries not made because the retry budget was spent.");
+}

@@ -16,3 +16,18 @@ pub mod token;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// HELP text of the host's metrics (database pools, idempotency) and of
+/// the kit crates it runs on. Every server calls it as it starts.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    kit_resilience::describe_metrics();
+    kit_client::describe_metrics();
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!("db_pool_connections", "Connections in the service's database pool, by state (in_use, idle).");
+    describe_counter!(
+        "idempotency_requests_total",
+        "Requests carrying an idempotency key, by outcome (fresh, replayed, in_progress, mismatch)."
+    );
+}

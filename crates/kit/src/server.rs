@@ -153,6 +153,7 @@ impl Host {
         common: &ServiceCommon,
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
+        crate::describe_metrics();
         let grpc_listener = TcpListener::bind(common.grpc_addr).await.map_err(|source| ServerError::Bind {
             what: "gRPC",
             addr: common.grpc_addr,
@@ -417,6 +418,7 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    crate::describe_metrics();
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -438,6 +440,7 @@ pub async fn serve_http_with_peers(
     what: &'static str,
     tls: Option<(Arc<kit_tls::Tls>, kit_tls::ClientAuth)>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    crate::describe_metrics();
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let listener = kit_tls::PeerListener::new(kit_tls::accept(listener, tls), bound);

@@ -76,6 +76,7 @@ impl Default for OrdersConfig {
 }
 
 pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
+    describe_metrics();
     let registry_url = config.common.registry_url.clone().ok_or_else(|| {
         StartError::Config("orders finds users, products and payments through the registry: set registry_url".into())
     })?;
@@ -169,4 +170,16 @@ pub async fn start(config: OrdersConfig, shutdown: CancellationToken) -> Result<
     running.attach(tokio::spawn(fulfilment::run(store, config.fulfilment.clone(), canceller, shutdown)));
     running.own_database(db);
     Ok(running)
+}
+
+/// HELP text of orders' own metrics.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    saga::describe_metrics();
+    use metrics::describe_counter;
+    describe_counter!(
+        "orders_cancelled_after_payment_total",
+        "Paid orders cancelled: refunded and restocked, then CANCELLED."
+    );
 }

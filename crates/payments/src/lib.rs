@@ -54,6 +54,7 @@ impl Default for PaymentsConfig {
 }
 
 pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
+    describe_metrics();
     if !(0.0..=1.0).contains(&config.processor.failure_rate) {
         return Err(StartError::Config("processor.failure_rate must be between 0 and 1".into()));
     }
@@ -89,4 +90,17 @@ pub async fn start(config: PaymentsConfig, shutdown: CancellationToken) -> Resul
     running.attach(store::spawn_method_sweeper(store, shutdown));
     running.own_database(db);
     Ok(running)
+}
+
+/// HELP text of payments' own metrics.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    use metrics::describe_counter;
+    describe_counter!("payments_total", "Payments finished, by outcome (completed or the failure code).");
+    describe_counter!("payment_refunds_total", "Refunds completed.");
+    describe_counter!(
+        "payments_recovered_total",
+        "Payments a crash or a spent deadline left in flight, settled by recovery, by the state they were in."
+    );
 }

@@ -53,6 +53,7 @@ impl Default for ProductsConfig {
 /// Opens the database (migrating it), seeds it if asked, and serves until
 /// `shutdown` is cancelled.
 pub async fn start(config: ProductsConfig, shutdown: CancellationToken) -> Result<RunningService, StartError> {
+    describe_metrics();
     if config.reservation_ttl_secs == 0 || config.reservation_ttl_secs > config.max_reservation_ttl_secs {
         return Err(StartError::Config("reservation_ttl_secs must be between 1 and max_reservation_ttl_secs".into()));
     }
@@ -121,4 +122,12 @@ async fn reap_expired(catalog: catalog::Catalog, every: Duration, shutdown: Canc
             }
         }
     }
+}
+
+/// HELP text of products' own metrics.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    use metrics::describe_counter;
+    describe_counter!("inventory_reservations_total", "Inventory reservation attempts, by result.");
 }

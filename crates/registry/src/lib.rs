@@ -102,6 +102,7 @@ pub fn build_store(config: &RegistryConfig) -> Result<Arc<dyn store::Store>, Sta
 }
 
 pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Result<RunningRegistry, StartError> {
+    describe_metrics();
     let t = &config.timing;
     if t.heartbeat_interval_ms == 0 || t.ttl_ms < t.heartbeat_interval_ms || t.drain_grace_ms == 0 {
         return Err(StartError::Config("need 0 < heartbeat_interval_ms <= ttl_ms and drain_grace_ms > 0".into()));
@@ -163,4 +164,13 @@ impl std::str::FromStr for Backend {
             other => Err(format!("unknown backend {other:?}: memory or etcd")),
         }
     }
+}
+
+/// HELP text of the registry's own metrics.
+pub fn describe_metrics() {
+    // Descriptions reach only an installed recorder.
+    let _ = kit_telemetry::metrics::prometheus();
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!("registry_instances", "Registered instances, by service and health.");
+    describe_counter!("registry_changes_total", "Registry changes, by kind.");
 }

@@ -351,5 +351,26 @@ impl Orchestrator {
     }
 }
 
+/// HELP text of the saga engine's metrics. Call once the recorder is
+/// installed (its users do).
+pub fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!("saga_started_total", "Sagas started.");
+    describe_counter!(
+        "saga_step_attempts_total",
+        "Saga step attempts, by step and outcome (ok, transient, permanent)."
+    );
+    describe_counter!("saga_compensations_total", "Saga compensations, by step and outcome.");
+    describe_counter!(
+        "saga_compensation_passes_total",
+        "Passes over a saga's compensations that left some still to do (a dependency was away); they are retried."
+    );
+    describe_counter!(
+        "saga_manual_intervention_total",
+        "Sagas whose compensation gave up: a person must look (see the saga record)."
+    );
+    describe_counter!("saga_finished_total", "Sagas finished, by final state (completed, compensated, failed).");
+}
+
 #[cfg(test)]
 mod tests;
