@@ -62,7 +62,7 @@ fn status_from_pb(value: i32) -> Result<Option<OrderStatus>, Status> {
         Ok(pb::OrderStatus::Cancelling) => Some(OrderStatus::Cancelling),
         // Not a stored status: an order being placed has no record yet.
         Ok(pb::OrderStatus::Pending) | Err(_) => {
-            return Err(Status::invalid_argument(format!("unknown order status {value}")));
+            return Err(status(DomainError::invalid(format!("unknown order status {value}"))));
         }
     })
 }
@@ -178,7 +178,7 @@ fn caller<T>(request: &Request<T>) -> Option<String> {
 fn acting_user(requested: &str, caller: Option<&str>) -> Result<String, Status> {
     match (requested.trim(), caller) {
         ("", Some(caller)) => Ok(caller.to_string()),
-        ("", None) => Err(Status::invalid_argument("user_id is required")),
+        ("", None) => Err(status(DomainError::invalid("user_id is required"))),
         (user, Some(caller)) if user != caller => {
             Err(status(DomainError::PermissionDenied("you can only act for yourself".into())))
         }
@@ -241,7 +241,7 @@ impl OrdersApi {
     async fn owned_from(&self, order_id: &str, caller: Option<&str>, cached: bool) -> Result<Order, Status> {
         kit_telemetry::grpc_telemetry::annotate("order_id", order_id);
         if order_id.trim().is_empty() {
-            return Err(Status::invalid_argument("order_id is required"));
+            return Err(status(DomainError::invalid("order_id is required")));
         }
         let order = if cached { self.store.get_cached(order_id).await? } else { self.store.get(order_id).await? };
         // Someone else's order does not exist, as far as they can tell.
@@ -268,11 +268,12 @@ impl pb::order_service_server::OrderService for OrdersApi {
         let items = crate::domain::check_items(&items).map_err(status)?;
         let currency = if request.currency_code.is_empty() { "USD".to_string() } else { request.currency_code };
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Status::invalid_argument("currency_code must be three upper-case letters"));
+            return Err(status(DomainError::invalid("currency_code must be three upper-case letters")));
         }
-        let method = request.payment_method.ok_or_else(|| Status::invalid_argument("payment_method is required"))?;
+        let method =
+            request.payment_method.ok_or_else(|| status(DomainError::invalid("payment_method is required")))?;
         if method.card_number.trim().is_empty() {
-            return Err(Status::invalid_argument("payment_method.card_number is required"));
+            return Err(status(DomainError::invalid("payment_method.card_number is required")));
         }
         let order = NewOrder {
             user_id,
@@ -298,7 +299,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
                 }
                 Self::answer(placed)
             }
-            Err(NotPlaced::Invalid(message)) => Err(Status::invalid_argument(message)),
+            Err(NotPlaced::Invalid(message)) => Err(status(DomainError::invalid(message))),
             Err(NotPlaced::Unavailable(message)) => Err(kit::reply::unavailable(message, RETRY_AFTER)),
             Err(NotPlaced::Store(err)) => Err(err.into()),
         }
@@ -337,7 +338,7 @@ impl pb::order_service_server::OrderService for OrdersApi {
             h.finish()
         };
         let page = pagination::resolve(request.page_size, &request.page_token, fingerprint)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| kit::error::status(DomainError::invalid(e.to_string())))?;
         let (orders, total) = self.store.list(&user_id, status, page.offset, page.limit).await?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.into_iter().map(to_pb).collect(),
@@ -373,9 +374,9 @@ impl pb::order_service_server::OrderService for OrdersApi {
     ) -> Result<Response<pb::ListSagasResponse>, Status> {
         let request = request.into_inner();
         let page =
-            pagination::resolve(request.page_size, "", 0).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            pagination::resolve(request.page_size, "", 0).map_err(|e| status(DomainError::invalid(e.to_string())))?;
         if request.order_id.len() > 200 {
-            return Err(Status::invalid_argument("order_id is at most 200 characters"));
+            return Err(status(DomainError::invalid("order_id is at most 200 characters")));
         }
         let order_id = Some(request.order_id.as_str()).filter(|id| !id.is_empty());
         let sagas = self.store.list_sagas(request.needs_intervention, order_id, page.limit).await?;
@@ -388,11 +389,13 @@ impl pb::order_service_server::OrderService for OrdersApi {
     ) -> Result<Response<pb::AdvanceFulfilmentResponse>, Status> {
         let request = request.into_inner();
         if request.order_id.is_empty() || request.event_id.is_empty() {
-            return Err(Status::invalid_argument("order_id and event_id are required"));
+            return Err(status(DomainError::invalid("order_id and event_id are required")));
         }
-        let to = status_from_pb(request.to)?.ok_or_else(|| Status::invalid_argument("to is required"))?;
+        let to = status_from_pb(request.to)?.ok_or_else(|| status(DomainError::invalid("to is required")))?;
         let step = crate::fulfilment::step(to, &self.fulfilment).ok_or_else(|| {
-            Status::invalid_argument("fulfilment moves orders to ORDER_STATUS_SHIPPED or ORDER_STATUS_DELIVERED only")
+            status(DomainError::invalid(
+                "fulfilment moves orders to ORDER_STATUS_SHIPPED or ORDER_STATUS_DELIVERED only",
+            ))
         })?;
         let next = step.next.map(|(kind, delay)| (kind, "{}", delay));
         let change = Change { event: next, handles: Some(&request.event_id), ..Default::default() };
@@ -418,9 +421,9 @@ impl pb::order_service_server::OrderService for OrdersApi {
         request: Request<pb::UpdateOrderStatusRequest>,
     ) -> Result<Response<pb::Order>, Status> {
         let request = request.into_inner();
-        let to = status_from_pb(request.status)?.ok_or_else(|| Status::invalid_argument("status is required"))?;
+        let to = status_from_pb(request.status)?.ok_or_else(|| status(DomainError::invalid("status is required")))?;
         if matches!(to, OrderStatus::Cancelled | OrderStatus::Cancelling) {
-            return Err(Status::invalid_argument("use CancelOrder to cancel (it refunds)"));
+            return Err(status(DomainError::invalid("use CancelOrder to cancel (it refunds)")));
         }
         let order = self.owned(&request.order_id, None).await?;
         self.store.transition(&order.id, order.status, to, Change::default()).await?;

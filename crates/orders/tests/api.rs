@@ -91,8 +91,22 @@ async fn stack_with(options: Options) -> Stack {
         services.push(products);
         Some(url)
     };
-    // Registration happens once each is ready; give the registry a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Registration happens once each is ready: wait until the registry lists
+    // every service started so far (polling, at most 10 s).
+    let client = kit_client::discovery::RegistryClient::new(&registry.url());
+    let started: &[&str] =
+        if options.products_later { &["users", "payments"] } else { &["users", "payments", "products"] };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for name in started {
+        loop {
+            let listed = client.lookup(name, &Default::default(), None, Duration::ZERO).await;
+            if listed.is_ok_and(|list| !list.instances.is_empty()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} never registered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut config = orders::OrdersConfig { common: common(3), ..Default::default() };
     config.fulfilment.ship_after_ms = options.ship_after_ms;
     config.fulfilment.deliver_after_ms = 100;

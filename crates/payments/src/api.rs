@@ -7,6 +7,8 @@
 use contracts::common::v1::Money;
 use contracts::payments::v1 as pb;
 use contracts::time::timestamp_from_millis;
+use kit::error::status;
+use kit_core::error::DomainError;
 use kit_core::time::now_millis;
 use kit_resilience::Deadline;
 use kit_resilience::signals::caused_by_request;
@@ -87,7 +89,7 @@ fn card_input(card: &pb::Card) -> CardInput<'_> {
 }
 
 fn required_card(card: Option<&pb::Card>) -> Result<CardInput<'_>, Status> {
-    card.map(card_input).ok_or_else(|| Status::invalid_argument("card is required"))
+    card.map(card_input).ok_or_else(|| status(DomainError::invalid("card is required")))
 }
 
 /// When the payment a call with this request's deadline works on counts as abandoned.
@@ -97,14 +99,14 @@ fn abandon_at<T>(request: &Request<T>) -> i64 {
 
 fn check_reason(reason: &str) -> Result<(), Status> {
     if reason.len() > 500 {
-        return Err(Status::invalid_argument("reason is at most 500 characters"));
+        return Err(status(DomainError::invalid("reason is at most 500 characters")));
     }
     Ok(())
 }
 
 fn required(value: &str, name: &str) -> Result<(), Status> {
     if value.trim().is_empty() || value.len() > 200 {
-        return Err(Status::invalid_argument(format!("{name} is required (at most 200 characters)")));
+        return Err(status(DomainError::invalid(format!("{name} is required (at most 200 characters)"))));
     }
     Ok(())
 }
@@ -121,10 +123,10 @@ impl pb::payment_service_server::PaymentService for PaymentsApi {
         required(&request.user_id, "user_id")?;
         annotate("order_id", &request.order_id);
         annotate("user_id", &request.user_id);
-        let amount = request.amount.as_ref().ok_or_else(|| Status::invalid_argument("amount is required"))?;
+        let amount = request.amount.as_ref().ok_or_else(|| status(DomainError::invalid("amount is required")))?;
         let pay_with = match (&request.card, request.payment_method_token.as_str()) {
             (Some(card), _) => PayWith::Card(card_input(card)),
-            (None, "") => return Err(Status::invalid_argument("card or payment_method_token is required")),
+            (None, "") => return Err(status(DomainError::invalid("card or payment_method_token is required"))),
             (None, token) => {
                 required(token, "payment_method_token")?;
                 PayWith::Token(token)

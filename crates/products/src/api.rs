@@ -83,7 +83,7 @@ fn sort_from_pb(value: i32) -> Result<Sort, Status> {
         Ok(pb::SortOrder::PriceAsc) => Ok(Sort::PriceAsc),
         Ok(pb::SortOrder::PriceDesc) => Ok(Sort::PriceDesc),
         Ok(pb::SortOrder::Newest) => Ok(Sort::Newest),
-        Err(_) => Err(Status::invalid_argument(format!("unknown sort order {value}"))),
+        Err(_) => Err(status(DomainError::invalid(format!("unknown sort order {value}")))),
     }
 }
 
@@ -104,7 +104,7 @@ impl ProductService for ProductsApi {
     ) -> Result<Response<pb::GetProductsResponse>, Status> {
         let ids = request.into_inner().product_ids;
         if ids.len() > MAX_BATCH_IDS {
-            return Err(Status::invalid_argument(format!("at most {MAX_BATCH_IDS} product_ids per request")));
+            return Err(status(DomainError::invalid(format!("at most {MAX_BATCH_IDS} product_ids per request"))));
         }
         for id in &ids {
             domain::validate_id("product_ids", id).map_err(status)?;
@@ -131,7 +131,7 @@ impl ProductService for ProductsApi {
         .map_err(status)?;
         let fingerprint = filter.fingerprint();
         let page = kit_core::pagination::resolve(r.page_size, &r.page_token, fingerprint)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| status(DomainError::invalid(e.to_string())))?;
         let (products, total) = self.catalog.search(&filter, page).await?;
         Ok(Response::new(pb::SearchProductsResponse {
             products: products.into_iter().map(to_pb).collect(),
@@ -144,8 +144,8 @@ impl ProductService for ProductsApi {
         &self,
         request: Request<pb::CreateProductRequest>,
     ) -> Result<Response<pb::Product>, Status> {
-        let p = request.into_inner().product.ok_or_else(|| Status::invalid_argument("product is required"))?;
-        let price = p.price.ok_or_else(|| Status::invalid_argument("product.price is required"))?;
+        let p = request.into_inner().product.ok_or_else(|| status(DomainError::invalid("product is required")))?;
+        let price = p.price.ok_or_else(|| status(DomainError::invalid("product.price is required")))?;
         let dimensions = p.dimensions.unwrap_or_default();
         let new = NewProduct {
             sku: p.sku,

@@ -196,11 +196,9 @@ async fn run(orders_db: &str, redis: Option<&mut PrivateRedis>) {
     let products = products_with_stock(&shopper).await;
 
     let placing = {
-        let (gateway, key) = (up.gateway.clone(), up.api_key.clone());
-        let token = shopper.token.clone();
+        let shopper = shopper.clone();
         let products = products.clone();
         tokio::spawn(async move {
-            let shopper = Shopper { http: reqwest::Client::new(), gateway, api_key: key, token };
             let mut paid = Vec::new();
             for n in 0..ORDERS {
                 let product = &products[n % products.len()];

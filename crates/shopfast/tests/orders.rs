@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::Up;
+use support::{Shopper, Up};
 
 /// Sends a request and reads its JSON body.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
@@ -48,11 +48,8 @@ async fn an_order_through_the_gateway() {
         http.request(method, format!("{gateway}{path}")).header("x-api-key", &key)
     };
 
-    let signup = json!({ "email": "buyer@example.com", "password": "buy all the things 1", "name": "Buyer" });
-    let user: Value = json_of(call(reqwest::Method::POST, "/v1/users").json(&signup)).await;
-    let login = json!({ "email": "buyer@example.com", "password": "buy all the things 1" });
-    let token: Value = json_of(call(reqwest::Method::POST, "/v1/auth/login").json(&login)).await;
-    let token = token["accessToken"].as_str().unwrap().to_string();
+    let buyer = Shopper::sign_up(&gateway, &key, "buyer@example.com").await;
+    let token = buyer.token.clone();
     let page: Value = json_of(call(reqwest::Method::GET, "/v1/products?pageSize=50&inStockOnly=true")).await;
     let product = page["products"]
         .as_array()
@@ -92,7 +89,7 @@ async fn an_order_through_the_gateway() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["status"], "ORDER_STATUS_PAID", "{body}");
         assert_eq!(location, format!("/v1/orders/{}", body["id"].as_str().unwrap()));
-        assert_eq!(body["userId"], user["id"]);
+        assert_eq!(body["userId"], buyer.user_id.as_str());
         ids.push(body["id"].as_str().unwrap().to_string());
     }
     assert_eq!(ids[0], ids[1], "a retry returns the same order");

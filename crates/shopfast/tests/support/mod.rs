@@ -312,11 +312,13 @@ impl Drop for Up {
 }
 
 /// A customer of the shop, through the gateway: signed up and logged in.
+#[derive(Clone)]
 pub struct Shopper {
     pub http: reqwest::Client,
     pub gateway: String,
     pub api_key: String,
     pub token: String,
+    pub user_id: String,
 }
 
 impl Shopper {
@@ -327,12 +329,15 @@ impl Shopper {
         let password = "a long enough password 1";
         let signup = serde_json::json!({ "email": email, "password": password, "name": "Shopper" });
         let response = post("/v1/users").json(&signup).send().await.expect("sign up");
-        assert!(response.status().is_success(), "sign up: {}", response.text().await.unwrap_or_default());
+        let status = response.status();
+        let user: Value = response.json().await.unwrap_or_default();
+        assert!(status.is_success(), "sign up: {status} {user}");
+        let user_id = user["id"].as_str().expect("the new user's id").to_string();
         let login = serde_json::json!({ "email": email, "password": password });
         let token: Value =
             post("/v1/auth/login").json(&login).send().await.expect("log in").json().await.expect("token");
         let token = token["accessToken"].as_str().expect("accessToken").to_string();
-        Self { http, gateway: gateway.to_string(), api_key: api_key.to_string(), token }
+        Self { http, gateway: gateway.to_string(), api_key: api_key.to_string(), token, user_id }
     }
 
     /// A request with the API key and the shopper's token.
