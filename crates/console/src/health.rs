@@ -5,7 +5,7 @@
 //! p95 above twice its baseline, no traffic. Pure: time is an argument.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use kit_telemetry::red::{Totals, quantile};
+use kit_core::red::{Totals, quantile};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,7 +81,7 @@ pub struct InstanceScrape {
 
 /// RED totals and breakers out of a Prometheus text exposition.
 pub fn read_exposition(service: &str, instance_id: &str, text: &str) -> InstanceScrape {
-    let (totals, breakers, queue) = match kit_telemetry::red::read_exposition(service, text) {
+    let (totals, breakers, queue) = match kit_core::red::read_exposition(service, text) {
         Some(read) => (Some(read.totals), read.breakers, read.queue),
         None => (None, BTreeMap::new(), BTreeMap::new()),
     };

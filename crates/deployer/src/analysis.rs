@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 use statrs::function::gamma::ln_gamma;
 
-use kit_telemetry::red::Totals;
+use kit_core::red::Totals;
 
 use crate::canary::CanaryConfig;
 
@@ -202,8 +202,8 @@ fn latency_check(name: &str, canary: &Totals, stable: &Totals, min: f64, alpha: 
     let q = config.quantile;
     let z = normal_quantile(1.0 - alpha);
     let p = mann_whitney_greater(&canary.buckets, &stable.buckets).unwrap_or(1.0);
-    let canary_q = kit_telemetry::red::quantile(&canary.buckets, q).map(|s| s * 1e3);
-    let stable_q = kit_telemetry::red::quantile(&stable.buckets, q).map(|s| s * 1e3);
+    let canary_q = kit_core::red::quantile(&canary.buckets, q).map(|s| s * 1e3);
+    let stable_q = kit_core::red::quantile(&stable.buckets, q).map(|s| s * 1e3);
     let bounds = (quantile_interval(&canary.buckets, q, z), quantile_interval(&stable.buckets, q, z));
     let (verdict, detail) = match bounds {
         (Some((canary_low, _)), Some((_, stable_high))) => {

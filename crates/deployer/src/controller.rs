@@ -19,9 +19,9 @@ use kit_core::time::now_millis;
 use registry_wire::wire::InstanceInfo;
 
 use crate::model::{
-    CanaryConfig, CanaryState, DeployRequest, Phase, Red, Rollout, SmokeLatency, Strategy, Verdict, judge,
+    CanaryConfig, CanaryState, Cause, DeployRequest, Phase, Red, Rollout, SmokeLatency, Strategy, Verdict, judge,
 };
-use crate::platform::{Registry, StartInstances, Supervisor, running_versions};
+use crate::platform::{Registry, StartInstances, Supervisor, SupervisorError, running_versions};
 use crate::smoke::Smoke;
 use crate::store::{RolloutStore, StoreError};
 
@@ -262,11 +262,13 @@ impl Controller {
                     .map_err(ControlError::Unavailable)?;
                 rollout.record(now, "switched back to blue", why.clone());
                 rollout.reason = Some(format!("rolled back on request: {reason}"));
+                rollout.cause = Some(Cause::Requested);
                 rollout.enter(Phase::RollingBack, now, why);
                 event(&rollout, "rolled_back");
             }
             _ => {
                 rollout.reason = Some(format!("aborted on request: {reason}"));
+                rollout.cause = Some(Cause::Requested);
                 rollout.enter(Phase::Aborting, now, why);
                 event(&rollout, "aborted");
             }
@@ -393,6 +395,7 @@ impl Controller {
         if rollout.start_instances {
             let Some(supervisor) = &self.supervisor else {
                 rollout.reason = Some("no supervisor to start green".into());
+                rollout.cause = Some(Cause::StartFailed);
                 rollout.enter(Phase::Aborting, now, "no supervisor configured");
                 return Step::Moved(rollout);
             };
@@ -407,13 +410,14 @@ impl Controller {
             };
             match supervisor.start(&start).await {
                 Ok(labels) => rollout.record(now, "started green", labels.join(", ")),
-                Err(err) if err.contains("400") || err.contains("404") => {
+                Err(SupervisorError::Refused(err)) => {
                     rollout.reason = Some(format!("green could not be started: {err}"));
+                    rollout.cause = Some(Cause::StartFailed);
                     rollout.enter(Phase::Aborting, now, err);
                     event(&rollout, "aborted");
                     return Step::Moved(rollout);
                 }
-                Err(err) => return Self::trouble(rollout, "cannot start green", err),
+                Err(err) => return Self::trouble(rollout, "cannot start green", err.to_string()),
             }
         }
         rollout.enter(
@@ -446,6 +450,7 @@ impl Controller {
                     rollout.replicas
                 );
                 rollout.reason = Some(why.clone());
+                rollout.cause = Some(Cause::NotReady);
                 rollout.enter(Phase::Aborting, now, why);
                 event(&rollout, "aborted");
                 return Step::Moved(rollout);
@@ -483,12 +488,15 @@ impl Controller {
         let before = self.registry.totals(&green_refs).await.unwrap_or_default();
         let passed = match self.smoke.run(&rollout.service, &rollout.green, &rollout.id).await {
             Ok(passed) => passed,
-            Err(failure) => return self.abort(rollout, format!("smoke test failed on green: {failure}")),
+            Err(failure) => {
+                return self.abort(rollout, Cause::ValidationFailed, format!("smoke test failed on green: {failure}"));
+            }
         };
         let after = self.registry.totals(&green_refs).await.unwrap_or_default();
         let served = after.since(&before).requests;
         if served < 1.0 {
-            return self.abort(rollout, "the smoke suite did not reach green (no request served there)".into());
+            let why = "the smoke suite did not reach green (no request served there)";
+            return self.abort(rollout, Cause::ValidationFailed, why.into());
         }
         let now = now_millis();
         rollout.record(
@@ -508,7 +516,11 @@ impl Controller {
                 let detail = format!("p95 of {reads} reads: green {green_ms:.1} ms, blue {blue_ms:.1} ms");
                 if green_ms > allowed {
                     if rollout.analysis.abort_on_slow_smoke {
-                        return self.abort(rollout, format!("green is slower than blue: {detail}"));
+                        return self.abort(
+                            rollout,
+                            Cause::ValidationFailed,
+                            format!("green is slower than blue: {detail}"),
+                        );
                     }
                     rollout.record(
                         now,
@@ -519,17 +531,20 @@ impl Controller {
                     rollout.record(now, "latency compared", detail);
                 }
             }
-            (Err(err), _) => return self.abort(rollout, format!("latency probe failed on green: {err}")),
+            (Err(err), _) => {
+                return self.abort(rollout, Cause::ValidationFailed, format!("latency probe failed on green: {err}"));
+            }
             (_, Err(err)) => rollout.record(now, "warning: blue's latency not measured", err),
         }
         rollout.enter(Phase::Switching, now, "green passed; switching all traffic");
         Step::Moved(rollout)
     }
 
-    fn abort(&self, mut rollout: Rollout, why: String) -> Step {
+    fn abort(&self, mut rollout: Rollout, cause: Cause, why: String) -> Step {
         tracing::warn!(rollout = %rollout.id, %why, "rollout aborted");
         event(&rollout, "aborted");
         rollout.reason = Some(why.clone());
+        rollout.cause = Some(cause);
         rollout.enter(Phase::Aborting, now_millis(), why);
         Step::Moved(rollout)
     }
@@ -544,7 +559,7 @@ impl Controller {
             (Err(err), _) | (_, Err(err)) => return Self::trouble(rollout, "registry unreachable", err),
         };
         if green.is_empty() {
-            return self.abort(rollout, "no routable green instance left before the switch".into());
+            return self.abort(rollout, Cause::NotReady, "no routable green instance left before the switch".into());
         }
         let blue_now = self.registry.totals(&blue.iter().collect::<Vec<_>>()).await;
         if let (Some(now), Some(mark)) = (&blue_now, &rollout.blue_mark) {
@@ -619,6 +634,7 @@ impl Controller {
             tracing::warn!(rollout = %rollout.id, %why, "green regressed; rolled back");
             rollout.record(now, "switched back to blue", why.clone());
             rollout.reason = Some(format!("rolled back automatically: {why}"));
+            rollout.cause = Some(Cause::Regressed);
             rollout.enter(Phase::RollingBack, now, why);
             return Step::Moved(rollout);
         }
@@ -666,7 +682,9 @@ impl Controller {
         }
         let now = now_millis();
         let stopped = match (&self.supervisor, rollout.start_instances || succeeded) {
-            (Some(supervisor), true) => supervisor.stop(&rollout.service, &retire).await.map(|l| l.join(", ")),
+            (Some(supervisor), true) => {
+                supervisor.stop(&rollout.service, &retire).await.map(|l| l.join(", ")).map_err(|e| e.to_string())
+            }
             _ => match self.instances_at(&rollout, &retire).await {
                 Ok(instances) => self.registry.drain(&instances).await.map(|()| format!("{} drained", instances.len())),
                 Err(err) => Err(err),

@@ -4,7 +4,7 @@
 //! east-west caller's client metrics), and Orders' finished sagas. Pure.
 use std::collections::BTreeMap;
 
-use kit_telemetry::red::{SERVER_SIDE_CODES, Totals};
+use kit_core::red::{SERVER_SIDE_CODES, Totals};
 
 use crate::analysis::Side;
 

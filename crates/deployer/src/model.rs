@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use kit_core::error::DomainError;
-use kit_telemetry::red::Totals;
+use kit_core::red::Totals;
 
 pub use crate::canary::{CanaryConfig, CanaryStep};
 pub use crate::canary_state::CanaryState;
@@ -234,7 +234,7 @@ impl Red {
         Self {
             requests: totals.requests,
             errors: totals.errors,
-            p95_ms: kit_telemetry::red::quantile(&totals.buckets, 0.95).map(|s| s * 1e3),
+            p95_ms: kit_core::red::quantile(&totals.buckets, 0.95).map(|s| s * 1e3),
         }
     }
 
@@ -248,6 +248,26 @@ impl Red {
 pub struct SmokeLatency {
     pub green_p95_ms: f64,
     pub blue_p95_ms: f64,
+}
+
+/// Why a rollout did not succeed, for programs (the `reason` says it in words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// An operator asked for the rollback or the abort.
+    Requested,
+    /// Green could not be started (no supervisor, a binary it refused).
+    StartFailed,
+    /// Green did not become (or stay) ready and routable in time.
+    NotReady,
+    /// Green failed before any user reached it: the smoke suite or the
+    /// latency probe.
+    ValidationFailed,
+    /// Green regressed under real traffic and was rolled back automatically
+    /// (the watch window, or a canary's analysis).
+    Regressed,
+    /// The rollout's own record was inconsistent (a canary without its state).
+    Inconsistent,
 }
 
 /// A rollout and everything it has done, persisted after every step so a
@@ -272,6 +292,9 @@ pub struct Rollout {
     /// Why it ended as it did (or is ending).
     #[serde(default)]
     pub reason: Option<String>,
+    /// The same, for programs, when it did not succeed.
+    #[serde(default)]
+    pub cause: Option<Cause>,
     pub steps: Vec<Step>,
     /// Blue's counters when the baseline started, and the baseline itself.
     #[serde(default)]
@@ -320,6 +343,7 @@ impl Rollout {
             created_ms: now_ms,
             updated_ms: now_ms,
             reason: None,
+            cause: None,
             steps: Vec::new(),
             blue_mark: None,
             baseline: None,
@@ -476,5 +500,16 @@ mod tests {
             long.record(i as i64, "tick", "");
         }
         assert_eq!(long.steps.len(), MAX_STEPS);
+    }
+
+    #[test]
+    fn the_cause_is_a_stable_name_and_old_records_read_without_one() {
+        let mut rollout = Rollout::new("r".into(), request(), "v1".into(), true, 0);
+        rollout.cause = Some(Cause::ValidationFailed);
+        let json = serde_json::to_value(&rollout).unwrap();
+        assert_eq!(json["cause"], "validation_failed");
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("cause");
+        assert_eq!(serde_json::from_value::<Rollout>(old).unwrap().cause, None);
     }
 }

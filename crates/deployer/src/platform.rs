@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use kit_client::discovery::RegistryClient;
-use kit_telemetry::red::Totals;
+use kit_core::red::Totals;
 use registry_wire::traffic::{PolicyChange, Sticky, TrafficPolicy};
 use registry_wire::wire::InstanceInfo;
 
@@ -32,6 +32,18 @@ pub struct StartInstances {
     pub key: String,
 }
 
+/// Why the supervisor did not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SupervisorError {
+    /// It answered 4xx: the request itself is wrong (an unknown service or
+    /// binary); asking again will not help.
+    #[error("supervisor refused: {0}")]
+    Refused(String),
+    /// It could not be reached, or failed (5xx): worth another try.
+    #[error("{0}")]
+    Trouble(String),
+}
+
 /// The supervisor's control API (mutual TLS; it proves the operator's identity).
 #[derive(Clone)]
 pub struct Supervisor {
@@ -52,14 +64,23 @@ impl Supervisor {
         Ok(Self { base: base.trim_end_matches('/').to_string(), http })
     }
 
-    async fn answer(response: reqwest::Response) -> Result<serde_json::Value, String> {
+    async fn answer(response: reqwest::Response) -> Result<serde_json::Value, SupervisorError> {
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if status.is_success() { Ok(body) } else { Err(format!("supervisor answered {status}: {body}")) }
+        let said = || format!("supervisor answered {status}: {body}");
+        match status {
+            _ if status.is_success() => Ok(body),
+            // A timeout or "too many" is the moment's trouble, not the request's.
+            reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                Err(SupervisorError::Trouble(said()))
+            }
+            _ if status.is_client_error() => Err(SupervisorError::Refused(said())),
+            _ => Err(SupervisorError::Trouble(said())),
+        }
     }
 
     /// Starts instances; the labels it started (or had started for this key).
-    pub async fn start(&self, request: &StartInstances) -> Result<Vec<String>, String> {
+    pub async fn start(&self, request: &StartInstances) -> Result<Vec<String>, SupervisorError> {
         let response = self
             .http
             .post(format!("{}/v1/instances", self.base))
@@ -67,13 +88,13 @@ impl Supervisor {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| format!("supervisor unreachable: {e}"))?;
+            .map_err(|e| SupervisorError::Trouble(format!("supervisor unreachable: {e}")))?;
         let body = Self::answer(response).await?;
         Ok(labels(&body["started"]))
     }
 
     /// Stops every instance of `service` at `version` (each drains first).
-    pub async fn stop(&self, service: &str, version: &str) -> Result<Vec<String>, String> {
+    pub async fn stop(&self, service: &str, version: &str) -> Result<Vec<String>, SupervisorError> {
         let response = self
             .http
             .delete(format!("{}/v1/instances", self.base))
@@ -81,7 +102,7 @@ impl Supervisor {
             .timeout(Duration::from_secs(60))
             .send()
             .await
-            .map_err(|e| format!("supervisor unreachable: {e}"))?;
+            .map_err(|e| SupervisorError::Trouble(format!("supervisor unreachable: {e}")))?;
         let body = Self::answer(response).await?;
         Ok(labels(&body["stopped"]))
     }
@@ -157,7 +178,7 @@ impl Registry {
         let scrapes = instances.iter().map(|instance| async move {
             let url = format!("http://{}/metrics", instance.admin_address);
             let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
-            kit_telemetry::red::read_exposition(&instance.name, &text).map(|e| e.totals)
+            kit_core::red::read_exposition(&instance.name, &text).map(|e| e.totals)
         });
         let read: Vec<Totals> = futures::future::join_all(scrapes).await.into_iter().flatten().collect();
         if read.is_empty() {

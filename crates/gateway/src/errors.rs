@@ -1,5 +1,6 @@
 //! gRPC status → HTTP status and the JSON error body every failure returns:
-//! `{"code": "NOT_FOUND", "message": "…", "trace_id": "…"}`.
+//! `{"code": "NOT_FOUND", "message": "…", "trace_id": "…"}`, with `reason`
+//! (`kit_core::reason`) when the refusal has one and `field` for a bad input.
 use http::StatusCode;
 use tonic::Code;
 

@@ -201,7 +201,12 @@ pub fn document(routes: &[Arc<Route>]) -> Value {
                 "code": { "type": "string", "description": "The gRPC status name, e.g. NOT_FOUND; METHOD_NOT_ALLOWED for a method the path does not take (405)" },
                 "message": { "type": "string" },
                 "trace_id": { "type": "string" },
-                "field": { "type": "string", "description": "JSON pointer or parameter at fault, for 400s" }
+                "field": { "type": "string", "description": "JSON pointer or parameter at fault, for 400s" },
+                "reason": {
+                    "type": "string",
+                    "enum": kit_core::reason::Reason::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                    "description": "Which refusal this is, for programs to branch on (the message is for people and may change): e.g. INSUFFICIENT_STOCK, CARD_DECLINED, CIRCUIT_OPEN, RATE_LIMITED. Absent when the code says all there is."
+                }
             }
         }),
     );

@@ -23,6 +23,7 @@ use crate::ratelimit::{Decision, Limiter};
 use crate::routes::{Access, Matched, Route};
 use crate::transcode::{self, BadRequest};
 use kit::token::TokenSigner;
+use kit_core::reason::Reason;
 use kit_resilience::Fallback;
 use kit_resilience::signals::{refused_by, server_failure};
 use kit_telemetry::trace_context::TraceIds;
@@ -80,15 +81,22 @@ struct Failure {
     retry_after: Option<u64>,
     /// The body's `code` when no gRPC code says it (METHOD_NOT_ALLOWED).
     name: Option<&'static str>,
+    /// The body's `reason`: which refusal this is, for programs.
+    reason: Option<Reason>,
 }
 
 impl Failure {
     fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), field: None, status: None, retry_after: None, name: None }
+        Self { code, message: message.into(), field: None, status: None, retry_after: None, name: None, reason: None }
     }
 
     fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    fn because(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
         self
     }
 }
@@ -103,6 +111,8 @@ impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
         let code = status.code();
         let ours = refused_by(&status).is_some();
+        // What the backend said (a name from our catalogue only), or what refused it here.
+        let reason = kit_resilience::signals::reason(&status);
         if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
             tracing::error!(code = ?code, detail = %status.message(), "backend failure");
         } else if code == Code::Unavailable && !ours {
@@ -120,7 +130,7 @@ impl From<tonic::Status> for Failure {
             Code::Cancelled => (Code::DeadlineExceeded, errors::public_message(Code::DeadlineExceeded, "")),
             _ => (code, message),
         };
-        let mut failure = Self::new(code, message);
+        let mut failure = Self { reason, ..Self::new(code, message) };
         // When to come back: the breaker (or the backend) says when; anything
         // else unavailable, a shed or a full bulkhead clears in about a second.
         failure.retry_after = match code {
@@ -203,8 +213,13 @@ fn failure_reply(failure: Failure, trace_id: &str) -> Reply {
         "message": failure.message,
         "trace_id": trace_id,
     });
-    if let (Some(field), Some(object)) = (failure.field, body.as_object_mut()) {
-        object.insert("field".into(), field.into());
+    if let Some(object) = body.as_object_mut() {
+        if let Some(field) = failure.field {
+            object.insert("field".into(), field.into());
+        }
+        if let Some(reason) = failure.reason {
+            object.insert("reason".into(), reason.as_str().into());
+        }
     }
     let mut reply = json_reply(status, Bytes::from(body.to_string()));
     if let Some(seconds) = failure.retry_after {
@@ -387,7 +402,8 @@ impl Gateway {
         };
         let message = if by_quota { "monthly quota exhausted" } else { "rate limit exceeded; slow down" };
         metrics::counter!("ratelimit_rejections_total", "tier" => caller.tier.clone(), "reason" => if by_quota { "quota" } else { "rate" }).increment(1);
-        let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message), &ids.trace_id);
+        let reason = if by_quota { Reason::QuotaExhausted } else { Reason::RateLimited };
+        let mut reply = failure_reply(Failure::new(Code::ResourceExhausted, message).because(reason), &ids.trace_id);
         insert_rate_headers(reply.headers_mut(), &decision);
         reply.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_secs));
         Err(Box::new(Ok((reply, "rate_limited"))))
@@ -517,7 +533,8 @@ impl Gateway {
             // The gateway's own bound, not this client's rate: 503, come back shortly.
             Refusal::TooManyClients => {
                 metrics::counter!("ratelimit_refused_clients_total", "tier" => caller.tier.clone()).increment(1);
-                let failure = Failure::new(Code::Unavailable, "too many distinct clients right now; retry shortly");
+                let failure = Failure::new(Code::Unavailable, "too many distinct clients right now; retry shortly")
+                    .because(Reason::TooManyClients);
                 Failure { retry_after: Some(1), ..failure }
             }
         })
@@ -672,7 +689,8 @@ impl Gateway {
                             "{} is unavailable and the queue of deferred writes is full; retry later",
                             route.backend
                         );
-                        return Err(Failure { retry_after: Some(5), ..Failure::new(Code::Unavailable, message) });
+                        let failure = Failure::new(Code::Unavailable, message).because(Reason::DeferredQueueFull);
+                        return Err(Failure { retry_after: Some(5), ..failure });
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "could not queue a deferred call");
@@ -841,5 +859,44 @@ mod tests {
         reused.metadata_mut().insert(kit::reply::HTTP_CODE, "422".parse().unwrap());
         assert_eq!(Failure::from(reused).status, Some(StatusCode::UNPROCESSABLE_ENTITY));
         assert_eq!(Failure::from(tonic::Status::invalid_argument("bad")).status, None, "other 400s stay 400");
+    }
+
+    fn body_of(failure: Failure) -> serde_json::Value {
+        let reply = failure_reply(failure, "t-1");
+        let collected = futures::executor::block_on(reply.into_body().collect()).expect("a full body cannot fail");
+        serde_json::from_slice(&collected.to_bytes()).expect("the error body is JSON")
+    }
+
+    #[test]
+    fn the_body_names_the_reason_the_backend_or_the_client_gave() {
+        use kit_resilience::signals::{REFUSED_BY, with_reason};
+        let declined = with_reason(tonic::Status::failed_precondition("card declined"), Reason::CardDeclined);
+        let body = body_of(Failure::from(declined));
+        assert_eq!(
+            (body["code"].as_str(), body["reason"].as_str()),
+            (Some("FAILED_PRECONDITION"), Some("CARD_DECLINED"))
+        );
+        // Refused here before any call: the refusal's marker says which.
+        for (by, reason) in [
+            ("circuit_breaker", "CIRCUIT_OPEN"),
+            ("bulkhead", "BULKHEAD_FULL"),
+            ("deadline", "DEADLINE_SPENT"),
+            ("no_instance", "NO_INSTANCE"),
+            ("version_override", "UNKNOWN_VERSION"),
+        ] {
+            let mut refused = tonic::Status::unavailable("refused");
+            refused.metadata_mut().insert(REFUSED_BY, by.parse().unwrap());
+            assert_eq!(body_of(Failure::from(refused))["reason"], reason, "{by}");
+        }
+        // A name not in the catalogue is not passed on; no reason, no field.
+        let mut foreign = tonic::Status::failed_precondition("x");
+        foreign.metadata_mut().insert(kit_resilience::signals::REASON, "SOMETHING_ELSE".parse().unwrap());
+        let body = body_of(Failure::from(foreign));
+        assert!(body.get("reason").is_none(), "{body}");
+        assert!(body_of(Failure::from(tonic::Status::not_found("no"))).get("reason").is_none());
+        assert_eq!(
+            body_of(Failure::new(Code::ResourceExhausted, "slow").because(Reason::RateLimited))["reason"],
+            "RATE_LIMITED"
+        );
     }
 }

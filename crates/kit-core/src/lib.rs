@@ -7,4 +7,6 @@
 pub mod build;
 pub mod error;
 pub mod pagination;
+pub mod reason;
+pub mod red;
 pub mod time;

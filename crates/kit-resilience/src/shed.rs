@@ -224,6 +224,12 @@ impl ShedLayer {
         });
         Self { state, service }
     }
+
+    /// Calls running past this layer right now; None when shedding is off
+    /// (nothing counts them then).
+    pub fn in_flight(&self) -> Option<usize> {
+        self.state.as_ref().map(|state| state.in_flight.load(Ordering::Acquire))
+    }
 }
 
 impl<S> Layer<S> for ShedLayer {
@@ -283,8 +289,9 @@ where
         if shed {
             state.in_flight.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("server_shed_total", "service" => self.service).increment(1);
-            let response = tonic::Status::resource_exhausted("server overloaded; request shed, retry with backoff")
-                .into_http::<ResBody>();
+            let status = tonic::Status::resource_exhausted("server overloaded; request shed, retry with backoff");
+            let response =
+                crate::signals::with_reason(status, kit_core::reason::Reason::Overloaded).into_http::<ResBody>();
             return Box::pin(async move { Ok(response) });
         }
         let guard = InFlight { state, started: Instant::now() };

@@ -4,6 +4,7 @@
 //! guard, retries, the gateway) read and write these; none of them owns it.
 use std::time::Duration;
 
+use kit_core::reason::Reason;
 use tonic::{Code, Status};
 
 /// Any error a tower service in the stack may return.
@@ -18,6 +19,10 @@ pub const RETRY_AFTER_MS: &str = "x-shopfast-retry-after-ms";
 /// failed on one card. Callers' breakers count such an answer as a success.
 pub const FAILURE_CAUSE: &str = "x-shopfast-cause";
 pub const CAUSE_REQUEST: &str = "request";
+/// Metadata naming why a call was refused, from `kit_core::reason`'s
+/// catalogue (INSUFFICIENT_STOCK, CARD_DECLINED …): what clients branch on
+/// instead of the message's words. The gateway answers it as `reason`.
+pub const REASON: &str = "x-shopfast-reason";
 
 /// A request extension for calls that must get through (a saga's
 /// compensation): the breaker lets them probe instead of refusing them.
@@ -28,6 +33,29 @@ pub struct Essential;
 pub fn caused_by_request(mut status: Status) -> Status {
     status.metadata_mut().insert(FAILURE_CAUSE, tonic::metadata::MetadataValue::from_static(CAUSE_REQUEST));
     status
+}
+
+/// Marks a status with why it was refused.
+pub fn with_reason(mut status: Status, reason: Reason) -> Status {
+    status.metadata_mut().insert(REASON, tonic::metadata::MetadataValue::from_static(reason.as_str()));
+    status
+}
+
+/// Why a status was refused: the reason it names, if it is one of ours (a
+/// name from elsewhere is not passed on), else the one its local refusal
+/// implies (an open breaker is CIRCUIT_OPEN …).
+pub fn reason(status: &Status) -> Option<Reason> {
+    let named = status.metadata().get(REASON).and_then(|v| Reason::from_name(v.to_str().ok()?));
+    named.or_else(|| {
+        Some(match refused_by(status)? {
+            "circuit_breaker" => Reason::CircuitOpen,
+            "bulkhead" => Reason::BulkheadFull,
+            "deadline" => Reason::DeadlineSpent,
+            "no_instance" => Reason::NoInstance,
+            "version_override" => Reason::UnknownVersion,
+            _ => return None,
+        })
+    })
 }
 
 /// Whether a status (or response headers) says the failure was the request's own.

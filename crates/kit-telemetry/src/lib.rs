@@ -6,6 +6,5 @@
 pub mod grpc_telemetry;
 pub mod metrics;
 pub mod otel;
-pub mod red;
 pub mod telemetry;
 pub mod trace_context;

@@ -22,6 +22,8 @@ use prost_reflect::{DescriptorPool, Value};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use kit_core::reason::Reason;
+use kit_resilience::signals;
 use kit_tls::{OPERATOR, Peer};
 
 const CALLERS: &str = "shopfast.options.v1.callers";
@@ -83,21 +85,22 @@ impl AccessPolicy {
     }
 
     /// Whether `caller` may make this call; why not, otherwise.
-    pub fn check(&self, caller: &str, path: &str, headers: &http::HeaderMap) -> Result<(), String> {
+    pub fn check(&self, caller: &str, path: &str, headers: &http::HeaderMap) -> Result<(), Status> {
         if caller == OPERATOR {
             return Ok(());
         }
         if let Some(allowed) = self.methods.get(path)
             && !allowed.contains(caller)
         {
-            return Err(format!("{caller} may not call {path}"));
+            return Err(Status::permission_denied(format!("{caller} may not call {path}")));
         }
         let asserts = IDENTITY_METADATA.iter().find(|name| headers.contains_key(**name));
         if let Some(name) = asserts {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
             let believed = self.asserters.get(service).is_some_and(|a| a.contains(caller));
             if !believed {
-                return Err(format!("{caller} may not act for a user ({name})"));
+                let denied = Status::permission_denied(format!("{caller} may not act for a user ({name})"));
+                return Err(signals::with_reason(denied, Reason::UserAssertionForbidden));
             }
         }
         Ok(())
@@ -153,7 +156,7 @@ where
             metrics::counter!("access_denied_total", "service" => self.policy.service, "method" => method, "caller" => caller)
                 .increment(1);
             tracing::warn!(reason = %why, "call refused");
-            return Box::pin(async move { Ok(Status::permission_denied(why).into_http()) });
+            return Box::pin(async move { Ok(why.into_http()) });
         }
         Box::pin(self.inner.call(request))
     }
@@ -188,7 +191,12 @@ mod tests {
         let none = http::HeaderMap::new();
         let charge = "/shopfast.payments.v1.PaymentService/ProcessPayment";
         assert!(payments.check("orders", charge, &none).is_ok());
-        assert_eq!(payments.check("gateway", charge, &none).unwrap_err(), format!("gateway may not call {charge}"));
+        let denied = payments.check("gateway", charge, &none).unwrap_err();
+        assert_eq!(
+            (denied.code(), denied.message()),
+            (tonic::Code::PermissionDenied, &*format!("gateway may not call {charge}"))
+        );
+        assert_eq!(signals::reason(&denied), None, "a method a caller may not call is only PERMISSION_DENIED");
         assert!(payments.check("products", "/shopfast.payments.v1.PaymentService/VoidOrderPayments", &none).is_err());
         assert!(payments.check("gateway", "/shopfast.payments.v1.PaymentService/GetPayment", &none).is_ok());
         assert!(payments.check(OPERATOR, charge, &none).is_ok());
@@ -214,9 +222,9 @@ mod tests {
         let mut client = http::HeaderMap::new();
         client.insert("x-client-id", "someone".parse().unwrap());
         let refund = "/shopfast.payments.v1.PaymentService/GetPayment";
-        assert_eq!(
-            payments.check("gateway", refund, &client).unwrap_err(),
-            "gateway may not act for a user (x-client-id)"
-        );
+        let denied = payments.check("gateway", refund, &client).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert_eq!(signals::reason(&denied), Some(Reason::UserAssertionForbidden));
+        assert_eq!(denied.message(), "gateway may not act for a user (x-client-id)", "it names the header");
     }
 }

@@ -14,6 +14,9 @@ pub fn status(err: DomainError) -> tonic::Status {
         DomainError::NotFound(m) => tonic::Status::not_found(m),
         DomainError::AlreadyExists(m) => tonic::Status::already_exists(m),
         DomainError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+        DomainError::Refused { reason, message } => {
+            kit_resilience::signals::with_reason(tonic::Status::failed_precondition(message), reason)
+        }
         DomainError::Unauthenticated(m) => tonic::Status::unauthenticated(m),
         DomainError::PermissionDenied(m) => tonic::Status::permission_denied(m),
     }
@@ -57,6 +60,8 @@ impl From<StoreError> for tonic::Status {
 
 #[cfg(test)]
 mod tests {
+    use kit_core::reason::Reason;
+
     use super::*;
 
     #[test]
@@ -68,11 +73,14 @@ mod tests {
             (DomainError::FailedPrecondition("x".into()), tonic::Code::FailedPrecondition),
             (DomainError::Unauthenticated("x".into()), tonic::Code::Unauthenticated),
             (DomainError::PermissionDenied("x".into()), tonic::Code::PermissionDenied),
+            (DomainError::refused(Reason::InsufficientStock, "x"), tonic::Code::FailedPrecondition),
         ];
         for (err, code) in cases {
+            let reason = err.reason();
             let answer = status(err);
             assert_eq!(answer.code(), code);
             assert_eq!(answer.message(), "x");
+            assert_eq!(kit_resilience::signals::reason(&answer), reason, "the reason travels");
         }
     }
 

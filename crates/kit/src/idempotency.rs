@@ -31,6 +31,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
+use kit_core::reason::Reason;
+use kit_resilience::signals;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tonic::body::Body;
@@ -89,8 +91,9 @@ pub struct Stored {
     pub hints: Vec<(String, String)>,
 }
 
-/// The response headers a replay must carry again.
-const REPLAYED_HEADERS: [&str; 2] = [crate::reply::HTTP_CODE, crate::reply::LOCATION];
+/// The response headers a replay must carry again (a refusal's reason too:
+/// a replayed decline is still CARD_DECLINED).
+const REPLAYED_HEADERS: [&str; 3] = [crate::reply::HTTP_CODE, crate::reply::LOCATION, signals::REASON];
 
 fn hints_of(headers: &http::HeaderMap) -> Vec<(String, String)> {
     REPLAYED_HEADERS
@@ -446,13 +449,13 @@ where
                 }
                 Claim::InProgress => {
                     metrics::counter!("idempotency_requests_total", "outcome" => "in_progress").increment(1);
-                    return Ok(refuse(Status::aborted(
-                        "a request with this idempotency key is in progress; retry shortly",
-                    )));
+                    let status = Status::aborted("a request with this idempotency key is in progress; retry shortly");
+                    return Ok(refuse(signals::with_reason(status, Reason::IdempotencyInProgress)));
                 }
                 Claim::Mismatch => {
                     metrics::counter!("idempotency_requests_total", "outcome" => "mismatch").increment(1);
-                    let mut status = Status::invalid_argument("this idempotency key was used with a different request");
+                    let status = Status::invalid_argument("this idempotency key was used with a different request");
+                    let mut status = signals::with_reason(status, Reason::IdempotencyKeyReused);
                     status
                         .metadata_mut()
                         .insert(crate::reply::HTTP_CODE, tonic::metadata::MetadataValue::from_static("422"));

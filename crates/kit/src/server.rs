@@ -270,6 +270,7 @@ impl Host {
             readiness.set(false);
             set_status(&drain_health, services, ServingStatus::NotServing).await;
         };
+        let shed = ShedLayer::new(self.spec.name, &self.shedding);
         let server = tonic::transport::Server::builder()
             // Outermost first: every call is counted, spent or shed calls
             // cost nothing more, a duplicate is answered before it runs,
@@ -281,7 +282,7 @@ impl Host {
             .layer(AccessLayer::new(access))
             .layer(kit_client::routing::RoutingLayer::new(&self.version))
             .layer(SpentDeadlineLayer)
-            .layer(ShedLayer::new(self.spec.name, &self.shedding))
+            .layer(shed.clone())
             .layer(tower::util::option_layer(self.idempotency.clone().map(IdempotencyLayer::new)))
             .layer(FaultLayer::new(self.spec.name, self.faults.clone()))
             .add_routes(routes)
@@ -324,6 +325,7 @@ impl Host {
             task,
             background,
             databases: Vec::new(),
+            shed,
         })
     }
 }
@@ -344,9 +346,17 @@ pub struct RunningService {
     task: JoinHandle<Result<(), ServerError>>,
     background: Vec<JoinHandle<()>>,
     databases: Vec<crate::db::Db>,
+    /// Counts the calls in flight (when shedding is on).
+    shed: ShedLayer,
 }
 
 impl RunningService {
+    /// Calls being handled right now (None when shedding, which counts
+    /// them, is off).
+    pub fn in_flight(&self) -> Option<usize> {
+        self.shed.in_flight()
+    }
+
     /// Ties a background task (a reaper, a worker) to the service: it is awaited
     /// on stop; it must itself watch the shutdown token.
     pub fn attach(&mut self, task: JoinHandle<()>) {

@@ -145,3 +145,17 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: t
         other => panic!("expected {code:?}, got {other:?}"),
     }
 }
+
+/// Like [`expect_code`], and the refusal names `reason` (`kit_core::reason`).
+pub fn expect_refusal<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    reason: kit_core::reason::Reason,
+) -> String {
+    match result {
+        Err(status) if status.code() == code && kit_resilience::signals::reason(&status) == Some(reason) => {
+            status.message().to_string()
+        }
+        other => panic!("expected {code:?} for {reason}, got {other:?}"),
+    }
+}

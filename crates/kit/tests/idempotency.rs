@@ -11,6 +11,8 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use kit::db::{Db, DbOptions};
 use kit::idempotency::{Claim, IdempotencyConfig, IdempotencyLayer, IdempotencyStore};
+use kit_core::reason::Reason;
+use kit_resilience::signals::REASON;
 use tonic::body::Body;
 use tower::{Layer, Service, ServiceExt};
 
@@ -32,6 +34,8 @@ enum Answer {
     Accepted,
     /// OK, with the 201 hint and a location.
     Created,
+    /// FAILED_PRECONDITION with a reason (a declined card).
+    Declined,
 }
 
 /// A gRPC-shaped method that counts its calls and echoes the request body.
@@ -68,6 +72,10 @@ fn method(
                     response
                 }
                 Answer::NotFound => tonic::Status::not_found("no such thing").into_http(),
+                Answer::Declined => {
+                    let declined = tonic::Status::failed_precondition("card declined: insufficient_funds");
+                    kit_resilience::signals::with_reason(declined, Reason::CardDeclined).into_http()
+                }
                 Answer::Unavailable => tonic::Status::unavailable("busy").into_http(),
             })
         }
@@ -129,6 +137,7 @@ async fn a_key_reused_for_another_request_is_refused(url: String) {
     let reused = service.ready().await.unwrap().call(request(Some("k2"), "pay 99")).await.unwrap();
     assert_eq!(reused.headers()["grpc-status"], "3", "INVALID_ARGUMENT");
     assert_eq!(reused.headers()["x-http-code"], "422", "Unprocessable Content at the gateway (the IETF draft)");
+    assert_eq!(reused.headers()[REASON], "IDEMPOTENCY_KEY_REUSED");
     let (status, _, _) = send(&mut service, request(Some("bad key with spaces"), "pay 1")).await;
     assert_eq!(status, "3");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -238,7 +247,21 @@ async fn keys_expire_and_abandoned_claims_are_taken_over(url: String) {
     assert_eq!(store.claim("k8", "h", t0 + 61_000, None).await.unwrap(), Claim::Fresh);
 }
 
+async fn a_replayed_refusal_keeps_its_reason(url: String) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(store(&url, IdempotencyConfig::default()).await);
+    let mut service = layer.layer(method(calls.clone(), vec![Answer::Declined], Duration::ZERO));
+    for replayed in [false, true] {
+        let answer = service.ready().await.unwrap().call(request(Some("k-declined"), "pay 10")).await.unwrap();
+        assert_eq!(answer.headers()["grpc-status"], "9", "FAILED_PRECONDITION");
+        assert_eq!(answer.headers()[REASON], "CARD_DECLINED", "replayed: {replayed}");
+        assert_eq!(answer.headers().contains_key("idempotent-replayed"), replayed);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "declined once, answered twice");
+}
+
 kit::backend_tests!(
+    a_replayed_refusal_keeps_its_reason,
     a_replay_returns_the_stored_answer_without_running_again,
     a_key_reused_for_another_request_is_refused,
     concurrent_duplicates_run_once_and_the_rest_hear_in_progress,

@@ -219,9 +219,20 @@ impl OrdersApi {
                 let at = location(&saga.order_id);
                 Ok(kit::reply::accepted(Response::new(saga_view(&saga)), &at))
             }
-            Placed::Refused(reason) => Err(status(DomainError::FailedPrecondition(format!("order refused: {reason}")))),
-            Placed::Unavailable(reason) => {
-                Err(kit::reply::unavailable(format!("the order could not be placed now: {reason}; retry"), RETRY_AFTER))
+            Placed::Refused(why) => {
+                let message = format!("order refused: {}", why.message);
+                Err(status(match why.reason {
+                    Some(reason) => DomainError::refused(reason, message),
+                    None => DomainError::FailedPrecondition(message),
+                }))
+            }
+            Placed::Unavailable(why) => {
+                let message = format!("the order could not be placed now: {}; retry", why.message);
+                let unavailable = kit::reply::unavailable(message, RETRY_AFTER);
+                Err(match why.reason {
+                    Some(reason) => kit_resilience::signals::with_reason(unavailable, reason),
+                    None => unavailable,
+                })
             }
         }
     }

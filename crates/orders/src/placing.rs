@@ -13,6 +13,7 @@ use std::time::Duration;
 use contracts::payments::v1 as payments_pb;
 use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use kit_core::error::DomainError;
+use kit_core::reason::Reason;
 use saga::{Orchestrator, SagaRecord, SagaState};
 use tonic::Code;
 
@@ -41,16 +42,31 @@ pub struct NewOrder {
     pub card: payments_pb::Card,
 }
 
+/// Why an order was not placed: the account for people, and the reason's
+/// name for programs when the failing service gave one (CARD_DECLINED,
+/// CIRCUIT_OPEN …).
+#[derive(Debug)]
+pub struct Why {
+    pub message: String,
+    pub reason: Option<Reason>,
+}
+
+impl From<String> for Why {
+    fn from(message: String) -> Self {
+        Self { message, reason: None }
+    }
+}
+
 /// How a placed order stands when the caller is answered.
 #[derive(Debug)]
 pub enum Placed {
     /// The saga completed: the order, paid.
     Done(Box<Order>),
     /// Refused for the order's own reason (declined card, out of stock).
-    Refused(String),
+    Refused(Why),
     /// A dependency stayed unavailable past the saga's budget; placing it
     /// again (same key) may pass.
-    Unavailable(String),
+    Unavailable(Why),
     /// Still going: the saga as it stands.
     Pending(Box<SagaRecord>),
 }
@@ -88,7 +104,7 @@ impl Placing {
             }
             return self.start(&saga_id, &order_id, order, wait).await;
         }
-        Ok(Placed::Unavailable(format!("the order was tried {MAX_GENERATIONS} times; try again later")))
+        Ok(Placed::Unavailable(format!("the order was tried {MAX_GENERATIONS} times; try again later").into()))
     }
 
     /// How long to wait for a saga: `answer_within`, less when the caller's
@@ -117,9 +133,8 @@ impl Placing {
                 let error =
                     outcome.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
                 tracing::error!(order_id, %error, "saga store failed; the saga resumes on restart");
-                Ok(Placed::Unavailable(
-                    "the order could not be recorded; it will be completed or undone shortly".into(),
-                ))
+                let why = "the order could not be recorded; it will be completed or undone shortly";
+                Ok(Placed::Unavailable(why.to_string().into()))
             }
             // Still running: it goes on, the caller polls.
             Err(_) => Ok(self.await_saga(saga_id, Duration::ZERO).await?),
@@ -171,12 +186,15 @@ impl Placing {
 
     /// A decided saga's answer (completed, or failed and being or done undoing).
     async fn answer(&self, saga: SagaRecord) -> Result<Placed, StoreError> {
-        let reason = || saga.failure.clone().unwrap_or_else(|| "the order could not be completed".into());
+        let why = || Why {
+            message: saga.failure.clone().unwrap_or_else(|| "the order could not be completed".into()),
+            reason: saga.failure_reason.as_deref().and_then(Reason::from_name),
+        };
         Ok(match saga.state {
             SagaState::Completed => Placed::Done(Box::new(self.store.get(&saga.order_id).await?)),
             SagaState::Running => Placed::Pending(Box::new(saga)),
-            _ if saga.failure_retryable => Placed::Unavailable(reason()),
-            _ => Placed::Refused(reason()),
+            _ if saga.failure_retryable => Placed::Unavailable(why()),
+            _ => Placed::Refused(why()),
         })
     }
 }

@@ -21,7 +21,8 @@ use contracts::users::v1 as users_pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
 use futures::future::BoxFuture;
 use kit_core::error::DomainError;
-use saga::{Output, SagaRecord, Step, StepError};
+use kit_core::reason::Reason;
+use saga::{Output, SagaRecord, Step, StepError, StepFailure};
 use tonic::Code;
 
 use crate::domain::{Line, OrderStatus, Pricing};
@@ -72,6 +73,8 @@ pub fn steps(deps: Arc<Deps>) -> Vec<Arc<dyn Step>> {
 pub fn classify(status: tonic::Status) -> StepError {
     let text = format!("{:?}: {}", status.code(), status.message());
     let request_cause = kit_resilience::signals::is_request_cause(status.metadata());
+    // The callee's reason, kept for the order's answer (ours only).
+    let reason = kit_resilience::signals::reason(&status).map(Reason::as_str);
     match status.code() {
         Code::NotFound
         | Code::FailedPrecondition
@@ -79,10 +82,10 @@ pub fn classify(status: tonic::Status) -> StepError {
         | Code::AlreadyExists
         | Code::PermissionDenied
         | Code::Unauthenticated
-        | Code::OutOfRange => StepError::Permanent(text),
+        | Code::OutOfRange => StepError::Permanent(StepFailure::with_reason(text, reason)),
         // The callee's own words: its trouble with this request, not a code.
-        _ if request_cause => StepError::Transient(status.message().to_string()),
-        _ => StepError::Unavailable(text),
+        _ if request_cause => StepError::Transient(StepFailure::with_reason(status.message(), reason)),
+        _ => StepError::Unavailable(StepFailure::with_reason(text, reason)),
     }
 }
 
@@ -95,8 +98,8 @@ pub fn essential<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
 
 fn store_error(err: StoreError) -> StepError {
     match err {
-        StoreError::Domain(e) => StepError::Permanent(e.to_string()),
-        other => StepError::Unavailable(other.to_string()),
+        StoreError::Domain(e) => StepError::Permanent(e.to_string().into()),
+        other => StepError::Unavailable(other.to_string().into()),
     }
 }
 
@@ -121,7 +124,7 @@ impl OrderStep {
 
     fn items(saga: &SagaRecord) -> Result<Vec<(String, i64)>, StepError> {
         let text = saga.context.get(context::ITEMS).map(String::as_str).unwrap_or("[]");
-        serde_json::from_str(text).map_err(|e| StepError::Permanent(format!("saga items unreadable: {e}")))
+        serde_json::from_str(text).map_err(|e| StepError::Permanent(format!("saga items unreadable: {e}").into()))
     }
 
     async fn validate_user(&self, saga: &SagaRecord, key: &str) -> Result<Output, StepError> {
@@ -162,7 +165,7 @@ impl OrderStep {
         let request = self.request(saga, key, products_pb::GetProductsRequest { product_ids: ids });
         let found = self.deps.products.clone().get_products(request).await.map_err(classify)?.into_inner();
         if !found.missing_ids.is_empty() {
-            return Err(StepError::Permanent(format!("unknown products: {}", found.missing_ids.join(", "))));
+            return Err(StepError::Permanent(format!("unknown products: {}", found.missing_ids.join(", ")).into()));
         }
         let lines: Vec<Line> = items
             .iter()
@@ -179,7 +182,8 @@ impl OrderStep {
                 }
             })
             .collect();
-        let totals = self.deps.pricing.totals(&lines, &currency).map_err(|e| StepError::Permanent(e.to_string()))?;
+        let totals =
+            self.deps.pricing.totals(&lines, &currency).map_err(|e| StepError::Permanent(e.to_string().into()))?;
         let now = kit_core::time::now_millis();
         let order = Order {
             id: saga.order_id.clone(),
@@ -213,7 +217,7 @@ impl OrderStep {
                 if current == OrderStatus::Cancelled {
                     Ok(())
                 } else {
-                    Err(StepError::Permanent(format!("order is {}; cannot cancel it here", current.as_str())))
+                    Err(StepError::Permanent(format!("order is {}; cannot cancel it here", current.as_str()).into()))
                 }
             }
             Err(err) => Err(store_error(err)),

@@ -10,7 +10,8 @@ use contracts::orders::v1 as pb;
 use contracts::orders::v1::order_service_client::OrderServiceClient;
 use contracts::products::v1 as products_pb;
 use contracts::users::v1 as users_pb;
-use kit::testing::{TestDb, expect_code, service_common};
+use kit::testing::{TestDb, expect_code, expect_refusal, service_common};
+use kit_core::reason::Reason;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -251,8 +252,8 @@ async fn orders_are_paid_refused_cancelled_and_fulfilled() {
 
     // A declined card: refused with the reason, the order recorded as CANCELLED.
     let refused = s.orders.create_order(as_user(&me, create(&product, 1, "4000000000009995"))).await;
-    let message = expect_code(refused, Code::FailedPrecondition);
-    assert!(message.contains("insufficient_funds"), "{message}");
+    let message = expect_refusal(refused, Code::FailedPrecondition, Reason::CardDeclined);
+    assert!(message.contains("insufficient_funds"), "the message names the decline code: {message}");
     let cancelled = s
         .orders
         .list_orders(as_user(

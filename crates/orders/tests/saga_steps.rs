@@ -223,8 +223,25 @@ async fn the_order_saga_pays_or_undoes_everything() {
     // confirmation fails for good, and the money goes back.
     let before = w.stock(&product.id).await;
     let mut products = w.products.clone();
+    let payments_db = w.payments_db.clone();
     let lapse = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // While the payment runs: its row is PENDING at the slow processor (1.5 s).
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&payments_db).await.unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let (running,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM payments WHERE order_id = $1 AND status = 'PENDING'")
+                    .bind("order-s-lapsed")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if running > 0 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "the lapsed order's payment never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let release = products_pb::ReleaseInventoryRequest { order_id: "order-s-lapsed".into() };
         products.release_inventory(release).await.unwrap();
     });

@@ -9,9 +9,10 @@ use contracts::payments::v1 as pb;
 use contracts::time::timestamp_from_millis;
 use kit::error::status;
 use kit_core::error::DomainError;
+use kit_core::reason::Reason;
 use kit_core::time::now_millis;
 use kit_resilience::Deadline;
-use kit_resilience::signals::caused_by_request;
+use kit_resilience::signals::{caused_by_request, with_reason};
 use kit_telemetry::grpc_telemetry::annotate;
 use tonic::{Request, Response, Status};
 
@@ -36,7 +37,9 @@ fn answer(err: PaymentError) -> Status {
     match err {
         PaymentError::Refused(e) => kit::error::status(e),
         PaymentError::Db(e) => kit::error::from_sqlx(&e),
-        PaymentError::ProcessorTrouble(m) => caused_by_request(Status::unavailable(m)),
+        PaymentError::ProcessorTrouble(m) => {
+            with_reason(caused_by_request(Status::unavailable(m)), Reason::PaymentProcessingFailed)
+        }
         PaymentError::NotYet(m) => Status::unavailable(m),
         PaymentError::Changed(m) => Status::aborted(m),
         PaymentError::Internal(m) => Status::internal(m),

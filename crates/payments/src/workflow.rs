@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use kit_core::error::DomainError;
+use kit_core::reason::Reason;
 use kit_core::time::now_millis;
 
 use crate::domain::{self, CardSummary, Status};
@@ -178,7 +179,9 @@ impl Payments {
         }
         metrics::counter!("payments_total", "outcome" => err.code()).increment(1);
         match err {
-            ProcessorError::Declined(_) => PaymentError::precondition(format!("{err} (payment {})", payment.id)),
+            ProcessorError::Declined(_) => {
+                DomainError::refused(Reason::CardDeclined, format!("{err} (payment {})", payment.id)).into()
+            }
             _ => PaymentError::ProcessorTrouble(format!("{err} ({}, payment {})", err.code(), payment.id)),
         }
     }

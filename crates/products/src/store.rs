@@ -12,6 +12,7 @@ use crate::domain::{
 };
 use kit::db::Db;
 use kit_core::pagination::Page;
+use kit_core::reason::Reason;
 
 pub use kit::error::StoreError;
 
@@ -478,11 +479,14 @@ async fn shortage_reason(
     Ok(match row {
         None => DomainError::NotFound(format!("product {product_id} not found")),
         Some(row) if row.try_get::<i64, _>("active")? == 0 => {
-            DomainError::FailedPrecondition(format!("product {product_id} is not for sale"))
+            DomainError::refused(Reason::NotForSale, format!("product {product_id} is not for sale"))
         }
-        Some(row) => DomainError::FailedPrecondition(format!(
-            "insufficient stock for product {product_id}: requested {quantity}, available {}",
-            row.try_get::<i64, _>("available")?
-        )),
+        Some(row) => DomainError::refused(
+            Reason::InsufficientStock,
+            format!(
+                "insufficient stock for product {product_id}: requested {quantity}, available {}",
+                row.try_get::<i64, _>("available")?
+            ),
+        ),
     })
 }

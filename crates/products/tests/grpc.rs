@@ -6,7 +6,8 @@ use std::time::Duration;
 use contracts::common::v1::Money;
 use contracts::products::v1 as pb;
 use contracts::products::v1::product_service_client::ProductServiceClient;
-use kit::testing::{TestDb, expect_code, service_common};
+use kit::testing::{TestDb, expect_code, expect_refusal, service_common};
+use kit_core::reason::Reason;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -268,7 +269,7 @@ async fn availability_reserve_release_commit() {
             .await,
         Code::AlreadyExists,
     );
-    let short = expect_code(
+    let short = expect_refusal(
         h.client
             .reserve_inventory(pb::ReserveInventoryRequest {
                 order_id: "o-2".into(),
@@ -277,8 +278,9 @@ async fn availability_reserve_release_commit() {
             })
             .await,
         Code::FailedPrecondition,
+        Reason::InsufficientStock,
     );
-    assert!(short.contains("insufficient"), "{short}");
+    assert!(short.contains(&a.id) || short.contains(&b.id), "the message names the product: {short}");
     expect_code(
         h.client
             .reserve_inventory(pb::ReserveInventoryRequest {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use kit::db::{Db, DbOptions};
 use kit_core::error::DomainError;
 use kit_core::pagination::Page;
+use kit_core::reason::Reason;
 use products::domain::{Dimensions, NewProduct, ReservationState, SearchFilter, Sort};
 use products::store::{ProductStore, StoreError};
 
@@ -93,7 +94,7 @@ async fn reserve_is_all_or_nothing(url: String) {
     let a = store.create(product("A", 5, 100), 0).await.unwrap();
     let b = store.create(product("B", 1, 100), 0).await.unwrap();
     let err = domain_err(store.reserve("o1", &[(a.id.clone(), 2), (b.id.clone(), 2)], MIN, 10).await);
-    assert!(matches!(err, DomainError::FailedPrecondition(ref m) if m.contains("insufficient")), "{err:?}");
+    assert_eq!(err.reason(), Some(kit_core::reason::Reason::InsufficientStock), "{err:?}");
     let a_after = store.get(&a.id).await.unwrap().unwrap();
     assert_eq!(a_after.reserved, 0, "the first item was rolled back");
     assert!(store.get_reservation("o1").await.unwrap().is_none(), "no half-written reservation");
@@ -210,7 +211,7 @@ async fn concurrent_reservations_never_oversell(url: String) {
     for task in tasks {
         match task.await.unwrap() {
             Ok(_) => won += 1,
-            Err(StoreError::Domain(DomainError::FailedPrecondition(_))) => short += 1,
+            Err(StoreError::Domain(DomainError::Refused { reason: Reason::InsufficientStock, .. })) => short += 1,
             Err(other) => panic!("unexpected error: {other}"),
         }
     }

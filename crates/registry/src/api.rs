@@ -223,7 +223,7 @@ async fn block_until_changed(registry: &Registry, params: &BTreeMap<String, Stri
     // While warming up, answer when it ends at the latest: the answer after
     // it is the whole truth, and clients drop what they only remembered.
     let wait = registry.warming(now_millis()).map_or(wait, |left| wait.min(left + Duration::from_millis(50)));
-    Ok(registry.store().wait_for_change(index, wait).await.map_err(RegistryError::from)?)
+    Ok(registry.wait_for_change(index, wait).await.map_err(RegistryError::from)?)
 }
 
 fn with_index<T: serde::Serialize>(index: u64, body: T) -> impl IntoResponse {

@@ -106,11 +106,44 @@ pub struct Registry {
     /// registered before it started: its lookups say so (`warming`), and
     /// clients add what they knew to what it says rather than dropping it.
     warm_until_ms: i64,
+    /// Blocking queries parked right now (`registry_watchers`).
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a parked blocking query for as long as it waits (dropped when it
+/// is answered or its client goes away).
+struct Watching(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Watching {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        let now = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        metrics::gauge!("registry_watchers").set(now as f64);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) - 1;
+        metrics::gauge!("registry_watchers").set(now as f64);
+    }
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, prober: Arc<dyn Prober>, timing: Timing) -> Self {
-        Self { store, prober, timing, secured: false, warm_until_ms: 0 }
+        Self { store, prober, timing, secured: false, warm_until_ms: 0, watchers: Default::default() }
+    }
+
+    /// Waits until the registry's revision passes `after` or `timeout` ends
+    /// (a blocking query); the revision then.
+    pub async fn wait_for_change(&self, after: u64, timeout: Duration) -> Result<u64, StoreError> {
+        let _watching = Watching::new(&self.watchers);
+        self.store.wait_for_change(after, timeout).await
+    }
+
+    /// How many blocking queries are parked right now.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Started at `now` without durable storage: instances come back within

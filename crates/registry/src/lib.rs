@@ -69,6 +69,7 @@ pub enum StartError {
 
 pub struct RunningRegistry {
     pub addr: SocketAddr,
+    registry: core::Registry,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     sweeper: JoinHandle<()>,
@@ -77,6 +78,11 @@ pub struct RunningRegistry {
 impl RunningRegistry {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many blocking queries are parked right now.
+    pub fn watchers(&self) -> usize {
+        self.registry.watchers()
     }
 
     pub async fn wait(self) {
@@ -133,9 +139,9 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> Resul
     if let Some(tls) = &tls {
         tls.spawn_reload(shutdown.clone());
     }
-    let sweeper = tokio::spawn(sweep_forever(registry, shutdown.clone()));
+    let sweeper = tokio::spawn(sweep_forever(registry.clone(), shutdown.clone()));
     tracing::info!(service = SERVICE, %addr, backend = ?config.backend, "ready");
-    Ok(RunningRegistry { addr, shutdown, server, sweeper })
+    Ok(RunningRegistry { addr, registry, shutdown, server, sweeper })
 }
 
 async fn sweep_forever(registry: core::Registry, shutdown: CancellationToken) {
@@ -173,4 +179,5 @@ pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!("registry_instances", "Registered instances, by service and health.");
     describe_counter!("registry_changes_total", "Registry changes, by kind.");
+    describe_gauge!("registry_watchers", "Blocking queries (long polls) parked, waiting for a change.");
 }

@@ -20,6 +20,16 @@ async fn start() -> (RunningRegistry, reqwest::Client) {
     (registry::start(config, CancellationToken::new()).await.unwrap(), reqwest::Client::new())
 }
 
+/// Until one blocking query is parked (so a change wakes it, rather than
+/// being there already when it asks).
+async fn parked(watchers: impl Fn() -> usize) {
+    let started = Instant::now();
+    while watchers() < 1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the blocking query never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn instance(id: &str) -> Value {
     json!({ "id": id, "name": "products", "address": "127.0.0.1:9002", "admin_address": "127.0.0.1:9102",
             "version": "v1", "track": "blue", "metadata": { "version": "v1", "zone": "eu-1" } })
@@ -115,7 +125,7 @@ async fn blocking_queries_wait_for_a_change() {
             (started.elapsed(), body)
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    parked(|| registry.watchers()).await;
     http.post(format!("{url}/v1/register")).json(&instance("p-1")).send().await.unwrap();
     let (took, body) = waiter.await.unwrap();
     assert!(took < Duration::from_secs(5), "woke on the change, took {took:?}");

@@ -148,16 +148,26 @@ async fn every_change_is_audited_in_order(store: Arc<dyn Store>) {
     assert_eq!(after_second.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), vec!["health", "draining"]);
 }
 
+/// Until a blocking query is parked on `registry` (so the change wakes it,
+/// rather than being there already when it asks).
+async fn parked(registry: &Registry) {
+    let started = std::time::Instant::now();
+    while registry.watchers() < 1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the blocking query never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn watchers_wake_on_change(store: Arc<dyn Store>) {
     let registry = Registry::new(store.clone(), Arc::new(ScriptedProber::default()), TIMING);
     let before = store.revision().await.unwrap();
     let quiet = store.wait_for_change(before, Duration::from_millis(200)).await.unwrap();
     assert_eq!(quiet, before, "no change, no wake-up");
     let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move { store.wait_for_change(before, Duration::from_secs(10)).await })
+        let registry = registry.clone();
+        tokio::spawn(async move { registry.wait_for_change(before, Duration::from_secs(10)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    parked(&registry).await;
     let started = std::time::Instant::now();
     registry.register(request("products", "p-1", "v1"), 1_000).await.unwrap();
     let after = waiter.await.unwrap().unwrap();
@@ -198,10 +208,10 @@ async fn policies_are_validated_stored_audited_and_wake_watchers(store: Arc<dyn 
 
     let before = store.revision().await.unwrap();
     let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move { store.wait_for_change(before, Duration::from_secs(10)).await })
+        let registry = registry.clone();
+        tokio::spawn(async move { registry.wait_for_change(before, Duration::from_secs(10)).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    parked(&registry).await;
     let set = registry.set_policy("products", change(&[("v1", 90), ("v2", 10)]), "operator", 1_200).await.unwrap();
     assert!(waiter.await.unwrap().unwrap() > before, "a policy change wakes blocking queries");
     assert!(set.index > before, "versioned by the registry index");

@@ -34,15 +34,56 @@ pub enum StepError {
     /// May succeed if tried again (a timeout, an unavailable service). The
     /// step may also have taken effect.
     #[error("{0}")]
-    Transient(String),
+    Transient(StepFailure),
     /// Will fail again (declined card, out of stock); it took no effect.
     #[error("{0}")]
-    Permanent(String),
+    Permanent(StepFailure),
     /// The step's service could not be reached or did not answer (restart,
     /// breaker open, no instance, deadline): the platform's trouble, not the
     /// request's. May also have taken effect.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(StepFailure),
+}
+
+/// What a failed step said: words for the record and, when the callee gave
+/// one, the machine-readable reason (a `kit_core::reason` name such as
+/// CARD_DECLINED) the saga keeps as its `failure_reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepFailure {
+    pub message: String,
+    pub reason: Option<String>,
+}
+
+impl StepFailure {
+    pub fn with_reason(message: impl Into<String>, reason: Option<&str>) -> Self {
+        Self { message: message.into(), reason: reason.map(str::to_string) }
+    }
+}
+
+impl From<String> for StepFailure {
+    fn from(message: String) -> Self {
+        Self { message, reason: None }
+    }
+}
+
+impl From<&str> for StepFailure {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StepError {
+    fn failure(&self) -> &StepFailure {
+        match self {
+            Self::Transient(failure) | Self::Permanent(failure) | Self::Unavailable(failure) => failure,
+        }
+    }
 }
 
 /// What a step adds to the saga's context on success.
@@ -213,7 +254,7 @@ impl Orchestrator {
                         may_have_taken_effect = true;
                         tracing::warn!(saga_id = %saga.id, order_id = %saga.order_id, step = name, attempt, %error, "step failed; retrying");
                         if let Some(record) = saga.step_mut(name) {
-                            record.error = Some(error);
+                            record.error = Some(error.message);
                         }
                         self.save(saga).await?;
                         tokio::time::sleep(self.forward.backoff(attempt)).await;
@@ -239,6 +280,7 @@ impl Orchestrator {
                             StepError::Transient(_) => format!("{name}: gave up after {attempt} attempts: {error}"),
                             _ => format!("{name}: {error}"),
                         });
+                        saga.failure_reason = error.failure().reason.clone();
                         saga.state = SagaState::Compensating;
                         self.save(saga).await?;
                         return Ok(());
@@ -326,7 +368,7 @@ impl Orchestrator {
                         tracing::error!(saga_id = %saga.id, order_id = %saga.order_id, step = %name, %error, "compensation refused for good; manual intervention needed");
                         if let Some(record) = saga.step_mut(&name) {
                             record.status = StepStatus::CompensationFailed;
-                            record.error = Some(error);
+                            record.error = Some(error.message);
                         }
                         self.save(saga).await?;
                         // Never stop at the first failure: undo the rest.
@@ -336,7 +378,7 @@ impl Orchestrator {
                         tracing::warn!(saga_id = %saga.id, step = %name, attempt, %error, "compensation failed; retrying");
                         if attempt >= self.compensation.max_attempts {
                             if let Some(record) = saga.step_mut(&name) {
-                                record.error = Some(error);
+                                record.error = Some(error.message);
                             }
                             self.save(saga).await?;
                             pending += 1;

@@ -66,6 +66,10 @@ pub struct SagaRecord {
     /// budget (not because the request was refused): asked again, it may pass.
     #[serde(default)]
     pub failure_retryable: bool,
+    /// Why, in a name programs branch on (`kit_core::reason`: CARD_DECLINED,
+    /// INSUFFICIENT_STOCK …), when the failing step's callee said.
+    #[serde(default)]
+    pub failure_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -94,6 +98,7 @@ impl SagaRecord {
             manual_intervention: false,
             failure: None,
             failure_retryable: false,
+            failure_reason: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         }

@@ -309,13 +309,41 @@ async fn an_unavailable_service_is_retried_for_a_time_budget_not_an_attempt_coun
 
     // A transient (business) failure gets max_attempts, and is not retryable.
     let log = Log::default();
-    let declined = FakeStep::new("b", &log).runs(vec![transient("processor error"); 3]);
+    let processor =
+        || Err(StepError::Transient(StepFailure::with_reason("processor error", Some("PAYMENT_PROCESSING_FAILED"))));
+    let declined = FakeStep::new("b", &log).runs(vec![processor(), processor(), processor()]);
     let steps = vec![Arc::new(FakeStep::new("a", &log)), Arc::new(declined)];
     let o = orchestrator(steps, Arc::new(MemoryStore::default()));
     let saga = o.run(o.new_saga("s9", "o9", "u9", BTreeMap::new())).await.unwrap();
     assert_eq!(saga.state, SagaState::Compensated);
     assert_eq!(saga.step("b").unwrap().attempts, 3);
     assert!(!saga.failure_retryable);
+    assert_eq!(saga.failure_reason.as_deref(), Some("PAYMENT_PROCESSING_FAILED"), "the last failure's reason is kept");
+    assert_eq!(saga.failure.as_deref(), Some("b: gave up after 3 attempts: processor error"));
+}
+
+#[tokio::test]
+async fn a_refusal_keeps_its_reason_and_a_reasonless_one_has_none() {
+    let log = Log::default();
+    let out_of_stock = StepFailure::with_reason("FailedPrecondition: insufficient stock", Some("INSUFFICIENT_STOCK"));
+    let refusing = FakeStep::new("b", &log).runs(vec![Err(StepError::Permanent(out_of_stock))]);
+    let o =
+        orchestrator(vec![Arc::new(FakeStep::new("a", &log)), Arc::new(refusing)], Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("r1", "o1", "u1", BTreeMap::new())).await.unwrap();
+    assert_eq!(saga.state, SagaState::Compensated);
+    assert_eq!(saga.failure_reason.as_deref(), Some("INSUFFICIENT_STOCK"));
+    // Stored and read back: the record keeps it (and an old record without it reads as None).
+    let json = serde_json::to_value(&saga).unwrap();
+    assert_eq!(json["failure_reason"], "INSUFFICIENT_STOCK");
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("failure_reason");
+    assert_eq!(serde_json::from_value::<SagaRecord>(old).unwrap().failure_reason, None);
+
+    let log = Log::default();
+    let plain = FakeStep::new("b", &log).runs(vec![permanent("no")]);
+    let o = orchestrator(vec![Arc::new(FakeStep::new("a", &log)), Arc::new(plain)], Arc::new(MemoryStore::default()));
+    let saga = o.run(o.new_saga("r2", "o2", "u2", BTreeMap::new())).await.unwrap();
+    assert_eq!((saga.state, saga.failure_reason), (SagaState::Compensated, None));
 }
 
 /// Kills the "process" at every save point in turn, resumes with a fresh

@@ -450,7 +450,25 @@ async fn wait_until_ready(
 }
 
 /// A loopback address free right now (for a child started a little later).
+/// A free loopback address for a process started later (its peers are told
+/// it first). Picked at random below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port there is never handed to a process that
+/// binds port 0 meanwhile — another stack, another test — so the one race
+/// left is two stacks picking alike, which checking it free now makes rare.
 fn free_loopback_addr() -> anyhow::Result<String> {
+    const LOWEST: u16 = 20_000;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_from > LOWEST + 1_000 {
+        for _ in 0..64 {
+            let port = rand::random_range(LOWEST..ephemeral_from);
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(listener.local_addr()?.to_string());
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.to_string())
 }

@@ -224,7 +224,13 @@ async fn bad_canaries_are_rolled_back_on_their_own_and_a_slightly_slower_one_is_
     let slow = faults(data.path(), "slow", &rule(GET_PRODUCT, "latency_ms = 200"));
     let ended = deploy_canary(&up, "v-slow", &slow, "10,50,100", "20s", &[]).await;
     assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
-    assert!(ended["reason"].as_str().unwrap().contains("latency"), "{ended:#}");
+    // On a latency check (in ms) that failed, not on errors.
+    let failed: Vec<&Value> = ended["canary"]["checks"]
+        .as_array()
+        .map(|checks| checks.iter().filter(|c| matches!(c["verdict"].as_str(), Some("fail" | "fail_fast"))).collect())
+        .unwrap_or_default();
+    assert!(!failed.is_empty() && failed.iter().all(|c| c["unit"] == "ms"), "{ended:#}");
+    assert_eq!(ended["cause"], "regressed", "{ended:#}");
 
     // The console's deployments panel: the canary's checks and its chart.
     let console = up.console.clone().unwrap();

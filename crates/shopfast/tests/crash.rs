@@ -233,7 +233,11 @@ impl Stack {
 #[derive(Debug, Clone, PartialEq)]
 enum Told {
     Paid(String),
-    Refused(String),
+    /// Refused (409): the body's `reason`, and its message for the report.
+    Refused {
+        reason: String,
+        message: String,
+    },
     /// Gave up after its attempts: the outcome is the system's to settle.
     Unknown,
 }
@@ -284,7 +288,7 @@ async fn place_order(
             Err(_) => (0, None, Value::Null),
         };
         placed.answers.push((sent, Instant::now(), status));
-        let message = body["message"].as_str().unwrap_or_default().to_string();
+        let reason = body["reason"].as_str().unwrap_or_default().to_string();
         match status {
             // Created (a build from before 201 answers 200).
             200 | 201 => {
@@ -295,15 +299,16 @@ async fn place_order(
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
             }
-            409 if !message.contains("in progress") => {
-                placed.told = Told::Refused(message);
+            409 if reason != "IDEMPOTENCY_IN_PROGRESS" => {
+                let message = body["message"].as_str().unwrap_or_default().to_string();
+                placed.told = Told::Refused { reason, message };
                 return placed;
             }
             400 | 401 | 403 | 404 | 422 => panic!("a well-formed order was refused as bad input: {status} {body}"),
             _ => {}
         }
         placed.attempts += 1;
-        if message.contains("circuit breaker") {
+        if reason == "CIRCUIT_OPEN" {
             placed.breaker_refusals += 1;
         }
         let pause = retry_after.map_or(Duration::ZERO, Duration::from_secs)
@@ -529,11 +534,11 @@ async fn orders_survive_kill_9(postgres: bool) {
     for row in sqlx::query("SELECT record FROM sagas WHERE state <> 'COMPLETED'").fetch_all(&orders_db).await.unwrap() {
         let record: serde_json::Value = serde_json::from_str(&row.get::<String, _>("record")).unwrap();
         let failure = record["failure"].as_str().unwrap_or("none");
-        let gist = if failure.contains("insufficient stock") {
+        let gist = if record["failure_reason"] == "INSUFFICIENT_STOCK" {
             "out of stock"
-        } else if failure.contains("insufficient_funds") || failure.contains("declined") {
+        } else if record["failure_reason"] == "CARD_DECLINED" {
             "declined"
-        } else if failure.contains("processing_error") {
+        } else if record["failure_reason"] == "PAYMENT_PROCESSING_FAILED" {
             "processor trouble, attempts spent"
         } else if failure.contains("no payment method") || failure.contains("lost in a restart") {
             "card lost"
@@ -646,15 +651,15 @@ async fn orders_survive_kill_9(postgres: bool) {
         .filter(|id| !matches!(statuses.get(id.as_str()), Some(&"PAID" | &"SHIPPED" | &"DELIVERED")))
         .count();
     check(lost == 0, format!("{lost} orders a client was told are paid are not"));
-    let refused = told.iter().filter(|(_, t)| matches!(t, Told::Refused(_))).count();
+    let refused = told.iter().filter(|(_, t)| matches!(t, Told::Refused { .. })).count();
     let unknown = told.iter().filter(|(_, t)| *t == Told::Unknown).count();
     // A refusal (409) is for the order's own reason, never the platform's trouble.
     for (key, told) in &told {
-        if let Told::Refused(reason) = told {
-            let business = ["insufficient stock", "insufficient_funds", "declined", "processing_error"];
+        if let Told::Refused { reason, message } = told {
+            let business = ["INSUFFICIENT_STOCK", "CARD_DECLINED", "PAYMENT_PROCESSING_FAILED"];
             check(
-                business.iter().any(|b| reason.contains(b)),
-                format!("{key} refused for the platform's trouble: {reason}"),
+                business.contains(&reason.as_str()),
+                format!("{key} refused for the platform's trouble: {reason:?} {message}"),
             );
         }
     }
@@ -666,7 +671,9 @@ async fn orders_survive_kill_9(postgres: bool) {
     let valid = placed.iter().filter(|(_, p)| valid_card(p)).count();
     let out_of_stock = placed
         .iter()
-        .filter(|(_, p)| valid_card(p) && matches!(&p.told, Told::Refused(r) if r.contains("insufficient stock")))
+        .filter(|(_, p)| {
+            valid_card(p) && matches!(&p.told, Told::Refused { reason, .. } if reason == "INSUFFICIENT_STOCK")
+        })
         .count();
     let paid_valid: i64 = count(
         &payments_db,

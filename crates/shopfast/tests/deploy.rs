@@ -69,7 +69,11 @@ async fn blue_green_switches_and_rolls_back_without_a_failed_request() {
     // Back at once, in the rollback's own request (v3 leaves the policy once stopped).
     assert_eq!(policy(&up, "products").await["weights"]["v2"], 100);
     let ended = wait_for_phase(&up, "products", &["rolled_back"], Duration::from_secs(30)).await;
-    assert!(ended["reason"].as_str().unwrap().contains("operator changed their mind"), "{ended:#}");
+    assert_eq!(ended["cause"], "requested", "{ended:#}");
+    assert!(
+        ended["reason"].as_str().unwrap().contains("operator changed their mind"),
+        "the operator's words kept: {ended:#}"
+    );
     eventually(Duration::from_secs(20), "green retired", || async { versions(&up, "products").await == ["v2"] }).await;
 
     // A green that is slow under real traffic (it passes the smoke suite,
@@ -91,7 +95,7 @@ async fn blue_green_switches_and_rolls_back_without_a_failed_request() {
     assert!(!out.status.success(), "a slow green must not succeed");
     let ended = rollout(&up, "products").await;
     assert_eq!(ended["phase"], "rolled_back", "{ended:#}");
-    assert!(ended["reason"].as_str().unwrap().contains("rolled back automatically"), "{ended:#}");
+    assert_eq!(ended["cause"], "regressed", "rolled back automatically: {ended:#}");
     assert_eq!(policy(&up, "products").await["weights"], json!({ "v2": 100 }));
 
     let outcomes = load.finish().await;
@@ -158,7 +162,8 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
     // A binary that is not there: refused by the supervisor, the rollout aborted.
     let out = shopfast(&up, &deploy_args("products", "v2", &["--binary", "/nonexistent/shopfast"])).await;
     assert!(!out.status.success());
-    assert!(rollout(&up, "products").await["reason"].as_str().unwrap().contains("not an executable"));
+    let refused = rollout(&up, "products").await;
+    assert_eq!((&refused["phase"], &refused["cause"]), (&json!("aborted"), &json!("start_failed")), "{refused:#}");
     assert_eq!(versions(&up, "products").await, std::slice::from_ref(&blue));
 
     // A green whose orders fail: the smoke suite catches it, no user ever reaches it.
@@ -174,7 +179,7 @@ async fn a_failing_green_never_gets_users_and_deploys_survive_crashes_and_garbag
     assert!(!out.status.success());
     let ended = rollout(&up, "products").await;
     assert_eq!(ended["phase"], "aborted", "{ended:#}");
-    assert!(ended["reason"].as_str().unwrap().contains("smoke test failed"), "{ended:#}");
+    assert_eq!(ended["cause"], "validation_failed", "{ended:#}");
     let steps = ended["steps"].to_string();
     assert!(!steps.contains("switched to green"), "{ended:#}");
     assert_eq!(policy(&up, "products").await["weights"], json!({ &blue: 100 }));

@@ -200,10 +200,18 @@ async fn balancing_spreads_load_and_a_killed_instance_loses_no_silent_call() {
     let succeeded = Arc::new(std::sync::Mutex::new(Vec::new()));
     let victim = instances.remove(1);
     let victim_id_addr = victim.addr("grpc_addr");
-    let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        victim.kill9();
-    });
+    let killer = {
+        let succeeded = succeeded.clone();
+        tokio::spawn(async move {
+            // Mid-run: once a fifth of the calls went through.
+            eventually(Duration::from_secs(30), "the calls under way", || {
+                let count = succeeded.lock().map(|s| s.len()).unwrap_or(0);
+                async move { count >= 300 }
+            })
+            .await;
+            victim.kill9();
+        })
+    };
     let (reserve, record, product_id) = (client.clone(), succeeded.clone(), product.id.clone());
     let (ok, failed) = run_calls(1_500, 12, move |i| {
         let (mut c, record, product_id) = (reserve.clone(), record.clone(), product_id.clone());

@@ -213,7 +213,11 @@ async fn run(orders_db: &str, redis: Option<&mut PrivateRedis>) {
 
     // A worker frozen with entries in hand, then killed: what it held is
     // claimed by the other after the idle time (`up` restarts it meanwhile).
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    eventually(Duration::from_secs(30), "both workers taking entries", || async {
+        child_pids(data.path(), "fulfilment").len() == 2
+            && counter(&up, "fulfilment", "queue_processed_total").await >= 1.0
+    })
+    .await;
     let victim = child_pids(data.path(), "fulfilment");
     assert_eq!(victim.len(), 2, "two workers: {victim:?}");
     signal(victim[0], "-STOP");

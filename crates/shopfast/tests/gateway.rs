@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Proc, eventually};
+use support::{Proc, Shopper, eventually};
 
 /// A stack sharing one config file.
 struct Stack {
@@ -109,27 +109,8 @@ async fn a_shopper_journey_and_the_errors_around_it() {
     let key = ("X-API-Key", "free-key-1");
 
     // Register, log in, browse, read one's own profile.
-    let (status, user) = body(
-        http.post(format!("{url}/v1/users"))
-            .header(key.0, key.1)
-            .json(&json!({ "email": "shopper@example.com", "password": "walk the aisles 1", "name": "Shopper" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{user}");
-    let user_id = user["id"].as_str().unwrap().to_string();
-    let (status, login) = body(
-        http.post(format!("{url}/v1/auth/login"))
-            .json(&json!({ "email": "shopper@example.com", "password": "walk the aisles 1" }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let token = login["accessToken"].as_str().unwrap().to_string();
+    let shopper = Shopper::sign_up(&url, key.1, "shopper@example.com").await;
+    let (user_id, token) = (shopper.user_id.clone(), shopper.token.clone());
 
     let (status, page) = body(
         http.get(format!("{url}/v1/products?category=books&pageSize=3")).header(key.0, key.1).send().await.unwrap(),
@@ -308,12 +289,18 @@ async fn a_shopper_journey_and_the_errors_around_it() {
     assert!(create.get("200").is_none(), "{create}");
     let cancel = &doc["paths"]["/v1/orders/{order_id}:cancel"]["post"]["responses"];
     assert!(cancel["200"].is_object() && cancel["202"].is_object(), "{cancel}");
+    // Every reason a refusal may carry is listed, so clients can branch on them.
+    let reasons = &doc["components"]["schemas"]["Error"]["properties"]["reason"]["enum"];
+    for reason in kit_core::reason::Reason::ALL {
+        assert!(reasons.as_array().unwrap().iter().any(|r| r == reason.as_str()), "{reason} missing: {reasons}");
+    }
 
     // No products instance left: 503 at once, not a hang.
     stack.products.take().unwrap().kill9();
     let started = Instant::now();
     let (status, down) = body(http.get(format!("{url}/v1/products/{product_id}")).send().await.unwrap()).await;
     assert_eq!((status, down["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("UNAVAILABLE")), "{down}");
+    assert_eq!(down["reason"], "NO_INSTANCE", "{down}");
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     // Users still answer.
     let (status, _) =
@@ -406,19 +393,26 @@ async fn a_flood_of_distinct_client_addresses_keeps_the_gateways_state_bounded()
     let refused = statuses.iter().filter(|s| **s == 503).count();
     assert_eq!(admitted + refused, flood as usize, "every request answered: admitted (404 here) or refused");
     assert!((1_000..=1_008).contains(&admitted), "{admitted} clients admitted within the bound");
-    // The sizes it exports (every second) stay at the bound.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    let gauge = |name: &str| {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap()
+    // The sizes it exports (every second) stay at the bound: read once an
+    // export shows the flood's clients.
+    let read = || async { http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap() };
+    let exported = |metrics: &str, name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     };
+    eventually(Duration::from_secs(5), "the flood's clients in the exported sizes", || async {
+        exported(&read().await, "ratelimit_local_clients").is_some_and(|n| n >= 1_000.0)
+    })
+    .await;
+    let metrics = read().await;
+    let gauge = |name: &str| exported(&metrics, name).unwrap();
     assert!(gauge("ratelimit_local_clients") <= 1_008.0 + 10.0, "{metrics}");
     assert!(gauge("ratelimit_quota_clients") <= 1_000.0);
     // A refusal says why, and when to come back.
     let refusal = http.get(format!("{url}/v1/nowhere")).header("x-forwarded-for", "192.0.2.77").send().await.unwrap();
     assert_eq!(refusal.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refusal.headers()["retry-after"], "1");
-    assert!(refusal.text().await.unwrap().contains("too many distinct clients"));
+    let body: serde_json::Value = refusal.json().await.unwrap();
+    assert_eq!(body["reason"], "TOO_MANY_CLIENTS", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,7 +498,7 @@ async fn monthly_quota_survives_a_restart() {
     )
     .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(error["message"], "monthly quota exhausted");
+    assert_eq!(error["reason"], "QUOTA_EXHAUSTED", "{error}");
     eventually(Duration::from_secs(1), "other keys unaffected", || async {
         burst(&url, Some("free-key-1"), 1).await.0 == 1
     })

@@ -115,7 +115,7 @@ async fn an_order_through_the_gateway() {
             StatusCode::CREATED => {
                 same.insert(body["id"].as_str().unwrap().to_string());
             }
-            StatusCode::CONFLICT => assert!(body["message"].as_str().unwrap().contains("in progress"), "{body}"),
+            StatusCode::CONFLICT => assert_eq!(body["reason"], "IDEMPOTENCY_IN_PROGRESS", "{body}"),
             other => panic!("{other}: {body}"),
         }
     }
@@ -158,7 +158,7 @@ async fn an_order_through_the_gateway() {
         .unwrap();
     assert_eq!(greedy.status(), StatusCode::CONFLICT);
     let body: Value = greedy.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("insufficient stock"), "{body}");
+    assert_eq!(body["reason"], "INSUFFICIENT_STOCK", "{body}");
     assert_eq!(available_of(scarce.to_string()).await, scarce_before, "nothing held");
 
     // Ordering for another user: 403, nothing recorded.
@@ -182,7 +182,11 @@ async fn an_order_through_the_gateway() {
         .unwrap();
     assert_eq!(declined.status(), StatusCode::CONFLICT);
     let body: Value = declined.json().await.unwrap();
-    assert!(body["message"].as_str().unwrap().contains("insufficient_funds"), "{body}");
+    assert_eq!(body["reason"], "CARD_DECLINED", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("insufficient_funds"),
+        "the message names the decline code: {body}"
+    );
     assert_eq!(available().await, stock_before - 2, "the declined order's unit is back");
     let list: Value = json_of(call(reqwest::Method::GET, "/v1/orders").bearer_auth(&token)).await;
     let cancelled: Vec<&Value> =

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Proc, eventually, promtool_accepts};
+use support::{Proc, Shopper, eventually, promtool_accepts};
 
 const GET_PRODUCT: &str = "/shopfast.products.v1.ProductService/GetProduct";
 
@@ -136,9 +136,9 @@ impl Stack {
     }
 
     /// `n` GETs of `path` at once while GetProduct takes `latency_ms`:
-    /// (served, refused as RESOURCE_EXHAUSTED → 503 with `refusal` in the
-    /// message). Nothing else allowed.
-    async fn slow_gets_at_once(&self, path: &str, n: usize, latency_ms: u64, refusal: &str) -> (usize, usize) {
+    /// (served, refused as RESOURCE_EXHAUSTED → 503 for `reason`). Nothing
+    /// else allowed.
+    async fn slow_gets_at_once(&self, path: &str, n: usize, latency_ms: u64, reason: &str) -> (usize, usize) {
         self.set_faults(json!([{ "method": GET_PRODUCT, "latency_ms": latency_ms }])).await;
         let results = futures::future::join_all((0..n).map(|_| self.get(path))).await;
         let mut counts = (0, 0);
@@ -146,7 +146,7 @@ impl Stack {
             match *status {
                 StatusCode::OK => counts.0 += 1,
                 StatusCode::SERVICE_UNAVAILABLE if body["code"] == "RESOURCE_EXHAUSTED" => {
-                    assert!(body["message"].as_str().unwrap().contains(refusal), "{body}");
+                    assert_eq!(body["reason"], reason, "{body}");
                     assert_eq!(headers["retry-after"], "1");
                     counts.1 += 1
                 }
@@ -195,29 +195,7 @@ open_ms = 1500
     let url = stack.url();
 
     // A user, to show users' calls keep working.
-    let (status, user) = {
-        let r = stack
-            .http
-            .post(format!("{url}/v1/users"))
-            .json(&json!({ "email": "iso@example.com", "password": "isolation works 1", "name": "Iso" }))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<Value>().await.unwrap())
-    };
-    assert_eq!(status, StatusCode::OK, "{user}");
-    let user_id = user["id"].as_str().unwrap().to_string();
-    let login: Value = stack
-        .http
-        .post(format!("{url}/v1/auth/login"))
-        .json(&json!({ "email": "iso@example.com", "password": "isolation works 1" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["accessToken"].as_str().unwrap().to_string();
+    let user = Shopper::sign_up_anonymous(&url, "iso@example.com").await;
 
     let mut stack = stack;
     stack.products.take().unwrap().kill9();
@@ -227,7 +205,7 @@ open_ms = 1500
     loop {
         let (status, body, _) = stack.get(&format!("/v1/products/{id}")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        if body["message"].as_str().unwrap().contains("circuit breaker open") {
+        if body["reason"] == "CIRCUIT_OPEN" {
             break;
         }
         failures_before_open += 1;
@@ -244,7 +222,8 @@ open_ms = 1500
         let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((1..=2).contains(&retry_after), "the breaker probes again within open_ms: {retry_after}");
         assert_eq!(body["code"], "UNAVAILABLE");
-        assert!(body["message"].as_str().unwrap().contains("products is failing"), "{body}");
+        assert_eq!(body["reason"], "CIRCUIT_OPEN", "{body}");
+        assert!(body["message"].as_str().unwrap().contains("products"), "the message names the service: {body}");
         assert!(body["trace_id"].is_string());
     }
     let p90 = percentile(open_latencies.clone(), 0.9);
@@ -252,7 +231,7 @@ open_ms = 1500
     assert!(p90 < Duration::from_millis(5), "refusals take {p90:?} at p90");
 
     // Isolation: users' breaker is closed and its calls work.
-    let profile = stack.http.get(format!("{url}/v1/users/{user_id}")).bearer_auth(&token).send().await.unwrap();
+    let profile = user.request(reqwest::Method::GET, &format!("/v1/users/{}", user.user_id)).send().await.unwrap();
     assert_eq!(profile.status(), StatusCode::OK);
 
     // Back: closed again within the open timeout plus a probe or two.
@@ -332,9 +311,7 @@ window_buckets = 40
         counted_from.get_or_insert(stack.products_calls().await);
         match status {
             StatusCode::OK => served += 1,
-            StatusCode::SERVICE_UNAVAILABLE if body["message"].as_str().unwrap().contains("circuit breaker") => {
-                dropped += 1
-            }
+            StatusCode::SERVICE_UNAVAILABLE if body["reason"] == "CIRCUIT_OPEN" => dropped += 1,
             StatusCode::SERVICE_UNAVAILABLE => failed += 1,
             other => panic!("unexpected {other}: {body}"),
         }
@@ -398,8 +375,8 @@ fallback = "cached"
     let (status, fresh, _) = stack.get(&format!("/v1/products/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     let mut stack = stack;
+    // Killed and reaped (`kill9` waits): every read from here on meets a dead backend.
     stack.products.take().unwrap().kill9();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut latencies = Vec::new();
     for _ in 0..40 {
         let started = Instant::now();
@@ -465,7 +442,7 @@ max_deferred_calls = 3
             // A call that may have reached the dead instance is refused rather
             // than queued, and so is one past the queue's bound.
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-            if body["message"].as_str().is_some_and(|m| m.contains("queue of deferred writes is full")) {
+            if body["reason"] == "DEFERRED_QUEUE_FULL" {
                 assert!(headers.contains_key("retry-after"));
                 full += 1;
             }
@@ -549,7 +526,7 @@ retry = { max_attempts = 1 }
     );
     let id = stack.product_id().await;
     let path = format!("/v1/products/{id}");
-    let (served, refused) = stack.slow_gets_at_once(&path, 8, 500, "2 calls in flight").await;
+    let (served, refused) = stack.slow_gets_at_once(&path, 8, 500, "BULKHEAD_FULL").await;
     assert_eq!((served, refused), (2, 6), "two seats");
 
     stack.set_faults(json!([{ "method": GET_PRODUCT, "abort_rate": 1.0 }])).await;
@@ -655,7 +632,7 @@ max_in_flight = 1
 "#,
     );
     let id = stack.product_id().await;
-    let (served, shed) = stack.slow_gets_at_once(&format!("/v1/products/{id}"), 4, 300, "overloaded").await;
+    let (served, shed) = stack.slow_gets_at_once(&format!("/v1/products/{id}"), 4, 300, "OVERLOADED").await;
     assert_eq!((served, shed), (1, 3));
     let metrics = stack.metrics(&stack.products_admin()).await;
     assert!(metrics.contains(r#"server_shed_total{service="products"} 3"#), "{metrics}");

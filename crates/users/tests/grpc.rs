@@ -1,6 +1,9 @@
 //! Every UserService method over a real socket, happy paths and garbage.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use contracts::common::v1::Address;
 use contracts::users::v1 as pb;
 use contracts::users::v1::user_service_client::UserServiceClient;
@@ -235,15 +238,30 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
     let h = start().await;
-    // Registrations hash with argon2 (tens of ms each, two cores): twenty of
-    // them are still in flight when the stop begins.
+    // Registrations hash with argon2 (tens of ms each, two cores): the stop
+    // begins once all twenty reached the server, most still running.
+    let answered = Arc::new(AtomicUsize::new(0));
     let calls: Vec<_> = (0..20)
         .map(|i| {
             let mut client = h.client.clone();
-            tokio::spawn(async move { client.create_user(create_request(&format!("drain{i}@example.com"))).await })
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let result = client.create_user(create_request(&format!("drain{i}@example.com"))).await;
+                answered.fetch_add(1, Ordering::AcqRel);
+                result
+            })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let started = std::time::Instant::now();
+    let running = loop {
+        let running = h.service.in_flight().expect("shedding (which counts calls) is on");
+        if running + answered.load(Ordering::Acquire) >= 20 {
+            break running;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the calls never reached the server");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    };
+    assert!(running > 0, "calls still running when the stop begins");
     let stopping = tokio::spawn(h.service.stop());
     let mut completed = 0;
     for call in calls {

@@ -10,7 +10,7 @@ use super::{ControlError, Controller, Step, event};
 use crate::analysis::{self, Check, Verdict};
 use crate::canary_state::{CanaryState, Marks, Point, StepRecord};
 use crate::evidence::since;
-use crate::model::{Phase, Rollout};
+use crate::model::{Cause, Phase, Rollout};
 use kit_core::error::DomainError;
 
 /// What an operator may ask of a canary in progress.
@@ -57,7 +57,7 @@ impl Controller {
     /// Sets the weights of step `index` and marks where both sides' counters start.
     pub(super) async fn begin_step(&self, mut rollout: Rollout, index: usize) -> Step {
         let Some(mut canary) = rollout.canary.take() else {
-            return self.abort(rollout, "a canary without its state".into());
+            return self.abort(rollout, Cause::Inconsistent, "a canary without its state".into());
         };
         canary.step = index;
         let weights = canary.weights(&rollout.blue, &rollout.green);
@@ -100,7 +100,7 @@ impl Controller {
     /// One analysis of the step.
     pub(super) async fn progress(&self, mut rollout: Rollout) -> Step {
         let Some(mut canary) = rollout.canary.take() else {
-            return self.abort(rollout, "a canary without its state".into());
+            return self.abort(rollout, Cause::Inconsistent, "a canary without its state".into());
         };
         let now = now_millis();
         let interval = Duration::from_millis(canary.config.analysis_interval);
@@ -140,9 +140,9 @@ impl Controller {
         let elapsed = u64::try_from(now - canary.last_analysis_ms.unwrap_or(now)).unwrap_or(0).min(cap);
         let (canary_last, stable_last) = (last.canary.server(), last.stable.server());
         let seconds = elapsed as f64 / 1e3;
-        let red = |t: &kit_telemetry::red::Totals| {
+        let red = |t: &kit_core::red::Totals| {
             let error_pct = (t.requests > 0.0).then(|| t.errors / t.requests * 100.0);
-            (error_pct, kit_telemetry::red::quantile(&t.buckets, canary.config.quantile).map(|s| s * 1e3))
+            (error_pct, kit_core::red::quantile(&t.buckets, canary.config.quantile).map(|s| s * 1e3))
         };
         let ((canary_error_pct, canary_p95_ms), (stable_error_pct, stable_p95_ms)) =
             (red(&canary_last), red(&stable_last));
@@ -299,6 +299,7 @@ impl Controller {
         tracing::warn!(rollout = %rollout.id, %why, "canary regressed; rolled back");
         rollout.record(now, "switched back to stable", why.clone());
         rollout.reason = Some(format!("rolled back automatically: {why}"));
+        rollout.cause = Some(Cause::Regressed);
         rollout.enter(Phase::RollingBack, now, why);
         Step::Moved(rollout)
     }

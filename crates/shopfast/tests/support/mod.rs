@@ -316,36 +316,61 @@ impl Drop for Up {
 pub struct Shopper {
     pub http: reqwest::Client,
     pub gateway: String,
-    pub api_key: String,
+    /// None: the anonymous tier (limited by address).
+    pub api_key: Option<String>,
     pub token: String,
     pub user_id: String,
 }
 
 impl Shopper {
-    /// Signs up `email` and logs in.
+    /// Signs up `email` with an API key and logs in.
     pub async fn sign_up(gateway: &str, api_key: &str, email: &str) -> Self {
-        let http = reqwest::Client::new();
-        let post = |path: &str| http.post(format!("{gateway}{path}")).header("x-api-key", api_key);
+        Self::register(gateway, Some(api_key), email).await
+    }
+
+    /// Signs up `email` without an API key (the anonymous tier) and logs in.
+    pub async fn sign_up_anonymous(gateway: &str, email: &str) -> Self {
+        Self::register(gateway, None, email).await
+    }
+
+    async fn register(gateway: &str, api_key: Option<&str>, email: &str) -> Self {
+        let mut shopper = Self {
+            http: reqwest::Client::new(),
+            gateway: gateway.to_string(),
+            api_key: api_key.map(str::to_string),
+            token: String::new(),
+            user_id: String::new(),
+        };
         let password = "a long enough password 1";
         let signup = serde_json::json!({ "email": email, "password": password, "name": "Shopper" });
-        let response = post("/v1/users").json(&signup).send().await.expect("sign up");
+        let response = shopper.post("/v1/users").json(&signup).send().await.expect("sign up");
         let status = response.status();
         let user: Value = response.json().await.unwrap_or_default();
         assert!(status.is_success(), "sign up: {status} {user}");
-        let user_id = user["id"].as_str().expect("the new user's id").to_string();
+        shopper.user_id = user["id"].as_str().expect("the new user's id").to_string();
         let login = serde_json::json!({ "email": email, "password": password });
         let token: Value =
-            post("/v1/auth/login").json(&login).send().await.expect("log in").json().await.expect("token");
-        let token = token["accessToken"].as_str().expect("accessToken").to_string();
-        Self { http, gateway: gateway.to_string(), api_key: api_key.to_string(), token, user_id }
+            shopper.post("/v1/auth/login").json(&login).send().await.expect("log in").json().await.expect("token");
+        shopper.token = token["accessToken"].as_str().expect("accessToken").to_string();
+        shopper
     }
 
-    /// A request with the API key and the shopper's token.
+    /// A POST with the API key (if any) and no token.
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.post(format!("{}{path}", self.gateway));
+        match &self.api_key {
+            Some(key) => request.header("x-api-key", key),
+            None => request,
+        }
+    }
+
+    /// A request with the API key (if any) and the shopper's token.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.gateway))
-            .header("x-api-key", &self.api_key)
-            .bearer_auth(&self.token)
+        let request = self.http.request(method, format!("{}{path}", self.gateway)).bearer_auth(&self.token);
+        match &self.api_key {
+            Some(key) => request.header("x-api-key", key),
+            None => request,
+        }
     }
 
     /// The id of a product in stock.
