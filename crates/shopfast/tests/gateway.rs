@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Proc, Shopper, eventually};
+use support::{Proc, Shopper, eventually, json_reply};
 
 /// A stack sharing one config file.
 struct Stack {
@@ -93,9 +93,8 @@ fn base(gateway: &Proc) -> String {
 }
 
 async fn body(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    let (status, _, body) = json_reply(response).await;
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

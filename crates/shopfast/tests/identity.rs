@@ -16,6 +16,7 @@ use contracts::payments::v1::payment_service_client::PaymentServiceClient;
 use contracts::products::v1 as products_pb;
 use contracts::products::v1::product_service_client::ProductServiceClient;
 use kit_client::balance::Balancer;
+use kit_client::discovery::DiscoveryError;
 use kit_tls::{Tls, TlsConfig};
 use registry_wire::wire::{Health, InstanceInfo, RegisterRequest};
 use support::{Proc, SHOPFAST};
@@ -141,15 +142,20 @@ async fn only_the_right_identities_reach_a_method_act_for_users_or_register() {
         let request = RegisterRequest { name: name.into(), address: "127.0.0.1:1".into(), ..Default::default() };
         async move { client.register(&request).await }
     };
-    let impostor = register(Some(tls(&dir, "products")), "payments").await.unwrap_err().to_string();
-    assert!(impostor.contains("403") && impostor.contains("products may not register"), "{impostor}");
-    let anonymous = register(None, "payments").await.unwrap_err().to_string();
-    assert!(anonymous.contains("unreachable") || anonymous.contains("403"), "{anonymous}");
+    let impostor = register(Some(tls(&dir, "products")), "payments").await.unwrap_err();
+    assert!(matches!(&impostor, DiscoveryError::Refused { status: 403, .. }), "{impostor}");
+    assert!(impostor.to_string().contains("products may not register"), "the refusal names who tried: {impostor}");
+    // Without a certificate: refused, or not even let through the handshake.
+    let anonymous = register(None, "payments").await.unwrap_err();
+    assert!(
+        matches!(&anonymous, DiscoveryError::Refused { status: 403, .. } | DiscoveryError::Unreachable { .. }),
+        "{anonymous}"
+    );
     let own = register(Some(tls(&dir, "payments")), "payments").await.unwrap();
     // Someone else cannot take it down or make it beat.
     let as_products = kit_client::discovery::RegistryClient::with_tls(&registry_url, Some(tls(&dir, "products")));
-    let drop_it = as_products.deregister(&own.id, Duration::from_secs(2)).await.unwrap_err().to_string();
-    assert!(drop_it.contains("403"), "{drop_it}");
+    let drop_it = as_products.deregister(&own.id, Duration::from_secs(2)).await.unwrap_err();
+    assert!(matches!(&drop_it, DiscoveryError::Refused { status: 403, .. }), "{drop_it}");
     // Reading needs no certificate, only trust in the registry's.
     let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
     let reader = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();

@@ -16,7 +16,7 @@ use support::{Shopper, Up};
 
 /// Sends a request and reads its JSON body.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
-    request.send().await.unwrap().json().await.unwrap()
+    support::json_reply(request.send().await.unwrap()).await.2
 }
 
 /// The statuses of an order's payments, read from the Payments database `up`

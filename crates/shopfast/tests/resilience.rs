@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Proc, Shopper, eventually, promtool_accepts};
+use support::{Proc, Shopper, eventually, json_reply, promtool_accepts};
 
 const GET_PRODUCT: &str = "/shopfast.products.v1.ProductService/GetProduct";
 
@@ -108,10 +108,8 @@ impl Stack {
 
     async fn get(&self, path: &str) -> (StatusCode, Value, reqwest::header::HeaderMap) {
         let response = self.http.get(format!("{}{path}", self.url())).send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")), headers)
+        let (status, headers, body) = json_reply(response).await;
+        (status, body, headers)
     }
 
     /// A product id, once the gateway routes to products.

@@ -396,6 +396,16 @@ impl Shopper {
     }
 }
 
+/// A response's status, headers and JSON body; a body that is not JSON fails
+/// the test, showing what came instead.
+pub async fn json_reply(response: reqwest::Response) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("a response body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, headers, body)
+}
+
 /// `promtool check metrics` accepts the exposition (skipped without promtool, except in CI).
 pub fn promtool_accepts(metrics: &str) {
     let Ok(mut child) = std::process::Command::new("promtool")
