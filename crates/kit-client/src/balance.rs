@@ -353,7 +353,7 @@ impl Balancer {
         };
         let no_instance = |what: String| {
             metrics::counter!("client_no_instance_total", "service" => service.clone()).increment(1);
-            refusal(tonic::Code::Unavailable, "no_instance", what)
+            refusal(tonic::Code::Unavailable, kit_resilience::signals::BY_NO_INSTANCE, what)
         };
         let policy = self.inner.policy.load();
         let router = policy.as_deref();
@@ -364,7 +364,11 @@ impl Balancer {
                 let allowed = router.policy().overridable.join(", ");
                 let message =
                     format!("version {version} of {service} may not be asked for by name (allowed: {allowed})");
-                return Err(refusal(tonic::Code::InvalidArgument, "version_override", message));
+                return Err(refusal(
+                    tonic::Code::InvalidArgument,
+                    kit_resilience::signals::BY_VERSION_OVERRIDE,
+                    message,
+                ));
             }
             return p2c(&candidates(Some(version)), now)
                 .ok_or_else(|| no_instance(format!("no instance of {service} at version {version}")));
@@ -441,7 +445,11 @@ impl Balancer {
                     tried.push(backend.id.clone());
                     if tried.len() >= MAX_CONNECT_ATTEMPTS {
                         let message = format!("{} unreachable: {err}", self.inner.service);
-                        return Err(refusal(tonic::Code::Unavailable, "no_instance", message));
+                        return Err(refusal(
+                            tonic::Code::Unavailable,
+                            kit_resilience::signals::BY_NO_INSTANCE,
+                            message,
+                        ));
                     }
                 }
                 Err(err) => {

@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use kit_resilience::DependencyConfig;
 use kit_resilience::breaker::{Breaker, Outcome, Permit, Rejected, State, Transition};
+use kit_resilience::signals;
 use kit_resilience::signals::{
     BoxError, CAUSE_REQUEST, Essential, FAILURE_CAUSE, REFUSED_BY, RETRY_AFTER_MS, encode_grpc_timeout, grpc_timeout,
     refusal, server_failure,
@@ -375,7 +376,7 @@ impl Dependency {
     fn refuse_spent(&self) -> BoxError {
         metrics::counter!("client_deadline_spent_total", "service" => self.name.clone()).increment(1);
         mark_failed();
-        refusal(Code::DeadlineExceeded, "deadline", format!("deadline spent before calling {}", self.name))
+        refusal(Code::DeadlineExceeded, signals::BY_DEADLINE, format!("deadline spent before calling {}", self.name))
     }
 
     /// A bulkhead seat, held until the response ends; refused when all are taken.
@@ -387,7 +388,7 @@ impl Dependency {
                 metrics::counter!("bulkhead_rejected_total", "service" => self.name.clone()).increment(1);
                 mark_failed();
                 let message = format!("{} has {limit} calls in flight already; try again shortly", self.name);
-                Err(refusal(Code::ResourceExhausted, "bulkhead", message))
+                Err(refusal(Code::ResourceExhausted, signals::BY_BULKHEAD, message))
             }
         }
     }
@@ -399,7 +400,7 @@ impl Dependency {
         let mut refused = Status::new(Code::Unavailable, message);
         mark_failed();
         let metadata = refused.metadata_mut();
-        metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static("circuit_breaker"));
+        metadata.insert(REFUSED_BY, tonic::metadata::MetadataValue::from_static(signals::BY_CIRCUIT_BREAKER));
         if let Ok(value) = retry_ms.to_string().parse() {
             metadata.insert(RETRY_AFTER_MS, value);
         }

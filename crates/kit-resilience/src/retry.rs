@@ -123,7 +123,7 @@ mod tests {
         assert!(!retries.allow(1, &Status::invalid_argument("bad")));
         assert!(!retries.allow(1, &Status::internal("bug")));
         let mut open = Status::unavailable("breaker open");
-        open.metadata_mut().insert(crate::signals::REFUSED_BY, "circuit_breaker".parse().unwrap());
+        open.metadata_mut().insert(crate::signals::REFUSED_BY, crate::signals::BY_CIRCUIT_BREAKER.parse().unwrap());
         assert!(!retries.allow(1, &open), "no retries against an open breaker");
         assert!(retries.allow(1, &Status::unavailable("down")));
         assert!(!retries.allow(2, &Status::unavailable("down")), "max_attempts reached");

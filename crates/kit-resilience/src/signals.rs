@@ -12,6 +12,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Metadata key on a status this layer made itself, without calling.
 pub const REFUSED_BY: &str = "x-shopfast-refused-by";
+/// What [`REFUSED_BY`] names: the refusers (the values are on the wire).
+pub const BY_CIRCUIT_BREAKER: &str = "circuit_breaker";
+pub const BY_BULKHEAD: &str = "bulkhead";
+pub const BY_DEADLINE: &str = "deadline";
+pub const BY_NO_INSTANCE: &str = "no_instance";
+pub const BY_VERSION_OVERRIDE: &str = "version_override";
 /// Metadata key on a breaker refusal: when it lets a probe through again.
 pub const RETRY_AFTER_MS: &str = "x-shopfast-retry-after-ms";
 /// Metadata a server puts on a failure that is this request's own, not a
@@ -48,11 +54,11 @@ pub fn reason(status: &Status) -> Option<Reason> {
     let named = status.metadata().get(REASON).and_then(|v| Reason::from_name(v.to_str().ok()?));
     named.or_else(|| {
         Some(match refused_by(status)? {
-            "circuit_breaker" => Reason::CircuitOpen,
-            "bulkhead" => Reason::BulkheadFull,
-            "deadline" => Reason::DeadlineSpent,
-            "no_instance" => Reason::NoInstance,
-            "version_override" => Reason::UnknownVersion,
+            BY_CIRCUIT_BREAKER => Reason::CircuitOpen,
+            BY_BULKHEAD => Reason::BulkheadFull,
+            BY_DEADLINE => Reason::DeadlineSpent,
+            BY_NO_INSTANCE => Reason::NoInstance,
+            BY_VERSION_OVERRIDE => Reason::UnknownVersion,
             _ => return None,
         })
     })
